@@ -1,0 +1,253 @@
+//! Types shared by the XDP programs (`lb-ebpf`) and the control plane
+//! (`lb-control`): map keys and values, flags, limits and counter indices.
+//!
+//! Everything here is `#[repr(C)]` with explicit padding so both sides agree
+//! on the byte layout. Addresses and ports are kept in network byte order:
+//! the data plane copies them from packets without conversion.
+#![no_std]
+
+pub mod stats;
+
+pub use stats::{Action, DecapStat, Stat};
+
+/// Bumped whenever the layout of any pinned map changes; part of the pin path
+/// so an upgraded daemon never reads maps written with an older layout.
+pub const MAP_LAYOUT_VERSION: u32 = 1;
+
+/// Maglev table size per VIP; a prime. The data plane reads the real value
+/// from the `RING_SIZE` global set at load time.
+pub const DEFAULT_RING_SIZE: u32 = 65537;
+/// Default number of VIPs the maps are sized for.
+pub const DEFAULT_MAX_VIPS: u32 = 512;
+/// Default number of backend slots (index 0 is reserved, see [`REAL_NONE`]).
+pub const DEFAULT_MAX_REALS: u32 = 4096;
+/// Default size of the connection table (LRU, per-CPU LRU lists).
+pub const DEFAULT_CONN_TABLE_SIZE: u32 = 1 << 20;
+/// Spare Maglev rings beyond one per VIP: a VIP's new table is written into a
+/// spare ring and then switched to in one map update, so readers never see a
+/// half-written table.
+pub const RING_SPARES: u32 = 2;
+/// Default largest L3 packet the egress link carries (its MTU).
+pub const DEFAULT_MTU: u32 = 1500;
+/// Hop limit / TTL of the outer header of encapsulated packets.
+pub const ENCAP_TTL: u8 = 64;
+
+/// Backend index meaning "no backend": an empty Maglev slot.
+pub const REAL_NONE: u32 = 0;
+
+/// Address family tags used in keys (not the libc values, which differ by OS).
+pub const FAMILY_NONE: u8 = 0;
+pub const FAMILY_V4: u8 = 4;
+pub const FAMILY_V6: u8 = 6;
+
+pub const IPPROTO_ICMP: u8 = 1;
+pub const IPPROTO_IPIP: u8 = 4;
+pub const IPPROTO_TCP: u8 = 6;
+pub const IPPROTO_UDP: u8 = 17;
+pub const IPPROTO_IPV6: u8 = 41;
+pub const IPPROTO_ICMPV6: u8 = 58;
+
+/// VIP flag: hash on the client address only (client stickiness across
+/// connections), not its source port.
+pub const VIP_F_HASH_NO_SRC_PORT: u32 = 1 << 0;
+/// VIP flag: never use the connection table (every packet takes the Maglev
+/// table's current choice).
+pub const VIP_F_NO_CONN_TABLE: u32 = 1 << 1;
+/// VIP flag: UDP packets never use the connection table.
+pub const VIP_F_UDP_NO_CONN_TABLE: u32 = 1 << 2;
+/// Marks the per-address entry `(addr, 0, ICMP/ICMPv6)` the control plane
+/// writes for every VIP address: echo requests to it are answered.
+pub const VIP_F_ICMP_ECHO: u32 = 1 << 3;
+/// Every flag the data plane understands.
+pub const VIP_F_ALL: u32 =
+    VIP_F_HASH_NO_SRC_PORT | VIP_F_NO_CONN_TABLE | VIP_F_UDP_NO_CONN_TABLE | VIP_F_ICMP_ECHO;
+
+/// Control flag: the config map has been filled; until then the balancer
+/// passes every packet to the kernel.
+pub const CFG_F_READY: u32 = 1 << 0;
+/// Control flag: some VIP listens on every port (port 0), so a miss on the
+/// exact key needs a second lookup.
+pub const CFG_F_HAS_PORT0_VIPS: u32 = 1 << 1;
+
+/// An IPv4 or IPv6 address as four words holding the network-order bytes
+/// (`u32::from_ne_bytes` of each 4-byte group). IPv4 uses word 0 only.
+pub type Addr = [u32; 4];
+
+/// Converts IPv4 octets to an [`Addr`].
+#[inline(always)]
+pub const fn addr_v4(octets: [u8; 4]) -> Addr {
+    [u32::from_ne_bytes(octets), 0, 0, 0]
+}
+
+/// Converts IPv6 octets to an [`Addr`].
+#[inline(always)]
+pub const fn addr_v6(o: [u8; 16]) -> Addr {
+    [
+        u32::from_ne_bytes([o[0], o[1], o[2], o[3]]),
+        u32::from_ne_bytes([o[4], o[5], o[6], o[7]]),
+        u32::from_ne_bytes([o[8], o[9], o[10], o[11]]),
+        u32::from_ne_bytes([o[12], o[13], o[14], o[15]]),
+    ]
+}
+
+/// Key of the `VIPS` map.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct VipKey {
+    pub addr: Addr,
+    /// Network byte order; 0 means every port of this address.
+    pub port: u16,
+    pub proto: u8,
+    pub family: u8,
+}
+
+/// Value of the `VIPS` map.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct VipMeta {
+    /// `VIP_F_*` flags.
+    pub flags: u32,
+    /// Index of this VIP's counters in `VIP_STATS`.
+    pub vip_num: u32,
+    /// Which ring of the `RINGS` pool holds this VIP's Maglev table.
+    pub ring: u32,
+}
+
+/// Value of the `REALS` array: one backend.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Real {
+    pub addr: Addr,
+    /// [`FAMILY_NONE`] marks an unused slot.
+    pub family: u8,
+    pub _pad: [u8; 3],
+}
+
+/// Key of the connection table: the flow as the client sent it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct FlowKey {
+    pub src: Addr,
+    pub dst: Addr,
+    /// Network byte order.
+    pub src_port: u16,
+    /// Network byte order.
+    pub dst_port: u16,
+    pub proto: u8,
+    pub family: u8,
+    pub _pad: [u8; 2],
+}
+
+/// Value of the connection table.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ConnEntry {
+    /// Index into `REALS`.
+    pub real: u32,
+}
+
+/// The single entry of the `CONFIG` array: per-host forwarding settings.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LbConfig {
+    /// `CFG_F_*` flags.
+    pub flags: u32,
+    /// Largest L3 packet (outer header included) the egress link carries.
+    pub mtu: u32,
+    /// Next hop's MAC: destination of every encapsulated frame.
+    pub gw_mac: [u8; 6],
+    /// The balancer interface's MAC: source of every encapsulated frame.
+    pub if_mac: [u8; 6],
+    /// Outer IPv4 source: `src_v4 | (flow hash & src_v4_mask)`.
+    pub src_v4: u32,
+    pub src_v4_mask: u32,
+    /// Outer IPv6 source: the same, word by word.
+    pub src_v6: Addr,
+    pub src_v6_mask: Addr,
+}
+
+/// Per-CPU packet and byte counter.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counter {
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+/// Key of the decap program's `DECAP_ADDRS` map: an outer destination this
+/// host accepts tunnelled packets for.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct DecapAddr {
+    pub addr: Addr,
+    pub family: u8,
+    pub _pad: [u8; 3],
+}
+
+/// Murmur3-style mixing: cheap in BPF (no loops, no tables) and well spread.
+#[inline(always)]
+const fn mix(h: u32, k: u32) -> u32 {
+    let k = k.wrapping_mul(0xcc9e_2d51).rotate_left(15).wrapping_mul(0x1b87_3593);
+    (h ^ k).rotate_left(13).wrapping_mul(5).wrapping_add(0xe654_6b64)
+}
+
+#[inline(always)]
+const fn finish(mut h: u32) -> u32 {
+    h ^= h >> 16;
+    h = h.wrapping_mul(0x85eb_ca6b);
+    h ^= h >> 13;
+    h = h.wrapping_mul(0xc2b2_ae35);
+    h ^ (h >> 16)
+}
+
+/// The flow hash that picks a Maglev slot and the outer source address.
+///
+/// Shared by both sides so tests and tools can predict the data plane's
+/// choice. It has no per-host seed on purpose: every balancer behind the same
+/// ECMP route must send a flow to the same backend. Ports are raw network
+/// order `u16`s; pass `src_port = 0` for client-address stickiness.
+#[inline(always)]
+pub const fn flow_hash(src: &Addr, src_port: u16, dst_port: u16, proto: u8) -> u32 {
+    let mut h = 0x9747_b28c;
+    h = mix(h, src[0]);
+    h = mix(h, src[1]);
+    h = mix(h, src[2]);
+    h = mix(h, src[3]);
+    h = mix(h, ((src_port as u32) << 16) | dst_port as u32);
+    h = mix(h, proto as u32);
+    finish(h ^ 24)
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    use super::*;
+    // SAFETY: all of these are repr(C), Copy, and have no implicit padding
+    // (padding is explicit), so every bit pattern is a valid value.
+    unsafe impl aya::Pod for VipKey {}
+    unsafe impl aya::Pod for VipMeta {}
+    unsafe impl aya::Pod for Real {}
+    unsafe impl aya::Pod for FlowKey {}
+    unsafe impl aya::Pod for ConnEntry {}
+    unsafe impl aya::Pod for LbConfig {}
+    unsafe impl aya::Pod for Counter {}
+    unsafe impl aya::Pod for DecapAddr {}
+}
+
+// Layout guards: the eBPF side and user space must agree byte for byte.
+const _: () = assert!(core::mem::size_of::<VipKey>() == 20);
+const _: () = assert!(core::mem::size_of::<VipMeta>() == 12);
+const _: () = assert!(core::mem::size_of::<Real>() == 20);
+const _: () = assert!(core::mem::size_of::<FlowKey>() == 40);
+const _: () = assert!(core::mem::size_of::<ConnEntry>() == 4);
+const _: () = assert!(core::mem::size_of::<LbConfig>() == 60);
+const _: () = assert!(core::mem::size_of::<Counter>() == 16);
+const _: () = assert!(core::mem::size_of::<DecapAddr>() == 20);
+
+/// Maps a flow hash to a slot of a Maglev ring of `ring_size` entries.
+///
+/// A multiply-shift (Lemire's range reduction) instead of `%`: uniform over
+/// the ring and far cheaper than a division in the data plane.
+#[inline(always)]
+pub const fn ring_slot(hash: u32, ring_size: u32) -> u32 {
+    ((hash as u64 * ring_size as u64) >> 32) as u32
+}

@@ -1,0 +1,107 @@
+//! Indices of the global counters (`STATS` and `DECAP_STATS` per-CPU arrays).
+//!
+//! Every action and every pass/drop reason has its own counter, so an
+//! operator can always tell why a packet went where it went.
+
+/// What the data plane finally did with a packet a counter stands for.
+/// Action totals are sums of their reasons' counters, so each packet bumps
+/// one reason counter only.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Action {
+    Tx,
+    Pass,
+    Drop,
+    /// An event, not a final action (e.g. a connection-table miss).
+    Event,
+}
+
+impl Action {
+    pub const fn name(self) -> &'static str {
+        match self {
+            Action::Tx => "tx",
+            Action::Pass => "pass",
+            Action::Drop => "drop",
+            Action::Event => "event",
+        }
+    }
+}
+
+macro_rules! counters {
+    ($(#[$meta:meta])* $name:ident { $($(#[$vmeta:meta])* $variant:ident = ($label:literal, $action:ident),)+ }) => {
+        $(#[$meta])*
+        #[repr(u32)]
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+        pub enum $name {
+            $($(#[$vmeta])* $variant,)+
+        }
+
+        impl $name {
+            /// Every counter, in index order.
+            pub const ALL: &'static [$name] = &[$($name::$variant,)+];
+            /// Number of counters: the size of the stats array.
+            pub const COUNT: u32 = Self::ALL.len() as u32;
+
+            /// Stable snake_case name, used in metrics and the API.
+            pub const fn name(self) -> &'static str {
+                match self {
+                    $($name::$variant => $label,)+
+                }
+            }
+
+            /// The action this counter's packets took.
+            pub const fn action(self) -> Action {
+                match self {
+                    $($name::$variant => Action::$action,)+
+                }
+            }
+        }
+    };
+}
+
+counters! {
+    /// Balancer counters.
+    Stat {
+        // Why packets were transmitted.
+        TxEncap = ("tx_encap", Tx),
+        TxIcmpEchoReply = ("tx_icmp_echo_reply", Tx),
+        TxIcmpTooBig = ("tx_icmp_too_big", Tx),
+        // Why packets were passed to the kernel.
+        PassNotReady = ("pass_not_ready", Pass),
+        PassNonIp = ("pass_non_ip", Pass),
+        PassNonVip = ("pass_non_vip", Pass),
+        PassFragment = ("pass_fragment", Pass),
+        PassUnsupportedProto = ("pass_unsupported_proto", Pass),
+        PassIpv6ExtUnsupported = ("pass_ipv6_ext_unsupported", Pass),
+        PassIcmpOther = ("pass_icmp_other", Pass),
+        // Why packets were dropped.
+        DropTruncated = ("drop_truncated", Drop),
+        DropBadVersion = ("drop_bad_version", Drop),
+        DropBadIhl = ("drop_bad_ihl", Drop),
+        DropBadTotalLen = ("drop_bad_total_len", Drop),
+        DropBadL4Header = ("drop_bad_l4_header", Drop),
+        DropNoBackend = ("drop_no_backend", Drop),
+        DropUnknownReal = ("drop_unknown_real", Drop),
+        DropFamilyMismatch = ("drop_family_mismatch", Drop),
+        DropTooBig = ("drop_too_big", Drop),
+        DropHeadroom = ("drop_headroom", Drop),
+        // Connection table activity (not actions).
+        ConnMiss = ("conn_miss", Event),
+        ConnStale = ("conn_stale", Event),
+        ConnInsertFailed = ("conn_insert_failed", Event),
+        IcmpErrorForwarded = ("icmp_error_forwarded", Event),
+    }
+}
+
+counters! {
+    /// Decap program counters.
+    DecapStat {
+        DecapV4 = ("decap_ipv4_outer", Pass),
+        DecapV6 = ("decap_ipv6_outer", Pass),
+        PassNotEncap = ("pass_not_encap", Pass),
+        PassNotLocal = ("pass_not_local", Pass),
+        PassFragment = ("pass_fragment", Pass),
+        DropTruncated = ("drop_truncated", Drop),
+        DropMalformed = ("drop_malformed", Drop),
+        DropHeadroom = ("drop_headroom", Drop),
+    }
+}

@@ -1,0 +1,373 @@
+//! The map writer: loads the XDP balancer and gives typed access to its maps.
+//!
+//! Everything that writes BPF maps goes through [`Balancer`], so the layout
+//! knowledge (which ring a VIP uses, how the ring pool is addressed, how
+//! counters are summed over CPUs) lives in one place.
+
+use std::{
+    os::fd::{AsFd as _, AsRawFd as _},
+    ptr::NonNull,
+};
+
+use aya::{
+    maps::{Array, HashMap, Map, MapData, MapError, PerCpuArray},
+    programs::{ProgramError, Xdp},
+    Ebpf, EbpfLoader,
+};
+use lb_common::{
+    ConnEntry, Counter, FlowKey, LbConfig, Real, Stat, VipKey, VipMeta, DEFAULT_CONN_TABLE_SIZE,
+    DEFAULT_MAX_REALS, DEFAULT_MAX_VIPS, DEFAULT_RING_SIZE, RING_SPARES,
+};
+
+/// The balancer object, built from `lb-ebpf` by the build script.
+pub static BALANCER_ELF: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lb-balancer"));
+/// The backends' decap object.
+pub static DECAP_ELF: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lb-decap"));
+/// A program that only returns XDP_TX: the benchmarks' floor.
+pub static XDP_TX_ELF: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lb-xdp-tx"));
+
+/// Name of the balancer's XDP program in its object.
+pub const BALANCER_PROGRAM: &str = "balancer";
+pub const DECAP_PROGRAM: &str = "decap";
+pub const XDP_TX_PROGRAM: &str = "xdp_tx";
+
+/// Largest Maglev ring accepted (entries); bounds the ring pool's memory.
+pub const MAX_RING_SIZE: u32 = 1 << 20;
+
+/// Sizes fixed when the balancer is loaded.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// Entries per Maglev ring (a prime).
+    pub ring_size: u32,
+    pub max_vips: u32,
+    /// Backend slots, index 0 included (it is never used).
+    pub max_reals: u32,
+    pub conn_table_size: u32,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            ring_size: DEFAULT_RING_SIZE,
+            max_vips: DEFAULT_MAX_VIPS,
+            max_reals: DEFAULT_MAX_REALS,
+            conn_table_size: DEFAULT_CONN_TABLE_SIZE,
+        }
+    }
+}
+
+impl Limits {
+    /// Number of rings in the pool: one per VIP plus the spares new tables
+    /// are written into before they are switched to.
+    pub fn ring_count(&self) -> u32 {
+        self.max_vips + RING_SPARES
+    }
+
+    pub fn validate(&self) -> Result<(), DataplaneError> {
+        let bad = |msg: String| Err(DataplaneError::Limits(msg));
+        if self.ring_size < 2 || self.ring_size > MAX_RING_SIZE {
+            return bad(format!("ring_size {} is outside 2..={MAX_RING_SIZE}", self.ring_size));
+        }
+        if self.max_vips == 0 || self.max_reals < 2 || self.conn_table_size == 0 {
+            return bad(format!(
+                "max_vips ({}), max_reals ({}) and conn_table_size ({}) must be positive \
+                 (max_reals counts the reserved index 0)",
+                self.max_vips, self.max_reals, self.conn_table_size
+            ));
+        }
+        if (self.ring_count() as u64) * (self.ring_size as u64) > u32::MAX as u64 {
+            return bad(format!(
+                "{} rings of {} entries do not fit one BPF array",
+                self.ring_count(),
+                self.ring_size
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[derive(thiserror::Error, Debug)]
+pub enum DataplaneError {
+    #[error("invalid limits: {0}")]
+    Limits(String),
+    #[error("loading the BPF object: {0}")]
+    Load(#[from] aya::EbpfError),
+    #[error("BPF program: {0}")]
+    Program(#[from] ProgramError),
+    #[error("map {name}: {source}")]
+    Map {
+        name: &'static str,
+        #[source]
+        source: MapError,
+    },
+    #[error("map {0} is missing from the object or has an unexpected type")]
+    MissingMap(&'static str),
+    #[error("{what} index {index} is out of range (limit {limit})")]
+    OutOfRange { what: &'static str, index: u32, limit: u32 },
+    #[error("Maglev table has {got} entries, the rings hold {want}")]
+    RingLength { got: usize, want: u32 },
+    #[error("mapping the ring pool into memory: {0}")]
+    Mmap(#[source] std::io::Error),
+}
+
+fn map_err(name: &'static str) -> impl FnOnce(MapError) -> DataplaneError {
+    move |source| DataplaneError::Map { name, source }
+}
+
+/// The ring pool, mapped into our memory (`BPF_F_MMAPABLE`): a 65537-entry
+/// table is one memcpy instead of 65537 syscalls.
+struct RingPool {
+    base: NonNull<u32>,
+    entries: usize,
+    bytes: usize,
+    _map: MapData,
+}
+
+// SAFETY: the mapping is owned by this struct and only written through &mut.
+unsafe impl Send for RingPool {}
+unsafe impl Sync for RingPool {}
+
+impl RingPool {
+    fn new(map: MapData, entries: usize) -> Result<Self, DataplaneError> {
+        let page = 4096usize;
+        let bytes = (entries * 4).div_ceil(page) * page;
+        // SAFETY: mapping a BPF array fd we own, shared, at offset 0, for its
+        // whole (page-rounded) size, as the kernel requires.
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                bytes,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                map.fd().as_fd().as_raw_fd(),
+                0,
+            )
+        };
+        if ptr == libc::MAP_FAILED {
+            return Err(DataplaneError::Mmap(std::io::Error::last_os_error()));
+        }
+        let base = NonNull::new(ptr.cast::<u32>()).ok_or_else(|| {
+            DataplaneError::Mmap(std::io::Error::other("mmap returned a null pointer"))
+        })?;
+        Ok(Self { base, entries, bytes, _map: map })
+    }
+
+    fn slice(&self) -> &[u32] {
+        // SAFETY: `entries` u32s are mapped for as long as self lives.
+        unsafe { std::slice::from_raw_parts(self.base.as_ptr(), self.entries) }
+    }
+
+    fn slice_mut(&mut self) -> &mut [u32] {
+        // SAFETY: as above, and &mut self makes us the only user-space writer.
+        unsafe { std::slice::from_raw_parts_mut(self.base.as_ptr(), self.entries) }
+    }
+}
+
+impl Drop for RingPool {
+    fn drop(&mut self) {
+        // SAFETY: unmapping exactly what new() mapped.
+        unsafe { libc::munmap(self.base.as_ptr().cast(), self.bytes) };
+    }
+}
+
+/// The loaded balancer and its maps.
+pub struct Balancer {
+    ebpf: Ebpf,
+    limits: Limits,
+    vips: HashMap<MapData, VipKey, VipMeta>,
+    reals: Array<MapData, Real>,
+    rings: RingPool,
+    conn: HashMap<MapData, FlowKey, ConnEntry>,
+    config: Array<MapData, LbConfig>,
+    stats: PerCpuArray<MapData, Counter>,
+    vip_stats: PerCpuArray<MapData, Counter>,
+    real_stats: PerCpuArray<MapData, Counter>,
+}
+
+fn take<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, DataplaneError>
+where
+    T: TryFrom<Map, Error = MapError>,
+{
+    let map = ebpf.take_map(name).ok_or(DataplaneError::MissingMap(name))?;
+    T::try_from(map).map_err(map_err(name))
+}
+
+impl Balancer {
+    /// Loads the balancer object with these limits and loads (verifies) its
+    /// XDP program. Nothing is attached.
+    pub fn load(limits: Limits) -> Result<Self, DataplaneError> {
+        limits.validate()?;
+        let mut ebpf = EbpfLoader::new()
+            .override_global("RING_SIZE", &limits.ring_size, true)
+            .map_max_entries("VIPS", limits.max_vips * 2)
+            .map_max_entries("REALS", limits.max_reals)
+            .map_max_entries("RINGS", limits.ring_count() * limits.ring_size)
+            .map_max_entries("CONN_TABLE", limits.conn_table_size)
+            .map_max_entries("VIP_STATS", limits.max_vips)
+            .map_max_entries("REAL_STATS", limits.max_reals)
+            .load(BALANCER_ELF)?;
+        let program: &mut Xdp = ebpf
+            .program_mut(BALANCER_PROGRAM)
+            .ok_or(DataplaneError::MissingMap(BALANCER_PROGRAM))?
+            .try_into()?;
+        program.load()?;
+        let rings = match ebpf.take_map("RINGS") {
+            Some(Map::Array(data)) => data,
+            _ => return Err(DataplaneError::MissingMap("RINGS")),
+        };
+        let rings = RingPool::new(rings, (limits.ring_count() * limits.ring_size) as usize)?;
+        Ok(Self {
+            vips: take(&mut ebpf, "VIPS")?,
+            reals: take(&mut ebpf, "REALS")?,
+            conn: take(&mut ebpf, "CONN_TABLE")?,
+            config: take(&mut ebpf, "CONFIG")?,
+            stats: take(&mut ebpf, "STATS")?,
+            vip_stats: take(&mut ebpf, "VIP_STATS")?,
+            real_stats: take(&mut ebpf, "REAL_STATS")?,
+            rings,
+            limits,
+            ebpf,
+        })
+    }
+
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    /// The XDP program, for attaching or test runs.
+    pub fn program(&mut self) -> &mut Xdp {
+        self.ebpf
+            .program_mut(BALANCER_PROGRAM)
+            .and_then(|p| p.try_into().ok())
+            .expect("the balancer program was checked at load")
+    }
+
+    pub fn set_config(&mut self, cfg: &LbConfig) -> Result<(), DataplaneError> {
+        self.config.set(0, cfg, 0).map_err(map_err("CONFIG"))
+    }
+
+    pub fn config(&self) -> Result<LbConfig, DataplaneError> {
+        self.config.get(&0, 0).map_err(map_err("CONFIG"))
+    }
+
+    pub fn set_vip(&mut self, key: &VipKey, meta: &VipMeta) -> Result<(), DataplaneError> {
+        if meta.vip_num >= self.limits.max_vips {
+            return Err(DataplaneError::OutOfRange {
+                what: "vip_num",
+                index: meta.vip_num,
+                limit: self.limits.max_vips,
+            });
+        }
+        self.check_ring(meta.ring)?;
+        self.vips.insert(key, meta, 0).map_err(map_err("VIPS"))
+    }
+
+    pub fn vip(&self, key: &VipKey) -> Option<VipMeta> {
+        self.vips.get(key, 0).ok()
+    }
+
+    pub fn remove_vip(&mut self, key: &VipKey) -> Result<(), DataplaneError> {
+        match self.vips.remove(key) {
+            Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
+            Err(e) => Err(map_err("VIPS")(e)),
+        }
+    }
+
+    fn check_real(&self, index: u32) -> Result<(), DataplaneError> {
+        if index == lb_common::REAL_NONE || index >= self.limits.max_reals {
+            return Err(DataplaneError::OutOfRange {
+                what: "backend",
+                index,
+                limit: self.limits.max_reals,
+            });
+        }
+        Ok(())
+    }
+
+    fn check_ring(&self, ring: u32) -> Result<(), DataplaneError> {
+        if ring >= self.limits.ring_count() {
+            return Err(DataplaneError::OutOfRange {
+                what: "ring",
+                index: ring,
+                limit: self.limits.ring_count(),
+            });
+        }
+        Ok(())
+    }
+
+    pub fn set_real(&mut self, index: u32, real: &Real) -> Result<(), DataplaneError> {
+        self.check_real(index)?;
+        self.reals.set(index, real, 0).map_err(map_err("REALS"))
+    }
+
+    /// Marks a backend slot unused: packets of flows pinned to it re-hash.
+    pub fn clear_real(&mut self, index: u32) -> Result<(), DataplaneError> {
+        self.set_real(index, &Real::default())
+    }
+
+    pub fn real(&self, index: u32) -> Result<Real, DataplaneError> {
+        self.reals.get(&index, 0).map_err(map_err("REALS"))
+    }
+
+    /// Writes a whole Maglev table into ring `ring`. Callers switch a VIP to
+    /// it afterwards with [`Balancer::set_vip`]; the map update that does so
+    /// orders these stores before it.
+    pub fn write_ring(&mut self, ring: u32, table: &[u32]) -> Result<(), DataplaneError> {
+        self.check_ring(ring)?;
+        let size = self.limits.ring_size;
+        if table.len() != size as usize {
+            return Err(DataplaneError::RingLength { got: table.len(), want: size });
+        }
+        let start = (ring * size) as usize;
+        self.rings.slice_mut()[start..start + table.len()].copy_from_slice(table);
+        std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);
+        Ok(())
+    }
+
+    pub fn ring(&self, ring: u32) -> Result<&[u32], DataplaneError> {
+        self.check_ring(ring)?;
+        let size = self.limits.ring_size as usize;
+        let start = ring as usize * size;
+        Ok(&self.rings.slice()[start..start + size])
+    }
+
+    pub fn conn(&self, flow: &FlowKey) -> Option<ConnEntry> {
+        self.conn.get(flow, 0).ok()
+    }
+
+    pub fn set_conn(&mut self, flow: &FlowKey, entry: &ConnEntry) -> Result<(), DataplaneError> {
+        self.conn.insert(flow, entry, 0).map_err(map_err("CONN_TABLE"))
+    }
+
+    /// Number of entries in the connection table (a full walk: not for hot
+    /// paths).
+    pub fn conn_count(&self) -> usize {
+        self.conn.keys().filter(Result::is_ok).count()
+    }
+
+    fn sum(map: &PerCpuArray<MapData, Counter>, index: u32, name: &'static str) -> Result<Counter, DataplaneError> {
+        let values = map.get(&index, 0).map_err(map_err(name))?;
+        Ok(values.iter().fold(Counter::default(), |acc, c| Counter {
+            packets: acc.packets + c.packets,
+            bytes: acc.bytes + c.bytes,
+        }))
+    }
+
+    /// A global counter, summed over CPUs.
+    pub fn stat(&self, stat: Stat) -> Result<Counter, DataplaneError> {
+        Self::sum(&self.stats, stat as u32, "STATS")
+    }
+
+    /// Every global counter, summed over CPUs, in [`Stat::ALL`] order.
+    pub fn all_stats(&self) -> Result<Vec<(Stat, Counter)>, DataplaneError> {
+        Stat::ALL.iter().map(|&s| Ok((s, self.stat(s)?))).collect()
+    }
+
+    pub fn vip_stat(&self, vip_num: u32) -> Result<Counter, DataplaneError> {
+        Self::sum(&self.vip_stats, vip_num, "VIP_STATS")
+    }
+
+    pub fn real_stat(&self, index: u32) -> Result<Counter, DataplaneError> {
+        Self::sum(&self.real_stats, index, "REAL_STATS")
+    }
+}

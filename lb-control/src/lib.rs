@@ -1,0 +1,2 @@
+pub mod dataplane;
+pub mod packet_builder;

@@ -1,0 +1,173 @@
+//! The balancer: picks a backend for each packet to a VIP (connection table,
+//! then Maglev) and forwards it IP-in-IP with XDP_TX. Everything that is not
+//! for a VIP goes to the kernel. Each packet bumps exactly one reason counter.
+#![no_std]
+#![no_main]
+
+mod encap;
+mod icmp;
+mod lookup;
+mod maps;
+mod stats;
+
+use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
+use lb_common::{
+    Action, FlowKey, LbConfig, Stat, CFG_F_READY, FAMILY_V4, IPPROTO_ICMP, IPPROTO_ICMPV6,
+    VIP_F_ICMP_ECHO,
+};
+use lb_ebpf::{
+    hdr::*,
+    packet::len,
+    parse::{self, ParseError, L2, L3, L4},
+};
+
+use crate::{
+    encap::Plan,
+    lookup::{choose_real, conn_use, find_vip, hash_flow, ConnUse},
+    maps::CONFIG,
+    stats::{count, count_real, count_vip},
+};
+
+#[xdp]
+pub fn balancer(ctx: XdpContext) -> u32 {
+    let bytes = len(&ctx);
+    let stat = match process(&ctx, bytes) {
+        Ok(stat) | Err(stat) => stat,
+    };
+    count(stat, bytes);
+    match stat.action() {
+        Action::Tx => xdp_action::XDP_TX,
+        Action::Drop => xdp_action::XDP_DROP,
+        Action::Pass | Action::Event => xdp_action::XDP_PASS,
+    }
+}
+
+#[inline(always)]
+fn parse_error(e: ParseError) -> Stat {
+    match e {
+        ParseError::Truncated => Stat::DropTruncated,
+        ParseError::NonIp => Stat::PassNonIp,
+        ParseError::BadVersion => Stat::DropBadVersion,
+        ParseError::BadIhl => Stat::DropBadIhl,
+        ParseError::BadTotalLen => Stat::DropBadTotalLen,
+        ParseError::BadL4Header => Stat::DropBadL4Header,
+        ParseError::Ipv6ExtUnsupported => Stat::PassIpv6ExtUnsupported,
+    }
+}
+
+#[inline(always)]
+fn process(ctx: &XdpContext, bytes: usize) -> Result<Stat, Stat> {
+    let cfg = match CONFIG.get(0) {
+        Some(cfg) if cfg.flags & CFG_F_READY != 0 => cfg,
+        _ => return Ok(Stat::PassNotReady),
+    };
+    let l2 = parse::parse_eth(ctx).map_err(parse_error)?;
+    let l3 = match l2.ether_type {
+        ETH_P_IP => parse::parse_ipv4(ctx, l2.l3_off),
+        ETH_P_IPV6 => parse::parse_ipv6(ctx, l2.l3_off),
+        _ => Err(ParseError::NonIp),
+    }
+    .map_err(parse_error)?;
+    if l3.fragment {
+        return Ok(Stat::PassFragment);
+    }
+    let l4 = match parse::parse_l4(ctx, &l3, l2.l3_off) {
+        Some(l4) => l4.map_err(parse_error)?,
+        None => return Ok(Stat::PassUnsupportedProto),
+    };
+    if l3.proto == IPPROTO_ICMP || l3.proto == IPPROTO_ICMPV6 {
+        return handle_icmp(ctx, cfg, &l2, &l3, &l4, bytes);
+    }
+    let vip =
+        find_vip(cfg, l3.family, l3.dst, l4.dst_port, l3.proto).ok_or(Stat::PassNonVip)?;
+    count_vip(vip.vip_num, bytes);
+    let flow = FlowKey {
+        src: l3.src,
+        dst: l3.dst,
+        src_port: l4.src_port,
+        dst_port: l4.dst_port,
+        proto: l3.proto,
+        family: l3.family,
+        _pad: [0; 2],
+    };
+    let hash = hash_flow(&vip, &flow);
+    let choice = choose_real(&vip, &flow, hash, conn_use(&vip, l3.proto, l4.is_syn()))?;
+    count_real(choice.index, bytes);
+    forward(ctx, cfg, &l2, &l3, &choice.real, hash, bytes)
+}
+
+#[inline(always)]
+fn forward(
+    ctx: &XdpContext,
+    cfg: &LbConfig,
+    l2: &L2,
+    l3: &L3,
+    real: &lb_common::Real,
+    hash: u32,
+    bytes: usize,
+) -> Result<Stat, Stat> {
+    match encap::plan(cfg, l3, real) {
+        Plan::Encap { outer_family, overhead } => {
+            encap::encapsulate(ctx, cfg, l2, l3, real, hash, outer_family, overhead)
+        }
+        Plan::TooBig { mtu } => icmp::too_big(ctx, l2, l3, mtu, bytes),
+        Plan::Refuse(stat) => Err(stat),
+    }
+}
+
+/// Echo requests to a VIP address are answered here; errors about a VIP's
+/// flow (unreachable, fragmentation needed, packet too big) follow that flow
+/// to its backend; the rest (neighbour discovery, ...) is the kernel's.
+#[inline(always)]
+fn handle_icmp(
+    ctx: &XdpContext,
+    cfg: &LbConfig,
+    l2: &L2,
+    l3: &L3,
+    l4: &L4,
+    bytes: usize,
+) -> Result<Stat, Stat> {
+    let v4 = l3.family == FAMILY_V4;
+    let (echo, error) = if v4 {
+        (l4.icmp_type == ICMP_ECHO_REQUEST, l4.icmp_type == ICMP_DEST_UNREACH)
+    } else {
+        (
+            l4.icmp_type == ICMPV6_ECHO_REQUEST,
+            l4.icmp_type == ICMPV6_DEST_UNREACH || l4.icmp_type == ICMPV6_PKT_TOOBIG,
+        )
+    };
+    if echo {
+        let marker = find_vip(cfg, l3.family, l3.dst, 0, l3.proto).ok_or(Stat::PassNonVip)?;
+        if marker.flags & VIP_F_ICMP_ECHO == 0 {
+            return Err(Stat::PassNonVip);
+        }
+        count_vip(marker.vip_num, bytes);
+        return icmp::echo_reply(ctx, l2, l3);
+    }
+    if !error {
+        return Ok(Stat::PassIcmpOther);
+    }
+    let quoted = parse::parse_quoted(ctx, l3.family, l3.l4_off).ok_or(Stat::PassIcmpOther)?;
+    let vip = find_vip(cfg, l3.family, quoted.vip, quoted.vip_port, quoted.proto)
+        .ok_or(Stat::PassNonVip)?;
+    count_vip(vip.vip_num, bytes);
+    let flow = FlowKey {
+        src: quoted.client,
+        dst: quoted.vip,
+        src_port: quoted.client_port,
+        dst_port: quoted.vip_port,
+        proto: quoted.proto,
+        family: l3.family,
+        _pad: [0; 2],
+    };
+    let hash = hash_flow(&vip, &flow);
+    let conn = if conn_use(&vip, quoted.proto, false) == ConnUse::Bypass {
+        ConnUse::Bypass
+    } else {
+        ConnUse::LookupOnly
+    };
+    let choice = choose_real(&vip, &flow, hash, conn)?;
+    count_real(choice.index, bytes);
+    count(Stat::IcmpErrorForwarded, bytes);
+    forward(ctx, cfg, l2, l3, &choice.real, hash, bytes)
+}

@@ -1,0 +1,65 @@
+//! The balancer's maps. Sizes here are defaults; the control plane resizes
+//! them at load time (`EbpfLoader::set_max_entries`).
+
+use aya_ebpf::{
+    macros::map,
+    maps::{Array, HashMap, LruHashMap, PerCpuArray},
+};
+use lb_common::{
+    ConnEntry, Counter, FlowKey, LbConfig, Real, Stat, VipKey, VipMeta, DEFAULT_CONN_TABLE_SIZE,
+    DEFAULT_MAX_REALS, DEFAULT_MAX_VIPS, DEFAULT_RING_SIZE, RING_SPARES,
+};
+
+/// User space maps the array and writes whole tables with one memcpy.
+const BPF_F_MMAPABLE: u32 = 1 << 10;
+
+/// Per-CPU LRU lists: CPUs never contend on one list, as in Katran.
+const BPF_F_NO_COMMON_LRU: u32 = 1 << 1;
+
+/// VIPs by (address, port, protocol); two entries per VIP address at most
+/// (the VIP and the address's ICMP echo marker).
+#[map]
+pub static VIPS: HashMap<VipKey, VipMeta> = HashMap::with_max_entries(DEFAULT_MAX_VIPS * 2, 0);
+
+/// Backends by index; index 0 is never used ([`lb_common::REAL_NONE`]).
+#[map]
+pub static REALS: Array<Real> = Array::with_max_entries(DEFAULT_MAX_REALS, 0);
+
+/// The pool of Maglev rings, `RING_SIZE` backend indices each. A VIP uses
+/// the ring its [`VipMeta::ring`] names.
+#[map]
+pub static RINGS: Array<u32> =
+    Array::with_max_entries((DEFAULT_MAX_VIPS + RING_SPARES) * DEFAULT_RING_SIZE, BPF_F_MMAPABLE);
+
+/// Established flows and the backend they were sent to.
+#[map]
+pub static CONN_TABLE: LruHashMap<FlowKey, ConnEntry> =
+    LruHashMap::with_max_entries(DEFAULT_CONN_TABLE_SIZE, BPF_F_NO_COMMON_LRU);
+
+/// Entry 0: MACs, outer source prefixes, MTU, flags.
+#[map]
+pub static CONFIG: Array<LbConfig> = Array::with_max_entries(1, 0);
+
+/// Global counters, indexed by [`Stat`].
+#[map]
+pub static STATS: PerCpuArray<Counter> = PerCpuArray::with_max_entries(Stat::COUNT, 0);
+
+/// Per-VIP counters, indexed by [`VipMeta::vip_num`].
+#[map]
+pub static VIP_STATS: PerCpuArray<Counter> = PerCpuArray::with_max_entries(DEFAULT_MAX_VIPS, 0);
+
+/// Per-backend counters, indexed like `REALS`.
+#[map]
+pub static REAL_STATS: PerCpuArray<Counter> = PerCpuArray::with_max_entries(DEFAULT_MAX_REALS, 0);
+
+/// Entries per Maglev ring; set at load time, read-only afterwards, so the
+/// verifier sees a constant.
+#[no_mangle]
+pub static RING_SIZE: u32 = DEFAULT_RING_SIZE;
+
+#[inline(always)]
+pub fn ring_size() -> u32 {
+    // SAFETY: a plain read of a load-time constant; volatile so the compiler
+    // does not fold in the default.
+    unsafe { core::ptr::read_volatile(&RING_SIZE) }
+}

@@ -1,0 +1,76 @@
+//! The one way the programs touch packet bytes: every read and write goes
+//! through [`ptr_at`], which proves to the verifier (and to us) that the whole
+//! object lies inside the packet.
+
+use aya_ebpf::programs::XdpContext;
+
+/// A pointer to a `T` at `offset` bytes into the packet, or `None` when the
+/// packet is too short to hold it.
+#[inline(always)]
+pub fn ptr_at<T>(ctx: &XdpContext, offset: usize) -> Option<*mut T> {
+    let start = ctx.data();
+    let end = ctx.data_end();
+    if start + offset + core::mem::size_of::<T>() > end {
+        return None;
+    }
+    Some((start + offset) as *mut T)
+}
+
+/// Reads a `T` at `offset`, if the packet holds it.
+#[inline(always)]
+pub fn read<T: Copy>(ctx: &XdpContext, offset: usize) -> Option<T> {
+    ptr_at::<T>(ctx, offset).map(|p| unsafe { p.read_unaligned() })
+}
+
+/// Writes `value` at `offset`; `None` if the packet is too short.
+#[inline(always)]
+pub fn write<T: Copy>(ctx: &XdpContext, offset: usize, value: T) -> Option<()> {
+    ptr_at::<T>(ctx, offset).map(|p| unsafe { p.write_unaligned(value) })
+}
+
+/// Length of the packet in bytes.
+#[inline(always)]
+pub fn len(ctx: &XdpContext) -> usize {
+    ctx.data_end() - ctx.data()
+}
+
+/// Grows (`delta < 0`) or shrinks the front of the packet. Every pointer
+/// taken before is invalid afterwards.
+#[inline(always)]
+pub fn adjust_head(ctx: &XdpContext, delta: i32) -> Option<()> {
+    // SAFETY: the helper checks the headroom itself.
+    let rc = unsafe { aya_ebpf::helpers::bpf_xdp_adjust_head(ctx.ctx, delta) };
+    (rc == 0).then_some(())
+}
+
+/// Grows or shrinks the end of the packet.
+#[inline(always)]
+pub fn adjust_tail(ctx: &XdpContext, delta: i32) -> Option<()> {
+    // SAFETY: the helper checks the tailroom itself.
+    let rc = unsafe { aya_ebpf::helpers::bpf_xdp_adjust_tail(ctx.ctx, delta) };
+    (rc == 0).then_some(())
+}
+
+/// Writes an Ethernet header (and the VLAN tag, when there is one) at the
+/// start of the packet; returns the offset of the L3 header.
+#[inline(always)]
+pub fn write_eth(
+    ctx: &XdpContext,
+    dst: [u8; 6],
+    src: [u8; 6],
+    vlan: Option<crate::parse::VlanTag>,
+    ether_type: u16,
+) -> Option<usize> {
+    use crate::hdr::{EthHdr, VlanHdr, ETH_HLEN, VLAN_HLEN};
+    match vlan {
+        Some(tag) => {
+            write(ctx, 0, EthHdr { dst, src, proto: tag.tpid })?;
+            write(ctx, ETH_HLEN, VlanHdr { tci: tag.tci, proto: ether_type.to_be() })?;
+            Some(ETH_HLEN + VLAN_HLEN)
+        }
+        None => {
+            write(ctx, 0, EthHdr { dst, src, proto: ether_type.to_be() })?;
+            Some(ETH_HLEN)
+        }
+    }
+}
