@@ -63,6 +63,11 @@ impl Limits {
         self.max_vips + RING_SPARES
     }
 
+    /// Backend slots in the whole pool.
+    pub fn ring_slots(&self) -> u32 {
+        self.ring_count() * self.ring_size
+    }
+
     pub fn validate(&self) -> Result<(), DataplaneError> {
         let bad = |msg: String| Err(DataplaneError::Limits(msg));
         if self.ring_size < 2 || self.ring_size > MAX_RING_SIZE {
@@ -115,7 +120,8 @@ fn map_err(name: &'static str) -> impl FnOnce(MapError) -> DataplaneError {
 }
 
 /// The ring pool, mapped into our memory (`BPF_F_MMAPABLE`): a 65537-entry
-/// table is one memcpy instead of 65537 syscalls.
+/// table is one memcpy instead of 65537 syscalls. The map's u64 elements hold
+/// two slots each, little-endian, so the mapping reads as a flat u32 array.
 struct RingPool {
     base: NonNull<u32>,
     entries: usize,
@@ -201,7 +207,7 @@ impl Balancer {
             .override_global("RING_SIZE", &limits.ring_size, true)
             .map_max_entries("VIPS", limits.max_vips * 2)
             .map_max_entries("REALS", limits.max_reals)
-            .map_max_entries("RINGS", limits.ring_count() * limits.ring_size)
+            .map_max_entries("RINGS", limits.ring_slots().div_ceil(2))
             .map_max_entries("CONN_TABLE", limits.conn_table_size)
             .map_max_entries("VIP_STATS", limits.max_vips)
             .map_max_entries("REAL_STATS", limits.max_reals)
@@ -215,7 +221,7 @@ impl Balancer {
             Some(Map::Array(data)) => data,
             _ => return Err(DataplaneError::MissingMap("RINGS")),
         };
-        let rings = RingPool::new(rings, (limits.ring_count() * limits.ring_size) as usize)?;
+        let rings = RingPool::new(rings, limits.ring_slots() as usize)?;
         Ok(Self {
             vips: take(&mut ebpf, "VIPS")?,
             reals: take(&mut ebpf, "REALS")?,

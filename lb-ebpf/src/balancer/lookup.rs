@@ -97,10 +97,14 @@ pub fn choose_real(vip: &VipMeta, flow: &FlowKey, hash: u32, conn: ConnUse) -> R
     }
     let size = ring_size();
     let slot = vip.ring.wrapping_mul(size).wrapping_add(ring_slot(hash, size));
-    let index = match RINGS.get(slot) {
-        Some(&index) if index != REAL_NONE => index,
-        _ => return Err(Stat::DropNoBackend),
+    let index = match RINGS.get(slot / 2) {
+        // Little-endian: the even slot is the low half.
+        Some(&pair) => (pair >> ((slot & 1) * 32)) as u32,
+        None => REAL_NONE,
     };
+    if index == REAL_NONE {
+        return Err(Stat::DropNoBackend);
+    }
     let real = real_at(index).ok_or(Stat::DropUnknownReal)?;
     if matches!(conn, ConnUse::LookupInsert | ConnUse::Refresh)
         && CONN_TABLE.insert(flow, ConnEntry { real: index }, 0).is_err()

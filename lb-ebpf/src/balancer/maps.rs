@@ -25,11 +25,15 @@ pub static VIPS: HashMap<VipKey, VipMeta> = HashMap::with_max_entries(DEFAULT_MA
 #[map]
 pub static REALS: Array<Real> = Array::with_max_entries(DEFAULT_MAX_REALS, 0);
 
-/// The pool of Maglev rings, `RING_SIZE` backend indices each. A VIP uses
-/// the ring its [`VipMeta::ring`] names.
+/// The pool of Maglev rings, `RING_SIZE` backend indices (u32) each, packed
+/// two per element: array elements are 8-byte aligned, so u32 values would
+/// waste half the pool. Seen from user space through mmap, the pool is a flat
+/// array of u32. A VIP uses the ring its [`VipMeta::ring`] names.
 #[map]
-pub static RINGS: Array<u32> =
-    Array::with_max_entries((DEFAULT_MAX_VIPS + RING_SPARES) * DEFAULT_RING_SIZE, BPF_F_MMAPABLE);
+pub static RINGS: Array<u64> = Array::with_max_entries(
+    ((DEFAULT_MAX_VIPS + RING_SPARES) * DEFAULT_RING_SIZE).div_ceil(2),
+    BPF_F_MMAPABLE,
+);
 
 /// Established flows and the backend they were sent to.
 #[map]
