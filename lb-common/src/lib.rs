@@ -251,3 +251,68 @@ const _: () = assert!(core::mem::size_of::<DecapAddr>() == 20);
 pub const fn ring_slot(hash: u32, ring_size: u32) -> u32 {
     ((hash as u64 * ring_size as u64) >> 32) as u32
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every balancer, of every version, must hash a flow the same way:
+    /// hosts behind one ECMP route would otherwise disagree on backends
+    /// during a rolling upgrade. These values were computed once; a change
+    /// here is a breaking change of the data plane.
+    #[test]
+    fn flow_hash_is_pinned() {
+        let client = addr_v4([192, 0, 2, 7]);
+        let p = |x: u16| u16::from_ne_bytes(x.to_be_bytes());
+        let client6 = addr_v6([0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 7]);
+        let got = [
+            flow_hash(&client, p(40000), p(80), IPPROTO_TCP),
+            flow_hash(&client, 0, p(80), IPPROTO_TCP),
+            flow_hash(&client6, p(40000), p(443), IPPROTO_UDP),
+        ];
+        assert_eq!(got, PINNED);
+    }
+
+    const PINNED: [u32; 3] = [4_287_520_068, 1_889_238_607, 1_242_248_024];
+
+    #[test]
+    fn flow_hash_depends_on_every_input() {
+        let a = addr_v4([10, 0, 0, 1]);
+        let base = flow_hash(&a, 1, 2, IPPROTO_TCP);
+        assert_ne!(base, flow_hash(&addr_v4([10, 0, 0, 2]), 1, 2, IPPROTO_TCP));
+        assert_ne!(base, flow_hash(&a, 3, 2, IPPROTO_TCP));
+        assert_ne!(base, flow_hash(&a, 1, 3, IPPROTO_TCP));
+        assert_ne!(base, flow_hash(&a, 1, 2, IPPROTO_UDP));
+        assert_ne!(base, flow_hash(&[a[0], 1, 0, 0], 1, 2, IPPROTO_TCP));
+    }
+
+    #[test]
+    fn ring_slot_stays_in_range_and_spreads() {
+        let size = DEFAULT_RING_SIZE;
+        assert_eq!(ring_slot(0, size), 0);
+        assert_eq!(ring_slot(u32::MAX, size), size - 1);
+        let mut buckets = [0u32; 16];
+        for i in 0..160_000u32 {
+            let h = flow_hash(&addr_v4(i.to_be_bytes()), 0, 0, IPPROTO_TCP);
+            let slot = ring_slot(h, size);
+            assert!(slot < size);
+            buckets[(slot as u64 * 16 / size as u64) as usize] += 1;
+        }
+        // 10,000 expected per bucket; a fair hash stays well within 5%.
+        for b in buckets {
+            assert!((9_500..=10_500).contains(&b), "uneven buckets: {buckets:?}");
+        }
+    }
+
+    #[test]
+    fn counter_names_are_unique_and_snake_case() {
+        let mut names: [&str; Stat::COUNT as usize] = [""; Stat::COUNT as usize];
+        for (i, s) in Stat::ALL.iter().enumerate() {
+            assert_eq!(*s as usize, i);
+            names[i] = s.name();
+            assert!(s.name().bytes().all(|b| b.is_ascii_lowercase() || b == b'_' || b.is_ascii_digit()));
+        }
+        names.sort_unstable();
+        assert!(names.windows(2).all(|w| w[0] != w[1]));
+    }
+}

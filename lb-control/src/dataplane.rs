@@ -15,7 +15,8 @@ use aya::{
     Ebpf, EbpfLoader,
 };
 use lb_common::{
-    ConnEntry, Counter, FlowKey, LbConfig, Real, Stat, VipKey, VipMeta, DEFAULT_CONN_TABLE_SIZE,
+    ConnEntry, Counter, DecapAddr, DecapStat, FlowKey, LbConfig, Real, Stat, VipKey, VipMeta,
+    DEFAULT_CONN_TABLE_SIZE,
     DEFAULT_MAX_REALS, DEFAULT_MAX_VIPS, DEFAULT_RING_SIZE, RING_SPARES,
 };
 
@@ -375,5 +376,69 @@ impl Balancer {
 
     pub fn real_stat(&self, index: u32) -> Result<Counter, DataplaneError> {
         Self::sum(&self.real_stats, index, "REAL_STATS")
+    }
+}
+
+/// The backends' decap program and its maps.
+pub struct Decap {
+    ebpf: Ebpf,
+    addrs: HashMap<MapData, DecapAddr, u8>,
+    stats: PerCpuArray<MapData, Counter>,
+}
+
+impl Decap {
+    /// Loads (verifies) the decap program. Nothing is attached.
+    pub fn load() -> Result<Self, DataplaneError> {
+        let mut ebpf = EbpfLoader::new().load(DECAP_ELF)?;
+        let program: &mut Xdp = ebpf
+            .program_mut(DECAP_PROGRAM)
+            .ok_or(DataplaneError::MissingMap(DECAP_PROGRAM))?
+            .try_into()?;
+        program.load()?;
+        Ok(Self {
+            addrs: take(&mut ebpf, "DECAP_ADDRS")?,
+            stats: take(&mut ebpf, "DECAP_STATS")?,
+            ebpf,
+        })
+    }
+
+    pub fn program(&mut self) -> &mut Xdp {
+        self.ebpf
+            .program_mut(DECAP_PROGRAM)
+            .and_then(|p| p.try_into().ok())
+            .expect("the decap program was checked at load")
+    }
+
+    /// Accepts tunnelled packets whose outer destination is `addr`.
+    pub fn add_addr(&mut self, addr: std::net::IpAddr) -> Result<(), DataplaneError> {
+        self.addrs.insert(decap_addr(addr), 1, 0).map_err(map_err("DECAP_ADDRS"))
+    }
+
+    pub fn remove_addr(&mut self, addr: std::net::IpAddr) -> Result<(), DataplaneError> {
+        match self.addrs.remove(&decap_addr(addr)) {
+            Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
+            Err(e) => Err(map_err("DECAP_ADDRS")(e)),
+        }
+    }
+
+    pub fn stat(&self, stat: DecapStat) -> Result<Counter, DataplaneError> {
+        Balancer::sum(&self.stats, stat as u32, "DECAP_STATS")
+    }
+
+    pub fn all_stats(&self) -> Result<Vec<(DecapStat, Counter)>, DataplaneError> {
+        DecapStat::ALL.iter().map(|&s| Ok((s, self.stat(s)?))).collect()
+    }
+}
+
+fn decap_addr(addr: std::net::IpAddr) -> DecapAddr {
+    let (addr, family) = ip_to_addr(addr);
+    DecapAddr { addr, family, _pad: [0; 3] }
+}
+
+/// An IP address as the data plane's [`lb_common::Addr`] and family tag.
+pub fn ip_to_addr(addr: std::net::IpAddr) -> (lb_common::Addr, u8) {
+    match addr {
+        std::net::IpAddr::V4(a) => (lb_common::addr_v4(a.octets()), lb_common::FAMILY_V4),
+        std::net::IpAddr::V6(a) => (lb_common::addr_v6(a.octets()), lb_common::FAMILY_V6),
     }
 }

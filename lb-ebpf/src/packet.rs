@@ -6,6 +6,9 @@ use aya_ebpf::programs::XdpContext;
 
 /// A pointer to a `T` at `offset` bytes into the packet, or `None` when the
 /// packet is too short to hold it.
+///
+/// Prefer types of two bytes or more: LLVM rewrites the one-byte check
+/// `p + 1 > end` as `p >= end`, from which the verifier learns no range.
 #[inline(always)]
 pub fn ptr_at<T>(ctx: &XdpContext, offset: usize) -> Option<*mut T> {
     let start = ctx.data();

@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# Runs every test of the project on this host: set-up first (idempotent),
+# then the Rust test suites, which include the BPF fixture tests (root).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+export PATH="$HOME/.cargo/bin:$PATH"
+cargo test --workspace --locked "$@"
