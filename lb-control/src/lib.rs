@@ -1,2 +1,4 @@
+pub mod config;
 pub mod dataplane;
+pub mod model;
 pub mod packet_builder;

@@ -1,0 +1,178 @@
+//! The operator's view of the balancer: VIPs and their backends. The config
+//! file, the API and the state file all speak these types; the engine turns
+//! them into map contents.
+
+use std::{
+    collections::BTreeMap,
+    fmt,
+    net::{IpAddr, SocketAddr},
+    str::FromStr,
+};
+
+use lb_common::{IPPROTO_TCP, IPPROTO_UDP, VIP_F_HASH_NO_SRC_PORT, VIP_F_NO_CONN_TABLE, VIP_F_UDP_NO_CONN_TABLE};
+use serde::{Deserialize, Serialize};
+
+/// Largest backend weight accepted.
+pub const MAX_WEIGHT: u32 = 10_000;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Proto {
+    Tcp,
+    Udp,
+}
+
+impl Proto {
+    pub fn number(self) -> u8 {
+        match self {
+            Proto::Tcp => IPPROTO_TCP,
+            Proto::Udp => IPPROTO_UDP,
+        }
+    }
+}
+
+impl fmt::Display for Proto {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Proto::Tcp => "tcp",
+            Proto::Udp => "udp",
+        })
+    }
+}
+
+impl FromStr for Proto {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "tcp" => Ok(Proto::Tcp),
+            "udp" => Ok(Proto::Udp),
+            other => Err(format!("unknown protocol '{other}' (expected tcp or udp)")),
+        }
+    }
+}
+
+/// A VIP's identity: address, port (0 = every port) and protocol. Written
+/// `10.0.0.10:80/tcp` or `[fc00::10]:443/udp` in URLs and logs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct VipId {
+    pub addr: IpAddr,
+    pub port: u16,
+    pub proto: Proto,
+}
+
+impl fmt::Display for VipId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", SocketAddr::new(self.addr, self.port), self.proto)
+    }
+}
+
+impl FromStr for VipId {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (sock, proto) = s
+            .rsplit_once('/')
+            .ok_or_else(|| format!("'{s}' is not a VIP: expected ADDRESS:PORT/PROTOCOL, e.g. 10.0.0.10:80/tcp"))?;
+        let sock: SocketAddr = sock
+            .parse()
+            .map_err(|_| format!("'{sock}' is not ADDRESS:PORT (IPv6 in brackets: [fc00::1]:80)"))?;
+        Ok(VipId { addr: sock.ip(), port: sock.port(), proto: proto.parse()? })
+    }
+}
+
+impl Serialize for VipId {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for VipId {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// Per-VIP behaviour switches.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum VipFlag {
+    /// Hash on the client address only: one client, one backend.
+    HashNoSrcPort,
+    /// Never use the connection table.
+    NoConnTable,
+    /// UDP never uses the connection table.
+    UdpNoConnTable,
+}
+
+impl VipFlag {
+    pub fn bits(flags: &[VipFlag]) -> u32 {
+        flags.iter().fold(0, |acc, f| {
+            acc | match f {
+                VipFlag::HashNoSrcPort => VIP_F_HASH_NO_SRC_PORT,
+                VipFlag::NoConnTable => VIP_F_NO_CONN_TABLE,
+                VipFlag::UdpNoConnTable => VIP_F_UDP_NO_CONN_TABLE,
+            }
+        })
+    }
+}
+
+/// One backend of a VIP.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Backend {
+    /// Relative weight; 0 drains the backend: no new flows, established
+    /// ones stay through the connection table.
+    pub weight: u32,
+}
+
+/// What the operator wants a VIP to be.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VipSpec {
+    #[serde(default)]
+    pub flags: Vec<VipFlag>,
+    #[serde(default)]
+    pub backends: BTreeMap<IpAddr, Backend>,
+}
+
+impl VipSpec {
+    pub fn flag_bits(&self) -> u32 {
+        VipFlag::bits(&self.flags)
+    }
+}
+
+/// The whole set of VIPs.
+pub type VipSet = BTreeMap<VipId, VipSpec>;
+
+/// Checks a VIP/backend combination the data plane can carry.
+pub fn check_backend_family(vip: &VipId, backend: IpAddr) -> Result<(), String> {
+    if vip.addr.is_ipv6() && backend.is_ipv4() {
+        return Err(format!(
+            "backend {backend} is IPv4 but VIP {vip} is IPv6: IPv6 cannot be carried inside IPv4"
+        ));
+    }
+    Ok(())
+}
+
+pub fn check_weight(weight: u32) -> Result<(), String> {
+    if weight > MAX_WEIGHT {
+        return Err(format!("weight {weight} is out of range 0..={MAX_WEIGHT}"));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn vip_ids_round_trip_through_text() {
+        for s in ["10.0.0.10:80/tcp", "[fc00::10]:443/udp", "10.0.0.1:0/tcp"] {
+            let id: VipId = s.parse().unwrap();
+            assert_eq!(id.to_string(), s);
+        }
+        assert!("10.0.0.10:80".parse::<VipId>().is_err());
+        assert!("10.0.0.10:80/sctp".parse::<VipId>().unwrap_err().contains("sctp"));
+        assert!("fc00::1:80/tcp".parse::<VipId>().unwrap_err().contains("brackets"));
+    }
+}
