@@ -51,7 +51,6 @@ pub struct MixResult {
     pub ratio: f64,
     pub ratio_min: f64,
     pub ratio_max: f64,
-    pub packets: u64,
     /// Every timed packet bumped the intended counter.
     pub path_verified: bool,
 }
@@ -274,7 +273,6 @@ pub fn run_mix(bal: &mut Balancer, floor: &mut Floor, mix: &Mix, rounds: u32, ca
         ratio: median(&mut ratios),
         ratio_min,
         ratio_max,
-        packets,
         path_verified: after.packets - before.packets == packets,
     })
 }

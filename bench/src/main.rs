@@ -27,9 +27,10 @@ enum Command {
         /// Backends per VIP.
         #[arg(long, default_value_t = 100)]
         backends: u32,
-        /// Distinct flows the new-flow mix rotates through.
-        #[arg(long, default_value_t = 65_536)]
-        distinct_flows: u32,
+        /// Distinct flows the new-flow mix rotates through (default: one per
+        /// timed packet, so every SYN is a flow the table has not seen).
+        #[arg(long)]
+        distinct_flows: Option<u32>,
     },
 }
 
@@ -47,7 +48,7 @@ fn main() -> Result<()> {
                 "{:<26} {:>9} {:>17} {:>9} {:>7} {:>13} {:>7} {}",
                 "mix", "ns/pkt", "spread", "floor ns", "ratio", "ratio spread", "Mpps", "path"
             );
-            for mix in dataplane::mixes(distinct_flows) {
+            for mix in dataplane::mixes(distinct_flows.unwrap_or(rounds * calls)) {
                 let r = dataplane::run_mix(&mut bal, &mut floor, &mix, rounds, calls)?;
                 println!(
                     "{:<26} {:>9.1} {:>8.1}-{:<8.1} {:>9.1} {:>7.2} {:>6.2}-{:<6.2} {:>7.2} {}",

@@ -10,7 +10,7 @@ use std::{
 };
 
 use aya::{
-    maps::{Array, HashMap, Map, MapData, MapError, PerCpuArray},
+    maps::{Array, HashMap, Map, MapData, MapError, PerCpuArray, PerCpuValues},
     programs::{ProgramError, Xdp},
     Ebpf, EbpfLoader,
 };
@@ -112,6 +112,8 @@ pub enum DataplaneError {
     OutOfRange { what: &'static str, index: u32, limit: u32 },
     #[error("Maglev table has {got} entries, the rings hold {want}")]
     RingLength { got: usize, want: u32 },
+    #[error("counting possible CPUs: {0}")]
+    Cpus(#[source] std::io::Error),
     #[error("mapping the ring pool into memory: {0}")]
     Mmap(#[source] std::io::Error),
 }
@@ -271,6 +273,18 @@ impl Balancer {
 
     pub fn vip(&self, key: &VipKey) -> Option<VipMeta> {
         self.vips.get(key, 0).ok()
+    }
+
+    /// Every entry of the VIPS map (VIPs and echo markers).
+    pub fn vips(&self) -> Result<Vec<(VipKey, VipMeta)>, DataplaneError> {
+        self.vips.iter().collect::<Result<_, _>>().map_err(map_err("VIPS"))
+    }
+
+    /// Zeroes a VIP's counters before its number is given to a new VIP.
+    pub fn reset_vip_stats(&mut self, vip_num: u32) -> Result<(), DataplaneError> {
+        let cpus = aya::util::nr_cpus().map_err(|(_, e)| DataplaneError::Cpus(e))?;
+        let zero = PerCpuValues::try_from(vec![Counter::default(); cpus]).map_err(DataplaneError::Cpus)?;
+        self.vip_stats.set(vip_num, zero, 0).map_err(map_err("VIP_STATS"))
     }
 
     pub fn remove_vip(&mut self, key: &VipKey) -> Result<(), DataplaneError> {

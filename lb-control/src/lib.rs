@@ -1,4 +1,6 @@
 pub mod config;
 pub mod dataplane;
+pub mod engine;
+pub mod maglev;
 pub mod model;
 pub mod packet_builder;

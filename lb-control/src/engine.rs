@@ -1,0 +1,352 @@
+//! The reconciler: turns the operator's [`VipSet`] into map contents, and
+//! changes the data plane from one set to the next without a packet seeing
+//! a half-applied state.
+//!
+//! Order of every apply: validate everything first (a rejected change
+//! touches no map); add backends; write each changed VIP's new Maglev table
+//! into a free ring and switch the VIP to it with one map update; remove
+//! VIPs; release backends nothing references any more.
+
+use std::{
+    collections::{BTreeMap, BTreeSet, HashMap, VecDeque},
+    net::IpAddr,
+};
+
+use lb_common::{
+    LbConfig, Real, VipKey, VipMeta, CFG_F_HAS_PORT0_VIPS, CFG_F_READY, FAMILY_NONE, FAMILY_V4,
+    IPPROTO_ICMP, IPPROTO_ICMPV6, VIP_F_ICMP_ECHO,
+};
+
+use crate::{
+    dataplane::{ip_to_addr, Balancer, DataplaneError},
+    maglev::{self, MaglevBackend, MaglevError},
+    model::{check_backend_family, check_weight, VipId, VipSet, VipSpec},
+};
+
+#[derive(thiserror::Error, Debug)]
+pub enum EngineError {
+    /// The requested state cannot be represented; nothing was changed.
+    #[error("{0}")]
+    Rejected(String),
+    #[error(transparent)]
+    Dataplane(#[from] DataplaneError),
+    #[error("building the Maglev table of {vip}: {source}")]
+    Maglev {
+        vip: VipId,
+        #[source]
+        source: MaglevError,
+    },
+}
+
+/// What an apply changed, for logs and API answers.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct ApplyReport {
+    pub vips_added: usize,
+    pub vips_removed: usize,
+    /// VIPs whose Maglev table was rewritten.
+    pub tables_written: usize,
+    /// VIPs whose flags alone changed.
+    pub flags_changed: usize,
+    pub backends_added: usize,
+    pub backends_removed: usize,
+}
+
+impl ApplyReport {
+    pub fn is_empty(&self) -> bool {
+        *self == ApplyReport::default()
+    }
+}
+
+#[derive(Clone, Debug)]
+struct Installed {
+    /// `None` when adopted from pinned maps and not yet reconciled.
+    spec: Option<VipSpec>,
+    vip_num: u32,
+    ring: u32,
+}
+
+/// Owns the balancer's maps and knows what is in them.
+pub struct Engine {
+    bal: Balancer,
+    installed: BTreeMap<VipId, Installed>,
+    real_index: HashMap<IpAddr, u32>,
+    /// Freed backend indices are reused last (FIFO), so a connection-table
+    /// entry left pointing at a removed backend is unlikely to meet a new one.
+    free_reals: VecDeque<u32>,
+    free_vip_nums: BTreeSet<u32>,
+    free_rings: VecDeque<u32>,
+    /// Addresses that have an ICMP echo marker.
+    echo_markers: BTreeMap<IpAddr, u32>,
+}
+
+fn marker_key(addr: IpAddr) -> VipKey {
+    let (a, family) = ip_to_addr(addr);
+    let proto = if family == FAMILY_V4 { IPPROTO_ICMP } else { IPPROTO_ICMPV6 };
+    VipKey { addr: a, port: 0, proto, family }
+}
+
+pub fn vip_key(id: &VipId) -> VipKey {
+    let (addr, family) = ip_to_addr(id.addr);
+    VipKey { addr, port: id.port.to_be(), proto: id.proto.number(), family }
+}
+
+fn addr_of(real: &Real) -> Option<IpAddr> {
+    let bytes: Vec<u8> = real.addr.iter().flat_map(|w| w.to_ne_bytes()).collect();
+    match real.family {
+        lb_common::FAMILY_V4 => Some(IpAddr::from([bytes[0], bytes[1], bytes[2], bytes[3]])),
+        lb_common::FAMILY_V6 => Some(IpAddr::from(<[u8; 16]>::try_from(bytes).ok()?)),
+        _ => None,
+    }
+}
+
+fn key_to_vip_id(key: &VipKey) -> Option<VipId> {
+    let addr = addr_of(&Real { addr: key.addr, family: key.family, _pad: [0; 3] })?;
+    let proto = match key.proto {
+        lb_common::IPPROTO_TCP => crate::model::Proto::Tcp,
+        lb_common::IPPROTO_UDP => crate::model::Proto::Udp,
+        _ => return None,
+    };
+    Some(VipId { addr, port: u16::from_be(key.port), proto })
+}
+
+impl Engine {
+    /// Takes over a balancer. Whatever its maps already hold (a restarted
+    /// daemon adopting pinned maps) is read back, so an apply of the same
+    /// state rewrites nothing.
+    pub fn adopt(bal: Balancer) -> Result<Self, EngineError> {
+        let limits = *bal.limits();
+        let mut installed = BTreeMap::new();
+        let mut echo_markers = BTreeMap::new();
+        let mut used_nums = BTreeSet::new();
+        let mut used_rings = BTreeSet::new();
+        for (key, meta) in bal.vips()? {
+            if key.proto == IPPROTO_ICMP || key.proto == IPPROTO_ICMPV6 {
+                if let Some(addr) = addr_of(&Real { addr: key.addr, family: key.family, _pad: [0; 3] }) {
+                    echo_markers.insert(addr, meta.vip_num);
+                }
+                continue;
+            }
+            let Some(id) = key_to_vip_id(&key) else { continue };
+            used_nums.insert(meta.vip_num);
+            used_rings.insert(meta.ring);
+            installed.insert(id, Installed { spec: None, vip_num: meta.vip_num, ring: meta.ring });
+        }
+        let mut real_index = HashMap::new();
+        let mut free_reals = VecDeque::new();
+        for index in 1..limits.max_reals {
+            let real = bal.real(index)?;
+            match addr_of(&real) {
+                Some(addr) if real.family != FAMILY_NONE => {
+                    real_index.insert(addr, index);
+                }
+                _ => free_reals.push_back(index),
+            }
+        }
+        Ok(Self {
+            free_vip_nums: (0..limits.max_vips).filter(|n| !used_nums.contains(n)).collect(),
+            free_rings: (0..limits.ring_count()).filter(|r| !used_rings.contains(r)).collect(),
+            bal,
+            installed,
+            real_index,
+            free_reals,
+            echo_markers,
+        })
+    }
+
+    pub fn balancer(&self) -> &Balancer {
+        &self.bal
+    }
+
+    pub fn balancer_mut(&mut self) -> &mut Balancer {
+        &mut self.bal
+    }
+
+    /// The counter index of each installed VIP.
+    pub fn vip_num(&self, id: &VipId) -> Option<u32> {
+        self.installed.get(id).map(|i| i.vip_num)
+    }
+
+    /// The backend index of an address in use.
+    pub fn real_index(&self, addr: &IpAddr) -> Option<u32> {
+        self.real_index.get(addr).copied()
+    }
+
+    /// Writes the forwarding config and marks the data plane ready.
+    pub fn set_forwarding(&mut self, mut cfg: LbConfig) -> Result<(), EngineError> {
+        cfg.flags |= CFG_F_READY;
+        if self.installed.keys().any(|id| id.port == 0) {
+            cfg.flags |= CFG_F_HAS_PORT0_VIPS;
+        } else {
+            cfg.flags &= !CFG_F_HAS_PORT0_VIPS;
+        }
+        self.bal.set_config(&cfg)?;
+        Ok(())
+    }
+
+    /// Checks that `desired` fits the limits and the data plane's rules.
+    pub fn check(&self, desired: &VipSet) -> Result<(), EngineError> {
+        let limits = self.bal.limits();
+        let reject = |m: String| Err(EngineError::Rejected(m));
+        if desired.len() > limits.max_vips as usize {
+            return reject(format!("{} VIPs exceed the limit of {}", desired.len(), limits.max_vips));
+        }
+        let mut backends = BTreeSet::new();
+        for (id, spec) in desired {
+            for (addr, b) in &spec.backends {
+                check_backend_family(id, *addr).map_err(EngineError::Rejected)?;
+                check_weight(b.weight).map_err(EngineError::Rejected)?;
+                backends.insert(*addr);
+            }
+            if spec.backends.len() > limits.ring_size as usize {
+                return reject(format!("VIP {id}: {} backends do not fit a ring of {}", spec.backends.len(), limits.ring_size));
+            }
+        }
+        if backends.len() >= limits.max_reals as usize {
+            return reject(format!(
+                "{} distinct backends exceed the limit of {}",
+                backends.len(),
+                limits.max_reals - 1
+            ));
+        }
+        Ok(())
+    }
+
+    fn table(&self, id: &VipId, spec: &VipSpec) -> Result<Vec<u32>, EngineError> {
+        let backends: Vec<MaglevBackend> = spec
+            .backends
+            .iter()
+            .map(|(addr, b)| MaglevBackend {
+                id: self.real_index[addr],
+                key: match addr {
+                    IpAddr::V4(a) => a.octets().to_vec(),
+                    IpAddr::V6(a) => a.octets().to_vec(),
+                },
+                weight: b.weight,
+            })
+            .collect();
+        maglev::build(&backends, self.bal.limits().ring_size)
+            .map_err(|source| EngineError::Maglev { vip: *id, source })
+    }
+
+    /// Makes the data plane serve exactly `desired`.
+    pub fn apply(&mut self, desired: &VipSet, forwarding: &LbConfig) -> Result<ApplyReport, EngineError> {
+        self.check(desired)?;
+        let mut report = ApplyReport::default();
+
+        // 1. Backends every desired VIP needs.
+        let wanted: BTreeSet<IpAddr> = desired.values().flat_map(|s| s.backends.keys().copied()).collect();
+        for addr in &wanted {
+            if self.real_index.contains_key(addr) {
+                continue;
+            }
+            let index = self.free_reals.pop_front().ok_or_else(|| {
+                EngineError::Rejected("no free backend slot (limits.max_backends)".into())
+            })?;
+            let (a, family) = ip_to_addr(*addr);
+            if let Err(e) = self.bal.set_real(index, &Real { addr: a, family, _pad: [0; 3] }) {
+                self.free_reals.push_front(index);
+                return Err(e.into());
+            }
+            self.real_index.insert(*addr, index);
+            report.backends_added += 1;
+        }
+
+        // 2. New and changed VIPs: table into a free ring, then one switch.
+        for (id, spec) in desired {
+            let current = self.installed.get(id).cloned();
+            if current.as_ref().and_then(|c| c.spec.as_ref()) == Some(spec) {
+                continue;
+            }
+            let table = self.table(id, spec)?;
+            let flags = spec.flag_bits();
+            let key = vip_key(id);
+            match current {
+                Some(cur) => {
+                    let same_table = self.bal.ring(cur.ring)? == table.as_slice();
+                    let same_flags = self.bal.vip(&key).map(|m| m.flags) == Some(flags);
+                    if same_table {
+                        if !same_flags {
+                            self.bal.set_vip(&key, &VipMeta { flags, vip_num: cur.vip_num, ring: cur.ring })?;
+                            report.flags_changed += 1;
+                        }
+                    } else {
+                        let ring = self.take_ring()?;
+                        self.bal.write_ring(ring, &table)?;
+                        self.bal.set_vip(&key, &VipMeta { flags, vip_num: cur.vip_num, ring })?;
+                        self.free_rings.push_back(cur.ring);
+                        self.installed.get_mut(id).expect("present").ring = ring;
+                        report.tables_written += 1;
+                    }
+                    self.installed.get_mut(id).expect("present").spec = Some(spec.clone());
+                }
+                None => {
+                    let vip_num = *self.free_vip_nums.iter().next().ok_or_else(|| {
+                        EngineError::Rejected("no free VIP slot (limits.max_vips)".into())
+                    })?;
+                    let ring = self.take_ring()?;
+                    self.bal.write_ring(ring, &table)?;
+                    self.bal.reset_vip_stats(vip_num)?;
+                    self.bal.set_vip(&key, &VipMeta { flags, vip_num, ring })?;
+                    self.free_vip_nums.remove(&vip_num);
+                    self.installed.insert(*id, Installed { spec: Some(spec.clone()), vip_num, ring });
+                    report.vips_added += 1;
+                    report.tables_written += 1;
+                }
+            }
+        }
+
+        // 3. VIPs no longer wanted.
+        let gone: Vec<VipId> = self.installed.keys().filter(|id| !desired.contains_key(id)).copied().collect();
+        for id in gone {
+            self.bal.remove_vip(&vip_key(&id))?;
+            let old = self.installed.remove(&id).expect("present");
+            self.free_vip_nums.insert(old.vip_num);
+            self.free_rings.push_back(old.ring);
+            report.vips_removed += 1;
+        }
+
+        // 4. Echo markers: one per VIP address.
+        let addrs: BTreeMap<IpAddr, u32> = self.installed.iter().fold(BTreeMap::new(), |mut m, (id, i)| {
+            m.entry(id.addr).or_insert(i.vip_num);
+            m
+        });
+        for (addr, vip_num) in &addrs {
+            if self.echo_markers.get(addr) != Some(vip_num) {
+                self.bal.set_vip(&marker_key(*addr), &VipMeta { flags: VIP_F_ICMP_ECHO, vip_num: *vip_num, ring: 0 })?;
+                self.echo_markers.insert(*addr, *vip_num);
+            }
+        }
+        let stale: Vec<IpAddr> = self.echo_markers.keys().filter(|a| !addrs.contains_key(a)).copied().collect();
+        for addr in stale {
+            self.bal.remove_vip(&marker_key(addr))?;
+            self.echo_markers.remove(&addr);
+        }
+
+        // 5. Backends nothing references: their flows re-hash.
+        let unused: Vec<(IpAddr, u32)> =
+            self.real_index.iter().filter(|(a, _)| !wanted.contains(a)).map(|(a, i)| (*a, *i)).collect();
+        for (addr, index) in unused {
+            self.bal.clear_real(index)?;
+            self.real_index.remove(&addr);
+            self.free_reals.push_back(index);
+            report.backends_removed += 1;
+        }
+
+        self.set_forwarding(*forwarding)?;
+        Ok(report)
+    }
+
+    fn take_ring(&mut self) -> Result<u32, EngineError> {
+        // The pool has two rings more than VIPs, so one is always free.
+        self.free_rings.pop_front().ok_or_else(|| EngineError::Rejected("no free Maglev ring".into()))
+    }
+
+    /// Backend index → address, for the stats of every backend in use.
+    pub fn backends(&self) -> impl Iterator<Item = (IpAddr, u32)> + '_ {
+        self.real_index.iter().map(|(a, i)| (*a, *i))
+    }
+
+    pub fn installed_vips(&self) -> impl Iterator<Item = (&VipId, u32)> {
+        self.installed.iter().map(|(id, i)| (id, i.vip_num))
+    }
+}
