@@ -509,13 +509,13 @@ protocol = "udp"
         assert_eq!(c.xdp_mode, XdpMode::Generic);
         assert_eq!(c.encap.mtu, 9000);
         assert_eq!(c.limits.max_reals, 1001);
-        let id: VipId = "10.0.0.10:80/tcp".parse().unwrap();
+        let id: VipId = "tcp:10.0.0.10:80".parse().unwrap();
         let spec = &c.vips[&id];
         assert_eq!(spec.flags, [VipFlag::HashNoSrcPort]);
         assert_eq!(spec.backends.len(), 2);
         assert_eq!(spec.backends[&"10.1.0.1".parse::<IpAddr>().unwrap()].weight, 2);
         assert_eq!(spec.backends[&"10.1.0.2".parse::<IpAddr>().unwrap()].weight, 1);
-        assert!(c.vips.contains_key(&"[fc00::10]:0/udp".parse().unwrap()));
+        assert!(c.vips.contains_key(&"udp:[fc00::10]:0".parse().unwrap()));
     }
 
     fn problems(text: &str) -> Vec<Problem> {

@@ -9,9 +9,15 @@ use std::{
     ptr::NonNull,
 };
 
+use std::path::{Path, PathBuf};
+
 use aya::{
-    maps::{Array, HashMap, Map, MapData, MapError, PerCpuArray, PerCpuValues},
-    programs::{ProgramError, Xdp},
+    maps::{Array, HashMap, Map, MapData, MapError, MapInfo, PerCpuArray, PerCpuValues},
+    programs::{
+        links::{FdLink, PinnedLink},
+        xdp::XdpLink,
+        ProgramError, Xdp, XdpMode,
+    },
     Ebpf, EbpfLoader,
 };
 use lb_common::{
@@ -34,6 +40,39 @@ pub const XDP_TX_PROGRAM: &str = "xdp_tx";
 
 /// Largest Maglev ring accepted (entries); bounds the ring pool's memory.
 pub const MAX_RING_SIZE: u32 = 1 << 20;
+
+/// How the XDP program is attached.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AttachMode {
+    /// In the driver.
+    Native,
+    /// In the kernel's generic (skb) path.
+    Generic,
+    /// Native when the driver supports it, generic otherwise.
+    Auto,
+}
+
+/// Removes what [`Balancer::open`] and [`Balancer::attach`] pinned under
+/// `pin_dir`: the links (which detaches the program from the interfaces)
+/// and the maps (freed once nothing holds them). Returns what was removed.
+pub fn detach_all(pin_dir: &Path) -> Result<Vec<PathBuf>, DataplaneError> {
+    let dir = versioned_pin_dir(pin_dir);
+    let mut removed = Vec::new();
+    let entries = match std::fs::read_dir(&dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(removed),
+        Err(e) => return Err(DataplaneError::PinDir { path: dir, source: e }),
+    };
+    for entry in entries {
+        let path = entry.map_err(|e| DataplaneError::PinDir { path: dir.clone(), source: e })?.path();
+        std::fs::remove_file(&path).map_err(|e| DataplaneError::PinDir { path: path.clone(), source: e })?;
+        removed.push(path);
+    }
+    let _ = std::fs::remove_dir(&dir);
+    let _ = std::fs::remove_dir(pin_dir);
+    removed.sort();
+    Ok(removed)
+}
 
 /// Sizes fixed when the balancer is loaded.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -112,6 +151,22 @@ pub enum DataplaneError {
     OutOfRange { what: &'static str, index: u32, limit: u32 },
     #[error("Maglev table has {got} entries, the rings hold {want}")]
     RingLength { got: usize, want: u32 },
+    #[error("pinned map {name} at {path} has {found}, this config needs {want}; the limits changed since it was created: restore them, or run `lb-control detach` (drops every connection) and start again")]
+    PinnedMismatch { name: &'static str, path: PathBuf, found: String, want: String },
+    #[error("creating pin directory {path}: {source}")]
+    PinDir {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("attaching to {iface}: {source}")]
+    Attach {
+        iface: String,
+        #[source]
+        source: ProgramError,
+    },
+    #[error("XDP link of {iface}: {detail}")]
+    Link { iface: String, detail: String },
     #[error("counting possible CPUs: {0}")]
     Cpus(#[source] std::io::Error),
     #[error("mapping the ring pool into memory: {0}")]
@@ -182,6 +237,10 @@ impl Drop for RingPool {
 /// The loaded balancer and its maps.
 pub struct Balancer {
     ebpf: Ebpf,
+    /// Attachments made without pinning; dropped with the balancer.
+    links: Vec<XdpLink>,
+    /// The maps were already pinned (a restart), not created empty.
+    adopted: bool,
     limits: Limits,
     vips: HashMap<MapData, VipKey, VipMeta>,
     reals: Array<MapData, Real>,
@@ -201,12 +260,79 @@ where
     T::try_from(map).map_err(map_err(name))
 }
 
+/// The balancer's maps that outlive the daemon when pinned, with the layout
+/// each must have: (name, key size, value size, entries).
+fn pinned_layout(limits: &Limits) -> [(&'static str, usize, usize, u32); 8] {
+    use std::mem::size_of;
+    [
+        ("VIPS", size_of::<VipKey>(), size_of::<VipMeta>(), limits.max_vips * 2),
+        ("REALS", 4, size_of::<Real>(), limits.max_reals),
+        ("RINGS", 4, 8, limits.ring_slots().div_ceil(2)),
+        ("CONN_TABLE", size_of::<FlowKey>(), size_of::<ConnEntry>(), limits.conn_table_size),
+        ("CONFIG", 4, size_of::<LbConfig>(), 1),
+        ("STATS", 4, size_of::<Counter>(), Stat::COUNT),
+        ("VIP_STATS", 4, size_of::<Counter>(), limits.max_vips),
+        ("REAL_STATS", 4, size_of::<Counter>(), limits.max_reals),
+    ]
+}
+
+/// Where a layout version's pins live under the configured pin directory.
+/// The version is part of the path so an upgrade that changes a map's
+/// layout never adopts maps written with the old one.
+pub fn versioned_pin_dir(pin_dir: &Path) -> PathBuf {
+    pin_dir.join(format!("v{}", lb_common::MAP_LAYOUT_VERSION))
+}
+
+/// Checks maps already pinned under `dir` against the layout these limits
+/// need: aya would reuse them by name without looking.
+fn check_pins(dir: &Path, limits: &Limits) -> Result<bool, DataplaneError> {
+    let mut found = 0;
+    for (name, key, value, entries) in pinned_layout(limits) {
+        let path = dir.join(name);
+        if !path.exists() {
+            continue;
+        }
+        found += 1;
+        let info = MapInfo::from_pin(&path).map_err(map_err(name))?;
+        if (info.key_size(), info.value_size(), info.max_entries()) != (key as u32, value as u32, entries) {
+            return Err(DataplaneError::PinnedMismatch {
+                name,
+                path,
+                found: format!("key {} value {} entries {}", info.key_size(), info.value_size(), info.max_entries()),
+                want: format!("key {key} value {value} entries {entries}"),
+            });
+        }
+    }
+    Ok(found > 0)
+}
+
 impl Balancer {
     /// Loads the balancer object with these limits and loads (verifies) its
     /// XDP program. Nothing is attached.
     pub fn load(limits: Limits) -> Result<Self, DataplaneError> {
+        Self::open(limits, None)
+    }
+
+    /// Like [`Balancer::load`], with every map pinned under `pin_dir`
+    /// (versioned): maps already pinned there are adopted, contents and all,
+    /// so a restarted daemon keeps the VIPs, backends and connections.
+    pub fn open(limits: Limits, pin_dir: Option<&Path>) -> Result<Self, DataplaneError> {
         limits.validate()?;
-        let mut ebpf = EbpfLoader::new()
+        let mut loader = EbpfLoader::new();
+        let mut adopted = false;
+        let pin_paths: Vec<(&'static str, PathBuf)> = match pin_dir {
+            Some(dir) => {
+                let dir = versioned_pin_dir(dir);
+                std::fs::create_dir_all(&dir).map_err(|e| DataplaneError::PinDir { path: dir.clone(), source: e })?;
+                adopted = check_pins(&dir, &limits)?;
+                pinned_layout(&limits).iter().map(|(name, ..)| (*name, dir.join(name))).collect()
+            }
+            None => Vec::new(),
+        };
+        for (name, path) in &pin_paths {
+            loader.map_pin_path(name, path.as_path());
+        }
+        let mut ebpf = loader
             .override_global("RING_SIZE", &limits.ring_size, true)
             .map_max_entries("VIPS", limits.max_vips * 2)
             .map_max_entries("REALS", limits.max_reals)
@@ -226,6 +352,8 @@ impl Balancer {
         };
         let rings = RingPool::new(rings, limits.ring_slots() as usize)?;
         Ok(Self {
+            links: Vec::new(),
+            adopted,
             vips: take(&mut ebpf, "VIPS")?,
             reals: take(&mut ebpf, "REALS")?,
             conn: take(&mut ebpf, "CONN_TABLE")?,
@@ -241,6 +369,54 @@ impl Balancer {
 
     pub fn limits(&self) -> &Limits {
         &self.limits
+    }
+
+    /// Whether the maps were adopted from pins rather than created.
+    pub fn adopted(&self) -> bool {
+        self.adopted
+    }
+
+    /// Attaches the balancer to `iface`, or, when a link is already pinned
+    /// for it (a restart or upgrade), swaps this program into that link in
+    /// one step (`bpf_link_update`): no packet goes unprocessed.
+    pub fn attach(&mut self, iface: &str, mode: AttachMode, pin_dir: Option<&Path>) -> Result<(), DataplaneError> {
+        let pin = pin_dir.map(|d| versioned_pin_dir(d).join(format!("link-{iface}")));
+        let program = self.program();
+        if let Some(pin) = pin.as_ref().filter(|p| p.exists()) {
+            let link = PinnedLink::from_pin(pin).map_err(|e| DataplaneError::Link { iface: iface.into(), detail: e.to_string() })?;
+            let link = XdpLink::try_from(FdLink::from(link))
+                .map_err(|e| DataplaneError::Link { iface: iface.into(), detail: e.to_string() })?;
+            let id = program.attach_to_link(link)?;
+            // The pin keeps the link (and so the attachment) alive.
+            drop(program.take_link(id)?);
+            return Ok(());
+        }
+        let modes: &[XdpMode] = match mode {
+            AttachMode::Native => &[XdpMode::Driver],
+            AttachMode::Generic => &[XdpMode::Skb],
+            AttachMode::Auto => &[XdpMode::Driver, XdpMode::Skb],
+        };
+        let mut last = None;
+        for &m in modes {
+            match program.attach(iface, m) {
+                Ok(id) => {
+                    let link = program.take_link(id)?;
+                    if let Some(pin) = &pin {
+                        let fd = FdLink::try_from(link).map_err(|e| DataplaneError::Link {
+                            iface: iface.into(),
+                            detail: format!("not a bpf_link (kernel too old to pin XDP links?): {e}"),
+                        })?;
+                        fd.pin(pin).map_err(|e| DataplaneError::Link { iface: iface.into(), detail: e.to_string() })?;
+                    } else {
+                        // Unpinned: the attachment lives as long as we do.
+                        self.links.push(link);
+                    }
+                    return Ok(());
+                }
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(DataplaneError::Attach { iface: iface.into(), source: last.expect("at least one mode") })
     }
 
     /// The XDP program, for attaching or test runs.

@@ -5,3 +5,4 @@ pub mod maglev;
 pub mod model;
 pub mod netlink;
 pub mod packet_builder;
+pub mod state;

@@ -52,7 +52,8 @@ impl FromStr for Proto {
 }
 
 /// A VIP's identity: address, port (0 = every port) and protocol. Written
-/// `10.0.0.10:80/tcp` or `[fc00::10]:443/udp` in URLs and logs.
+/// `tcp:10.0.0.10:80` or `udp:[fc00::10]:443` in URLs, logs and the CLI: one
+/// path segment, no escaping needed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct VipId {
     pub addr: IpAddr,
@@ -62,16 +63,16 @@ pub struct VipId {
 
 impl fmt::Display for VipId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}", SocketAddr::new(self.addr, self.port), self.proto)
+        write!(f, "{}:{}", self.proto, SocketAddr::new(self.addr, self.port))
     }
 }
 
 impl FromStr for VipId {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        let (sock, proto) = s
-            .rsplit_once('/')
-            .ok_or_else(|| format!("'{s}' is not a VIP: expected ADDRESS:PORT/PROTOCOL, e.g. 10.0.0.10:80/tcp"))?;
+        let (proto, sock) = s
+            .split_once(':')
+            .ok_or_else(|| format!("'{s}' is not a VIP: expected PROTOCOL:ADDRESS:PORT, e.g. tcp:10.0.0.10:80"))?;
         let sock: SocketAddr = sock
             .parse()
             .map_err(|_| format!("'{sock}' is not ADDRESS:PORT (IPv6 in brackets: [fc00::1]:80)"))?;
@@ -167,12 +168,12 @@ mod tests {
 
     #[test]
     fn vip_ids_round_trip_through_text() {
-        for s in ["10.0.0.10:80/tcp", "[fc00::10]:443/udp", "10.0.0.1:0/tcp"] {
+        for s in ["tcp:10.0.0.10:80", "udp:[fc00::10]:443", "tcp:10.0.0.1:0"] {
             let id: VipId = s.parse().unwrap();
             assert_eq!(id.to_string(), s);
         }
         assert!("10.0.0.10:80".parse::<VipId>().is_err());
-        assert!("10.0.0.10:80/sctp".parse::<VipId>().unwrap_err().contains("sctp"));
-        assert!("fc00::1:80/tcp".parse::<VipId>().unwrap_err().contains("brackets"));
+        assert!("sctp:10.0.0.10:80".parse::<VipId>().unwrap_err().contains("sctp"));
+        assert!("tcp:fc00::1:80".parse::<VipId>().unwrap_err().contains("brackets"));
     }
 }
