@@ -169,6 +169,7 @@ pub struct LbConfig {
 /// Per-CPU packet and byte counter.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "user", derive(serde::Serialize, serde::Deserialize))]
 pub struct Counter {
     pub packets: u64,
     pub bytes: u64,

@@ -52,6 +52,52 @@ pub enum AttachMode {
     Auto,
 }
 
+/// Attaches `program` to `iface`. With `pin`, the link is pinned there, and
+/// a link already pinned there gets this program swapped in atomically
+/// (`bpf_link_update`) instead: a restart or upgrade leaves no gap. Without
+/// `pin`, the attachment lives in `links`, as long as its owner.
+fn attach_xdp(
+    program: &mut Xdp,
+    iface: &str,
+    mode: AttachMode,
+    pin: Option<&Path>,
+    links: &mut Vec<XdpLink>,
+) -> Result<(), DataplaneError> {
+    let link_err = |detail: String| DataplaneError::Link { iface: iface.into(), detail };
+    if let Some(pin) = pin.filter(|p| p.exists()) {
+        let link = PinnedLink::from_pin(pin).map_err(|e| link_err(e.to_string()))?;
+        let link = XdpLink::try_from(FdLink::from(link)).map_err(|e| link_err(e.to_string()))?;
+        let id = program.attach_to_link(link)?;
+        // The pin keeps the link, and so the attachment, alive.
+        drop(program.take_link(id)?);
+        return Ok(());
+    }
+    let modes: &[XdpMode] = match mode {
+        AttachMode::Native => &[XdpMode::Driver],
+        AttachMode::Generic => &[XdpMode::Skb],
+        AttachMode::Auto => &[XdpMode::Driver, XdpMode::Skb],
+    };
+    let mut last = None;
+    for &m in modes {
+        match program.attach(iface, m) {
+            Ok(id) => {
+                let link = program.take_link(id)?;
+                match pin {
+                    Some(pin) => {
+                        let fd = FdLink::try_from(link)
+                            .map_err(|e| link_err(format!("not a bpf_link, cannot pin it: {e}")))?;
+                        fd.pin(pin).map_err(|e| link_err(e.to_string()))?;
+                    }
+                    None => links.push(link),
+                }
+                return Ok(());
+            }
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(DataplaneError::Attach { iface: iface.into(), source: last.expect("at least one mode") })
+}
+
 /// Removes what [`Balancer::open`] and [`Balancer::attach`] pinned under
 /// `pin_dir`: the links (which detaches the program from the interfaces)
 /// and the maps (freed once nothing holds them). Returns what was removed.
@@ -381,42 +427,12 @@ impl Balancer {
     /// one step (`bpf_link_update`): no packet goes unprocessed.
     pub fn attach(&mut self, iface: &str, mode: AttachMode, pin_dir: Option<&Path>) -> Result<(), DataplaneError> {
         let pin = pin_dir.map(|d| versioned_pin_dir(d).join(format!("link-{iface}")));
-        let program = self.program();
-        if let Some(pin) = pin.as_ref().filter(|p| p.exists()) {
-            let link = PinnedLink::from_pin(pin).map_err(|e| DataplaneError::Link { iface: iface.into(), detail: e.to_string() })?;
-            let link = XdpLink::try_from(FdLink::from(link))
-                .map_err(|e| DataplaneError::Link { iface: iface.into(), detail: e.to_string() })?;
-            let id = program.attach_to_link(link)?;
-            // The pin keeps the link (and so the attachment) alive.
-            drop(program.take_link(id)?);
-            return Ok(());
-        }
-        let modes: &[XdpMode] = match mode {
-            AttachMode::Native => &[XdpMode::Driver],
-            AttachMode::Generic => &[XdpMode::Skb],
-            AttachMode::Auto => &[XdpMode::Driver, XdpMode::Skb],
-        };
-        let mut last = None;
-        for &m in modes {
-            match program.attach(iface, m) {
-                Ok(id) => {
-                    let link = program.take_link(id)?;
-                    if let Some(pin) = &pin {
-                        let fd = FdLink::try_from(link).map_err(|e| DataplaneError::Link {
-                            iface: iface.into(),
-                            detail: format!("not a bpf_link (kernel too old to pin XDP links?): {e}"),
-                        })?;
-                        fd.pin(pin).map_err(|e| DataplaneError::Link { iface: iface.into(), detail: e.to_string() })?;
-                    } else {
-                        // Unpinned: the attachment lives as long as we do.
-                        self.links.push(link);
-                    }
-                    return Ok(());
-                }
-                Err(e) => last = Some(e),
-            }
-        }
-        Err(DataplaneError::Attach { iface: iface.into(), source: last.expect("at least one mode") })
+        let Self { ebpf, links, .. } = self;
+        let program: &mut Xdp = ebpf
+            .program_mut(BALANCER_PROGRAM)
+            .and_then(|p| p.try_into().ok())
+            .expect("the balancer program was checked at load");
+        attach_xdp(program, iface, mode, pin.as_deref(), links)
     }
 
     /// The XDP program, for attaching or test runs.
@@ -572,6 +588,7 @@ impl Balancer {
 /// The backends' decap program and its maps.
 pub struct Decap {
     ebpf: Ebpf,
+    links: Vec<XdpLink>,
     addrs: HashMap<MapData, DecapAddr, u8>,
     stats: PerCpuArray<MapData, Counter>,
 }
@@ -579,7 +596,21 @@ pub struct Decap {
 impl Decap {
     /// Loads (verifies) the decap program. Nothing is attached.
     pub fn load() -> Result<Self, DataplaneError> {
-        let mut ebpf = EbpfLoader::new().load(DECAP_ELF)?;
+        Self::open(None)
+    }
+
+    /// Like [`Decap::load`], with its maps pinned under `pin_dir`
+    /// (versioned; adopted when already there).
+    pub fn open(pin_dir: Option<&Path>) -> Result<Self, DataplaneError> {
+        let mut loader = EbpfLoader::new();
+        let dir = pin_dir.map(versioned_pin_dir);
+        if let Some(dir) = &dir {
+            std::fs::create_dir_all(dir).map_err(|e| DataplaneError::PinDir { path: dir.clone(), source: e })?;
+            for name in ["DECAP_ADDRS", "DECAP_STATS"] {
+                loader.map_pin_path(name, dir.join(name));
+            }
+        }
+        let mut ebpf = loader.load(DECAP_ELF)?;
         let program: &mut Xdp = ebpf
             .program_mut(DECAP_PROGRAM)
             .ok_or(DataplaneError::MissingMap(DECAP_PROGRAM))?
@@ -589,7 +620,19 @@ impl Decap {
             addrs: take(&mut ebpf, "DECAP_ADDRS")?,
             stats: take(&mut ebpf, "DECAP_STATS")?,
             ebpf,
+            links: Vec::new(),
         })
+    }
+
+    /// Attaches decap to `iface` (see [`Balancer::attach`] for pinning).
+    pub fn attach(&mut self, iface: &str, mode: AttachMode, pin_dir: Option<&Path>) -> Result<(), DataplaneError> {
+        let pin = pin_dir.map(|d| versioned_pin_dir(d).join(format!("link-{iface}")));
+        let Self { ebpf, links, .. } = self;
+        let program: &mut Xdp = ebpf
+            .program_mut(DECAP_PROGRAM)
+            .and_then(|p| p.try_into().ok())
+            .expect("the decap program was checked at load");
+        attach_xdp(program, iface, mode, pin.as_deref(), links)
     }
 
     pub fn program(&mut self) -> &mut Xdp {

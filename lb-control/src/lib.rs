@@ -1,7 +1,10 @@
+pub mod api;
 pub mod config;
+pub mod controller;
 pub mod dataplane;
 pub mod engine;
 pub mod maglev;
+pub mod metrics;
 pub mod model;
 pub mod netlink;
 pub mod packet_builder;

@@ -1,0 +1,248 @@
+//! `lb-control`: the load balancer daemon, and the backends' decap helper.
+
+use std::{
+    net::IpAddr,
+    path::{Path, PathBuf},
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use anyhow::{bail, Context as _, Result};
+use clap::{Parser, Subcommand, ValueEnum};
+use lb_control::{
+    api::{self, AppState},
+    config::Config,
+    controller::{self, Controller},
+    dataplane::{detach_all, AttachMode, Decap},
+};
+use sd_notify::NotifyState;
+use tokio::signal::unix::{signal, SignalKind};
+
+#[derive(Parser)]
+#[command(version, about = "XDP layer-4 load balancer daemon")]
+struct Cli {
+    /// The config file.
+    #[arg(long, short, global = true, default_value = "/etc/xdp-lb/lb.toml", env = "LB_CONFIG")]
+    config: PathBuf,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the daemon (the default).
+    Run,
+    /// Validate the config file and exit.
+    Check,
+    /// Detach the balancer and remove its pinned maps: drops every
+    /// connection the balancer tracks.
+    Detach,
+    /// Backends: attach the decap program, which strips the balancer's
+    /// IP-in-IP header from packets to ADDRs and passes the inner packet up.
+    Decap {
+        #[arg(long)]
+        iface: String,
+        /// This host's addresses the balancer tunnels to.
+        #[arg(long = "addr", required = true)]
+        addrs: Vec<IpAddr>,
+        #[arg(long, value_enum, default_value_t = Mode::Native)]
+        mode: Mode,
+        /// bpffs directory for the decap program's pins.
+        #[arg(long, default_value = "/sys/fs/bpf/xdp-lb-decap")]
+        pin_dir: PathBuf,
+    },
+    /// Backends: remove the decap program's pins (detaches it).
+    DecapDetach {
+        #[arg(long, default_value = "/sys/fs/bpf/xdp-lb-decap")]
+        pin_dir: PathBuf,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Mode {
+    Native,
+    Generic,
+    Auto,
+}
+
+fn main() -> Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_target(false)
+        .init();
+    let cli = Cli::parse();
+    match cli.command.unwrap_or(Command::Run) {
+        Command::Check => check(&cli.config),
+        Command::Run => {
+            let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+            rt.block_on(run(cli.config))
+        }
+        Command::Detach => {
+            let config = load(&cli.config)?;
+            let removed = detach_all(&config.pin_dir)?;
+            println!("removed {} pins under {}", removed.len(), config.pin_dir.display());
+            Ok(())
+        }
+        Command::Decap { iface, addrs, mode, pin_dir } => {
+            let mode = match mode {
+                Mode::Native => AttachMode::Native,
+                Mode::Generic => AttachMode::Generic,
+                Mode::Auto => AttachMode::Auto,
+            };
+            let mut decap = Decap::open(Some(&pin_dir))?;
+            for a in &addrs {
+                decap.add_addr(*a)?;
+            }
+            decap.attach(&iface, mode, Some(&pin_dir))?;
+            println!("decap attached to {iface} for {addrs:?} (pinned under {})", pin_dir.display());
+            Ok(())
+        }
+        Command::DecapDetach { pin_dir } => {
+            let removed = detach_all(&pin_dir)?;
+            println!("removed {} pins under {}", removed.len(), pin_dir.display());
+            Ok(())
+        }
+    }
+}
+
+fn load(path: &Path) -> Result<Config> {
+    Config::load(path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
+}
+
+fn check(path: &Path) -> Result<()> {
+    let config = load(path)?;
+    let backends: std::collections::BTreeSet<_> = config.vips.values().flat_map(|s| s.backends.keys()).collect();
+    println!("{}: ok ({} VIPs, {} backends)", path.display(), config.vips.len(), backends.len());
+    Ok(())
+}
+
+fn notify(state: &[NotifyState]) {
+    if let Err(e) = sd_notify::notify(state) {
+        tracing::warn!(error = %e, "sd_notify failed");
+    }
+}
+
+fn monotonic_usec() -> i128 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: clock_gettime writes into the timespec we own.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as i128 * 1_000_000 + ts.tv_nsec as i128 / 1_000
+}
+
+async fn run(config_path: PathBuf) -> Result<()> {
+    let config = load(&config_path)?;
+    let token = match &config.api.token_file {
+        Some(p) => Some(api::read_token(p)?),
+        None => None,
+    };
+    if token.is_none() && !config.api.listen.ip().is_loopback() {
+        bail!("api.listen {} is not a loopback address: set api.token_file", config.api.listen);
+    }
+    let listen = config.api.listen;
+    let max_body = config.api.max_body_bytes;
+    let override_macs = (config.gateway.mac, config.gateway.interface_mac);
+    let iface = config.interfaces[0].clone();
+    let started = std::time::Instant::now();
+
+    let ctl = tokio::task::block_in_place(|| -> Result<Controller> {
+        let forwarding = controller::forwarding(&config)?;
+        let mut ctl = Controller::open(config, forwarding)?;
+        ctl.attach()?;
+        Ok(ctl)
+    })?;
+    let state = Arc::new(AppState { ctl: Mutex::new(ctl), token });
+    let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("binding the API to {listen}"))?;
+    tracing::info!(%listen, elapsed_ms = started.elapsed().as_millis() as u64, "API listening; ready");
+    notify(&[NotifyState::Ready, NotifyState::Status("serving")]);
+
+    if let Some(interval) = sd_notify::watchdog_enabled() {
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(interval / 2);
+            loop {
+                tick.tick().await;
+                notify(&[NotifyState::Watchdog]);
+            }
+        });
+    }
+
+    // The gateway's MAC can change (failover, a new router): follow it.
+    if override_macs.0.is_none() || override_macs.1.is_none() {
+        let s = state.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(10));
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                let iface = iface.clone();
+                let found = tokio::task::spawn_blocking(move || -> Result<([u8; 6], [u8; 6])> {
+                    let gw = match override_macs.0 {
+                        Some(m) => m,
+                        None => controller::gateway_mac(&iface)?,
+                    };
+                    let own = match override_macs.1 {
+                        Some(m) => m,
+                        None => lb_control::netlink::interface_mac(&iface)?,
+                    };
+                    Ok((gw, own))
+                })
+                .await;
+                match found {
+                    Ok(Ok((gw, own))) => {
+                        let mut ctl = s.ctl.lock().unwrap_or_else(|p| p.into_inner());
+                        match ctl.set_macs(gw, own) {
+                            Ok(true) => tracing::info!(gateway_mac = %lb_control::config::format_mac(&gw), "gateway MAC changed"),
+                            Ok(false) => {}
+                            Err(e) => tracing::error!(error = %e, "updating MACs"),
+                        }
+                    }
+                    Ok(Err(e)) => tracing::warn!(error = %e, "gateway lookup failed; keeping the last MACs"),
+                    Err(e) => tracing::error!(error = %e, "gateway watcher task"),
+                }
+            }
+        });
+    }
+
+    let app = api::router(state.clone(), max_body);
+    let mut server = tokio::spawn(async move {
+        axum::serve(listener, app).with_graceful_shutdown(shutdown_signal()).await
+    });
+
+    let mut hup = signal(SignalKind::hangup())?;
+    loop {
+        tokio::select! {
+            _ = hup.recv() => {
+                notify(&[NotifyState::Reloading, NotifyState::MonotonicUsec(monotonic_usec())]);
+                let s = state.clone();
+                let path = config_path.clone();
+                let result = tokio::task::block_in_place(|| -> Result<_> {
+                    let new = load(&path)?;
+                    let forwarding = controller::forwarding(&new)?;
+                    let mut ctl = s.ctl.lock().unwrap_or_else(|p| p.into_inner());
+                    Ok(ctl.reload(new, forwarding)?)
+                });
+                match result {
+                    Ok(report) => tracing::info!(?report, "config reloaded"),
+                    Err(e) => tracing::error!(error = %format!("{e:#}"), "config reload rejected; the running state is unchanged"),
+                }
+                notify(&[NotifyState::Ready]);
+            }
+            res = &mut server => {
+                notify(&[NotifyState::Stopping]);
+                res??;
+                tracing::info!("stopped; the balancer stays attached with its pinned maps");
+                return Ok(());
+            }
+        }
+    }
+}
+
+async fn shutdown_signal() {
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+}

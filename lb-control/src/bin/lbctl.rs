@@ -1,0 +1,361 @@
+//! `lbctl`: drives the lb-control daemon through its REST API.
+
+use std::{collections::BTreeMap, io::Write as _, net::IpAddr, path::PathBuf, time::Duration};
+
+use anyhow::{bail, Context as _, Result};
+use clap::{Parser, Subcommand, ValueEnum};
+use lb_common::Counter;
+use lb_control::{
+    api::{BackendBody, BackendPatch, VipBody},
+    model::{VipFlag, VipId},
+};
+use serde::{de::DeserializeOwned, Deserialize, Serialize};
+
+#[derive(Parser)]
+#[command(version, about = "Control the XDP load balancer through the lb-control API")]
+struct Cli {
+    /// The daemon's API.
+    #[arg(long, global = true, default_value = "http://127.0.0.1:9780", env = "LBCTL_API")]
+    api: String,
+    /// File holding the API token (needed for changes when the daemon has one).
+    #[arg(long, global = true, env = "LBCTL_TOKEN_FILE")]
+    token_file: Option<PathBuf>,
+    #[arg(long, short, global = true, value_enum, default_value_t = Output::Table)]
+    output: Output,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Output {
+    Table,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// VIPs.
+    #[command(subcommand)]
+    Vip(VipCmd),
+    /// Backends of a VIP.
+    #[command(subcommand)]
+    Backend(BackendCmd),
+    /// Counters: per action and reason, per VIP, per backend.
+    Stats,
+    /// Live packet rates, refreshed every interval.
+    Watch {
+        #[arg(long, default_value = "1")]
+        interval_secs: f64,
+        /// Stop after this many refreshes (default: until interrupted).
+        #[arg(long)]
+        count: Option<u64>,
+    },
+}
+
+#[derive(Subcommand)]
+enum VipCmd {
+    List,
+    Show { vip: VipId },
+    /// Add a VIP, e.g. `lbctl vip add tcp:10.0.0.10:80 -b 10.1.0.1 -b 10.1.0.2=3`.
+    Add {
+        vip: VipId,
+        /// A backend as ADDRESS or ADDRESS=WEIGHT; repeat for more.
+        #[arg(long = "backend", short)]
+        backends: Vec<BackendArg>,
+        #[arg(long = "flag", value_enum)]
+        flags: Vec<FlagArg>,
+    },
+    Remove { vip: VipId },
+}
+
+#[derive(Subcommand)]
+enum BackendCmd {
+    List { vip: VipId },
+    Add {
+        vip: VipId,
+        address: IpAddr,
+        #[arg(long, default_value_t = 1)]
+        weight: u32,
+    },
+    Remove { vip: VipId, address: IpAddr },
+    /// Set a backend's weight.
+    Weight { vip: VipId, address: IpAddr, weight: u32 },
+    /// Weight 0: no new flows; established ones finish.
+    Drain { vip: VipId, address: IpAddr },
+    /// Replace all of a VIP's backends (ADDRESS or ADDRESS=WEIGHT).
+    Replace { vip: VipId, backends: Vec<BackendArg> },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum FlagArg {
+    HashNoSrcPort,
+    NoConnTable,
+    UdpNoConnTable,
+}
+
+impl From<FlagArg> for VipFlag {
+    fn from(f: FlagArg) -> Self {
+        match f {
+            FlagArg::HashNoSrcPort => VipFlag::HashNoSrcPort,
+            FlagArg::NoConnTable => VipFlag::NoConnTable,
+            FlagArg::UdpNoConnTable => VipFlag::UdpNoConnTable,
+        }
+    }
+}
+
+#[derive(Clone)]
+struct BackendArg(BackendBody);
+
+impl std::str::FromStr for BackendArg {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (addr, weight) = match s.split_once('=') {
+            Some((a, w)) => (a, w.parse::<u32>().map_err(|_| format!("'{w}' is not a weight"))?),
+            None => (s, 1),
+        };
+        let address = addr.parse().map_err(|_| format!("'{addr}' is not an IP address"))?;
+        Ok(BackendArg(BackendBody { address, weight }))
+    }
+}
+
+#[derive(Deserialize)]
+struct ApiErrorBody {
+    error: ApiErrorDetail,
+}
+
+#[derive(Deserialize)]
+struct ApiErrorDetail {
+    code: String,
+    message: String,
+}
+
+#[derive(Deserialize, Serialize)]
+struct Stats {
+    global: BTreeMap<String, Counter>,
+    actions: BTreeMap<String, Counter>,
+    vips: BTreeMap<String, Counter>,
+    backends: BTreeMap<String, Counter>,
+}
+
+struct Client {
+    base: String,
+    token: Option<String>,
+    agent: ureq::Agent,
+}
+
+impl Client {
+    fn new(cli: &Cli) -> Result<Self> {
+        let token = match &cli.token_file {
+            Some(p) => Some(lb_control::api::read_token(p)?),
+            None => None,
+        };
+        let agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_global(Some(Duration::from_secs(30)))
+            .build()
+            .into();
+        Ok(Self { base: cli.api.trim_end_matches('/').to_string(), token, agent })
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    fn finish<T: DeserializeOwned>(&self, what: &str, resp: Result<ureq::http::Response<ureq::Body>, ureq::Error>) -> Result<T> {
+        let mut resp = resp.with_context(|| format!("{what}: cannot reach the daemon at {}", self.base))?;
+        let status = resp.status();
+        let text = resp.body_mut().read_to_string().with_context(|| format!("{what}: reading the answer"))?;
+        if !status.is_success() {
+            match serde_json::from_str::<ApiErrorBody>(&text) {
+                Ok(e) => bail!("{what}: {} ({}, HTTP {})", e.error.message, e.error.code, status.as_u16()),
+                Err(_) => bail!("{what}: HTTP {}: {text}", status.as_u16()),
+            }
+        }
+        serde_json::from_str(&text).with_context(|| format!("{what}: unexpected answer: {text}"))
+    }
+
+    fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T> {
+        let resp = self.agent.get(&self.url(path)).call();
+        self.finish(&format!("GET {path}"), resp)
+    }
+
+    fn send<B: Serialize, T: DeserializeOwned>(&self, method: &str, path: &str, body: Option<&B>) -> Result<T> {
+        let url = self.url(path);
+        let auth = self.token.as_ref().map(|t| format!("Bearer {t}"));
+        let what = format!("{method} {path}");
+        macro_rules! go {
+            ($req:expr) => {{
+                let mut req = $req;
+                if let Some(a) = &auth {
+                    req = req.header("Authorization", a);
+                }
+                match body {
+                    Some(b) => req.send_json(b),
+                    None => req.send_empty(),
+                }
+            }};
+        }
+        let resp = match method {
+            "POST" => go!(self.agent.post(&url)),
+            "PUT" => go!(self.agent.put(&url)),
+            "PATCH" => go!(self.agent.patch(&url)),
+            "DELETE" => {
+                let mut req = self.agent.delete(&url);
+                if let Some(a) = &auth {
+                    req = req.header("Authorization", a);
+                }
+                req.call()
+            }
+            other => bail!("unsupported method {other}"),
+        };
+        self.finish(&what, resp)
+    }
+}
+
+fn print_json<T: Serialize>(v: &T) -> Result<()> {
+    println!("{}", serde_json::to_string_pretty(v)?);
+    Ok(())
+}
+
+fn print_vips(vips: &[VipBody]) {
+    println!("{:<28} {:<30} BACKENDS (address=weight)", "VIP", "FLAGS");
+    for v in vips {
+        let flags: Vec<String> =
+            v.flags.iter().map(|f| serde_json::to_value(f).ok().and_then(|s| s.as_str().map(String::from)).unwrap_or_default()).collect();
+        let backends: Vec<String> = v.backends.iter().map(|b| format!("{}={}", b.address, b.weight)).collect();
+        println!("{:<28} {:<30} {}", v.vip.to_string(), if flags.is_empty() { "-".into() } else { flags.join(",") }, backends.join(" "));
+    }
+}
+
+fn print_counters(title: &str, rows: &BTreeMap<String, Counter>) {
+    println!("{:<34} {:>16} {:>18}", title, "PACKETS", "BYTES");
+    for (k, c) in rows {
+        println!("{:<34} {:>16} {:>18}", k, c.packets, c.bytes);
+    }
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    let client = Client::new(&cli)?;
+    let json = cli.output == Output::Json;
+    match &cli.command {
+        Command::Vip(VipCmd::List) => {
+            let vips: Vec<VipBody> = client.get("/v1/vips")?;
+            if json { print_json(&vips)? } else { print_vips(&vips) }
+        }
+        Command::Vip(VipCmd::Show { vip }) => {
+            let v: VipBody = client.get(&format!("/v1/vips/{vip}"))?;
+            if json { print_json(&v)? } else { print_vips(&[v]) }
+        }
+        Command::Vip(VipCmd::Add { vip, backends, flags }) => {
+            let body = VipBody {
+                vip: *vip,
+                flags: flags.iter().map(|f| (*f).into()).collect(),
+                backends: backends.iter().map(|b| b.0.clone()).collect(),
+            };
+            let r: serde_json::Value = client.send("POST", "/v1/vips", Some(&body))?;
+            if json { print_json(&r)? } else { println!("added {vip}") }
+        }
+        Command::Vip(VipCmd::Remove { vip }) => {
+            let r: serde_json::Value = client.send::<(), _>("DELETE", &format!("/v1/vips/{vip}"), None)?;
+            if json { print_json(&r)? } else { println!("removed {vip}") }
+        }
+        Command::Backend(BackendCmd::List { vip }) => {
+            let list: Vec<BackendBody> = client.get(&format!("/v1/vips/{vip}/backends"))?;
+            if json {
+                print_json(&list)?
+            } else {
+                println!("{:<40} WEIGHT", "BACKEND");
+                for b in list {
+                    println!("{:<40} {}{}", b.address, b.weight, if b.weight == 0 { " (draining)" } else { "" });
+                }
+            }
+        }
+        Command::Backend(BackendCmd::Add { vip, address, weight }) => {
+            let body = BackendBody { address: *address, weight: *weight };
+            let r: serde_json::Value = client.send("POST", &format!("/v1/vips/{vip}/backends"), Some(&body))?;
+            if json { print_json(&r)? } else { println!("added backend {address} to {vip}") }
+        }
+        Command::Backend(BackendCmd::Remove { vip, address }) => {
+            let r: serde_json::Value = client.send::<(), _>("DELETE", &format!("/v1/vips/{vip}/backends/{address}"), None)?;
+            if json { print_json(&r)? } else { println!("removed backend {address} from {vip}") }
+        }
+        Command::Backend(BackendCmd::Weight { vip, address, weight }) => {
+            let patch = BackendPatch { weight: Some(*weight), drain: None };
+            let r: serde_json::Value = client.send("PATCH", &format!("/v1/vips/{vip}/backends/{address}"), Some(&patch))?;
+            if json { print_json(&r)? } else { println!("backend {address} of {vip}: weight {weight}") }
+        }
+        Command::Backend(BackendCmd::Drain { vip, address }) => {
+            let patch = BackendPatch { weight: None, drain: Some(true) };
+            let r: serde_json::Value = client.send("PATCH", &format!("/v1/vips/{vip}/backends/{address}"), Some(&patch))?;
+            if json { print_json(&r)? } else { println!("backend {address} of {vip}: draining") }
+        }
+        Command::Backend(BackendCmd::Replace { vip, backends }) => {
+            let list: Vec<BackendBody> = backends.iter().map(|b| b.0.clone()).collect();
+            let r: serde_json::Value = client.send("PUT", &format!("/v1/vips/{vip}/backends"), Some(&list))?;
+            if json { print_json(&r)? } else { println!("{vip}: {} backends", list.len()) }
+        }
+        Command::Stats => {
+            let s: Stats = client.get("/v1/stats")?;
+            if json {
+                print_json(&s)?
+            } else {
+                print_counters("ACTION", &s.actions);
+                println!();
+                let nonzero: BTreeMap<String, Counter> = s.global.into_iter().filter(|(_, c)| c.packets > 0).collect();
+                print_counters("REASON (non-zero)", &nonzero);
+                println!();
+                print_counters("VIP", &s.vips);
+                println!();
+                print_counters("BACKEND", &s.backends);
+            }
+        }
+        Command::Watch { interval_secs, count } => watch(&client, *interval_secs, *count, json)?,
+    }
+    Ok(())
+}
+
+/// Prints packet rates per action, VIP and backend between two samples.
+fn watch(client: &Client, interval_secs: f64, count: Option<u64>, json: bool) -> Result<()> {
+    if !(interval_secs > 0.0 && interval_secs <= 3600.0) {
+        bail!("--interval-secs must be in (0, 3600]");
+    }
+    let interval = Duration::from_secs_f64(interval_secs);
+    let mut prev: Stats = client.get("/v1/stats")?;
+    let mut prev_t = std::time::Instant::now();
+    let mut n = 0u64;
+    while count.is_none_or(|c| n < c) {
+        std::thread::sleep(interval);
+        let now: Stats = client.get("/v1/stats")?;
+        let dt = prev_t.elapsed().as_secs_f64();
+        prev_t = std::time::Instant::now();
+        let rate = |a: &BTreeMap<String, Counter>, b: &BTreeMap<String, Counter>| -> BTreeMap<String, f64> {
+            a.iter()
+                .map(|(k, c)| {
+                    let before = b.get(k).map_or(0, |p| p.packets);
+                    (k.clone(), c.packets.saturating_sub(before) as f64 / dt)
+                })
+                .collect()
+        };
+        let actions = rate(&now.actions, &prev.actions);
+        let vips = rate(&now.vips, &prev.vips);
+        let backends = rate(&now.backends, &prev.backends);
+        if json {
+            println!("{}", serde_json::json!({"actions_pps": actions, "vips_pps": vips, "backends_pps": backends}));
+        } else {
+            print!("\x1b[2J\x1b[H");
+            println!("packets per second over {dt:.1}s\n");
+            for (title, rows) in [("ACTION", &actions), ("VIP", &vips), ("BACKEND", &backends)] {
+                println!("{title:<34} {:>14}", "PPS");
+                for (k, v) in rows {
+                    println!("{k:<34} {v:>14.1}");
+                }
+                println!();
+            }
+        }
+        std::io::stdout().flush()?;
+        prev = now;
+        n += 1;
+    }
+    Ok(())
+}

@@ -1,0 +1,86 @@
+//! `/metrics`: the counters in the Prometheus/OpenMetrics text format, built
+//! with `prometheus-client` from a snapshot of the BPF maps at scrape time.
+
+use prometheus_client::{
+    encoding::text::encode,
+    metrics::{counter::Counter, family::Family, gauge::Gauge},
+    registry::Registry,
+};
+
+use crate::controller::StatsSnapshot;
+
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+type Labels = Vec<(&'static str, String)>;
+
+fn counters(registry: &mut Registry, name: &str, help: &str) -> (Family<Labels, Counter>, Family<Labels, Counter>) {
+    let packets = Family::<Labels, Counter>::default();
+    let bytes = Family::<Labels, Counter>::default();
+    registry.register(format!("{name}_packets"), format!("{help}: packets"), packets.clone());
+    registry.register(format!("{name}_bytes"), format!("{help}: bytes"), bytes.clone());
+    (packets, bytes)
+}
+
+/// Encodes a snapshot.
+pub fn encode_snapshot(snap: &StatsSnapshot, vips: usize, backends: usize, ready: bool) -> String {
+    let mut registry = Registry::with_prefix("xdp_lb");
+    let (p, b) = counters(&mut registry, "reason", "Packets by the reason the balancer gave them");
+    for (name, c) in &snap.global {
+        let labels = vec![("reason", name.to_string())];
+        p.get_or_create(&labels).inc_by(c.packets);
+        b.get_or_create(&labels).inc_by(c.bytes);
+    }
+    let (p, b) = counters(&mut registry, "action", "Packets by final action");
+    for (name, c) in &snap.actions {
+        let labels = vec![("action", name.to_string())];
+        p.get_or_create(&labels).inc_by(c.packets);
+        b.get_or_create(&labels).inc_by(c.bytes);
+    }
+    let (p, b) = counters(&mut registry, "vip", "Packets to each VIP");
+    for (vip, c) in &snap.vips {
+        let labels = vec![("vip", vip.clone())];
+        p.get_or_create(&labels).inc_by(c.packets);
+        b.get_or_create(&labels).inc_by(c.bytes);
+    }
+    let (p, b) = counters(&mut registry, "backend", "Packets sent to each backend");
+    for (backend, c) in &snap.backends {
+        let labels = vec![("backend", backend.clone())];
+        p.get_or_create(&labels).inc_by(c.packets);
+        b.get_or_create(&labels).inc_by(c.bytes);
+    }
+    for (name, help, value) in [
+        ("vips", "VIPs configured", vips as i64),
+        ("backends", "Distinct backends in use", backends as i64),
+        ("ready", "1 once the balancer is attached", ready as i64),
+    ] {
+        let g = Gauge::<i64>::default();
+        g.set(value);
+        registry.register(name, help, g);
+    }
+    let mut out = String::new();
+    encode(&mut out, &registry).expect("writing to a String cannot fail");
+    out
+}
+
+
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use lb_common::Counter as C;
+
+    #[test]
+    fn snapshot_is_encoded_with_labels() {
+        let mut snap = StatsSnapshot::default();
+        snap.global.insert("tx_encap", C { packets: 5, bytes: 500 });
+        snap.actions.insert("tx", C { packets: 5, bytes: 500 });
+        snap.vips.insert("tcp:10.0.0.10:80".into(), C { packets: 5, bytes: 500 });
+        snap.backends.insert("10.1.0.1".into(), C { packets: 3, bytes: 300 });
+        let text = encode_snapshot(&snap, 1, 1, true);
+        assert!(text.contains("xdp_lb_reason_packets_total{reason=\"tx_encap\"} 5"), "{text}");
+        assert!(text.contains("xdp_lb_vip_bytes_total{vip=\"tcp:10.0.0.10:80\"} 500"), "{text}");
+        assert!(text.contains("xdp_lb_backend_packets_total{backend=\"10.1.0.1\"} 3"), "{text}");
+        assert!(text.contains("xdp_lb_ready 1"), "{text}");
+        assert!(text.ends_with("# EOF\n"));
+    }
+}
