@@ -1,0 +1,1114 @@
+//! The `lb-control` daemon end to end: a real daemon process with real BPF
+//! maps, in network namespaces of its own, driven through its REST API, its
+//! signals and `lbctl`, with the data plane checked by running packets with
+//! `BPF_PROG_TEST_RUN` against the daemon's live (pinned) maps.
+//!
+//! Each test builds its own lab ([`Lab`]): a namespace "lb" holding the
+//! balancer's interface `lbd0` (a veth, fixed MAC, 10.99.0.2/24, default
+//! route via 10.99.0.1) whose peer `gwd0` lives in a namespace "gw" (fixed
+//! MAC, 10.99.0.1/24, fd99::1/64), a config file, token and state file in a
+//! temporary directory, a pin directory under /sys/fs/bpf, and the daemon
+//! started inside "lb" (its API on that namespace's 127.0.0.1:9780, so tests
+//! run in parallel without clashing). Everything is removed when the lab is
+//! dropped, also when a test fails; a failing test prints the daemon's log.
+//! No packet leaves the two namespaces: the data plane is exercised with
+//! test runs only.
+//!
+//! Needs root, bpffs on /sys/fs/bpf and iproute2.
+
+mod common;
+
+use std::{
+    collections::BTreeMap,
+    fs,
+    hash::{Hash as _, Hasher as _},
+    net::{Ipv4Addr, Ipv6Addr},
+    os::unix::process::CommandExt as _,
+    path::{Path, PathBuf},
+    process::{Child, Command, ExitStatus, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::Context as _;
+use common::{frame4, frame6, run_prog, tcp4, udp6, CLIENT4, CLIENT6, XDP_PASS, XDP_TX};
+use lb_common::{addr_v4, ConnEntry, FlowKey, FAMILY_V4, IPPROTO_TCP};
+use lb_control::{
+    config::Config,
+    dataplane::{detach_all, versioned_pin_dir, Balancer, Limits},
+    netns::{unique_name, Netns},
+    packet_builder as pb,
+};
+use serde_json::{json, Value};
+
+// ---- the lab ---------------------------------------------------------------
+
+const LB_IF: &str = "lbd0";
+const GW_IF: &str = "gwd0";
+const LB_MAC: [u8; 6] = [0x02, 0x4c, 0x42, 0xd0, 0x00, 0x02];
+const GW_MAC: [u8; 6] = [0x02, 0x4c, 0x42, 0xd0, 0x00, 0x01];
+const API: &str = "http://127.0.0.1:9780";
+const TOKEN: &str = "daemon-test-token-5f0c1e";
+
+const READY_TIMEOUT: Duration = Duration::from_secs(30);
+const STOP_TIMEOUT: Duration = Duration::from_secs(15);
+const RELOAD_TIMEOUT: Duration = Duration::from_secs(10);
+const COMMAND_TIMEOUT: Duration = Duration::from_secs(30);
+const POLL: Duration = Duration::from_millis(25);
+
+/// The VIPs of the config file every lab starts with.
+const BASE_VIPS: &str = r#"
+[[vip]]
+address = "10.0.0.10"
+port = 80
+protocol = "tcp"
+
+[[vip.backend]]
+address = "10.1.0.1"
+
+[[vip.backend]]
+address = "10.1.0.2"
+weight = 2
+
+[[vip]]
+address = "fc00::10"
+port = 53
+protocol = "udp"
+
+[[vip.backend]]
+address = "fc00:1::1"
+"#;
+
+const VIP_HTTP: &str = "tcp:10.0.0.10:80";
+const VIP_DNS6: &str = "udp:[fc00::10]:53";
+const HTTP4: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 10);
+const DNS6: Ipv6Addr = Ipv6Addr::new(0xfc00, 0, 0, 0, 0, 0, 0, 0x10);
+const REAL1: Ipv4Addr = Ipv4Addr::new(10, 1, 0, 1);
+const REAL2: Ipv4Addr = Ipv4Addr::new(10, 1, 0, 2);
+const REAL6: Ipv6Addr = Ipv6Addr::new(0xfc00, 1, 0, 0, 0, 0, 0, 1);
+
+/// What `GET /v1/vips` answers for [`BASE_VIPS`].
+fn base_vips_json() -> Value {
+    json!([
+        {"vip": VIP_HTTP, "flags": [], "backends": [
+            {"address": "10.1.0.1", "weight": 1},
+            {"address": "10.1.0.2", "weight": 2},
+        ]},
+        {"vip": VIP_DNS6, "flags": [], "backends": [
+            {"address": "fc00:1::1", "weight": 1},
+        ]},
+    ])
+}
+
+fn mac_str(mac: &[u8; 6]) -> String {
+    mac.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
+}
+
+/// One test's namespaces, files, pins and daemon. Dropping it kills the
+/// daemon, removes the pins (which detaches the program), the temporary
+/// directory and the namespaces.
+struct Lab {
+    daemon: Option<Child>,
+    dir: PathBuf,
+    pin_dir: PathBuf,
+    config: PathBuf,
+    token_file: PathBuf,
+    state_file: PathBuf,
+    log: PathBuf,
+    limits: Limits,
+    // Dropped after Drop::drop ran, in this order.
+    lb: Netns,
+    gw: Netns,
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.daemon.take() {
+            // SAFETY: signalling our own child, which has not been reaped.
+            unsafe { libc::kill(child.id() as i32, libc::SIGKILL) };
+            let _ = child.wait();
+        }
+        if std::thread::panicking() {
+            eprintln!("{}", self.logs());
+        }
+        if let Err(e) = detach_all(&self.pin_dir) {
+            eprintln!("cleaning up pins under {}: {e}", self.pin_dir.display());
+        }
+        let _ = fs::remove_dir_all(&self.dir);
+    }
+}
+
+impl Lab {
+    /// Builds the namespaces and files and starts the daemon; returns once
+    /// `/readyz` answers.
+    fn new() -> Lab {
+        let lb = Netns::new(unique_name("lbd")).expect("creating a network namespace (needs root and iproute2)");
+        let gw = Netns::new(unique_name("gwd")).expect("creating a network namespace");
+        let tag = lb.name().to_string();
+        let dir = std::env::temp_dir().join(format!("lb-daemon-test-{tag}"));
+        let pin_dir = PathBuf::from(format!("/sys/fs/bpf/lb-daemon-test-{tag}"));
+        let mut lab = Lab {
+            daemon: None,
+            config: dir.join("lb.toml"),
+            token_file: dir.join("token"),
+            state_file: dir.join("state.json"),
+            log: dir.join("daemon.log"),
+            dir,
+            pin_dir,
+            limits: Limits::default(),
+            lb,
+            gw,
+        };
+        // Leftovers of an earlier run that had the same process id.
+        let _ = detach_all(&lab.pin_dir);
+        let _ = fs::remove_dir_all(&lab.dir);
+        fs::create_dir_all(&lab.dir).unwrap();
+        fs::write(&lab.token_file, format!("{TOKEN}\n")).unwrap();
+        lab.write_config(BASE_VIPS);
+        lab.limits = Config::load(&lab.config).expect("the lab's config is valid").limits;
+        lab.network();
+        lab.start();
+        lab
+    }
+
+    fn network(&self) {
+        let (lb, gw) = (&self.lb, &self.gw);
+        let (lb_mac, gw_mac) = (mac_str(&LB_MAC), mac_str(&GW_MAC));
+        lb.ip(&["link", "add", LB_IF, "address", &lb_mac, "type", "veth", "peer", "name", GW_IF, "address", &gw_mac, "netns", gw.name()])
+            .unwrap();
+        gw.ip(&["addr", "add", "10.99.0.1/24", "dev", GW_IF]).unwrap();
+        gw.ip(&["addr", "add", "fd99::1/64", "dev", GW_IF, "nodad"]).unwrap();
+        gw.ip(&["link", "set", GW_IF, "up"]).unwrap();
+        lb.ip(&["addr", "add", "10.99.0.2/24", "dev", LB_IF]).unwrap();
+        lb.ip(&["addr", "add", "fd99::2/64", "dev", LB_IF, "nodad"]).unwrap();
+        lb.ip(&["link", "set", LB_IF, "up"]).unwrap();
+        lb.ip(&["route", "add", "default", "via", "10.99.0.1", "dev", LB_IF]).unwrap();
+    }
+
+    /// The config file's text with these `[[vip]]` tables.
+    fn config_text(&self, vips: &str) -> String {
+        format!(
+            r#"interfaces = ["{LB_IF}"]
+xdp_mode = "native"
+pin_dir = "{pin}"
+state_file = "{state}"
+
+[limits]
+ring_size = 65537
+max_vips = 16
+max_backends = 64
+conn_table_size = 4096
+
+[api]
+listen = "127.0.0.1:9780"
+token_file = "{token}"
+max_body_bytes = 4096
+{vips}"#,
+            pin = self.pin_dir.display(),
+            state = self.state_file.display(),
+            token = self.token_file.display(),
+        )
+    }
+
+    fn write_config(&self, vips: &str) {
+        fs::write(&self.config, self.config_text(vips)).unwrap();
+    }
+
+    /// Everything the daemon wrote (stdout and stderr, every start).
+    fn logs(&self) -> String {
+        let text = fs::read_to_string(&self.log).unwrap_or_default();
+        format!("--- daemon log ({}) ---\n{text}--- end of daemon log ---", self.log.display())
+    }
+
+    fn pid(&self) -> i32 {
+        self.daemon.as_ref().expect("the daemon is running").id() as i32
+    }
+
+    fn signal(&self, sig: i32) {
+        // SAFETY: signalling our own, not yet reaped, child.
+        assert_eq!(unsafe { libc::kill(self.pid(), sig) }, 0, "kill({sig})");
+    }
+
+    /// Starts the daemon in the "lb" namespace and waits for `/readyz`.
+    fn start(&mut self) {
+        assert!(self.daemon.is_none(), "the daemon is already running");
+        let log = fs::OpenOptions::new().create(true).append(true).open(&self.log).unwrap();
+        let mut cmd = self.lb.command(env!("CARGO_BIN_EXE_lb-control"));
+        cmd.arg("--config")
+            .arg(&self.config)
+            .arg("run")
+            .env("RUST_LOG", "info")
+            .env("NO_COLOR", "1")
+            .env_remove("NOTIFY_SOCKET")
+            .env_remove("WATCHDOG_USEC")
+            .env_remove("LB_CONFIG")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log);
+        // SAFETY: prctl is async-signal-safe. The daemon dies with the test
+        // thread that started it, even if the test process is killed.
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                Ok(())
+            });
+        }
+        self.daemon = Some(cmd.spawn().expect("spawning lb-control"));
+        self.wait_ready();
+    }
+
+    fn wait_ready(&mut self) {
+        let start = Instant::now();
+        let mut last = String::from("no answer yet");
+        while start.elapsed() < READY_TIMEOUT {
+            if let Some(status) = self.daemon.as_mut().unwrap().try_wait().unwrap() {
+                self.daemon = None;
+                panic!("the daemon exited ({status}) before it was ready\n{}", self.logs());
+            }
+            match self.try_http("GET", "/readyz", None, None) {
+                Ok(r) if r.status == 200 && r.body == "ready\n" => return,
+                Ok(r) => last = format!("HTTP {}: {}", r.status, r.body),
+                Err(e) => last = format!("{e:#}"),
+            }
+            std::thread::sleep(POLL);
+        }
+        panic!("/readyz did not answer within {READY_TIMEOUT:?} (last: {last})\n{}", self.logs());
+    }
+
+    /// SIGTERM, then waits (bounded) for the daemon to exit.
+    fn stop(&mut self) -> ExitStatus {
+        self.signal(libc::SIGTERM);
+        let mut child = self.daemon.take().unwrap();
+        let start = Instant::now();
+        while start.elapsed() < STOP_TIMEOUT {
+            if let Some(status) = child.try_wait().unwrap() {
+                return status;
+            }
+            std::thread::sleep(POLL);
+        }
+        // SAFETY: our own child.
+        unsafe { libc::kill(child.id() as i32, libc::SIGKILL) };
+        let _ = child.wait();
+        panic!("the daemon did not exit within {STOP_TIMEOUT:?} of SIGTERM\n{}", self.logs());
+    }
+
+    fn assert_running(&mut self) {
+        if let Some(status) = self.daemon.as_mut().expect("started").try_wait().unwrap() {
+            self.daemon = None;
+            panic!("the daemon exited ({status})\n{}", self.logs());
+        }
+    }
+
+    /// Waits (bounded) for the log to contain `needle`.
+    fn wait_log(&self, needle: &str, timeout: Duration) -> String {
+        let start = Instant::now();
+        loop {
+            let text = fs::read_to_string(&self.log).unwrap_or_default();
+            if text.contains(needle) {
+                return text;
+            }
+            if start.elapsed() > timeout {
+                panic!("the daemon's log never mentioned {needle:?} within {timeout:?}\n{}", self.logs());
+            }
+            std::thread::sleep(POLL);
+        }
+    }
+
+    // ---- HTTP ----------------------------------------------------------
+
+    /// One HTTP request to the daemon, made from inside the namespace.
+    fn try_http(&self, method: &str, path: &str, body: Option<(&str, Vec<u8>)>, auth: Option<&str>) -> anyhow::Result<Resp> {
+        let url = format!("{API}{path}");
+        let method = method.to_string();
+        let auth = auth.map(str::to_string);
+        self.lb.run(move || {
+            let agent: ureq::Agent = ureq::Agent::config_builder()
+                .http_status_as_error(false)
+                .timeout_global(Some(Duration::from_secs(10)))
+                .max_idle_connections(0)
+                .build()
+                .into();
+            let mut req = ureq::http::Request::builder().method(method.as_str()).uri(&url);
+            if let Some(a) = &auth {
+                req = req.header("Authorization", a);
+            }
+            let resp = match body {
+                Some((content_type, bytes)) => {
+                    let req = if content_type.is_empty() { req } else { req.header("Content-Type", content_type) };
+                    agent.run(req.body(bytes)?)
+                }
+                None => agent.run(req.body(())?),
+            };
+            let mut resp = resp.with_context(|| format!("{method} {url}"))?;
+            let status = resp.status().as_u16();
+            let content_type = resp
+                .headers()
+                .get("content-type")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("")
+                .to_string();
+            let body = resp.body_mut().read_to_string()?;
+            Ok(Resp { status, content_type, body })
+        })
+    }
+
+    fn http(&self, method: &str, path: &str, body: Option<(&str, Vec<u8>)>, auth: Option<&str>) -> Resp {
+        self.try_http(method, path, body, auth)
+            .unwrap_or_else(|e| panic!("{method} {path}: {e:#}\n{}", self.logs()))
+    }
+
+    /// A GET without a token.
+    fn get(&self, path: &str) -> Resp {
+        self.http("GET", path, None, None)
+    }
+
+    /// A GET that must answer 200 with JSON.
+    fn get_json(&self, path: &str) -> Value {
+        let r = self.get(path);
+        assert_eq!(r.status, 200, "GET {path}: {}", r.body);
+        r.json()
+    }
+
+    /// A call with the right token and, if any, a JSON body.
+    fn call(&self, method: &str, path: &str, body: Option<&Value>) -> Resp {
+        let body = body.map(|b| ("application/json", serde_json::to_vec(b).unwrap()));
+        self.http(method, path, body, Some(&format!("Bearer {TOKEN}")))
+    }
+
+    fn vips(&self) -> Value {
+        self.get_json("/v1/vips")
+    }
+
+    // ---- data plane ------------------------------------------------------
+
+    /// The daemon's pinned maps, adopted (never created: they must exist),
+    /// with a program of our own for test runs.
+    fn balancer(&self) -> Balancer {
+        let vips = versioned_pin_dir(&self.pin_dir).join("VIPS");
+        assert!(vips.exists(), "no pinned maps at {}\n{}", vips.display(), self.logs());
+        let bal = Balancer::open(self.limits, Some(&self.pin_dir)).expect("opening the daemon's pinned maps");
+        assert!(bal.adopted(), "the maps were not adopted");
+        bal
+    }
+
+    /// `ip -d link show lbd0` in the "lb" namespace.
+    fn link(&self) -> String {
+        self.lb.ip(&["-d", "link", "show", LB_IF]).unwrap()
+    }
+
+    /// Runs an `lbctl` command inside the namespace (with the token file
+    /// when `token`); returns (exit status, stdout, stderr).
+    fn lbctl(&self, token: bool, args: &[&str]) -> (ExitStatus, String, String) {
+        let mut cmd = self.lb.command(env!("CARGO_BIN_EXE_lbctl"));
+        cmd.env_remove("LBCTL_API").env_remove("LBCTL_TOKEN_FILE").arg("--api").arg(API);
+        if token {
+            cmd.arg("--token-file").arg(&self.token_file);
+        }
+        cmd.args(args);
+        run_bounded(cmd, &self.dir, &format!("lbctl {}", args.join(" ")))
+    }
+}
+
+/// Runs a command to completion, bounded by [`COMMAND_TIMEOUT`]; output goes
+/// through files in `dir` so nothing can block on a full pipe.
+fn run_bounded(mut cmd: Command, dir: &Path, what: &str) -> (ExitStatus, String, String) {
+    let n = unique_name("out");
+    let (out_path, err_path) = (dir.join(format!("{n}.stdout")), dir.join(format!("{n}.stderr")));
+    cmd.stdin(Stdio::null())
+        .stdout(fs::File::create(&out_path).unwrap())
+        .stderr(fs::File::create(&err_path).unwrap());
+    let mut child = cmd.spawn().unwrap_or_else(|e| panic!("spawning {what}: {e}"));
+    let start = Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if start.elapsed() > COMMAND_TIMEOUT {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{what} did not finish within {COMMAND_TIMEOUT:?}");
+        }
+        std::thread::sleep(POLL);
+    };
+    let out = fs::read_to_string(&out_path).unwrap();
+    let err = fs::read_to_string(&err_path).unwrap();
+    let _ = fs::remove_file(&out_path);
+    let _ = fs::remove_file(&err_path);
+    (status, out, err)
+}
+
+#[derive(Debug)]
+struct Resp {
+    status: u16,
+    content_type: String,
+    body: String,
+}
+
+impl Resp {
+    fn json(&self) -> Value {
+        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.body))
+    }
+
+    /// Checks a success status; returns the JSON body.
+    fn ok(&self, status: u16, what: &str) -> Value {
+        assert_eq!(self.status, status, "{what}: {}", self.body);
+        assert!(self.content_type.starts_with("application/json"), "{what}: content type {}", self.content_type);
+        self.json()
+    }
+
+    /// Checks an error answer: status, `{"error": {"code", "message"}}`.
+    /// Returns the message.
+    fn error(&self, status: u16, code: &str, what: &str) -> String {
+        assert_eq!(self.status, status, "{what}: {}", self.body);
+        assert!(self.content_type.starts_with("application/json"), "{what}: content type {}", self.content_type);
+        let v = self.json();
+        assert_eq!(v["error"]["code"], code, "{what}: {}", self.body);
+        let msg = v["error"]["message"].as_str().unwrap_or_else(|| panic!("{what}: no message: {}", self.body));
+        assert!(!msg.is_empty(), "{what}: empty message");
+        msg.to_string()
+    }
+}
+
+// ---- packets -----------------------------------------------------------------
+
+fn xdp(bal: &mut Balancer, frame: &[u8]) -> (u32, Vec<u8>) {
+    let (action, out, _) = run_prog(bal.program(), frame);
+    (action, out)
+}
+
+/// Checks the Ethernet header of a forwarded frame: to the gateway's MAC
+/// (the daemon found it through netlink), from the interface's.
+fn check_eth(out: &[u8], ethertype: [u8; 2]) {
+    assert_eq!(out[0..6], GW_MAC, "destination MAC is the gateway's");
+    assert_eq!(out[6..12], LB_MAC, "source MAC is lbd0's");
+    assert_eq!(out[12..14], ethertype, "outer ethertype");
+}
+
+/// Where a TCP packet from CLIENT4:`sport` to `vip`:`dport` goes: `Some`
+/// backend when it is tunnelled (XDP_TX), `None` when it is passed to the
+/// kernel. Any other action fails the test.
+fn route4(bal: &mut Balancer, vip: Ipv4Addr, dport: u16, sport: u16, flags: u8) -> Option<Ipv4Addr> {
+    let payload: &[u8] = if flags & pb::TCP_SYN != 0 { &[] } else { b"data" };
+    let (action, out) = xdp(bal, &frame4(&tcp4(CLIENT4, vip, sport, dport, flags, payload)));
+    match action {
+        XDP_PASS => None,
+        XDP_TX => {
+            check_eth(&out, [0x08, 0x00]);
+            assert_eq!(out[23], 4, "IP-in-IP");
+            Some(Ipv4Addr::new(out[30], out[31], out[32], out[33]))
+        }
+        other => panic!("{vip}:{dport} from port {sport}: unexpected XDP action {other}"),
+    }
+}
+
+fn syn4(bal: &mut Balancer, vip: Ipv4Addr, dport: u16, sport: u16) -> Option<Ipv4Addr> {
+    route4(bal, vip, dport, sport, pb::TCP_SYN)
+}
+
+/// Where new connections from 64 client ports go, with how many each.
+fn spread4(bal: &mut Balancer, vip: Ipv4Addr, dport: u16, first_port: u16) -> BTreeMap<Ipv4Addr, usize> {
+    let mut seen = BTreeMap::new();
+    for sport in first_port..first_port + 64 {
+        let b = syn4(bal, vip, dport, sport).unwrap_or_else(|| panic!("SYN to {vip}:{dport} from {sport} was passed"));
+        *seen.entry(b).or_default() += 1;
+    }
+    seen
+}
+
+/// Where a UDP datagram from CLIENT6:`sport` to `vip`:`dport` goes (IPv6
+/// in IPv6), as [`route4`].
+fn udp6_route(bal: &mut Balancer, vip: Ipv6Addr, dport: u16, sport: u16) -> Option<Ipv6Addr> {
+    let (action, out) = xdp(bal, &frame6(&udp6(CLIENT6, vip, sport, dport, b"query")));
+    match action {
+        XDP_PASS => None,
+        XDP_TX => {
+            check_eth(&out, [0x86, 0xdd]);
+            assert_eq!(out[20], 41, "IPv6-in-IPv6");
+            Some(Ipv6Addr::from(<[u8; 16]>::try_from(&out[38..54]).unwrap()))
+        }
+        other => panic!("{vip}:{dport}: unexpected XDP action {other}"),
+    }
+}
+
+fn flow4(client: Ipv4Addr, sport: u16, vip: Ipv4Addr, dport: u16) -> FlowKey {
+    FlowKey {
+        src: addr_v4(client.octets()),
+        dst: addr_v4(vip.octets()),
+        src_port: sport.to_be(),
+        dst_port: dport.to_be(),
+        proto: IPPROTO_TCP,
+        family: FAMILY_V4,
+        _pad: [0; 2],
+    }
+}
+
+/// What the data plane serves, in a comparable form: every VIPS entry with
+/// a digest of its ring, and every backend slot in use.
+fn dataplane_snapshot(bal: &Balancer) -> Vec<String> {
+    let mut out: Vec<String> = bal
+        .vips()
+        .unwrap()
+        .into_iter()
+        .map(|(key, meta)| {
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            bal.ring(meta.ring).unwrap().hash(&mut h);
+            format!("{key:?} -> {meta:?} ring digest {:016x}", h.finish())
+        })
+        .collect();
+    out.sort();
+    for index in 1..bal.limits().max_reals {
+        let real = bal.real(index).unwrap();
+        if real.family != 0 {
+            out.push(format!("real {index}: {real:?}"));
+        }
+    }
+    out
+}
+
+/// The id of the XDP program attached, from `ip -d link show` ("prog/xdp id N").
+fn attached_prog_id(link: &str) -> Option<u32> {
+    let at = link.find("prog/xdp id ")? + "prog/xdp id ".len();
+    link[at..].split_whitespace().next()?.parse().ok()
+}
+
+fn pinned_map_ids(pin_dir: &Path) -> BTreeMap<String, u32> {
+    let dir = versioned_pin_dir(pin_dir);
+    ["VIPS", "REALS", "RINGS", "CONN_TABLE", "CONFIG", "STATS", "VIP_STATS", "REAL_STATS"]
+        .iter()
+        .map(|name| {
+            let info = aya::maps::MapInfo::from_pin(dir.join(name)).unwrap_or_else(|e| panic!("pinned map {name}: {e}"));
+            (name.to_string(), info.id())
+        })
+        .collect()
+}
+
+// ---- 1. every endpoint ---------------------------------------------------------
+
+#[test]
+fn every_endpoint_answers_as_documented() {
+    let lab = Lab::new();
+
+    // Probes.
+    let r = lab.get("/healthz");
+    assert_eq!((r.status, r.body.as_str()), (200, "ok\n"));
+    let r = lab.get("/readyz");
+    assert_eq!((r.status, r.body.as_str()), (200, "ready\n"));
+
+    // The OpenAPI document documents every route.
+    let doc = lab.get("/v1/openapi.json").ok(200, "openapi");
+    let paths = doc["paths"].as_object().expect("\"paths\" is an object");
+    for (method, path) in lb_control::api::ROUTES {
+        assert!(paths.get(*path).and_then(|p| p.get(method.to_lowercase())).is_some(), "{method} {path} not documented");
+    }
+
+    // The config's VIPs.
+    assert_eq!(lab.vips(), base_vips_json());
+    assert_eq!(lab.get_json(&format!("/v1/vips/{VIP_HTTP}")), base_vips_json()[0]);
+    assert_eq!(lab.get_json(&format!("/v1/vips/{VIP_DNS6}")), base_vips_json()[1], "an IPv6 VIP in the path");
+    assert_eq!(lab.get_json(&format!("/v1/vips/{VIP_DNS6}/backends")), base_vips_json()[1]["backends"]);
+
+    // POST a VIP; the weight defaults to 1; flags are kept.
+    let new = "tcp:10.0.0.20:443";
+    let r = lab.call("POST", "/v1/vips", Some(&json!({"vip": new, "flags": ["hash-no-src-port"], "backends": [{"address": "10.1.0.3"}]})));
+    let applied = r.ok(201, "POST /v1/vips");
+    assert_eq!(applied["applied"]["vips_added"], 1, "{applied}");
+    assert_eq!(applied["applied"]["backends_added"], 1, "{applied}");
+    let want = json!({"vip": new, "flags": ["hash-no-src-port"], "backends": [{"address": "10.1.0.3", "weight": 1}]});
+    assert_eq!(lab.get_json(&format!("/v1/vips/{new}")), want);
+    assert_eq!(lab.vips().as_array().unwrap().len(), 3);
+
+    // Backends: POST one, PUT the list, PATCH weight and drain, DELETE one.
+    let backends = format!("/v1/vips/{new}/backends");
+    assert_eq!(lab.get_json(&backends), json!([{"address": "10.1.0.3", "weight": 1}]));
+    lab.call("POST", &backends, Some(&json!({"address": "10.1.0.4", "weight": 5}))).ok(201, "POST backend");
+    assert_eq!(lab.get_json(&backends), json!([{"address": "10.1.0.3", "weight": 1}, {"address": "10.1.0.4", "weight": 5}]));
+    let r = lab.call("PUT", &backends, Some(&json!([{"address": "10.1.0.5", "weight": 2}, {"address": "10.1.0.6"}])));
+    let applied = r.ok(200, "PUT backends");
+    assert_eq!(applied["applied"]["tables_written"], 1, "{applied}");
+    assert_eq!(lab.get_json(&backends), json!([{"address": "10.1.0.5", "weight": 2}, {"address": "10.1.0.6", "weight": 1}]));
+    lab.call("PATCH", &format!("{backends}/10.1.0.5"), Some(&json!({"weight": 7}))).ok(200, "PATCH weight");
+    lab.call("PATCH", &format!("{backends}/10.1.0.6"), Some(&json!({"drain": true}))).ok(200, "PATCH drain");
+    assert_eq!(lab.get_json(&backends), json!([{"address": "10.1.0.5", "weight": 7}, {"address": "10.1.0.6", "weight": 0}]));
+    lab.call("DELETE", &format!("{backends}/10.1.0.6"), None).ok(200, "DELETE backend");
+    assert_eq!(lab.get_json(&backends), json!([{"address": "10.1.0.5", "weight": 7}]));
+
+    // Stats and metrics count packets run through the daemon's maps.
+    let before = lab.get_json("/v1/stats");
+    for key in ["global", "actions", "vips", "backends"] {
+        assert!(before[key].is_object(), "stats has no {key}: {before}");
+    }
+    assert!(before["vips"][new].is_object(), "stats of {new}: {before}");
+    assert!(before["backends"]["10.1.0.5"].is_object(), "stats of backend 10.1.0.5: {before}");
+    let mut bal = lab.balancer();
+    for sport in 30000..30003 {
+        assert!(syn4(&mut bal, HTTP4, 80, sport).is_some());
+    }
+    let after = lab.get_json("/v1/stats");
+    let packets = |v: &Value, path: &[&str]| path.iter().fold(v, |v, k| &v[*k])["packets"].as_u64().unwrap_or(0);
+    assert_eq!(packets(&after, &["vips", VIP_HTTP]) - packets(&before, &["vips", VIP_HTTP]), 3, "{after}");
+    assert_eq!(packets(&after, &["actions", "tx"]) - packets(&before, &["actions", "tx"]), 3, "{after}");
+    let to_backends: u64 = ["10.1.0.1", "10.1.0.2"]
+        .iter()
+        .map(|b| packets(&after, &["backends", b]) - packets(&before, &["backends", b]))
+        .sum();
+    assert_eq!(to_backends, 3, "{after}");
+
+    let r = lab.get("/metrics");
+    assert_eq!(r.status, 200);
+    assert!(r.content_type.starts_with("application/openmetrics-text"), "{}", r.content_type);
+    assert!(r.body.ends_with("# EOF\n"), "{}", r.body);
+    let vip_line = format!("xdp_lb_vip_packets_total{{vip=\"{VIP_HTTP}\"}} {}", packets(&after, &["vips", VIP_HTTP]));
+    for want in [vip_line.as_str(), "xdp_lb_ready 1", "xdp_lb_vips 3", "xdp_lb_reason_packets_total{reason=", "xdp_lb_backend_packets_total{backend=\"10.1.0.5\"}"] {
+        assert!(r.body.contains(want), "/metrics lacks {want:?}:\n{}", r.body);
+    }
+
+    // DELETE the VIP: gone from the API and from the data plane.
+    let applied = lab.call("DELETE", &format!("/v1/vips/{new}"), None).ok(200, "DELETE VIP");
+    assert_eq!(applied["applied"]["vips_removed"], 1, "{applied}");
+    lab.get(&format!("/v1/vips/{new}")).error(404, "not_found", "GET removed VIP");
+    assert_eq!(lab.vips(), base_vips_json());
+    assert_eq!(syn4(&mut bal, Ipv4Addr::new(10, 0, 0, 20), 443, 30010), None);
+
+    // Unknown endpoints and methods answer JSON errors too.
+    lab.get("/v2/nothing").error(404, "not_found", "unknown endpoint");
+    lab.call("PUT", "/v1/stats", None).error(405, "method_not_allowed", "PUT /v1/stats");
+}
+
+// ---- 2. bad inputs ---------------------------------------------------------------
+
+#[test]
+fn bad_requests_are_refused_with_the_right_error_and_change_nothing() {
+    let lab = Lab::new();
+    let bal = lab.balancer();
+    let vips_before = lab.vips();
+    let state_before = fs::read(&lab.state_file).expect("the daemon wrote its state file");
+    let dataplane_before = dataplane_snapshot(&bal);
+    let bearer = format!("Bearer {TOKEN}");
+    let basic = format!("Basic {TOKEN}");
+    let json_ct = "application/json";
+
+    let big_backends: Vec<Value> = (0..200).map(|i| json!({"address": format!("10.2.{}.{}", i / 250, i % 250 + 1), "weight": 1})).collect();
+    let big = serde_json::to_vec(&json!({"vip": "tcp:10.0.0.50:80", "backends": big_backends})).unwrap();
+    assert!(big.len() > 4096, "the oversized body must exceed api.max_body_bytes");
+    // 64 new backends + the IPv6 VIP's one: more than limits.max_backends,
+    // in a body that fits the size limit.
+    let crowd: Vec<Value> = (1..=64).map(|i| json!({"address": format!("10.3.0.{i}")})).collect();
+    let crowd = serde_json::to_vec(&crowd).unwrap();
+    assert!(crowd.len() < 4096);
+
+    let http_backends = format!("/v1/vips/{VIP_HTTP}/backends");
+    let dns_backends = format!("/v1/vips/{VIP_DNS6}/backends");
+    let body = |s: &str| Some((json_ct, s.as_bytes().to_vec()));
+    #[allow(clippy::type_complexity)]
+    let cases: Vec<(&str, &str, String, Option<(&str, Vec<u8>)>, Option<&str>, u16, &str, &str)> = vec![
+        // (what, method, path, body, auth, status, code, message contains)
+        ("malformed JSON", "POST", "/v1/vips".into(), body(r#"{"vip": "tcp:10.0.0.50:80", "#), Some(&bearer), 400, "invalid_json", ""),
+        ("wrong content type", "POST", "/v1/vips".into(), Some(("text/plain", br#"{"vip": "tcp:10.0.0.50:80"}"#.to_vec())), Some(&bearer), 415, "unsupported_media_type", "Content-Type"),
+        ("no content type", "POST", "/v1/vips".into(), Some(("", br#"{"vip": "tcp:10.0.0.50:80"}"#.to_vec())), Some(&bearer), 415, "unsupported_media_type", ""),
+        ("oversized body", "POST", "/v1/vips".into(), Some((json_ct, big.clone())), Some(&bearer), 413, "payload_too_large", ""),
+        ("unknown field in a VIP", "POST", "/v1/vips".into(), body(r#"{"vip": "tcp:10.0.0.50:80", "bogus": 1}"#), Some(&bearer), 400, "invalid_json", "bogus"),
+        ("unknown field in a backend", "POST", http_backends.clone(), body(r#"{"address": "10.1.0.9", "wieght": 2}"#), Some(&bearer), 400, "invalid_json", "wieght"),
+        ("unknown field in a patch", "PATCH", format!("{http_backends}/10.1.0.1"), body(r#"{"weight": 3, "colour": "red"}"#), Some(&bearer), 400, "invalid_json", "colour"),
+        ("unknown VIP: GET", "GET", "/v1/vips/tcp:10.0.0.99:80".into(), None, None, 404, "not_found", "tcp:10.0.0.99:80"),
+        ("unknown VIP: DELETE", "DELETE", "/v1/vips/tcp:10.0.0.99:80".into(), None, Some(&bearer), 404, "not_found", "tcp:10.0.0.99:80"),
+        ("unknown VIP: GET backends", "GET", "/v1/vips/tcp:10.0.0.99:80/backends".into(), None, None, 404, "not_found", ""),
+        ("unknown VIP: POST backend", "POST", "/v1/vips/tcp:10.0.0.99:80/backends".into(), body(r#"{"address": "10.1.0.9"}"#), Some(&bearer), 404, "not_found", ""),
+        ("unknown VIP: PUT backends", "PUT", "/v1/vips/tcp:10.0.0.99:80/backends".into(), body(r#"[{"address": "10.1.0.9"}]"#), Some(&bearer), 404, "not_found", ""),
+        ("unknown VIP: PATCH backend", "PATCH", "/v1/vips/tcp:10.0.0.99:80/backends/10.1.0.1".into(), body(r#"{"drain": true}"#), Some(&bearer), 404, "not_found", ""),
+        ("same address, other protocol", "GET", "/v1/vips/udp:10.0.0.10:80".into(), None, None, 404, "not_found", ""),
+        ("unknown backend: PATCH", "PATCH", format!("{http_backends}/10.1.0.99"), body(r#"{"weight": 3}"#), Some(&bearer), 404, "not_found", "10.1.0.99"),
+        ("unknown backend: DELETE", "DELETE", format!("{http_backends}/10.1.0.99"), None, Some(&bearer), 404, "not_found", "10.1.0.99"),
+        ("bad VIP syntax: GET", "GET", "/v1/vips/not-a-vip".into(), None, None, 400, "bad_request", "not-a-vip"),
+        ("bad VIP syntax: no port", "DELETE", "/v1/vips/tcp:10.0.0.10".into(), None, Some(&bearer), 400, "bad_request", ""),
+        ("bad VIP syntax: protocol", "GET", "/v1/vips/sctp:10.0.0.10:80/backends".into(), None, None, 400, "bad_request", "sctp"),
+        ("bad VIP syntax: IPv6 without brackets", "GET", "/v1/vips/udp:fc00::10:53".into(), None, None, 400, "bad_request", "brackets"),
+        ("bad VIP syntax in a body", "POST", "/v1/vips".into(), body(r#"{"vip": "sctp:10.0.0.50:80"}"#), Some(&bearer), 400, "invalid_json", "sctp"),
+        ("bad backend syntax", "PATCH", format!("{http_backends}/not-an-ip"), body(r#"{"weight": 3}"#), Some(&bearer), 400, "bad_request", "not-an-ip"),
+        ("duplicate VIP", "POST", "/v1/vips".into(), body(&json!({"vip": VIP_HTTP, "backends": [{"address": "10.1.0.9"}]}).to_string()), Some(&bearer), 409, "conflict", VIP_HTTP),
+        ("duplicate backend", "POST", http_backends.clone(), body(r#"{"address": "10.1.0.1", "weight": 4}"#), Some(&bearer), 409, "conflict", "10.1.0.1"),
+        ("a backend listed twice", "PUT", http_backends.clone(), body(r#"[{"address": "10.1.0.7"}, {"address": "10.1.0.7", "weight": 2}]"#), Some(&bearer), 400, "bad_request", "twice"),
+        ("IPv4 backend of an IPv6 VIP: POST backend", "POST", dns_backends.clone(), body(r#"{"address": "10.1.0.9"}"#), Some(&bearer), 400, "bad_request", "IPv6"),
+        ("IPv4 backend of an IPv6 VIP: PUT", "PUT", dns_backends.clone(), body(r#"[{"address": "fc00:1::2"}, {"address": "10.1.0.9"}]"#), Some(&bearer), 400, "bad_request", "IPv6"),
+        ("IPv4 backend of an IPv6 VIP: POST VIP", "POST", "/v1/vips".into(), body(r#"{"vip": "tcp:[fc00::50]:80", "backends": [{"address": "10.1.0.9"}]}"#), Some(&bearer), 400, "bad_request", "IPv6"),
+        ("weight out of range: POST", "POST", http_backends.clone(), body(r#"{"address": "10.1.0.9", "weight": 10001}"#), Some(&bearer), 400, "bad_request", "10001"),
+        ("weight out of range: PATCH", "PATCH", format!("{http_backends}/10.1.0.1"), body(r#"{"weight": 10001}"#), Some(&bearer), 400, "bad_request", "10001"),
+        ("weight out of range: PUT", "PUT", http_backends.clone(), body(r#"[{"address": "10.1.0.1", "weight": 4294967295}]"#), Some(&bearer), 400, "bad_request", "out of range"),
+        ("negative weight", "PATCH", format!("{http_backends}/10.1.0.1"), body(r#"{"weight": -1}"#), Some(&bearer), 400, "invalid_json", ""),
+        ("weight and drain", "PATCH", format!("{http_backends}/10.1.0.1"), body(r#"{"weight": 3, "drain": true}"#), Some(&bearer), 400, "bad_request", ""),
+        ("an empty patch", "PATCH", format!("{http_backends}/10.1.0.1"), body("{}"), Some(&bearer), 400, "bad_request", ""),
+        ("more backends than the limit", "PUT", http_backends.clone(), Some((json_ct, crowd.clone())), Some(&bearer), 422, "rejected", "exceed"),
+        ("missing token: POST", "POST", "/v1/vips".into(), body(r#"{"vip": "tcp:10.0.0.50:80"}"#), None, 401, "unauthorized", "Bearer"),
+        ("missing token: DELETE", "DELETE", format!("/v1/vips/{VIP_HTTP}"), None, None, 401, "unauthorized", ""),
+        ("missing token: PATCH", "PATCH", format!("{http_backends}/10.1.0.1"), body(r#"{"drain": true}"#), None, 401, "unauthorized", ""),
+        ("wrong token", "DELETE", format!("/v1/vips/{VIP_HTTP}"), None, Some("Bearer daemon-test-token-5f0c1f"), 401, "unauthorized", "wrong token"),
+        ("wrong token length", "PUT", http_backends.clone(), body(r#"[]"#), Some("Bearer x"), 401, "unauthorized", "wrong token"),
+        ("token without Bearer", "DELETE", format!("/v1/vips/{VIP_HTTP}"), None, Some(TOKEN), 401, "unauthorized", ""),
+        ("wrong scheme", "POST", "/v1/vips".into(), body(r#"{"vip": "tcp:10.0.0.50:80"}"#), Some(&basic), 401, "unauthorized", ""),
+    ];
+    for (what, method, path, body, auth, status, code, contains) in cases {
+        let r = lab.http(method, &path, body, auth);
+        let msg = r.error(status, code, &format!("{what} ({method} {path})"));
+        assert!(msg.contains(contains), "{what}: message {msg:?} does not mention {contains:?}");
+        assert_eq!(lab.vips(), vips_before, "{what} changed the VIPs");
+        assert_eq!(fs::read(&lab.state_file).unwrap(), state_before, "{what} changed the state file");
+        assert_eq!(dataplane_snapshot(&bal), dataplane_before, "{what} changed the data plane");
+    }
+
+    // Reads need no token.
+    assert_eq!(lab.get("/v1/vips").status, 200);
+    assert_eq!(lab.get(&format!("/v1/vips/{VIP_HTTP}/backends")).status, 200);
+    assert_eq!(lab.get("/v1/stats").status, 200);
+    assert_eq!(lab.get("/metrics").status, 200);
+    // And the right token works after all that.
+    lab.call("PATCH", &format!("{http_backends}/10.1.0.1"), Some(&json!({"weight": 3}))).ok(200, "PATCH with the token");
+    assert_eq!(lab.get_json(&http_backends)[0], json!({"address": "10.1.0.1", "weight": 3}));
+    assert_ne!(fs::read(&lab.state_file).unwrap(), state_before, "a good change is persisted");
+}
+
+// ---- 3. API changes are in the data plane when the call returns -----------------
+
+#[test]
+fn api_changes_are_in_the_data_plane_when_the_call_returns() {
+    let lab = Lab::new();
+    // Opened before the calls, so each check below runs right after the
+    // call's answer, with nothing in between.
+    let mut bal = lab.balancer();
+    let vip = Ipv4Addr::new(10, 0, 0, 30);
+    let id = "tcp:10.0.0.30:8080";
+    let (b7, b8, b9, b10) = (Ipv4Addr::new(10, 1, 0, 7), Ipv4Addr::new(10, 1, 0, 8), Ipv4Addr::new(10, 1, 0, 9), Ipv4Addr::new(10, 1, 0, 10));
+    assert_eq!(syn4(&mut bal, vip, 8080, 20000), None, "not a VIP yet");
+
+    lab.call("POST", "/v1/vips", Some(&json!({"vip": id, "backends": [{"address": "10.1.0.7"}, {"address": "10.1.0.8"}]})))
+        .ok(201, "POST VIP");
+    let first = syn4(&mut bal, vip, 8080, 20000);
+    assert!(matches!(first, Some(b) if b == b7 || b == b8), "right after POST the SYN went to {first:?}");
+    let seen = spread4(&mut bal, vip, 8080, 20100);
+    assert_eq!(seen.keys().copied().collect::<Vec<_>>(), [b7, b8], "{seen:?}");
+
+    lab.call("PUT", &format!("/v1/vips/{id}/backends"), Some(&json!([{"address": "10.1.0.9"}]))).ok(200, "PUT");
+    assert_eq!(spread4(&mut bal, vip, 8080, 20200).keys().copied().collect::<Vec<_>>(), [b9]);
+
+    lab.call("POST", &format!("/v1/vips/{id}/backends"), Some(&json!({"address": "10.1.0.10"}))).ok(201, "POST backend");
+    assert_eq!(spread4(&mut bal, vip, 8080, 20300).keys().copied().collect::<Vec<_>>(), [b9, b10]);
+
+    lab.call("PATCH", &format!("/v1/vips/{id}/backends/10.1.0.9"), Some(&json!({"drain": true}))).ok(200, "drain");
+    assert_eq!(spread4(&mut bal, vip, 8080, 20400).keys().copied().collect::<Vec<_>>(), [b10], "no new flows to a drained backend");
+
+    lab.call("PATCH", &format!("/v1/vips/{id}/backends/10.1.0.9"), Some(&json!({"weight": 1}))).ok(200, "undrain");
+    lab.call("DELETE", &format!("/v1/vips/{id}/backends/10.1.0.10"), None).ok(200, "DELETE backend");
+    assert_eq!(spread4(&mut bal, vip, 8080, 20500).keys().copied().collect::<Vec<_>>(), [b9]);
+
+    lab.call("DELETE", &format!("/v1/vips/{id}"), None).ok(200, "DELETE VIP");
+    assert_eq!(syn4(&mut bal, vip, 8080, 20000), None, "right after DELETE the VIP's traffic goes to the kernel");
+    assert_eq!(route4(&mut bal, vip, 8080, 20100, pb::TCP_ACK), None, "established flows too");
+
+    // IPv6, UDP.
+    let vip6 = Ipv6Addr::new(0xfc00, 0, 0, 0, 0, 0, 0, 0x30);
+    let real6 = Ipv6Addr::new(0xfc00, 1, 0, 0, 0, 0, 0, 5);
+    assert_eq!(udp6_route(&mut bal, vip6, 5353, 1000), None);
+    lab.call("POST", "/v1/vips", Some(&json!({"vip": "udp:[fc00::30]:5353", "backends": [{"address": real6}]}))).ok(201, "POST VIP6");
+    assert_eq!(udp6_route(&mut bal, vip6, 5353, 1000), Some(real6));
+    lab.call("DELETE", "/v1/vips/udp:[fc00::30]:5353", None).ok(200, "DELETE VIP6");
+    assert_eq!(udp6_route(&mut bal, vip6, 5353, 1000), None);
+
+    // The config's VIPs were served all along.
+    assert!(matches!(syn4(&mut bal, HTTP4, 80, 20000), Some(b) if b == REAL1 || b == REAL2));
+    assert_eq!(udp6_route(&mut bal, DNS6, 53, 1000), Some(REAL6));
+}
+
+// ---- 4. SIGHUP reload --------------------------------------------------------------
+
+#[test]
+fn sighup_reloads_the_config_and_a_bad_config_is_rejected() {
+    let mut lab = Lab::new();
+    let mut bal = lab.balancer();
+    // An API change to a VIP the file does not change: kept by the reload.
+    lab.call("PATCH", &format!("/v1/vips/{VIP_HTTP}/backends/10.1.0.2"), Some(&json!({"weight": 5}))).ok(200, "PATCH");
+
+    // The file drops the IPv6 VIP and adds tcp:10.0.0.20:443.
+    let reloaded_vips = format!(
+        "{}\n[[vip]]\naddress = \"10.0.0.20\"\nport = 443\nprotocol = \"tcp\"\n\n[[vip.backend]]\naddress = \"10.1.0.3\"\nweight = 3\n",
+        BASE_VIPS.split("[[vip]]\naddress = \"fc00::10\"").next().unwrap()
+    );
+    lab.write_config(&reloaded_vips);
+    Config::load(&lab.config).expect("the new config is valid");
+    let want = json!([
+        {"vip": VIP_HTTP, "flags": [], "backends": [{"address": "10.1.0.1", "weight": 1}, {"address": "10.1.0.2", "weight": 5}]},
+        {"vip": "tcp:10.0.0.20:443", "flags": [], "backends": [{"address": "10.1.0.3", "weight": 3}]},
+    ]);
+    lab.signal(libc::SIGHUP);
+    let start = Instant::now();
+    while lab.vips() != want {
+        lab.assert_running();
+        assert!(start.elapsed() < RELOAD_TIMEOUT, "the reload was not applied within {RELOAD_TIMEOUT:?}: {}\n{}", lab.vips(), lab.logs());
+        std::thread::sleep(POLL);
+    }
+    lab.wait_log("config reloaded", RELOAD_TIMEOUT);
+    assert_eq!(syn4(&mut bal, Ipv4Addr::new(10, 0, 0, 20), 443, 1234), Some(Ipv4Addr::new(10, 1, 0, 3)));
+    assert_eq!(udp6_route(&mut bal, DNS6, 53, 1000), None, "the removed VIP is gone from the data plane");
+
+    // A bad file: an unknown key. Rejected; nothing changes; still serving.
+    let good_text = fs::read_to_string(&lab.config).unwrap();
+    let vips_before = lab.vips();
+    let dataplane_before = dataplane_snapshot(&bal);
+    let state_before = fs::read(&lab.state_file).unwrap();
+    fs::write(&lab.config, good_text.replacen("[limits]\n", "[limits]\nbogus_limit = 1\n", 1)).unwrap();
+    lab.signal(libc::SIGHUP);
+    let log = lab.wait_log("config reload rejected", RELOAD_TIMEOUT);
+    let line = log.lines().find(|l| l.contains("config reload rejected")).unwrap();
+    assert!(line.contains("bogus_limit"), "the rejection names the key: {line}");
+    assert!(line.contains("line 7"), "the rejection names the line: {line}");
+    lab.assert_running();
+    assert_eq!(lab.get("/healthz").status, 200);
+    assert_eq!(lab.get("/readyz").status, 200);
+    assert_eq!(lab.vips(), vips_before);
+    assert_eq!(dataplane_snapshot(&bal), dataplane_before);
+    assert_eq!(fs::read(&lab.state_file).unwrap(), state_before);
+
+    // A valid file that changes what needs a restart (the limits): refused too.
+    fs::write(&lab.config, good_text.replace("max_vips = 16", "max_vips = 32").replace("weight = 3", "weight = 4")).unwrap();
+    lab.signal(libc::SIGHUP);
+    let log = lab.wait_log("changed: limits", RELOAD_TIMEOUT);
+    assert_eq!(log.matches("config reload rejected").count(), 2, "{}", lab.logs());
+    lab.assert_running();
+    assert_eq!(lab.vips(), vips_before, "nothing of a refused reload is applied");
+    assert_eq!(dataplane_snapshot(&bal), dataplane_before);
+
+    // A good file again: the daemon still reloads.
+    fs::write(&lab.config, good_text.replace("weight = 3", "weight = 4")).unwrap();
+    lab.signal(libc::SIGHUP);
+    let start = Instant::now();
+    while lab.get_json("/v1/vips/tcp:10.0.0.20:443")["backends"][0]["weight"] != 4 {
+        lab.assert_running();
+        assert!(start.elapsed() < RELOAD_TIMEOUT, "the last reload was not applied\n{}", lab.logs());
+        std::thread::sleep(POLL);
+    }
+    assert_eq!(lab.get_json(&format!("/v1/vips/{VIP_HTTP}/backends"))[1]["weight"], 5, "the API change is still kept");
+}
+
+// ---- 5. restart adoption ---------------------------------------------------------
+
+#[test]
+fn a_restarted_daemon_adopts_the_pinned_maps_and_keeps_connections() {
+    let mut lab = Lab::new();
+    let sport = 41000;
+    let flow = flow4(CLIENT4, sport, HTTP4, 80);
+    let (backend, entry, maps_before, prog_before) = {
+        let mut bal = lab.balancer();
+        let backend = syn4(&mut bal, HTTP4, 80, sport).expect("the SYN is forwarded");
+        assert!(backend == REAL1 || backend == REAL2, "{backend}");
+        assert_eq!(route4(&mut bal, HTTP4, 80, sport, pb::TCP_ACK), Some(backend));
+        let entry = bal.conn(&flow).expect("the SYN made a connection-table entry");
+        let prog = attached_prog_id(&lab.link()).expect("a program is attached to lbd0");
+        (backend, entry, pinned_map_ids(&lab.pin_dir), prog)
+    };
+
+    let status = lab.stop();
+    assert!(status.success(), "the daemon exited with {status}\n{}", lab.logs());
+    assert!(lab.try_http("GET", "/healthz", None, None).is_err(), "the API is down");
+    let link = lab.link();
+    assert!(link.contains("prog/xdp"), "the balancer stays attached without the daemon:\n{link}");
+    assert_eq!(attached_prog_id(&link), Some(prog_before));
+    {
+        let mut bal = lab.balancer();
+        assert_eq!(route4(&mut bal, HTTP4, 80, sport, pb::TCP_ACK), Some(backend), "the flow keeps its backend while the daemon is down");
+        assert_eq!(bal.conn(&flow), Some(entry));
+    }
+
+    lab.start();
+    assert_eq!(lab.get("/readyz").body, "ready\n");
+    assert!(lab.logs().contains("adopted=true"), "the daemon says it adopted the maps\n{}", lab.logs());
+    assert_eq!(pinned_map_ids(&lab.pin_dir), maps_before, "the same maps, not new ones");
+    let link = lab.link();
+    let prog_after = attached_prog_id(&link).unwrap_or_else(|| panic!("no program attached after the restart:\n{link}"));
+    assert_ne!(prog_after, prog_before, "the restarted daemon swapped its program into the pinned link");
+    assert_eq!(lab.vips(), base_vips_json(), "the restart changed no VIP");
+
+    let mut bal = lab.balancer();
+    assert_eq!(bal.conn(&flow), Some(entry), "the connection-table entry survived");
+    assert_eq!(route4(&mut bal, HTTP4, 80, sport, pb::TCP_ACK), Some(backend));
+    // Drain that backend now: new connections avoid it, the old one stays
+    // on it (through the adopted connection table).
+    lab.call("PATCH", &format!("/v1/vips/{VIP_HTTP}/backends/{backend}"), Some(&json!({"drain": true}))).ok(200, "drain");
+    assert_eq!(route4(&mut bal, HTTP4, 80, sport, pb::TCP_ACK), Some(backend), "the established flow stays");
+    let seen = spread4(&mut bal, HTTP4, 80, 42000);
+    assert!(!seen.contains_key(&backend), "new flows avoid the drained backend: {seen:?}");
+    assert_eq!(bal.conn(&flow), Some(ConnEntry { real: entry.real }));
+}
+
+// ---- 6. the state file -------------------------------------------------------------
+
+#[test]
+fn api_changes_survive_a_restart_and_the_config_file_is_untouched() {
+    let mut lab = Lab::new();
+    let config_before = fs::read(&lab.config).unwrap();
+    lab.call("PATCH", &format!("/v1/vips/{VIP_HTTP}/backends/10.1.0.2"), Some(&json!({"drain": true}))).ok(200, "drain");
+    lab.call("POST", "/v1/vips", Some(&json!({"vip": "tcp:10.0.0.40:8443", "flags": ["no-conn-table"], "backends": [{"address": "10.1.0.11", "weight": 9}]})))
+        .ok(201, "POST VIP");
+    lab.call("DELETE", &format!("/v1/vips/{VIP_DNS6}"), None).ok(200, "DELETE config VIP");
+    let want = json!([
+        {"vip": VIP_HTTP, "flags": [], "backends": [{"address": "10.1.0.1", "weight": 1}, {"address": "10.1.0.2", "weight": 0}]},
+        {"vip": "tcp:10.0.0.40:8443", "flags": ["no-conn-table"], "backends": [{"address": "10.1.0.11", "weight": 9}]},
+    ]);
+    assert_eq!(lab.vips(), want);
+    let state: Value = serde_json::from_slice(&fs::read(&lab.state_file).unwrap()).expect("the state file is JSON");
+    assert!(state["vips"]["tcp:10.0.0.40:8443"].is_object(), "the state file holds the API's VIP: {state}");
+    assert_eq!(fs::read(&lab.config).unwrap(), config_before, "the config file is never written");
+
+    let status = lab.stop();
+    assert!(status.success(), "{status}\n{}", lab.logs());
+    lab.start();
+    assert_eq!(lab.vips(), want, "the API changes survived the restart");
+    assert_eq!(fs::read(&lab.config).unwrap(), config_before, "the config file is byte for byte the same");
+
+    let mut bal = lab.balancer();
+    assert_eq!(spread4(&mut bal, HTTP4, 80, 43000).keys().copied().collect::<Vec<_>>(), [REAL1], "the drained backend gets no new flows");
+    assert_eq!(syn4(&mut bal, Ipv4Addr::new(10, 0, 0, 40), 8443, 43000), Some(Ipv4Addr::new(10, 1, 0, 11)));
+    assert_eq!(udp6_route(&mut bal, DNS6, 53, 1000), None, "the VIP deleted through the API stays deleted");
+
+    // A second restart in a row changes nothing either.
+    let state_before = fs::read(&lab.state_file).unwrap();
+    lab.stop();
+    lab.start();
+    assert_eq!(lab.vips(), want);
+    assert_eq!(fs::read(&lab.state_file).unwrap(), state_before);
+}
+
+// ---- 7. lbctl ------------------------------------------------------------------------
+
+#[test]
+fn lbctl_drives_the_daemon() {
+    let lab = Lab::new();
+    let ok = |token: bool, args: &[&str]| -> String {
+        let (status, out, err) = lab.lbctl(token, args);
+        assert!(status.success(), "lbctl {args:?} failed ({status}):\nstdout: {out}\nstderr: {err}\n{}", lab.logs());
+        out
+    };
+    let id = "tcp:10.0.0.50:80";
+
+    let out = ok(true, &["vip", "add", id, "-b", "10.1.0.21", "-b", "10.1.0.22=3", "--flag", "hash-no-src-port"]);
+    assert!(out.contains(&format!("added {id}")), "{out}");
+    assert_eq!(
+        lab.get_json(&format!("/v1/vips/{id}")),
+        json!({"vip": id, "flags": ["hash-no-src-port"], "backends": [{"address": "10.1.0.21", "weight": 1}, {"address": "10.1.0.22", "weight": 3}]})
+    );
+
+    // Table and JSON listings.
+    let table = ok(false, &["vip", "list"]);
+    let header = table.lines().next().unwrap_or("");
+    assert!(header.starts_with("VIP") && header.contains("FLAGS") && header.contains("BACKENDS"), "{table}");
+    let row = table.lines().find(|l| l.starts_with(id)).unwrap_or_else(|| panic!("no row for {id}:\n{table}"));
+    assert!(row.contains("hash-no-src-port") && row.contains("10.1.0.21=1") && row.contains("10.1.0.22=3"), "{row}");
+    assert!(table.lines().any(|l| l.starts_with(VIP_DNS6) && l.contains("fc00:1::1=1")), "{table}");
+    assert_eq!(table.lines().count(), 4, "a header and three VIPs:\n{table}");
+    let listed: Value = serde_json::from_str(&ok(false, &["vip", "list", "-o", "json"])).expect("vip list -o json is JSON");
+    assert_eq!(listed, lab.vips());
+    let shown = ok(false, &["vip", "show", VIP_DNS6]);
+    assert!(shown.contains("fc00:1::1=1"), "{shown}");
+
+    // Drain.
+    let out = ok(true, &["backend", "drain", id, "10.1.0.21"]);
+    assert!(out.contains("draining"), "{out}");
+    assert_eq!(lab.get_json(&format!("/v1/vips/{id}/backends"))[0], json!({"address": "10.1.0.21", "weight": 0}));
+    let list = ok(false, &["backend", "list", id]);
+    assert!(list.lines().any(|l| l.starts_with("10.1.0.21") && l.contains("(draining)")), "{list}");
+
+    // Stats: a packet to the new VIP is counted.
+    let mut bal = lab.balancer();
+    assert_eq!(syn4(&mut bal, Ipv4Addr::new(10, 0, 0, 50), 80, 5000), Some(Ipv4Addr::new(10, 1, 0, 22)));
+    let stats = ok(false, &["stats"]);
+    for want in ["ACTION", "REASON (non-zero)", "VIP", "BACKEND", id, "10.1.0.22"] {
+        assert!(stats.contains(want), "stats lacks {want:?}:\n{stats}");
+    }
+    let vip_row = stats.lines().find(|l| l.starts_with(id)).unwrap();
+    assert_eq!(vip_row.split_whitespace().nth(1), Some("1"), "one packet to {id}: {vip_row}");
+    let stats_json: Value = serde_json::from_str(&ok(false, &["-o", "json", "stats"])).expect("stats -o json is JSON");
+    assert_eq!(stats_json["vips"][id]["packets"], 1, "{stats_json}");
+
+    // Watch: one sample, as one JSON line.
+    let out = ok(false, &["watch", "--count", "1", "--interval-secs", "0.2", "-o", "json"]);
+    let lines: Vec<_> = out.lines().collect();
+    assert_eq!(lines.len(), 1, "{out}");
+    let sample: Value = serde_json::from_str(lines[0]).expect("watch -o json prints JSON");
+    for key in ["actions_pps", "vips_pps", "backends_pps"] {
+        assert!(sample[key].is_object(), "{key} missing: {sample}");
+    }
+    assert!(sample["vips_pps"][id].is_number(), "{sample}");
+
+    // Errors: a non-zero exit and the API's message on stderr.
+    let (status, out, err) = lab.lbctl(true, &["backend", "drain", "tcp:10.0.0.99:80", "10.1.0.21"]);
+    assert!(!status.success(), "draining a backend of an unknown VIP succeeded: {out}");
+    assert!(err.contains("no VIP tcp:10.0.0.99:80") && err.contains("not_found") && err.contains("404"), "stderr: {err}");
+    let (status, _, err) = lab.lbctl(false, &["vip", "remove", id]);
+    assert!(!status.success(), "a change without the token succeeded");
+    assert!(err.contains("Authorization: Bearer") && err.contains("401"), "stderr: {err}");
+    let (status, _, err) = lab.lbctl(true, &["vip", "add", id, "-b", "10.1.0.23"]);
+    assert!(!status.success() && err.contains("exists") && err.contains("409"), "duplicate VIP: {status} {err}");
+    assert_eq!(lab.vips().as_array().unwrap().len(), 3, "failed commands changed nothing");
+
+    // Remove.
+    let out = ok(true, &["vip", "remove", id]);
+    assert!(out.contains(&format!("removed {id}")), "{out}");
+    lab.get(&format!("/v1/vips/{id}")).error(404, "not_found", "removed VIP");
+    assert_eq!(lab.vips(), base_vips_json());
+}
+
+// ---- 8. check and detach -------------------------------------------------------------
+
+#[test]
+fn check_validates_config_files_and_detach_removes_pins_and_program() {
+    let mut lab = Lab::new();
+    let bin = env!("CARGO_BIN_EXE_lb-control");
+    let check = |path: &Path| {
+        let mut cmd = Command::new(bin);
+        cmd.env_remove("LB_CONFIG").arg("--config").arg(path).arg("check");
+        run_bounded(cmd, &lab.dir, "lb-control check")
+    };
+
+    let (status, out, err) = check(&lab.config);
+    assert!(status.success(), "check of a good file failed: {out}{err}");
+    assert!(out.contains("ok (2 VIPs, 3 backends)"), "{out}");
+
+    let good = fs::read_to_string(&lab.config).unwrap();
+    let bad = lab.dir.join("bad.toml");
+    // An unknown key on line 2.
+    let (first, rest) = good.split_once('\n').unwrap();
+    fs::write(&bad, format!("{first}\nbogus_key = 1\n{rest}")).unwrap();
+    let (status, out, err) = check(&bad);
+    assert!(!status.success(), "check accepted an unknown key: {out}");
+    assert!(err.contains("line 2") && err.contains("bogus_key"), "stderr: {err}");
+    // A weight out of range: located at its line, named by its key.
+    let text = good.replace("weight = 2", "weight = 10001");
+    let line = text.lines().position(|l| l == "weight = 10001").unwrap() + 1;
+    fs::write(&bad, text).unwrap();
+    let (status, _, err) = check(&bad);
+    assert!(!status.success(), "check accepted weight 10001");
+    assert!(err.contains(&format!("line {line}")) && err.contains("vip[0].backend[1].weight"), "stderr: {err}");
+    // A file that does not exist.
+    let (status, _, err) = check(&lab.dir.join("missing.toml"));
+    assert!(!status.success() && err.contains("missing.toml"), "stderr: {err}");
+
+    // Detach: pins and program gone.
+    let status = lab.stop();
+    assert!(status.success(), "{status}");
+    assert!(lab.link().contains("prog/xdp"), "attached before detach");
+    let mut cmd = Command::new(bin);
+    cmd.env_remove("LB_CONFIG").arg("--config").arg(&lab.config).arg("detach");
+    let (status, out, err) = run_bounded(cmd, &lab.dir, "lb-control detach");
+    assert!(status.success(), "detach failed: {out}{err}");
+    assert!(out.contains("removed 9 pins"), "8 maps and the link: {out}");
+    assert!(!lab.pin_dir.exists(), "the pin directory is gone");
+    let start = Instant::now();
+    loop {
+        let link = lab.link();
+        if !link.contains("xdp") {
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(5), "the program is still attached after detach:\n{link}");
+        std::thread::sleep(POLL);
+    }
+    // Detaching again finds nothing to remove and still succeeds.
+    let mut cmd = Command::new(bin);
+    cmd.env_remove("LB_CONFIG").arg("--config").arg(&lab.config).arg("detach");
+    let (status, out, _) = run_bounded(cmd, &lab.dir, "lb-control detach");
+    assert!(status.success() && out.contains("removed 0 pins"), "{out}");
+}
