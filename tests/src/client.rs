@@ -14,9 +14,11 @@ use crate::parse_greeting;
 
 const TIMEOUT: Duration = Duration::from_secs(10);
 
-/// One HTTP request to the VIP; returns the backend that answered.
-pub fn http_get(vip: SocketAddr) -> Result<usize> {
+/// One HTTP request to the VIP; returns the backend that answered and the
+/// client's address (its source port decides the backend).
+pub fn http_get(vip: SocketAddr) -> Result<(usize, SocketAddr)> {
     let mut s = TcpStream::connect_timeout(&vip, TIMEOUT).with_context(|| format!("connect {vip}"))?;
+    let local = s.local_addr()?;
     s.set_read_timeout(Some(TIMEOUT))?;
     write!(s, "GET / HTTP/1.1\r\nHost: {vip}\r\nConnection: close\r\n\r\n")?;
     let mut body = String::new();
@@ -24,7 +26,7 @@ pub fn http_get(vip: SocketAddr) -> Result<usize> {
     if !body.starts_with("HTTP/1.1 200") {
         bail!("unexpected answer {body:?}");
     }
-    parse_greeting(body.lines().last().unwrap_or(""))
+    Ok((parse_greeting(body.lines().last().unwrap_or(""))?, local))
 }
 
 /// A long-lived echo connection.
@@ -45,6 +47,10 @@ impl EchoConn {
         reader.read_line(&mut line).context("reading the greeting")?;
         let backend = parse_greeting(&line)?;
         Ok(EchoConn { stream, reader, backend })
+    }
+
+    pub fn local_addr(&self) -> Result<SocketAddr> {
+        Ok(self.stream.local_addr()?)
     }
 
     /// Sends `data` and checks every byte comes back.

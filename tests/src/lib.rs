@@ -419,6 +419,39 @@ impl Lab {
         Ok(())
     }
 
+    /// The limits every lab balancer is configured with (see [`Lab::config`]).
+    pub fn limits() -> lb_control::dataplane::Limits {
+        lb_control::dataplane::Limits { ring_size: 65537, max_vips: 32, max_reals: 65, conn_table_size: 65536 }
+    }
+
+    /// Opens balancer `i`'s pinned maps (a second handle on the daemon's
+    /// live data plane) to read what it would do.
+    pub fn dataplane(&self, i: usize) -> Result<lb_control::dataplane::Balancer> {
+        Ok(lb_control::dataplane::Balancer::open(Self::limits(), Some(&self.balancers[i].pin_dir))?)
+    }
+
+    /// The backend (index) a new flow from `client` to `vip` gets by the
+    /// Maglev table balancer `bal` holds now.
+    pub fn predict(bal: &lb_control::dataplane::Balancer, vip: SocketAddr, proto: u8, client: SocketAddr) -> Result<usize> {
+        let (vaddr, family) = lb_control::dataplane::ip_to_addr(vip.ip());
+        let key = lb_common::VipKey { addr: vaddr, port: vip.port().to_be(), proto, family };
+        let meta = bal.vip(&key).with_context(|| format!("no VIP {vip} in the maps"))?;
+        let ring = bal.ring(meta.ring)?;
+        let (caddr, _) = lb_control::dataplane::ip_to_addr(client.ip());
+        let hash = lb_common::flow_hash(&caddr, client.port().to_be(), vip.port().to_be(), proto);
+        let index = ring[lb_common::ring_slot(hash, ring.len() as u32) as usize];
+        let real = bal.real(index)?;
+        let bytes: Vec<u8> = real.addr.iter().flat_map(|w| w.to_ne_bytes()).collect();
+        let addr = if real.family == lb_common::FAMILY_V4 {
+            IpAddr::from([bytes[0], bytes[1], bytes[2], bytes[3]])
+        } else {
+            IpAddr::from(<[u8; 16]>::try_from(bytes).expect("16 bytes"))
+        };
+        (0..8)
+            .find(|&j| IpAddr::V4(backend4(j)) == addr || IpAddr::V6(backend6(j)) == addr)
+            .with_context(|| format!("{addr} is not a lab backend"))
+    }
+
     /// Runs `f` inside the client's namespace (sockets made there stay
     /// there, and can be used from any thread afterwards).
     pub fn in_client<T: Send>(&self, f: impl FnOnce() -> Result<T> + Send) -> Result<T> {
