@@ -12,7 +12,7 @@ pub use stats::{Action, DecapStat, Stat};
 
 /// Bumped whenever the layout of any pinned map changes; part of the pin path
 /// so an upgraded daemon never reads maps written with an older layout.
-pub const MAP_LAYOUT_VERSION: u32 = 1;
+pub const MAP_LAYOUT_VERSION: u32 = 3;
 
 /// Maglev table size per VIP; a prime. The data plane reads the real value
 /// from the `RING_SIZE` global set at load time.
@@ -21,8 +21,10 @@ pub const DEFAULT_RING_SIZE: u32 = 65537;
 pub const DEFAULT_MAX_VIPS: u32 = 512;
 /// Default number of backend slots (index 0 is reserved, see [`REAL_NONE`]).
 pub const DEFAULT_MAX_REALS: u32 = 4096;
-/// Default size of the connection table (LRU, per-CPU LRU lists).
+/// Default size of the connection table, all CPUs together.
 pub const DEFAULT_CONN_TABLE_SIZE: u32 = 1 << 20;
+/// Ways of each set of the connection table (see [`ConnSlot`]).
+pub const CONN_WAYS: u32 = 4;
 /// Spare Maglev rings beyond one per VIP: a VIP's new table is written into a
 /// spare ring and then switched to in one map update, so readers never see a
 /// half-written table.
@@ -138,12 +140,63 @@ pub struct FlowKey {
     pub _pad: [u8; 2],
 }
 
-/// Value of the connection table.
+/// A connection's backend, as the control plane reads and writes it.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ConnEntry {
     /// Index into `REALS`.
     pub real: u32,
+}
+
+/// One slot of the connection table.
+///
+/// The table is per-CPU and set-associative: each CPU owns its own part of
+/// one array (no locks, no sharing: RSS keeps a flow on one CPU), a flow
+/// lives in the set [`conn_hash`] picks, in one of [`CONN_WAYS`] slots: a
+/// set is one 64-byte cache line. A slot holds the flow's 64-bit
+/// fingerprint ([`conn_fingerprint`]), not the 40-byte 5-tuple, which is
+/// what keeps a set in one line. Replacement approximates LRU with a
+/// reference bit (CLOCK, as the kernel's LRU maps do): a hit marks the slot;
+/// an insert takes an empty slot, else one not referenced since the last
+/// sweep, so one-packet flows (a SYN flood) are evicted before established
+/// ones. Lookups and inserts are plain memory accesses, no helper calls.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ConnSlot {
+    pub fingerprint: u64,
+    /// Index into `REALS`; [`REAL_NONE`] marks an empty slot.
+    pub real: u32,
+    /// Set on a hit, cleared by the replacement sweep.
+    pub referenced: u32,
+}
+
+/// The hash that picks a flow's set in the connection table: the flow hash
+/// over the full 5-tuple (whatever the VIP's hashing flags).
+#[inline(always)]
+pub const fn conn_hash(flow: &FlowKey) -> u32 {
+    flow_hash(&flow.src, flow.src_port, flow.dst_port, flow.proto)
+}
+
+/// A flow's identity in the connection table: [`conn_hash`] and a second,
+/// independently seeded hash of the 5-tuple with the destination. Two flows
+/// of one set share a fingerprint with probability about 2^-64.
+#[inline(always)]
+pub const fn conn_fingerprint(flow: &FlowKey, conn_hash: u32) -> u64 {
+    let d = &flow.dst;
+    let dst = d[0] ^ d[1].rotate_left(8) ^ d[2].rotate_left(16) ^ d[3].rotate_left(24);
+    let second = flow_hash_seeded(0x5bd1_e995 ^ dst, &flow.src, flow.src_port, flow.dst_port, flow.proto);
+    ((second as u64) << 32) | conn_hash as u64
+}
+
+/// Sets per CPU for a table of `total` slots over `cpus` CPUs: a power of
+/// two, so the set index is a mask.
+pub const fn conn_sets_per_cpu(total: u32, cpus: u32) -> u32 {
+    let per_cpu = total / if cpus == 0 { 1 } else { cpus } / CONN_WAYS;
+    if per_cpu <= 1 {
+        1
+    } else {
+        1 << (31 - per_cpu.leading_zeros())
+    }
 }
 
 /// The single entry of the `CONFIG` array: per-host forwarding settings.
@@ -209,7 +262,12 @@ const fn finish(mut h: u32) -> u32 {
 /// order `u16`s; pass `src_port = 0` for client-address stickiness.
 #[inline(always)]
 pub const fn flow_hash(src: &Addr, src_port: u16, dst_port: u16, proto: u8) -> u32 {
-    let mut h = 0x9747_b28c;
+    flow_hash_seeded(0x9747_b28c, src, src_port, dst_port, proto)
+}
+
+#[inline(always)]
+const fn flow_hash_seeded(seed: u32, src: &Addr, src_port: u16, dst_port: u16, proto: u8) -> u32 {
+    let mut h = seed;
     h = mix(h, src[0]);
     h = mix(h, src[1]);
     h = mix(h, src[2]);
@@ -229,6 +287,7 @@ mod pod {
     unsafe impl aya::Pod for Real {}
     unsafe impl aya::Pod for FlowKey {}
     unsafe impl aya::Pod for ConnEntry {}
+    unsafe impl aya::Pod for ConnSlot {}
     unsafe impl aya::Pod for LbConfig {}
     unsafe impl aya::Pod for Counter {}
     unsafe impl aya::Pod for DecapAddr {}
@@ -240,6 +299,8 @@ const _: () = assert!(core::mem::size_of::<VipMeta>() == 12);
 const _: () = assert!(core::mem::size_of::<Real>() == 20);
 const _: () = assert!(core::mem::size_of::<FlowKey>() == 40);
 const _: () = assert!(core::mem::size_of::<ConnEntry>() == 4);
+const _: () = assert!(core::mem::size_of::<ConnSlot>() == 16);
+const _: () = assert!(core::mem::size_of::<ConnSlot>() * CONN_WAYS as usize == 64);
 const _: () = assert!(core::mem::size_of::<LbConfig>() == 60);
 const _: () = assert!(core::mem::size_of::<Counter>() == 16);
 const _: () = assert!(core::mem::size_of::<DecapAddr>() == 20);

@@ -87,7 +87,7 @@ counters! {
         // Connection table activity (not actions).
         ConnMiss = ("conn_miss", Event),
         ConnStale = ("conn_stale", Event),
-        ConnInsertFailed = ("conn_insert_failed", Event),
+        ConnEvicted = ("conn_evicted", Event),
         IcmpErrorForwarded = ("icmp_error_forwarded", Event),
     }
 }

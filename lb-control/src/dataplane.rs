@@ -21,7 +21,7 @@ use aya::{
     Ebpf, EbpfLoader,
 };
 use lb_common::{
-    ConnEntry, Counter, DecapAddr, DecapStat, FlowKey, LbConfig, Real, Stat, VipKey, VipMeta,
+    ConnEntry, ConnSlot, Counter, DecapAddr, DecapStat, FlowKey, LbConfig, Real, Stat, VipKey, VipMeta,
     DEFAULT_CONN_TABLE_SIZE,
     DEFAULT_MAX_REALS, DEFAULT_MAX_VIPS, DEFAULT_RING_SIZE, RING_SPARES,
 };
@@ -40,6 +40,12 @@ pub const XDP_TX_PROGRAM: &str = "xdp_tx";
 
 /// Largest Maglev ring accepted (entries); bounds the ring pool's memory.
 pub const MAX_RING_SIZE: u32 = 1 << 20;
+
+/// CPUs the kernel may ever run XDP on: the connection table has a part
+/// for each.
+pub fn possible_cpus() -> u32 {
+    aya::util::nr_cpus().map(|n| n as u32).unwrap_or(1).max(1)
+}
 
 /// How the XDP program is attached.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -149,6 +155,17 @@ impl Limits {
         self.max_vips + RING_SPARES
     }
 
+    /// Sets per CPU of the connection table (the configured size is split
+    /// over the possible CPUs and rounded down to a power of two).
+    pub fn conn_sets(&self) -> u32 {
+        lb_common::conn_sets_per_cpu(self.conn_table_size, possible_cpus())
+    }
+
+    /// Slots of the connection table, all CPUs together.
+    pub fn conn_slots(&self) -> u32 {
+        self.conn_sets() * lb_common::CONN_WAYS * possible_cpus()
+    }
+
     /// Backend slots in the whole pool.
     pub fn ring_slots(&self) -> u32 {
         self.ring_count() * self.ring_size
@@ -223,24 +240,24 @@ fn map_err(name: &'static str) -> impl FnOnce(MapError) -> DataplaneError {
     move |source| DataplaneError::Map { name, source }
 }
 
-/// The ring pool, mapped into our memory (`BPF_F_MMAPABLE`): a 65537-entry
-/// table is one memcpy instead of 65537 syscalls. The map's u64 elements hold
-/// two slots each, little-endian, so the mapping reads as a flat u32 array.
-struct RingPool {
-    base: NonNull<u32>,
+/// A `BPF_F_MMAPABLE` array mapped into our memory: the ring pool (a
+/// 65537-entry table is one memcpy instead of 65537 syscalls) and the
+/// connection table (read without a syscall per slot).
+struct Mmapped<T> {
+    base: NonNull<T>,
     entries: usize,
     bytes: usize,
     _map: MapData,
 }
 
 // SAFETY: the mapping is owned by this struct and only written through &mut.
-unsafe impl Send for RingPool {}
-unsafe impl Sync for RingPool {}
+unsafe impl<T> Send for Mmapped<T> {}
+unsafe impl<T> Sync for Mmapped<T> {}
 
-impl RingPool {
+impl<T: Copy> Mmapped<T> {
     fn new(map: MapData, entries: usize) -> Result<Self, DataplaneError> {
         let page = 4096usize;
-        let bytes = (entries * 4).div_ceil(page) * page;
+        let bytes = (entries * std::mem::size_of::<T>()).div_ceil(page) * page;
         // SAFETY: mapping a BPF array fd we own, shared, at offset 0, for its
         // whole (page-rounded) size, as the kernel requires.
         let ptr = unsafe {
@@ -256,24 +273,24 @@ impl RingPool {
         if ptr == libc::MAP_FAILED {
             return Err(DataplaneError::Mmap(std::io::Error::last_os_error()));
         }
-        let base = NonNull::new(ptr.cast::<u32>()).ok_or_else(|| {
+        let base = NonNull::new(ptr.cast::<T>()).ok_or_else(|| {
             DataplaneError::Mmap(std::io::Error::other("mmap returned a null pointer"))
         })?;
         Ok(Self { base, entries, bytes, _map: map })
     }
 
-    fn slice(&self) -> &[u32] {
-        // SAFETY: `entries` u32s are mapped for as long as self lives.
+    fn slice(&self) -> &[T] {
+        // SAFETY: `entries` values are mapped for as long as self lives.
         unsafe { std::slice::from_raw_parts(self.base.as_ptr(), self.entries) }
     }
 
-    fn slice_mut(&mut self) -> &mut [u32] {
+    fn slice_mut(&mut self) -> &mut [T] {
         // SAFETY: as above, and &mut self makes us the only user-space writer.
         unsafe { std::slice::from_raw_parts_mut(self.base.as_ptr(), self.entries) }
     }
 }
 
-impl Drop for RingPool {
+impl<T> Drop for Mmapped<T> {
     fn drop(&mut self) {
         // SAFETY: unmapping exactly what new() mapped.
         unsafe { libc::munmap(self.base.as_ptr().cast(), self.bytes) };
@@ -290,8 +307,8 @@ pub struct Balancer {
     limits: Limits,
     vips: HashMap<MapData, VipKey, VipMeta>,
     reals: Array<MapData, Real>,
-    rings: RingPool,
-    conn: HashMap<MapData, FlowKey, ConnEntry>,
+    rings: Mmapped<u32>,
+    conn: Mmapped<ConnSlot>,
     config: Array<MapData, LbConfig>,
     stats: PerCpuArray<MapData, Counter>,
     vip_stats: PerCpuArray<MapData, Counter>,
@@ -314,7 +331,7 @@ fn pinned_layout(limits: &Limits) -> [(&'static str, usize, usize, u32); 8] {
         ("VIPS", size_of::<VipKey>(), size_of::<VipMeta>(), limits.max_vips * 2),
         ("REALS", 4, size_of::<Real>(), limits.max_reals),
         ("RINGS", 4, 8, limits.ring_slots().div_ceil(2)),
-        ("CONN_TABLE", size_of::<FlowKey>(), size_of::<ConnEntry>(), limits.conn_table_size),
+        ("CONN_TABLE", 4, size_of::<ConnSlot>(), limits.conn_slots()),
         ("CONFIG", 4, size_of::<LbConfig>(), 1),
         ("STATS", 4, size_of::<Counter>(), Stat::COUNT),
         ("VIP_STATS", 4, size_of::<Counter>(), limits.max_vips),
@@ -383,7 +400,8 @@ impl Balancer {
             .map_max_entries("VIPS", limits.max_vips * 2)
             .map_max_entries("REALS", limits.max_reals)
             .map_max_entries("RINGS", limits.ring_slots().div_ceil(2))
-            .map_max_entries("CONN_TABLE", limits.conn_table_size)
+            .override_global("CONN_SETS", &limits.conn_sets(), true)
+            .map_max_entries("CONN_TABLE", limits.conn_slots())
             .map_max_entries("VIP_STATS", limits.max_vips)
             .map_max_entries("REAL_STATS", limits.max_reals)
             .load(BALANCER_ELF)?;
@@ -396,13 +414,16 @@ impl Balancer {
             Some(Map::Array(data)) => data,
             _ => return Err(DataplaneError::MissingMap("RINGS")),
         };
-        let rings = RingPool::new(rings, limits.ring_slots() as usize)?;
+        let rings = Mmapped::new(rings, limits.ring_slots() as usize)?;
         Ok(Self {
             links: Vec::new(),
             adopted,
             vips: take(&mut ebpf, "VIPS")?,
             reals: take(&mut ebpf, "REALS")?,
-            conn: take(&mut ebpf, "CONN_TABLE")?,
+            conn: match ebpf.take_map("CONN_TABLE") {
+                Some(Map::Array(data)) => Mmapped::new(data, limits.conn_slots() as usize)?,
+                _ => return Err(DataplaneError::MissingMap("CONN_TABLE")),
+            },
             config: take(&mut ebpf, "CONFIG")?,
             stats: take(&mut ebpf, "STATS")?,
             vip_stats: take(&mut ebpf, "VIP_STATS")?,
@@ -544,18 +565,55 @@ impl Balancer {
         Ok(&self.rings.slice()[start..start + size])
     }
 
+    /// The slots of the set `flow` lives in, on every CPU.
+    fn conn_sets_of(&self, flow: &FlowKey) -> impl Iterator<Item = std::ops::Range<usize>> + '_ {
+        let sets = self.limits.conn_sets();
+        let set = lb_common::conn_hash(flow) & (sets - 1);
+        let ways = lb_common::CONN_WAYS;
+        (0..possible_cpus()).map(move |cpu| {
+            let start = ((cpu * sets + set) * ways) as usize;
+            start..start + ways as usize
+        })
+    }
+
+    /// The backend the connection table remembers for `flow` (on any CPU).
     pub fn conn(&self, flow: &FlowKey) -> Option<ConnEntry> {
-        self.conn.get(flow, 0).ok()
+        let fp = lb_common::conn_fingerprint(flow, lb_common::conn_hash(flow));
+        let slots = self.conn.slice();
+        self.conn_sets_of(flow)
+            .flat_map(|r| slots[r].iter())
+            .find(|s| s.real != lb_common::REAL_NONE && s.fingerprint == fp)
+            .map(|s| ConnEntry { real: s.real })
     }
 
+    /// Writes `flow → entry` into the connection table of every CPU (so the
+    /// entry holds wherever the flow's packets are processed).
     pub fn set_conn(&mut self, flow: &FlowKey, entry: &ConnEntry) -> Result<(), DataplaneError> {
-        self.conn.insert(flow, entry, 0).map_err(map_err("CONN_TABLE"))
+        let fp = lb_common::conn_fingerprint(flow, lb_common::conn_hash(flow));
+        let sets: Vec<_> = self.conn_sets_of(flow).collect();
+        let slots = self.conn.slice_mut();
+        for range in sets {
+            let set = &mut slots[range];
+            let way = set
+                .iter()
+                .position(|s| s.real == lb_common::REAL_NONE || s.fingerprint == fp)
+                .unwrap_or(0);
+            set[way] = ConnSlot { fingerprint: fp, real: entry.real, referenced: 1 };
+        }
+        Ok(())
     }
 
-    /// Number of entries in the connection table (a full walk: not for hot
+    /// Distinct flows in the connection table (a full scan: not for hot
     /// paths).
     pub fn conn_count(&self) -> usize {
-        self.conn.keys().filter(Result::is_ok).count()
+        let flows: std::collections::HashSet<u64> =
+            self.conn.slice().iter().filter(|s| s.real != lb_common::REAL_NONE).map(|s| s.fingerprint).collect();
+        flows.len()
+    }
+
+    /// Occupied slots of the connection table (all CPUs).
+    pub fn conn_slots_used(&self) -> usize {
+        self.conn.slice().iter().filter(|s| s.real != lb_common::REAL_NONE).count()
     }
 
     fn sum(map: &PerCpuArray<MapData, Counter>, index: u32, name: &'static str) -> Result<Counter, DataplaneError> {

@@ -187,7 +187,37 @@ fn spread_follows_the_ring_and_counters_add_up() {
     assert_eq!(vip.packets, flows as u64);
     assert_eq!(vip.bytes, bytes_per_real.iter().sum::<u64>());
     assert_eq!(bal.stat(Stat::TxEncap).unwrap().packets, flows as u64);
-    assert_eq!(bal.conn_count(), flows as usize);
+    // A set-associative table: a few sets overflow and evict (counted).
+    let evicted = bal.stat(Stat::ConnEvicted).unwrap().packets as usize;
+    assert_eq!(bal.conn_count() + evicted, flows as usize, "every flow is in the table or counted as evicted");
+    assert!(evicted < flows as usize / 20, "{evicted} evictions for {flows} flows in 4096 slots");
+}
+
+#[test]
+fn a_full_set_evicts_one_packet_flows_before_established_ones() {
+    let mut bal = world();
+    // Flows of one set on this CPU: same connection-table hash bits.
+    let sets = bal.limits().conn_sets();
+    let want = lb_common::conn_hash(&flow4(CLIENT4, 1000, VIP4, PORT_HTTP, IPPROTO_TCP)) & (sets - 1);
+    let same_set: Vec<u16> = (1000u16..60000)
+        .filter(|&p| lb_common::conn_hash(&flow4(CLIENT4, p, VIP4, PORT_HTTP, IPPROTO_TCP)) & (sets - 1) == want)
+        .take(8)
+        .collect();
+    assert_eq!(same_set.len(), 8);
+    // Three established flows (a SYN, then data: the second packet marks the slot).
+    for &p in &same_set[..3] {
+        send4(&mut bal, &tcp4(CLIENT4, VIP4, p, PORT_HTTP, pb::TCP_SYN, &[]));
+        send4(&mut bal, &tcp4(CLIENT4, VIP4, p, PORT_HTTP, pb::TCP_ACK, b"x"));
+    }
+    // A flood of one-packet flows through the same set.
+    for &p in &same_set[3..] {
+        send4(&mut bal, &tcp4(CLIENT4, VIP4, p, PORT_HTTP, pb::TCP_SYN, &[]));
+    }
+    for &p in &same_set[..3] {
+        let flow = flow4(CLIENT4, p, VIP4, PORT_HTTP, IPPROTO_TCP);
+        assert_eq!(bal.conn(&flow), Some(ConnEntry { real: 1 }), "established flow from port {p} kept");
+    }
+    assert_eq!(bal.stat(Stat::ConnEvicted).unwrap().packets, 4, "each flood SYN past the fourth way evicts one");
 }
 
 #[test]

@@ -2,13 +2,13 @@
 //! Maglev ring.
 
 use lb_common::{
-    flow_hash, ring_slot, Addr, ConnEntry, FlowKey, LbConfig, Real, Stat, VipKey, VipMeta,
-    CFG_F_HAS_PORT0_VIPS, FAMILY_NONE, IPPROTO_UDP, REAL_NONE, VIP_F_HASH_NO_SRC_PORT,
+    conn_fingerprint, conn_hash, flow_hash, ring_slot, Addr, FlowKey, LbConfig, Real, Stat, VipKey, VipMeta,
+    CFG_F_HAS_PORT0_VIPS, CONN_WAYS, FAMILY_NONE, IPPROTO_UDP, REAL_NONE, VIP_F_HASH_NO_SRC_PORT,
     VIP_F_NO_CONN_TABLE, VIP_F_UDP_NO_CONN_TABLE,
 };
 
 use crate::{
-    maps::{ring_size, CONN_TABLE, REALS, RINGS, VIPS},
+    maps::{conn_sets, ring_size, CONN_TABLE, REALS, RINGS, VIPS},
     stats::count,
 };
 
@@ -72,27 +72,113 @@ pub fn conn_use(vip: &VipMeta, proto: u8, syn: bool) -> ConnUse {
     }
 }
 
-/// The hash of a flow as this VIP wants it hashed.
+/// The hashes of a flow: the VIP's (Maglev slot, outer source) and the
+/// connection table's (full 5-tuple). The same unless the VIP hashes
+/// without the source port.
 #[inline(always)]
-pub fn hash_flow(vip: &VipMeta, flow: &FlowKey) -> u32 {
-    let src_port = if vip.flags & VIP_F_HASH_NO_SRC_PORT != 0 { 0 } else { flow.src_port };
-    flow_hash(&flow.src, src_port, flow.dst_port, flow.proto)
+pub fn hash_flow(vip: &VipMeta, flow: &FlowKey) -> (u32, u32) {
+    let full = conn_hash(flow);
+    if vip.flags & VIP_F_HASH_NO_SRC_PORT != 0 {
+        (flow_hash(&flow.src, 0, flow.dst_port, flow.proto), full)
+    } else {
+        (full, full)
+    }
+}
+
+/// First slot of this CPU's set for a flow hashing to `hash`.
+#[inline(always)]
+fn conn_set(hash: u32) -> u32 {
+    let sets = conn_sets();
+    // SAFETY: a helper without side effects (inlined by the verifier).
+    let cpu = unsafe { aya_ebpf::helpers::bpf_get_smp_processor_id() };
+    (cpu.wrapping_mul(sets).wrapping_add(hash & sets.wrapping_sub(1))).wrapping_mul(CONN_WAYS)
+}
+
+/// The backend the table remembers for `flow`, marking the slot used.
+#[inline(always)]
+fn conn_lookup(fingerprint: u64, set: u32) -> Option<u32> {
+    for way in 0..CONN_WAYS {
+        let slot = CONN_TABLE.get_ptr_mut(set + way)?;
+        // SAFETY: this CPU's own slot; XDP runs with migration disabled,
+        // so nothing else writes it meanwhile.
+        unsafe {
+            if (*slot).fingerprint == fingerprint && (*slot).real != REAL_NONE {
+                if (*slot).referenced == 0 {
+                    (*slot).referenced = 1;
+                }
+                return Some((*slot).real);
+            }
+        }
+    }
+    None
+}
+
+/// Remembers `flow → real`: the flow's own slot if it has one, else an empty
+/// slot, else one not referenced since the last sweep; if every slot was
+/// referenced, all are unmarked and one is taken by the hash.
+#[inline(always)]
+fn conn_insert(fingerprint: u64, set: u32, hash: u32, real: u32) {
+    let mut pick = CONN_WAYS;
+    let mut unreferenced = CONN_WAYS;
+    for way in 0..CONN_WAYS {
+        let Some(slot) = CONN_TABLE.get_ptr_mut(set + way) else { return };
+        // SAFETY: this CPU's own slot (see conn_lookup).
+        unsafe {
+            if (*slot).real == REAL_NONE || (*slot).fingerprint == fingerprint {
+                pick = way;
+                break;
+            }
+            if unreferenced == CONN_WAYS && (*slot).referenced == 0 {
+                unreferenced = way;
+            }
+        }
+    }
+    if pick == CONN_WAYS {
+        // The set is full: another flow's entry goes.
+        count(Stat::ConnEvicted, 0);
+        pick = unreferenced;
+    }
+    if pick == CONN_WAYS {
+        for way in 0..CONN_WAYS {
+            if let Some(slot) = CONN_TABLE.get_ptr_mut(set + way) {
+                // SAFETY: as above.
+                unsafe { (*slot).referenced = 0 };
+            }
+        }
+        pick = (hash >> 30) & (CONN_WAYS - 1);
+    }
+    if let Some(slot) = CONN_TABLE.get_ptr_mut(set + pick) {
+        // SAFETY: as above. A new entry starts unreferenced: a flow that
+        // never sends a second packet is the first to go.
+        unsafe {
+            (*slot).fingerprint = fingerprint;
+            (*slot).real = real;
+            (*slot).referenced = 0;
+        }
+    }
 }
 
 /// Picks the backend for `flow`, or the drop reason when there is none.
+/// `hash` is the VIP's flow hash (the Maglev slot); `conn_hash` the full
+/// 5-tuple hash that picks the connection-table set.
 #[inline(always)]
-pub fn choose_real(vip: &VipMeta, flow: &FlowKey, hash: u32, conn: ConnUse) -> Result<Choice, Stat> {
+pub fn choose_real(
+    vip: &VipMeta,
+    flow: &FlowKey,
+    hash: u32,
+    conn_hash: u32,
+    conn: ConnUse,
+) -> Result<Choice, Stat> {
+    let set = conn_set(conn_hash);
+    let fingerprint = conn_fingerprint(flow, conn_hash);
     if matches!(conn, ConnUse::LookupInsert | ConnUse::LookupOnly) {
-        // SAFETY: copied out at once.
-        if let Some(entry) = unsafe { CONN_TABLE.get(flow) } {
-            let index = entry.real;
-            match real_at(index) {
+        match conn_lookup(fingerprint, set) {
+            Some(index) => match real_at(index) {
                 Some(real) => return Ok(Choice { index, real }),
                 // The backend was removed: the flow re-hashes below.
                 None => count(Stat::ConnStale, 0),
-            }
-        } else {
-            count(Stat::ConnMiss, 0);
+            },
+            None => count(Stat::ConnMiss, 0),
         }
     }
     let size = ring_size();
@@ -106,10 +192,8 @@ pub fn choose_real(vip: &VipMeta, flow: &FlowKey, hash: u32, conn: ConnUse) -> R
         return Err(Stat::DropNoBackend);
     }
     let real = real_at(index).ok_or(Stat::DropUnknownReal)?;
-    if matches!(conn, ConnUse::LookupInsert | ConnUse::Refresh)
-        && CONN_TABLE.insert(flow, ConnEntry { real: index }, 0).is_err()
-    {
-        count(Stat::ConnInsertFailed, 0);
+    if matches!(conn, ConnUse::LookupInsert | ConnUse::Refresh) {
+        conn_insert(fingerprint, set, conn_hash, index);
     }
     Ok(Choice { index, real })
 }

@@ -90,8 +90,8 @@ fn process(ctx: &XdpContext, bytes: usize) -> Result<Stat, Stat> {
         family: l3.family,
         _pad: [0; 2],
     };
-    let hash = hash_flow(&vip, &flow);
-    let choice = choose_real(&vip, &flow, hash, conn_use(&vip, l3.proto, l4.is_syn()))?;
+    let (hash, conn_hash) = hash_flow(&vip, &flow);
+    let choice = choose_real(&vip, &flow, hash, conn_hash, conn_use(&vip, l3.proto, l4.is_syn()))?;
     count_real(choice.index, bytes);
     forward(ctx, cfg, &l2, &l3, &choice.real, hash, bytes)
 }
@@ -160,13 +160,13 @@ fn handle_icmp(
         family: l3.family,
         _pad: [0; 2],
     };
-    let hash = hash_flow(&vip, &flow);
+    let (hash, conn_hash) = hash_flow(&vip, &flow);
     let conn = if conn_use(&vip, quoted.proto, false) == ConnUse::Bypass {
         ConnUse::Bypass
     } else {
         ConnUse::LookupOnly
     };
-    let choice = choose_real(&vip, &flow, hash, conn)?;
+    let choice = choose_real(&vip, &flow, hash, conn_hash, conn)?;
     count_real(choice.index, bytes);
     count(Stat::IcmpErrorForwarded, bytes);
     forward(ctx, cfg, l2, l3, &choice.real, hash, bytes)

@@ -3,18 +3,15 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{Array, HashMap, LruHashMap, PerCpuArray},
+    maps::{Array, HashMap, PerCpuArray},
 };
 use lb_common::{
-    ConnEntry, Counter, FlowKey, LbConfig, Real, Stat, VipKey, VipMeta, DEFAULT_CONN_TABLE_SIZE,
+    ConnSlot, Counter, LbConfig, Real, Stat, VipKey, VipMeta, CONN_WAYS, DEFAULT_CONN_TABLE_SIZE,
     DEFAULT_MAX_REALS, DEFAULT_MAX_VIPS, DEFAULT_RING_SIZE, RING_SPARES,
 };
 
 /// User space maps the array and writes whole tables with one memcpy.
 const BPF_F_MMAPABLE: u32 = 1 << 10;
-
-/// Per-CPU LRU lists: CPUs never contend on one list, as in Katran.
-const BPF_F_NO_COMMON_LRU: u32 = 1 << 1;
 
 /// VIPs by (address, port, protocol); two entries per VIP address at most
 /// (the VIP and the address's ICMP echo marker).
@@ -35,10 +32,22 @@ pub static RINGS: Array<u64> = Array::with_max_entries(
     BPF_F_MMAPABLE,
 );
 
-/// Established flows and the backend they were sent to.
+/// Established flows and the backend they were sent to: per-CPU,
+/// set-associative, CLOCK replacement (see [`lb_common::ConnSlot`]). CPU
+/// `c` owns slots `c * CONN_SETS * CONN_WAYS ..`. Mmapable so the control
+/// plane can read it without a syscall per slot.
 #[map]
-pub static CONN_TABLE: LruHashMap<FlowKey, ConnEntry> =
-    LruHashMap::with_max_entries(DEFAULT_CONN_TABLE_SIZE, BPF_F_NO_COMMON_LRU);
+pub static CONN_TABLE: Array<ConnSlot> = Array::with_max_entries(DEFAULT_CONN_TABLE_SIZE, BPF_F_MMAPABLE);
+
+/// Sets per CPU in `CONN_TABLE` (a power of two); set at load time.
+#[no_mangle]
+pub static CONN_SETS: u32 = DEFAULT_CONN_TABLE_SIZE / CONN_WAYS;
+
+#[inline(always)]
+pub fn conn_sets() -> u32 {
+    // SAFETY: a plain read of a load-time constant.
+    unsafe { core::ptr::read_volatile(&CONN_SETS) }
+}
 
 /// Entry 0: MACs, outer source prefixes, MTU, flags.
 #[map]
