@@ -493,11 +493,20 @@ impl Balancer {
         self.vips.iter().collect::<Result<_, _>>().map_err(map_err("VIPS"))
     }
 
+    fn zero_counters() -> Result<PerCpuValues<Counter>, DataplaneError> {
+        let cpus = aya::util::nr_cpus().map_err(|(_, e)| DataplaneError::Cpus(e))?;
+        PerCpuValues::try_from(vec![Counter::default(); cpus]).map_err(DataplaneError::Cpus)
+    }
+
     /// Zeroes a VIP's counters before its number is given to a new VIP.
     pub fn reset_vip_stats(&mut self, vip_num: u32) -> Result<(), DataplaneError> {
-        let cpus = aya::util::nr_cpus().map_err(|(_, e)| DataplaneError::Cpus(e))?;
-        let zero = PerCpuValues::try_from(vec![Counter::default(); cpus]).map_err(DataplaneError::Cpus)?;
-        self.vip_stats.set(vip_num, zero, 0).map_err(map_err("VIP_STATS"))
+        self.vip_stats.set(vip_num, Self::zero_counters()?, 0).map_err(map_err("VIP_STATS"))
+    }
+
+    /// Zeroes a backend slot's counters before it is given to a new backend.
+    pub fn reset_real_stats(&mut self, index: u32) -> Result<(), DataplaneError> {
+        self.check_real(index)?;
+        self.real_stats.set(index, Self::zero_counters()?, 0).map_err(map_err("REAL_STATS"))
     }
 
     pub fn remove_vip(&mut self, key: &VipKey) -> Result<(), DataplaneError> {

@@ -243,7 +243,12 @@ impl Engine {
                 EngineError::Rejected("no free backend slot (limits.max_backends)".into())
             })?;
             let (a, family) = ip_to_addr(*addr);
-            if let Err(e) = self.bal.set_real(index, &Real { addr: a, family, _pad: [0; 3] }) {
+            // A new backend starts with zero counters, whoever had the slot.
+            if let Err(e) = self
+                .bal
+                .reset_real_stats(index)
+                .and_then(|()| self.bal.set_real(index, &Real { addr: a, family, _pad: [0; 3] }))
+            {
                 self.free_reals.push_front(index);
                 return Err(e.into());
             }

@@ -1112,3 +1112,37 @@ fn check_validates_config_files_and_detach_removes_pins_and_program() {
     let (status, out, _) = run_bounded(cmd, &lab.dir, "lb-control detach");
     assert!(status.success() && out.contains("removed 0 pins"), "{out}");
 }
+
+// ---- regressions of bugs found by these tests ---------------------------------------
+
+/// A client that sent half a request must not keep a stopping daemon alive
+/// (graceful shutdown has a deadline).
+#[test]
+fn sigterm_stops_the_daemon_despite_a_stalled_client() {
+    use std::io::Write as _;
+    let mut lab = Lab::new();
+    let mut stalled = lab.lb.run(|| Ok(std::net::TcpStream::connect("127.0.0.1:9780")?)).unwrap();
+    stalled.write_all(b"GET /v1/vips HTTP/1.1\r\nHost: lb\r\n").unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    let status = lab.stop(); // panics after STOP_TIMEOUT
+    assert!(status.success(), "{status}");
+}
+
+/// A backend slot's counters (REAL_STATS) are reset when the slot is given
+/// to a new backend, also after a restart, when adoption reuses a freed slot
+/// at once.
+#[test]
+fn a_new_backend_starts_with_zero_counters() {
+    let mut lab = Lab::new();
+    {
+        let mut bal = lab.balancer();
+        let seen = spread4(&mut bal, HTTP4, 80, 1000);
+        assert!(seen.get(&REAL1).is_some_and(|n| *n > 0), "{seen:?}");
+    }
+    lab.call("DELETE", &format!("/v1/vips/{VIP_HTTP}/backends/10.1.0.1"), None).ok(200, "DELETE backend");
+    lab.stop();
+    lab.start();
+    lab.call("POST", &format!("/v1/vips/{VIP_HTTP}/backends"), Some(&json!({"address": "10.1.0.50"}))).ok(201, "POST backend");
+    let stats = lab.get_json("/v1/stats");
+    assert_eq!(stats["backends"]["10.1.0.50"]["packets"], 0, "a backend that never got a packet: {}", stats["backends"]);
+}

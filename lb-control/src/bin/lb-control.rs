@@ -115,6 +115,9 @@ fn load(path: &Path) -> Result<Config> {
 
 fn check(path: &Path) -> Result<()> {
     let config = load(path)?;
+    if let Some(token) = &config.api.token_file {
+        api::read_token(token)?;
+    }
     let backends: std::collections::BTreeSet<_> = config.vips.values().flat_map(|s| s.backends.keys()).collect();
     println!("{}: ok ({} VIPs, {} backends)", path.display(), config.vips.len(), backends.len());
     Ok(())
@@ -142,6 +145,11 @@ async fn run(config_path: PathBuf) -> Result<()> {
     if token.is_none() && !config.api.listen.ip().is_loopback() {
         bail!("api.listen {} is not a loopback address: set api.token_file", config.api.listen);
     }
+    // Signal handlers first: a reload or stop sent the moment systemd hears
+    // READY must not hit the default action (termination).
+    let mut hup = signal(SignalKind::hangup())?;
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
     let listen = config.api.listen;
     let max_body = config.api.max_body_bytes;
     let override_macs = (config.gateway.mac, config.gateway.interface_mac);
@@ -207,11 +215,15 @@ async fn run(config_path: PathBuf) -> Result<()> {
     }
 
     let app = api::router(state.clone(), max_body);
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let mut server = tokio::spawn(async move {
-        axum::serve(listener, app).with_graceful_shutdown(shutdown_signal()).await
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async {
+                let _ = stop_rx.await;
+            })
+            .await
     });
 
-    let mut hup = signal(SignalKind::hangup())?;
     loop {
         tokio::select! {
             _ = hup.recv() => {
@@ -230,21 +242,24 @@ async fn run(config_path: PathBuf) -> Result<()> {
                 }
                 notify(&[NotifyState::Ready]);
             }
+            _ = term.recv() => break,
+            _ = int.recv() => break,
             res = &mut server => {
-                notify(&[NotifyState::Stopping]);
                 res??;
-                tracing::info!("stopped; the balancer stays attached with its pinned maps");
-                return Ok(());
+                anyhow::bail!("the API server stopped unexpectedly");
             }
         }
     }
+    notify(&[NotifyState::Stopping]);
+    let _ = stop_tx.send(());
+    // Let calls in flight finish, but never wait on a stalled client.
+    if tokio::time::timeout(SHUTDOWN_GRACE, &mut server).await.is_err() {
+        tracing::warn!(grace = ?SHUTDOWN_GRACE, "API calls still open at shutdown; closing them");
+        server.abort();
+    }
+    tracing::info!("stopped; the balancer stays attached with its pinned maps");
+    Ok(())
 }
 
-async fn shutdown_signal() {
-    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
-    let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
-    }
-}
+/// How long open API calls may take to finish once the daemon is asked to stop.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
