@@ -21,7 +21,7 @@ use aya::{
     Ebpf, EbpfLoader,
 };
 use lb_common::{
-    ConnEntry, ConnSlot, Counter, DecapAddr, DecapStat, FlowKey, LbConfig, Real, Stat, VipKey, VipMeta,
+    ConnEntry, ConnSlot, Counter, DecapAddr, DecapStat, FlowKey, LbConfig, Real, Stat, VipFilter, VipKey, VipMeta,
     DEFAULT_CONN_TABLE_SIZE,
     DEFAULT_MAX_REALS, DEFAULT_MAX_VIPS, DEFAULT_RING_SIZE, RING_SPARES,
 };
@@ -306,6 +306,9 @@ pub struct Balancer {
     adopted: bool,
     limits: Limits,
     vips: HashMap<MapData, VipKey, VipMeta>,
+    vip_filter: Array<MapData, VipFilter>,
+    /// What `vip_filter` holds.
+    filter: VipFilter,
     reals: Array<MapData, Real>,
     rings: Mmapped<u32>,
     conn: Mmapped<ConnSlot>,
@@ -325,10 +328,11 @@ where
 
 /// The balancer's maps that outlive the daemon when pinned, with the layout
 /// each must have: (name, key size, value size, entries).
-fn pinned_layout(limits: &Limits) -> [(&'static str, usize, usize, u32); 8] {
+fn pinned_layout(limits: &Limits) -> [(&'static str, usize, usize, u32); 9] {
     use std::mem::size_of;
     [
         ("VIPS", size_of::<VipKey>(), size_of::<VipMeta>(), limits.max_vips * 2),
+        ("VIP_FILTER", 4, size_of::<VipFilter>(), 1),
         ("REALS", 4, size_of::<Real>(), limits.max_reals),
         ("RINGS", 4, 8, limits.ring_slots().div_ceil(2)),
         ("CONN_TABLE", 4, size_of::<ConnSlot>(), limits.conn_slots()),
@@ -415,9 +419,13 @@ impl Balancer {
             _ => return Err(DataplaneError::MissingMap("RINGS")),
         };
         let rings = Mmapped::new(rings, limits.ring_slots() as usize)?;
+        let vip_filter: Array<MapData, VipFilter> = take(&mut ebpf, "VIP_FILTER")?;
+        let filter = vip_filter.get(&0, 0).map_err(map_err("VIP_FILTER"))?;
         Ok(Self {
             links: Vec::new(),
             adopted,
+            vip_filter,
+            filter,
             vips: take(&mut ebpf, "VIPS")?,
             reals: take(&mut ebpf, "REALS")?,
             conn: match ebpf.take_map("CONN_TABLE") {
@@ -481,7 +489,33 @@ impl Balancer {
             });
         }
         self.check_ring(meta.ring)?;
+        // The filter learns the address before the VIP exists.
+        if !self.filter.contains(&key.addr) {
+            let mut f = self.filter;
+            f.insert(&key.addr);
+            self.write_filter(f)?;
+        }
         self.vips.insert(key, meta, 0).map_err(map_err("VIPS"))
+    }
+
+    fn write_filter(&mut self, f: VipFilter) -> Result<(), DataplaneError> {
+        self.vip_filter.set(0, f, 0).map_err(map_err("VIP_FILTER"))?;
+        self.filter = f;
+        Ok(())
+    }
+
+    /// Rebuilds the VIP filter from the VIPS map, dropping the bits of
+    /// addresses no VIP uses any more (removing a VIP leaves its bit set:
+    /// harmless, a stale bit only costs a lookup).
+    pub fn rebuild_vip_filter(&mut self) -> Result<(), DataplaneError> {
+        let mut f = VipFilter::default();
+        for (key, _) in self.vips()? {
+            f.insert(&key.addr);
+        }
+        if f != self.filter {
+            self.write_filter(f)?;
+        }
+        Ok(())
     }
 
     pub fn vip(&self, key: &VipKey) -> Option<VipMeta> {

@@ -337,6 +337,7 @@ impl Engine {
             report.backends_removed += 1;
         }
 
+        self.bal.rebuild_vip_filter()?;
         self.set_forwarding(*forwarding)?;
         Ok(report)
     }

@@ -185,6 +185,14 @@ fn fixtures() -> Vec<Fixture> {
     v.push(fx("v4 udp to a tcp-only vip port", frame4(&ip), Pass, Stat::PassNonVip));
     let ip = tcp6(CLIENT6, OTHER6, CLIENT_PORT, PORT_HTTP, pb::TCP_SYN, &[]);
     v.push(fx("v6 tcp to a non-vip address", frame6(&ip), Pass, Stat::PassNonVip));
+    // An address whose VIP-filter bit is a VIP's: the map lookup decides.
+    let vip_bit = lb_common::vip_filter_bit(&lb_common::addr_v4(VIP4.octets()));
+    let twin = (1..u32::MAX)
+        .map(|i| Ipv4Addr::from(0x0a00_0000 + i))
+        .find(|a| *a != VIP4 && lb_common::vip_filter_bit(&lb_common::addr_v4(a.octets())) == vip_bit)
+        .unwrap();
+    let ip = tcp4(CLIENT4, twin, CLIENT_PORT, PORT_HTTP, pb::TCP_SYN, &[]);
+    v.push(fx("v4 to a non-vip address sharing a vip's filter bit", frame4(&ip), Pass, Stat::PassNonVip));
     let arp = {
         let mut a = vec![0, 1, 8, 0, 6, 4, 0, 1];
         a.extend_from_slice(&ROUTER_MAC);

@@ -2,15 +2,24 @@
 //! Maglev ring.
 
 use lb_common::{
-    conn_fingerprint, conn_hash, flow_hash, ring_slot, Addr, FlowKey, LbConfig, Real, Stat, VipKey, VipMeta,
+    conn_fingerprint, conn_hash, flow_hash, ring_slot, vip_filter_bit, Addr, FlowKey, LbConfig, Real, Stat, VipKey, VipMeta,
     CFG_F_HAS_PORT0_VIPS, CONN_WAYS, FAMILY_NONE, IPPROTO_UDP, REAL_NONE, VIP_F_HASH_NO_SRC_PORT,
     VIP_F_NO_CONN_TABLE, VIP_F_UDP_NO_CONN_TABLE,
 };
 
 use crate::{
-    maps::{conn_sets, ring_size, CONN_TABLE, REALS, RINGS, VIPS},
+    maps::{conn_sets, ring_size, CONN_TABLE, REALS, RINGS, VIPS, VIP_FILTER},
     stats::count,
 };
+
+/// Whether `addr` may be a VIP address (false: certainly not).
+#[inline(always)]
+pub fn maybe_vip(addr: &Addr) -> bool {
+    let Some(filter) = VIP_FILTER.get(0) else { return true };
+    let bit = vip_filter_bit(addr);
+    let word = filter.words.get((bit >> 6) as usize).copied().unwrap_or(u64::MAX);
+    word & (1 << (bit & 63)) != 0
+}
 
 /// Finds the VIP for `(addr, port, proto)`, falling back to the address's
 /// every-port VIP when the config says one exists.

@@ -23,7 +23,7 @@ use lb_ebpf::{
 
 use crate::{
     encap::Plan,
-    lookup::{choose_real, conn_use, find_vip, hash_flow, ConnUse},
+    lookup::{choose_real, conn_use, find_vip, hash_flow, maybe_vip, ConnUse},
     maps::CONFIG,
     stats::{count, count_real, count_vip},
 };
@@ -68,6 +68,10 @@ fn process(ctx: &XdpContext, bytes: usize) -> Result<Stat, Stat> {
         _ => Err(ParseError::NonIp),
     }
     .map_err(parse_error)?;
+    // Most traffic that is not for a VIP leaves here, without a map lookup.
+    if !maybe_vip(&l3.dst) {
+        return Ok(Stat::PassNonVip);
+    }
     if l3.fragment {
         return Ok(Stat::PassFragment);
     }

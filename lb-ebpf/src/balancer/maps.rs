@@ -6,7 +6,7 @@ use aya_ebpf::{
     maps::{Array, HashMap, PerCpuArray},
 };
 use lb_common::{
-    ConnSlot, Counter, LbConfig, Real, Stat, VipKey, VipMeta, CONN_WAYS, DEFAULT_CONN_TABLE_SIZE,
+    ConnSlot, Counter, LbConfig, Real, Stat, VipFilter, VipKey, VipMeta, CONN_WAYS, DEFAULT_CONN_TABLE_SIZE,
     DEFAULT_MAX_REALS, DEFAULT_MAX_VIPS, DEFAULT_RING_SIZE, RING_SPARES,
 };
 
@@ -17,6 +17,10 @@ const BPF_F_MMAPABLE: u32 = 1 << 10;
 /// (the VIP and the address's ICMP echo marker).
 #[map]
 pub static VIPS: HashMap<VipKey, VipMeta> = HashMap::with_max_entries(DEFAULT_MAX_VIPS * 2, 0);
+
+/// Entry 0: the bitmap of VIP addresses ([`lb_common::VipFilter`]).
+#[map]
+pub static VIP_FILTER: Array<VipFilter> = Array::with_max_entries(1, 0);
 
 /// Backends by index; index 0 is never used ([`lb_common::REAL_NONE`]).
 #[map]
