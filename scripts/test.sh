@@ -5,4 +5,6 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 export PATH="$HOME/.cargo/bin:$PATH"
+# The end-to-end tests start the daemon and lbctl binaries.
+cargo build --workspace --bins --locked
 cargo test --workspace --locked "$@"
