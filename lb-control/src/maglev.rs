@@ -23,8 +23,8 @@
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap};
 
-/// Default table size (a prime). Same value as `lb_common::DEFAULT_RING_SIZE`.
-pub const DEFAULT_RING_SIZE: u32 = 65537;
+/// Default table size (a prime), the data plane's.
+pub use lb_common::DEFAULT_RING_SIZE;
 
 /// Largest accepted table size. A table is `ring_size * 4` bytes per VIP in a
 /// BPF map (64 MiB at this cap), so anything larger is a configuration
@@ -32,8 +32,8 @@ pub const DEFAULT_RING_SIZE: u32 = 65537;
 /// The largest prime below the cap is 16 777 213.
 pub const MAX_RING_SIZE: u32 = 1 << 24;
 
-/// Slot value meaning "no backend" (same as `lb_common::REAL_NONE`).
-const EMPTY: u32 = 0;
+/// Slot value meaning "no backend".
+const EMPTY: u32 = lb_common::REAL_NONE;
 
 /// Seeds of the two hashes. Arbitrary but frozen forever: changing either
 /// changes every table (see the pinned regression test).
@@ -83,6 +83,8 @@ pub enum MaglevError {
     DuplicateKey { key: Vec<u8> },
     #[error("Maglev backend with key {} has id 0, which is reserved for empty slots", hex(.key))]
     ZeroId { key: Vec<u8> },
+    #[error("two Maglev backends have the same id {id}: their slots could not be told apart")]
+    DuplicateId { id: u32 },
     #[error("the sum of the Maglev backend weights overflows u32")]
     WeightOverflow,
 }
@@ -124,6 +126,11 @@ pub fn build(backends: &[MaglevBackend], ring_size: u32) -> Result<Vec<u32>, Mag
         return Err(MaglevError::DuplicateKey {
             key: w[0].key.clone(),
         });
+    }
+    let mut ids: Vec<u32> = sorted.iter().map(|b| b.id).collect();
+    ids.sort_unstable();
+    if let Some(w) = ids.windows(2).find(|w| w[0] == w[1]) {
+        return Err(MaglevError::DuplicateId { id: w[0] });
     }
     sorted
         .iter()
@@ -1023,6 +1030,10 @@ mod tests {
                 key: bs[1].key.clone()
             })
         );
+
+        let mut bs = equal(3);
+        bs[2].id = bs[0].id;
+        assert_eq!(build(&bs, M), Err(DuplicateId { id: bs[0].id }));
 
         let mut bs = equal(3);
         bs[2].id = 0;
