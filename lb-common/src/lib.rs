@@ -12,7 +12,7 @@ pub use stats::{Action, DecapStat, Stat};
 
 /// Bumped whenever the layout of any pinned map changes; part of the pin path
 /// so an upgraded daemon never reads maps written with an older layout.
-pub const MAP_LAYOUT_VERSION: u32 = 4;
+pub const MAP_LAYOUT_VERSION: u32 = 6;
 
 /// Maglev table size per VIP; a prime. The data plane reads the real value
 /// from the `RING_SIZE` global set at load time.
@@ -21,10 +21,8 @@ pub const DEFAULT_RING_SIZE: u32 = 65537;
 pub const DEFAULT_MAX_VIPS: u32 = 512;
 /// Default number of backend slots (index 0 is reserved, see [`REAL_NONE`]).
 pub const DEFAULT_MAX_REALS: u32 = 4096;
-/// Default size of the connection table, all CPUs together.
+/// Default size of the connection table (slots).
 pub const DEFAULT_CONN_TABLE_SIZE: u32 = 1 << 20;
-/// Ways of each set of the connection table (see [`ConnSlot`]).
-pub const CONN_WAYS: u32 = 4;
 /// Spare Maglev rings beyond one per VIP: a VIP's new table is written into a
 /// spare ring and then switched to in one map update, so readers never see a
 /// half-written table.
@@ -137,9 +135,58 @@ pub const fn vip_filter_bit(addr: &Addr) -> u32 {
     x.wrapping_mul(0x9e37_79b1) >> 20
 }
 
+/// A VIP as the data plane's fast table holds it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct VipSlot {
+    /// `family == FAMILY_NONE` marks an empty slot.
+    pub key: VipKey,
+    pub meta: VipMeta,
+}
+
+/// Default buckets of the VIP table: room for the default VIPs and their
+/// echo markers at one per bucket on average.
+pub const DEFAULT_VIP_BUCKETS: u32 = 1024;
+
+/// Slots per bucket of the VIP table.
+pub const VIP_BUCKET_SLOTS: usize = 4;
+
+/// One bucket of the VIP table: up to four VIPs whose [`vip_key_hash`]
+/// picks it. A full bucket sets `overflow`, and lookups of keys it does not
+/// hold go on to the `VIPS` hash map.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct VipBucket {
+    pub slots: [VipSlot; VIP_BUCKET_SLOTS],
+    pub overflow: u32,
+    pub _pad: u32,
+}
+
+/// The hash that picks a VIP's bucket.
+#[inline(always)]
+pub const fn vip_key_hash(key: &VipKey) -> u32 {
+    let mut h = 0x1b87_3593;
+    h = mix(h, key.addr[0]);
+    h = mix(h, key.addr[1]);
+    h = mix(h, key.addr[2]);
+    h = mix(h, key.addr[3]);
+    h = mix(h, ((key.port as u32) << 16) | ((key.proto as u32) << 8) | key.family as u32);
+    finish(h)
+}
+
+/// Whether two VIP keys are equal, word by word (a derived `==` may become a
+/// `memcmp` call, which BPF has not got).
+#[inline(always)]
+pub fn same_vip_key(a: &VipKey, b: &VipKey) -> bool {
+    // SAFETY: VipKey is 20 bytes of plain data with no padding.
+    let a: [u32; 5] = unsafe { core::mem::transmute(*a) };
+    let b: [u32; 5] = unsafe { core::mem::transmute(*b) };
+    a[0] == b[0] && a[1] == b[1] && a[2] == b[2] && a[3] == b[3] && a[4] == b[4]
+}
+
 /// Key of the `VIPS` map.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct VipKey {
     pub addr: Addr,
     /// Network byte order; 0 means every port of this address.
@@ -193,26 +240,31 @@ pub struct ConnEntry {
     pub real: u32,
 }
 
-/// One slot of the connection table.
-///
-/// The table is per-CPU and set-associative: each CPU owns its own part of
-/// one array (no locks, no sharing: RSS keeps a flow on one CPU), a flow
-/// lives in the set [`conn_hash`] picks, in one of [`CONN_WAYS`] slots: a
-/// set is one 64-byte cache line. A slot holds the flow's 64-bit
-/// fingerprint ([`conn_fingerprint`]), not the 40-byte 5-tuple, which is
-/// what keeps a set in one line. Replacement approximates LRU with a
-/// reference bit (CLOCK, as the kernel's LRU maps do): a hit marks the slot;
-/// an insert takes an empty slot, else one not referenced since the last
-/// sweep, so one-packet flows (a SYN flood) are evicted before established
-/// ones. Lookups and inserts are plain memory accesses, no helper calls.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct ConnSlot {
-    pub fingerprint: u64,
-    /// Index into `REALS`; [`REAL_NONE`] marks an empty slot.
-    pub real: u32,
-    /// Set on a hit, cleared by the replacement sweep.
-    pub referenced: u32,
+/// The connection table is one array shared by all CPUs, 8-way
+/// set-associative: a flow's set ([`conn_hash`]) is one 64-byte cache line
+/// of eight 64-bit slots. A slot packs the flow's 47-bit fingerprint
+/// ([`conn_fingerprint`]), a reference bit and the 16-bit backend index, so
+/// every write is one atomic 64-bit store: concurrent CPUs can lose an
+/// update (a later miss re-inserts it) but never see a torn entry, and
+/// lookups of established flows only read (no lock, no cache-line bouncing).
+/// Replacement approximates LRU with the reference bit (CLOCK, as the
+/// kernel's LRU maps do): a hit marks the slot; an insert takes an empty
+/// slot, else one not referenced since it was written, so one-packet flows
+/// (a SYN flood) go before established ones.
+pub const CONN_WAYS: u32 = 8;
+/// Low 16 bits of a slot: the backend index ([`REAL_NONE`]: empty).
+pub const CONN_REAL_MASK: u64 = 0xffff;
+/// Bit 16 of a slot: referenced since written or last swept.
+pub const CONN_REFERENCED: u64 = 1 << 16;
+/// Bits 17..64 of a slot: the fingerprint.
+pub const CONN_FINGERPRINT_MASK: u64 = !0x1_ffff;
+/// Backend indices must fit a slot.
+pub const MAX_REALS_LIMIT: u32 = 1 << 16;
+
+/// A slot holding `real` for the flow of this fingerprint, unreferenced.
+#[inline(always)]
+pub const fn conn_slot(fingerprint: u64, real: u32) -> u64 {
+    (fingerprint & CONN_FINGERPRINT_MASK) | (real as u64 & CONN_REAL_MASK)
 }
 
 /// The hash that picks a flow's set in the connection table: the flow hash
@@ -223,8 +275,9 @@ pub const fn conn_hash(flow: &FlowKey) -> u32 {
 }
 
 /// A flow's identity in the connection table: [`conn_hash`] and a second,
-/// independently seeded hash of the 5-tuple with the destination. Two flows
-/// of one set share a fingerprint with probability about 2^-64.
+/// independently seeded hash of the 5-tuple with the destination; a slot
+/// keeps its top 47 bits. Two flows of one set share them with probability
+/// about 2^-47.
 #[inline(always)]
 pub const fn conn_fingerprint(flow: &FlowKey, conn_hash: u32) -> u64 {
     let d = &flow.dst;
@@ -233,14 +286,14 @@ pub const fn conn_fingerprint(flow: &FlowKey, conn_hash: u32) -> u64 {
     ((second as u64) << 32) | conn_hash as u64
 }
 
-/// Sets per CPU for a table of `total` slots over `cpus` CPUs: a power of
-/// two, so the set index is a mask.
-pub const fn conn_sets_per_cpu(total: u32, cpus: u32) -> u32 {
-    let per_cpu = total / if cpus == 0 { 1 } else { cpus } / CONN_WAYS;
-    if per_cpu <= 1 {
+/// Sets of a table of at most `slots` slots: a power of two, so the set
+/// index is a mask.
+pub const fn conn_sets(slots: u32) -> u32 {
+    let sets = slots / CONN_WAYS;
+    if sets <= 1 {
         1
     } else {
-        1 << (31 - per_cpu.leading_zeros())
+        1 << (31 - sets.leading_zeros())
     }
 }
 
@@ -332,11 +385,11 @@ mod pod {
     unsafe impl aya::Pod for Real {}
     unsafe impl aya::Pod for FlowKey {}
     unsafe impl aya::Pod for ConnEntry {}
-    unsafe impl aya::Pod for ConnSlot {}
     unsafe impl aya::Pod for LbConfig {}
     unsafe impl aya::Pod for Counter {}
     unsafe impl aya::Pod for DecapAddr {}
     unsafe impl aya::Pod for VipFilter {}
+    unsafe impl aya::Pod for VipBucket {}
 }
 
 // Layout guards: the eBPF side and user space must agree byte for byte.
@@ -345,11 +398,12 @@ const _: () = assert!(core::mem::size_of::<VipMeta>() == 12);
 const _: () = assert!(core::mem::size_of::<Real>() == 20);
 const _: () = assert!(core::mem::size_of::<FlowKey>() == 40);
 const _: () = assert!(core::mem::size_of::<ConnEntry>() == 4);
-const _: () = assert!(core::mem::size_of::<ConnSlot>() == 16);
-const _: () = assert!(core::mem::size_of::<ConnSlot>() * CONN_WAYS as usize == 64);
+const _: () = assert!(8 * CONN_WAYS as usize == 64);
 const _: () = assert!(core::mem::size_of::<LbConfig>() == 60);
 const _: () = assert!(core::mem::size_of::<Counter>() == 16);
 const _: () = assert!(core::mem::size_of::<DecapAddr>() == 20);
+const _: () = assert!(core::mem::size_of::<VipSlot>() == 32);
+const _: () = assert!(core::mem::size_of::<VipBucket>() == 136);
 
 /// Maps a flow hash to a slot of a Maglev ring of `ring_size` entries.
 ///

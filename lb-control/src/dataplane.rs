@@ -9,10 +9,13 @@ use std::{
     ptr::NonNull,
 };
 
-use std::path::{Path, PathBuf};
+use std::{
+    collections::BTreeMap,
+    path::{Path, PathBuf},
+};
 
 use aya::{
-    maps::{Array, HashMap, Map, MapData, MapError, MapInfo, PerCpuArray, PerCpuValues},
+    maps::{Array, ArrayOfMaps, HashMap, Map, MapData, MapError, MapInfo, PerCpuArray, PerCpuValues},
     programs::{
         links::{FdLink, PinnedLink},
         xdp::XdpLink,
@@ -21,7 +24,8 @@ use aya::{
     Ebpf, EbpfLoader,
 };
 use lb_common::{
-    ConnEntry, ConnSlot, Counter, DecapAddr, DecapStat, FlowKey, LbConfig, Real, Stat, VipFilter, VipKey, VipMeta,
+    ConnEntry, Counter, DecapAddr, DecapStat, FlowKey, LbConfig, Real, Stat, VipBucket, VipFilter, VipKey,
+    VipMeta, VipSlot,
     DEFAULT_CONN_TABLE_SIZE,
     DEFAULT_MAX_REALS, DEFAULT_MAX_VIPS, DEFAULT_RING_SIZE, RING_SPARES,
 };
@@ -40,12 +44,6 @@ pub const XDP_TX_PROGRAM: &str = "xdp_tx";
 
 /// Largest Maglev ring accepted (entries); bounds the ring pool's memory.
 pub const MAX_RING_SIZE: u32 = 1 << 20;
-
-/// CPUs the kernel may ever run XDP on: the connection table has a part
-/// for each.
-pub fn possible_cpus() -> u32 {
-    aya::util::nr_cpus().map(|n| n as u32).unwrap_or(1).max(1)
-}
 
 /// How the XDP program is attached.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -155,15 +153,21 @@ impl Limits {
         self.max_vips + RING_SPARES
     }
 
-    /// Sets per CPU of the connection table (the configured size is split
-    /// over the possible CPUs and rounded down to a power of two).
+    /// Sets of the connection table (its size rounded down to a power of
+    /// two of sets).
     pub fn conn_sets(&self) -> u32 {
-        lb_common::conn_sets_per_cpu(self.conn_table_size, possible_cpus())
+        lb_common::conn_sets(self.conn_table_size)
     }
 
-    /// Slots of the connection table, all CPUs together.
+    /// Slots of the connection table.
     pub fn conn_slots(&self) -> u32 {
-        self.conn_sets() * lb_common::CONN_WAYS * possible_cpus()
+        self.conn_sets() * lb_common::CONN_WAYS
+    }
+
+    /// Buckets of each VIP table copy: one per VIP-table entry (VIPs and
+    /// echo markers) on average, a power of two.
+    pub fn vip_buckets(&self) -> u32 {
+        (self.max_vips * 2).next_power_of_two().max(16)
     }
 
     /// Backend slots in the whole pool.
@@ -175,6 +179,13 @@ impl Limits {
         let bad = |msg: String| Err(DataplaneError::Limits(msg));
         if self.ring_size < 2 || self.ring_size > MAX_RING_SIZE {
             return bad(format!("ring_size {} is outside 2..={MAX_RING_SIZE}", self.ring_size));
+        }
+        if self.max_reals > lb_common::MAX_REALS_LIMIT {
+            return bad(format!(
+                "max_reals {} is above {} (backend indices are 16 bits in the connection table)",
+                self.max_reals,
+                lb_common::MAX_REALS_LIMIT
+            ));
         }
         if self.max_vips == 0 || self.max_reals < 2 || self.conn_table_size == 0 {
             return bad(format!(
@@ -284,6 +295,10 @@ impl<T: Copy> Mmapped<T> {
         unsafe { std::slice::from_raw_parts(self.base.as_ptr(), self.entries) }
     }
 
+    fn map(&self) -> &MapData {
+        &self._map
+    }
+
     fn slice_mut(&mut self) -> &mut [T] {
         // SAFETY: as above, and &mut self makes us the only user-space writer.
         unsafe { std::slice::from_raw_parts_mut(self.base.as_ptr(), self.entries) }
@@ -297,6 +312,21 @@ impl<T> Drop for Mmapped<T> {
     }
 }
 
+/// The VIP table for these VIPs: each in the first free slot of its bucket;
+/// a bucket with no room left is marked overflowed, and the data plane looks
+/// such keys up in the VIPS map.
+pub fn build_vip_table(vips: &BTreeMap<VipKey, VipMeta>, buckets: u32) -> Vec<VipBucket> {
+    let mut table = vec![VipBucket::default(); buckets as usize];
+    for (key, meta) in vips {
+        let bucket = &mut table[(lb_common::vip_key_hash(key) & (buckets - 1)) as usize];
+        match bucket.slots.iter_mut().find(|s| s.key.family == lb_common::FAMILY_NONE) {
+            Some(slot) => *slot = VipSlot { key: *key, meta: *meta },
+            None => bucket.overflow = 1,
+        }
+    }
+    table
+}
+
 /// The loaded balancer and its maps.
 pub struct Balancer {
     ebpf: Ebpf,
@@ -306,12 +336,23 @@ pub struct Balancer {
     adopted: bool,
     limits: Limits,
     vips: HashMap<MapData, VipKey, VipMeta>,
+    /// The two copies of the VIP table, mapped, and the map-of-maps that
+    /// names the live one.
+    vip_tables: [Mmapped<VipBucket>; 2],
+    vip_outer: ArrayOfMaps<MapData, MapData>,
+    vip_table_ids: [u32; 2],
+    active_table: usize,
+    /// What `vips` holds, so tables are built without reading the map back.
+    vip_mirror: BTreeMap<VipKey, VipMeta>,
+    /// Set while a batch of changes is made: the table is published once.
+    defer_publish: bool,
+    vips_dirty: bool,
     vip_filter: Array<MapData, VipFilter>,
     /// What `vip_filter` holds.
     filter: VipFilter,
     reals: Array<MapData, Real>,
     rings: Mmapped<u32>,
-    conn: Mmapped<ConnSlot>,
+    conn: Mmapped<u64>,
     config: Array<MapData, LbConfig>,
     stats: PerCpuArray<MapData, Counter>,
     vip_stats: PerCpuArray<MapData, Counter>,
@@ -328,14 +369,17 @@ where
 
 /// The balancer's maps that outlive the daemon when pinned, with the layout
 /// each must have: (name, key size, value size, entries).
-fn pinned_layout(limits: &Limits) -> [(&'static str, usize, usize, u32); 9] {
+fn pinned_layout(limits: &Limits) -> [(&'static str, usize, usize, u32); 12] {
     use std::mem::size_of;
     [
         ("VIPS", size_of::<VipKey>(), size_of::<VipMeta>(), limits.max_vips * 2),
         ("VIP_FILTER", 4, size_of::<VipFilter>(), 1),
+        ("VIP_TABLE_A", 4, size_of::<VipBucket>(), limits.vip_buckets()),
+        ("VIP_TABLE_B", 4, size_of::<VipBucket>(), limits.vip_buckets()),
+        ("VIP_TABLES", 4, 4, 1),
         ("REALS", 4, size_of::<Real>(), limits.max_reals),
         ("RINGS", 4, 8, limits.ring_slots().div_ceil(2)),
-        ("CONN_TABLE", 4, size_of::<ConnSlot>(), limits.conn_slots()),
+        ("CONN_TABLE", 4, 8, limits.conn_slots()),
         ("CONFIG", 4, size_of::<LbConfig>(), 1),
         ("STATS", 4, size_of::<Counter>(), Stat::COUNT),
         ("VIP_STATS", 4, size_of::<Counter>(), limits.max_vips),
@@ -405,6 +449,9 @@ impl Balancer {
             .map_max_entries("REALS", limits.max_reals)
             .map_max_entries("RINGS", limits.ring_slots().div_ceil(2))
             .override_global("CONN_SETS", &limits.conn_sets(), true)
+            .override_global("VIP_BUCKETS", &limits.vip_buckets(), true)
+            .map_max_entries("VIP_TABLE_A", limits.vip_buckets())
+            .map_max_entries("VIP_TABLE_B", limits.vip_buckets())
             .map_max_entries("CONN_TABLE", limits.conn_slots())
             .map_max_entries("VIP_STATS", limits.max_vips)
             .map_max_entries("REAL_STATS", limits.max_reals)
@@ -421,12 +468,33 @@ impl Balancer {
         let rings = Mmapped::new(rings, limits.ring_slots() as usize)?;
         let vip_filter: Array<MapData, VipFilter> = take(&mut ebpf, "VIP_FILTER")?;
         let filter = vip_filter.get(&0, 0).map_err(map_err("VIP_FILTER"))?;
-        Ok(Self {
+        let table = |ebpf: &mut Ebpf, name: &'static str| -> Result<(Mmapped<VipBucket>, u32), DataplaneError> {
+            match ebpf.take_map(name) {
+                Some(Map::Array(data)) => {
+                    let id = data.info().map_err(map_err(name))?.id();
+                    Ok((Mmapped::new(data, limits.vip_buckets() as usize)?, id))
+                }
+                _ => Err(DataplaneError::MissingMap(name)),
+            }
+        };
+        let (table_a, id_a) = table(&mut ebpf, "VIP_TABLE_A")?;
+        let (table_b, id_b) = table(&mut ebpf, "VIP_TABLE_B")?;
+        let vip_outer: ArrayOfMaps<MapData, MapData> = take(&mut ebpf, "VIP_TABLES")?;
+        let vips: HashMap<MapData, VipKey, VipMeta> = take(&mut ebpf, "VIPS")?;
+        let vip_mirror = vips.iter().collect::<Result<BTreeMap<_, _>, _>>().map_err(map_err("VIPS"))?;
+        let mut bal = Self {
+            vip_tables: [table_a, table_b],
+            vip_table_ids: [id_a, id_b],
+            vip_outer,
+            active_table: 0,
+            vip_mirror,
+            defer_publish: false,
+            vips_dirty: false,
             links: Vec::new(),
             adopted,
             vip_filter,
             filter,
-            vips: take(&mut ebpf, "VIPS")?,
+            vips,
             reals: take(&mut ebpf, "REALS")?,
             conn: match ebpf.take_map("CONN_TABLE") {
                 Some(Map::Array(data)) => Mmapped::new(data, limits.conn_slots() as usize)?,
@@ -439,7 +507,14 @@ impl Balancer {
             rings,
             limits,
             ebpf,
-        })
+        };
+        // A first start installs a table; a restart (or a second handle on
+        // the pins) finds one.
+        match bal.live_table()? {
+            Some(live) => bal.active_table = live,
+            None => bal.publish_vips()?,
+        }
+        Ok(bal)
     }
 
     pub fn limits(&self) -> &Limits {
@@ -495,7 +570,80 @@ impl Balancer {
             f.insert(&key.addr);
             self.write_filter(f)?;
         }
-        self.vips.insert(key, meta, 0).map_err(map_err("VIPS"))
+        self.vips.insert(key, meta, 0).map_err(map_err("VIPS"))?;
+        self.vip_mirror.insert(*key, *meta);
+        if !self.update_vip_in_place(key, meta) {
+            self.vips_dirty = true;
+        }
+        self.publish_unless_deferred()
+    }
+
+    /// Which copy of the VIP table is live, as the kernel says (another
+    /// handle on the same pins may have swapped it).
+    fn live_table(&self) -> Result<Option<usize>, DataplaneError> {
+        match self.vip_outer.get(&0, 0) {
+            Ok(inner) => {
+                let id = inner.info().map_err(map_err("VIP_TABLES"))?.id();
+                Ok(self.vip_table_ids.iter().position(|&t| t == id))
+            }
+            Err(MapError::KeyNotFound) => Ok(None),
+            Err(e) => Err(map_err("VIP_TABLES")(e)),
+        }
+    }
+
+    /// A VIP the live table holds changes in place: one aligned 32-bit store
+    /// per field, each seen whole by the data plane.
+    fn update_vip_in_place(&mut self, key: &VipKey, meta: &VipMeta) -> bool {
+        match self.live_table() {
+            Ok(Some(live)) => self.active_table = live,
+            _ => return false,
+        }
+        let index = (lb_common::vip_key_hash(key) & (self.limits.vip_buckets() - 1)) as usize;
+        let bucket = &mut self.vip_tables[self.active_table].slice_mut()[index];
+        let Some(slot) = bucket.slots.iter_mut().find(|s| s.key.family != lb_common::FAMILY_NONE && s.key == *key)
+        else {
+            return false;
+        };
+        // SAFETY: aligned u32 fields of our mapping; volatile so each is
+        // one store.
+        unsafe {
+            std::ptr::write_volatile(&mut slot.meta.ring, meta.ring);
+            std::ptr::write_volatile(&mut slot.meta.flags, meta.flags);
+            std::ptr::write_volatile(&mut slot.meta.vip_num, meta.vip_num);
+        }
+        std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);
+        true
+    }
+
+    fn publish_unless_deferred(&mut self) -> Result<(), DataplaneError> {
+        if self.defer_publish || !self.vips_dirty {
+            return Ok(());
+        }
+        self.publish_vips()
+    }
+
+    /// Holds back table publishing while a batch of VIP changes is made
+    /// (`true`), or publishes what the batch changed (`false`).
+    pub fn defer_vip_publishing(&mut self, defer: bool) -> Result<(), DataplaneError> {
+        self.defer_publish = defer;
+        self.publish_unless_deferred()
+    }
+
+    /// Builds the VIP table from the VIPS map's contents into the copy
+    /// that is not live, and makes it live. Returns once no program reads
+    /// the previous copy any more.
+    pub fn publish_vips(&mut self) -> Result<(), DataplaneError> {
+        if let Some(live) = self.live_table()? {
+            self.active_table = live;
+        }
+        let table = build_vip_table(&self.vip_mirror, self.limits.vip_buckets());
+        let next = 1 - self.active_table;
+        self.vip_tables[next].slice_mut().copy_from_slice(&table);
+        std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);
+        self.vip_outer.set(0, self.vip_tables[next].map(), 0).map_err(map_err("VIP_TABLES"))?;
+        self.active_table = next;
+        self.vips_dirty = false;
+        Ok(())
     }
 
     fn write_filter(&mut self, f: VipFilter) -> Result<(), DataplaneError> {
@@ -545,9 +693,13 @@ impl Balancer {
 
     pub fn remove_vip(&mut self, key: &VipKey) -> Result<(), DataplaneError> {
         match self.vips.remove(key) {
-            Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
-            Err(e) => Err(map_err("VIPS")(e)),
+            Ok(()) | Err(MapError::KeyNotFound) => {}
+            Err(e) => return Err(map_err("VIPS")(e)),
         }
+        if self.vip_mirror.remove(key).is_some() {
+            self.vips_dirty = true;
+        }
+        self.publish_unless_deferred()
     }
 
     fn check_real(&self, index: u32) -> Result<(), DataplaneError> {
@@ -608,55 +760,42 @@ impl Balancer {
         Ok(&self.rings.slice()[start..start + size])
     }
 
-    /// The slots of the set `flow` lives in, on every CPU.
-    fn conn_sets_of(&self, flow: &FlowKey) -> impl Iterator<Item = std::ops::Range<usize>> + '_ {
-        let sets = self.limits.conn_sets();
-        let set = lb_common::conn_hash(flow) & (sets - 1);
-        let ways = lb_common::CONN_WAYS;
-        (0..possible_cpus()).map(move |cpu| {
-            let start = ((cpu * sets + set) * ways) as usize;
-            start..start + ways as usize
-        })
+    /// The slots of the set `flow` lives in.
+    fn conn_set_of(&self, flow: &FlowKey) -> std::ops::Range<usize> {
+        let set = (lb_common::conn_hash(flow) & (self.limits.conn_sets() - 1)) * lb_common::CONN_WAYS;
+        set as usize..(set + lb_common::CONN_WAYS) as usize
     }
 
-    /// The backend the connection table remembers for `flow` (on any CPU).
+    /// The backend the connection table remembers for `flow`.
     pub fn conn(&self, flow: &FlowKey) -> Option<ConnEntry> {
-        let fp = lb_common::conn_fingerprint(flow, lb_common::conn_hash(flow));
-        let slots = self.conn.slice();
-        self.conn_sets_of(flow)
-            .flat_map(|r| slots[r].iter())
-            .find(|s| s.real != lb_common::REAL_NONE && s.fingerprint == fp)
-            .map(|s| ConnEntry { real: s.real })
+        let fp = lb_common::conn_fingerprint(flow, lb_common::conn_hash(flow)) & lb_common::CONN_FINGERPRINT_MASK;
+        self.conn.slice()[self.conn_set_of(flow)]
+            .iter()
+            .find(|&&v| v & lb_common::CONN_REAL_MASK != 0 && v & lb_common::CONN_FINGERPRINT_MASK == fp)
+            .map(|&v| ConnEntry { real: (v & lb_common::CONN_REAL_MASK) as u32 })
     }
 
-    /// Writes `flow → entry` into the connection table of every CPU (so the
-    /// entry holds wherever the flow's packets are processed).
+    /// Writes `flow → entry` into the connection table, marked used.
     pub fn set_conn(&mut self, flow: &FlowKey, entry: &ConnEntry) -> Result<(), DataplaneError> {
+        self.check_real(entry.real)?;
         let fp = lb_common::conn_fingerprint(flow, lb_common::conn_hash(flow));
-        let sets: Vec<_> = self.conn_sets_of(flow).collect();
-        let slots = self.conn.slice_mut();
-        for range in sets {
-            let set = &mut slots[range];
-            let way = set
-                .iter()
-                .position(|s| s.real == lb_common::REAL_NONE || s.fingerprint == fp)
-                .unwrap_or(0);
-            set[way] = ConnSlot { fingerprint: fp, real: entry.real, referenced: 1 };
-        }
+        let range = self.conn_set_of(flow);
+        let set = &mut self.conn.slice_mut()[range];
+        let want = fp & lb_common::CONN_FINGERPRINT_MASK;
+        let way = set
+            .iter()
+            .position(|&v| v & lb_common::CONN_REAL_MASK == 0 || v & lb_common::CONN_FINGERPRINT_MASK == want)
+            .unwrap_or(0);
+        // SAFETY: an aligned u64 of our mapping: one atomic store.
+        unsafe {
+            std::ptr::write_volatile(&mut set[way], lb_common::conn_slot(fp, entry.real) | lb_common::CONN_REFERENCED)
+        };
         Ok(())
     }
 
-    /// Distinct flows in the connection table (a full scan: not for hot
-    /// paths).
+    /// Entries in the connection table (a full scan: not for hot paths).
     pub fn conn_count(&self) -> usize {
-        let flows: std::collections::HashSet<u64> =
-            self.conn.slice().iter().filter(|s| s.real != lb_common::REAL_NONE).map(|s| s.fingerprint).collect();
-        flows.len()
-    }
-
-    /// Occupied slots of the connection table (all CPUs).
-    pub fn conn_slots_used(&self) -> usize {
-        self.conn.slice().iter().filter(|s| s.real != lb_common::REAL_NONE).count()
+        self.conn.slice().iter().filter(|&&v| v & lb_common::CONN_REAL_MASK != 0).count()
     }
 
     fn sum(map: &PerCpuArray<MapData, Counter>, index: u32, name: &'static str) -> Result<Counter, DataplaneError> {

@@ -228,9 +228,19 @@ impl Engine {
             .map_err(|source| EngineError::Maglev { vip: *id, source })
     }
 
-    /// Makes the data plane serve exactly `desired`.
+    /// Makes the data plane serve exactly `desired`. The VIP table is
+    /// published once, at the end, whatever happened in between.
     pub fn apply(&mut self, desired: &VipSet, forwarding: &LbConfig) -> Result<ApplyReport, EngineError> {
         self.check(desired)?;
+        self.bal.defer_vip_publishing(true)?;
+        let result = self.apply_batch(desired, forwarding);
+        let published = self.bal.defer_vip_publishing(false);
+        let report = result?;
+        published?;
+        Ok(report)
+    }
+
+    fn apply_batch(&mut self, desired: &VipSet, forwarding: &LbConfig) -> Result<ApplyReport, EngineError> {
         let mut report = ApplyReport::default();
 
         // 1. Backends every desired VIP needs.

@@ -201,23 +201,23 @@ fn a_full_set_evicts_one_packet_flows_before_established_ones() {
     let want = lb_common::conn_hash(&flow4(CLIENT4, 1000, VIP4, PORT_HTTP, IPPROTO_TCP)) & (sets - 1);
     let same_set: Vec<u16> = (1000u16..60000)
         .filter(|&p| lb_common::conn_hash(&flow4(CLIENT4, p, VIP4, PORT_HTTP, IPPROTO_TCP)) & (sets - 1) == want)
-        .take(8)
+        .take(16)
         .collect();
-    assert_eq!(same_set.len(), 8);
-    // Three established flows (a SYN, then data: the second packet marks the slot).
-    for &p in &same_set[..3] {
+    assert_eq!(same_set.len(), 16);
+    // Five established flows (a SYN, then data: the second packet marks the slot).
+    for &p in &same_set[..5] {
         send4(&mut bal, &tcp4(CLIENT4, VIP4, p, PORT_HTTP, pb::TCP_SYN, &[]));
         send4(&mut bal, &tcp4(CLIENT4, VIP4, p, PORT_HTTP, pb::TCP_ACK, b"x"));
     }
-    // A flood of one-packet flows through the same set.
-    for &p in &same_set[3..] {
+    // A flood of one-packet flows through the same set (eight ways).
+    for &p in &same_set[5..] {
         send4(&mut bal, &tcp4(CLIENT4, VIP4, p, PORT_HTTP, pb::TCP_SYN, &[]));
     }
-    for &p in &same_set[..3] {
+    for &p in &same_set[..5] {
         let flow = flow4(CLIENT4, p, VIP4, PORT_HTTP, IPPROTO_TCP);
         assert_eq!(bal.conn(&flow), Some(ConnEntry { real: 1 }), "established flow from port {p} kept");
     }
-    assert_eq!(bal.stat(Stat::ConnEvicted).unwrap().packets, 4, "each flood SYN past the fourth way evicts one");
+    assert_eq!(bal.stat(Stat::ConnEvicted).unwrap().packets, 8, "each flood SYN past the eighth way evicts one");
 }
 
 #[test]

@@ -174,6 +174,6 @@ fn a_restarted_daemon_adopts_pinned_maps_and_rewrites_nothing() {
         Ok(_) => panic!("mismatched pins adopted"),
     }
     let removed = detach_all(&pins.0).unwrap();
-    assert_eq!(removed.len(), 9, "{removed:?}");
+    assert_eq!(removed.len(), 12, "{removed:?}");
     assert!(!pins.0.exists());
 }

@@ -113,19 +113,7 @@ pub mod vipnum {
 /// A balancer loaded with the standard world: every VIP's ring holds a
 /// single backend, so a fixture's expected backend does not depend on the
 /// hash (the distribution tests fill rings with several).
-/// Keeps this test's thread on CPU 0, so BPF_PROG_TEST_RUN always uses the
-/// same per-CPU part of the connection table.
-pub fn pin_to_cpu0() {
-    // SAFETY: a zeroed cpu_set_t with one bit set, for the calling thread.
-    unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        libc::CPU_SET(0, &mut set);
-        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
-    }
-}
-
 pub fn world() -> Balancer {
-    pin_to_cpu0();
     let mut bal = Balancer::load(limits()).expect("load balancer (needs root and BPF)");
     bal.set_config(&config()).unwrap();
     bal.set_real(1, &real4(REAL1)).unwrap();

@@ -2,13 +2,13 @@
 //! Maglev ring.
 
 use lb_common::{
-    conn_fingerprint, conn_hash, flow_hash, ring_slot, vip_filter_bit, Addr, FlowKey, LbConfig, Real, Stat, VipKey, VipMeta,
-    CFG_F_HAS_PORT0_VIPS, CONN_WAYS, FAMILY_NONE, IPPROTO_UDP, REAL_NONE, VIP_F_HASH_NO_SRC_PORT,
+    conn_fingerprint, conn_hash, flow_hash, ring_slot, same_vip_key, vip_filter_bit, vip_key_hash, Addr, FlowKey, LbConfig, Real, Stat, VipKey, VipMeta,
+    conn_slot, CFG_F_HAS_PORT0_VIPS, CONN_FINGERPRINT_MASK, CONN_REAL_MASK, CONN_REFERENCED, CONN_WAYS, FAMILY_NONE, IPPROTO_UDP, REAL_NONE, VIP_F_HASH_NO_SRC_PORT,
     VIP_F_NO_CONN_TABLE, VIP_F_UDP_NO_CONN_TABLE,
 };
 
 use crate::{
-    maps::{conn_sets, ring_size, CONN_TABLE, REALS, RINGS, VIPS, VIP_FILTER},
+    maps::{conn_sets, ring_size, vip_buckets, CONN_TABLE, REALS, RINGS, VIPS, VIP_FILTER, VIP_TABLES},
     stats::count,
 };
 
@@ -21,21 +21,39 @@ pub fn maybe_vip(addr: &Addr) -> bool {
     word & (1 << (bit & 63)) != 0
 }
 
+/// One VIP key: its bucket in the live VIP table, then, if that bucket
+/// overflowed (or no table is installed yet), the `VIPS` hash map.
+#[inline(always)]
+fn lookup_vip(key: &VipKey) -> Option<VipMeta> {
+    let index = vip_key_hash(key) & vip_buckets().wrapping_sub(1);
+    if let Some(bucket) = VIP_TABLES.get_value(0, &index) {
+        for slot in &bucket.slots {
+            if same_vip_key(&slot.key, key) {
+                return Some(slot.meta);
+            }
+        }
+        if bucket.overflow == 0 {
+            return None;
+        }
+    }
+    // SAFETY: copied out at once; a concurrent update replaces the element
+    // as a whole.
+    unsafe { VIPS.get(key) }.copied()
+}
+
 /// Finds the VIP for `(addr, port, proto)`, falling back to the address's
 /// every-port VIP when the config says one exists.
 #[inline(always)]
 pub fn find_vip(cfg: &LbConfig, family: u8, addr: Addr, port: u16, proto: u8) -> Option<VipMeta> {
     let mut key = VipKey { addr, port, proto, family };
-    // SAFETY: values are plain data copied out at once; a concurrent update
-    // replaces the element as a whole.
-    if let Some(meta) = unsafe { VIPS.get(&key) } {
-        return Some(*meta);
+    if let Some(meta) = lookup_vip(&key) {
+        return Some(meta);
     }
     if cfg.flags & CFG_F_HAS_PORT0_VIPS == 0 {
         return None;
     }
     key.port = 0;
-    unsafe { VIPS.get(&key) }.copied()
+    lookup_vip(&key)
 }
 
 /// A chosen backend.
@@ -94,52 +112,49 @@ pub fn hash_flow(vip: &VipMeta, flow: &FlowKey) -> (u32, u32) {
     }
 }
 
-/// First slot of this CPU's set for a flow hashing to `hash`.
+/// First slot of the set of a flow hashing to `hash`.
 #[inline(always)]
 fn conn_set(hash: u32) -> u32 {
-    let sets = conn_sets();
-    // SAFETY: a helper without side effects (inlined by the verifier).
-    let cpu = unsafe { aya_ebpf::helpers::bpf_get_smp_processor_id() };
-    (cpu.wrapping_mul(sets).wrapping_add(hash & sets.wrapping_sub(1))).wrapping_mul(CONN_WAYS)
+    (hash & conn_sets().wrapping_sub(1)).wrapping_mul(CONN_WAYS)
 }
 
-/// The backend the table remembers for `flow`, marking the slot used.
+/// The backend the table remembers for this fingerprint, marking the slot.
 #[inline(always)]
 fn conn_lookup(fingerprint: u64, set: u32) -> Option<u32> {
+    let want = fingerprint & CONN_FINGERPRINT_MASK;
     for way in 0..CONN_WAYS {
         let slot = CONN_TABLE.get_ptr_mut(set + way)?;
-        // SAFETY: this CPU's own slot; XDP runs with migration disabled,
-        // so nothing else writes it meanwhile.
-        unsafe {
-            if (*slot).fingerprint == fingerprint && (*slot).real != REAL_NONE {
-                if (*slot).referenced == 0 {
-                    (*slot).referenced = 1;
-                }
-                return Some((*slot).real);
+        // SAFETY: an aligned u64 in the map; every access is one atomic
+        // 64-bit load or store (see lb_common::CONN_WAYS).
+        let v = unsafe { core::ptr::read_volatile(slot) };
+        if v & CONN_FINGERPRINT_MASK == want && v & CONN_REAL_MASK != 0 {
+            if v & CONN_REFERENCED == 0 {
+                unsafe { core::ptr::write_volatile(slot, v | CONN_REFERENCED) };
             }
+            return Some((v & CONN_REAL_MASK) as u32);
         }
     }
     None
 }
 
-/// Remembers `flow → real`: the flow's own slot if it has one, else an empty
-/// slot, else one not referenced since the last sweep; if every slot was
-/// referenced, all are unmarked and one is taken by the hash.
+/// Remembers `fingerprint → real`: the flow's own slot if it has one, else
+/// an empty slot, else one not referenced since it was written; if every
+/// slot was referenced, all are unmarked and one is taken by the hash.
 #[inline(always)]
 fn conn_insert(fingerprint: u64, set: u32, hash: u32, real: u32) {
+    let want = fingerprint & CONN_FINGERPRINT_MASK;
     let mut pick = CONN_WAYS;
     let mut unreferenced = CONN_WAYS;
     for way in 0..CONN_WAYS {
         let Some(slot) = CONN_TABLE.get_ptr_mut(set + way) else { return };
-        // SAFETY: this CPU's own slot (see conn_lookup).
-        unsafe {
-            if (*slot).real == REAL_NONE || (*slot).fingerprint == fingerprint {
-                pick = way;
-                break;
-            }
-            if unreferenced == CONN_WAYS && (*slot).referenced == 0 {
-                unreferenced = way;
-            }
+        // SAFETY: as in conn_lookup.
+        let v = unsafe { core::ptr::read_volatile(slot) };
+        if v & CONN_REAL_MASK == 0 || v & CONN_FINGERPRINT_MASK == want {
+            pick = way;
+            break;
+        }
+        if unreferenced == CONN_WAYS && v & CONN_REFERENCED == 0 {
+            unreferenced = way;
         }
     }
     if pick == CONN_WAYS {
@@ -150,20 +165,19 @@ fn conn_insert(fingerprint: u64, set: u32, hash: u32, real: u32) {
     if pick == CONN_WAYS {
         for way in 0..CONN_WAYS {
             if let Some(slot) = CONN_TABLE.get_ptr_mut(set + way) {
-                // SAFETY: as above.
-                unsafe { (*slot).referenced = 0 };
+                // SAFETY: as in conn_lookup.
+                unsafe {
+                    let v = core::ptr::read_volatile(slot);
+                    core::ptr::write_volatile(slot, v & !CONN_REFERENCED);
+                }
             }
         }
-        pick = (hash >> 30) & (CONN_WAYS - 1);
+        pick = (hash >> 29) & (CONN_WAYS - 1);
     }
     if let Some(slot) = CONN_TABLE.get_ptr_mut(set + pick) {
-        // SAFETY: as above. A new entry starts unreferenced: a flow that
-        // never sends a second packet is the first to go.
-        unsafe {
-            (*slot).fingerprint = fingerprint;
-            (*slot).real = real;
-            (*slot).referenced = 0;
-        }
+        // SAFETY: as in conn_lookup. A new entry starts unreferenced: a flow
+        // that never sends a second packet is the first to go.
+        unsafe { core::ptr::write_volatile(slot, conn_slot(fingerprint, real)) };
     }
 }
 

@@ -2,11 +2,12 @@
 //! them at load time (`EbpfLoader::set_max_entries`).
 
 use aya_ebpf::{
-    macros::map,
+    btf_maps::{Array as BtfArray, ArrayOfMaps},
+    macros::{btf_map, map},
     maps::{Array, HashMap, PerCpuArray},
 };
 use lb_common::{
-    ConnSlot, Counter, LbConfig, Real, Stat, VipFilter, VipKey, VipMeta, CONN_WAYS, DEFAULT_CONN_TABLE_SIZE,
+    Counter, LbConfig, Real, Stat, VipBucket, VipFilter, VipKey, VipMeta, DEFAULT_VIP_BUCKETS, CONN_WAYS, DEFAULT_CONN_TABLE_SIZE,
     DEFAULT_MAX_REALS, DEFAULT_MAX_VIPS, DEFAULT_RING_SIZE, RING_SPARES,
 };
 
@@ -17,6 +18,37 @@ const BPF_F_MMAPABLE: u32 = 1 << 10;
 /// (the VIP and the address's ICMP echo marker).
 #[map]
 pub static VIPS: HashMap<VipKey, VipMeta> = HashMap::with_max_entries(DEFAULT_MAX_VIPS * 2, 0);
+
+/// The VIP table the data plane reads: buckets of [`lb_common::VipSlot`]s
+/// (one array lookup instead of a hash-map lookup per packet). Two copies;
+/// `VIP_TABLES[0]` names the live one. The control plane rebuilds the other
+/// and swaps it in; the swap returns once no program still reads the old
+/// copy (the kernel waits for an RCU grace period on map-of-maps updates),
+/// so a copy is never rewritten while read. A VIP's ring or flags change in
+/// place (one aligned 32-bit store each). `BPF_F_INNER_MAP` lets the copies
+/// be sized at load time.
+pub type VipTable = BtfArray<VipBucket, { DEFAULT_VIP_BUCKETS as usize }, { BPF_F_INNER_MAP | BPF_F_MMAPABLE as usize }>;
+
+const BPF_F_INNER_MAP: usize = 1 << 12;
+
+#[btf_map]
+pub static VIP_TABLE_A: VipTable = VipTable::new();
+
+#[btf_map]
+pub static VIP_TABLE_B: VipTable = VipTable::new();
+
+#[btf_map]
+pub static VIP_TABLES: ArrayOfMaps<VipTable, 1> = ArrayOfMaps::new();
+
+/// Buckets of each VIP table copy (a power of two); set at load time.
+#[no_mangle]
+pub static VIP_BUCKETS: u32 = DEFAULT_VIP_BUCKETS;
+
+#[inline(always)]
+pub fn vip_buckets() -> u32 {
+    // SAFETY: a plain read of a load-time constant.
+    unsafe { core::ptr::read_volatile(&VIP_BUCKETS) }
+}
 
 /// Entry 0: the bitmap of VIP addresses ([`lb_common::VipFilter`]).
 #[map]
@@ -36,14 +68,14 @@ pub static RINGS: Array<u64> = Array::with_max_entries(
     BPF_F_MMAPABLE,
 );
 
-/// Established flows and the backend they were sent to: per-CPU,
-/// set-associative, CLOCK replacement (see [`lb_common::ConnSlot`]). CPU
-/// `c` owns slots `c * CONN_SETS * CONN_WAYS ..`. Mmapable so the control
-/// plane can read it without a syscall per slot.
+/// Established flows and the backend they were sent to: 8-way
+/// set-associative, 64-bit slots, CLOCK replacement (see
+/// [`lb_common::CONN_WAYS`]). Mmapable so the control plane can read it
+/// without a syscall per slot.
 #[map]
-pub static CONN_TABLE: Array<ConnSlot> = Array::with_max_entries(DEFAULT_CONN_TABLE_SIZE, BPF_F_MMAPABLE);
+pub static CONN_TABLE: Array<u64> = Array::with_max_entries(DEFAULT_CONN_TABLE_SIZE, BPF_F_MMAPABLE);
 
-/// Sets per CPU in `CONN_TABLE` (a power of two); set at load time.
+/// Sets in `CONN_TABLE` (a power of two); set at load time.
 #[no_mangle]
 pub static CONN_SETS: u32 = DEFAULT_CONN_TABLE_SIZE / CONN_WAYS;
 
