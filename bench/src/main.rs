@@ -1,14 +1,35 @@
 //! `lb-bench`: the project's benchmarks. They print their figures; none of
-//! them is a test.
+//! them is a test. `lb-bench all` runs every part and writes
+//! `bench/results/<date>.{json,md,svg}`; each part also has its own
+//! subcommand. See bench/README.md.
 
+mod control;
 mod dataplane;
+mod plot;
+mod progress;
+mod quality;
+mod report;
+mod scaling;
+mod sys;
+mod trafgen;
 
-use anyhow::Result;
+use std::{
+    path::PathBuf,
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context as _, Result};
 use clap::{Parser, Subcommand};
 use lb_control::dataplane::Limits;
+use serde::Serialize;
+
+use crate::{
+    progress::Progress,
+    report::{f, targets_table, MixRow, PartError, Report, Table, Target},
+};
 
 #[derive(Parser)]
-#[command(about = "Benchmarks of the XDP load balancer (run as root)")]
+#[command(about = "Benchmarks of the XDP load balancer (run as root). `lb-bench all` runs them all.")]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -16,7 +37,22 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Per-packet cost of the balancer per traffic mix, against the XDP_TX floor.
+    /// Every benchmark, one after the other; writes bench/results/<date>.{json,md,svg}.
+    All {
+        /// Shorter runs (under two minutes): fewer rounds, calls and packets.
+        #[arg(long)]
+        quick: bool,
+        /// Where the results go.
+        #[arg(long, default_value_os_t = default_results_dir())]
+        out_dir: PathBuf,
+        /// Print only; write no result files.
+        #[arg(long)]
+        no_write: bool,
+        /// Parts to leave out (repeatable).
+        #[arg(long, value_enum)]
+        skip: Vec<Part>,
+    },
+    /// 1. Per-packet cost of the balancer per traffic mix, against the XDP_TX floor.
     Dataplane {
         /// Rounds per mix (balancer and floor interleaved in each).
         #[arg(long, default_value_t = 7)]
@@ -32,39 +68,487 @@ enum Command {
         #[arg(long)]
         distinct_flows: Option<u32>,
     },
+    /// 2. The balancer's cost with 1/16/512 VIPs, 10-4096 backends, a full connection table.
+    Scaling {
+        #[arg(long)]
+        quick: bool,
+        /// Rounds per mix (default 11, quick 3).
+        #[arg(long)]
+        rounds: Option<u32>,
+        /// Packets per round (default 20000, quick 5000).
+        #[arg(long)]
+        calls: Option<u32>,
+    },
+    /// 3. Maglev build time, API call to data-plane latency, API calls/s, start-up with 512 VIPs.
+    Control {
+        #[arg(long)]
+        quick: bool,
+    },
+    /// 4. Maglev table quality: shares and slots moved on removal/addition.
+    Maglev {
+        #[arg(long)]
+        quick: bool,
+    },
+    /// 5. End to end: trafgen through the veth lab, CPU time per packet.
+    Trafgen {
+        #[arg(long)]
+        quick: bool,
+        /// Packets to send (default 1500000, quick 300000).
+        #[arg(long)]
+        count: Option<u64>,
+        /// Stop the measured run after this many seconds (default 20, quick 10).
+        #[arg(long)]
+        timeout: Option<u64>,
+        /// Backends in the lab (1-8).
+        #[arg(long, default_value_t = 4)]
+        backends: usize,
+        /// trafgen config (C preprocessor: DST_MAC, SRC_IP, VIP, VIP_PORT are defined).
+        #[arg(long, default_value_os_t = trafgen::Opts::default_config())]
+        config: PathBuf,
+    },
 }
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum Part {
+    Dataplane,
+    Scaling,
+    Control,
+    Maglev,
+    Trafgen,
+}
+
+fn default_results_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("results")
+}
+
+// ---- part 1: the data plane mixes -------------------------------------------
+
+#[derive(Clone, Debug, Serialize)]
+pub struct DataplaneReport {
+    pub rounds: u32,
+    pub calls: u32,
+    pub backends: u32,
+    pub ring_size: u32,
+    pub mixes: Vec<MixRow>,
+}
+
+/// Which mix a target is about, from its (lower-case) name.
+type MixTest = fn(&str) -> bool;
+
+/// The part-1 targets: (what, mix name test, largest ratio to the floor).
+const MIX_TARGETS: &[(&str, MixTest, f64)] = &[
+    ("established IPv4 TCP", |n| n.contains("ipv4") && n.contains("tcp") && n.contains("established"), 2.4),
+    ("established IPv6 TCP", |n| n.contains("ipv6") && n.contains("established"), 2.4),
+    ("UDP", |n| n.contains("udp"), 2.7),
+    ("TCP SYN, new flow", |n| n.contains("syn"), 4.4),
+    ("non-VIP, passed", |n| n.contains("non-vip"), 1.3),
+];
+
+impl DataplaneReport {
+    pub fn describe(&self) -> String {
+        format!(
+            "BPF_PROG_TEST_RUN, repeat = 1 (one packet per call), {} rounds x {} packets per mix; {} backends per VIP, ring {}. \
+             The floor is a program that only returns XDP_TX, timed on the same frames in the same rounds (interleaved). \
+             ns = median over rounds of the mean kernel-reported ns per packet (range of rounds in brackets); \
+             Mpps = 1000 / ns on one core; ratio = median over rounds of balancer / floor in the same round; \
+             path verified = every timed packet bumped the counter of the intended path.",
+            self.rounds, self.calls, self.backends, self.ring_size
+        )
+    }
+
+    pub fn table(&self) -> Table {
+        let mut t = Table::new(&["mix", "ns/pkt", "spread", "Mpps", "floor ns", "floor Mpps", "ratio", "ratio spread", "path"], 1);
+        for m in &self.mixes {
+            t.row(vec![
+                m.name.clone(),
+                f(m.ns, 1),
+                format!("{}-{}", f(m.ns_min, 1), f(m.ns_max, 1)),
+                f(m.mpps, 2),
+                f(m.floor_ns, 1),
+                f(m.floor_mpps, 2),
+                f(m.ratio, 2),
+                format!("{}-{}", f(m.ratio_min, 2), f(m.ratio_max, 2)),
+                m.path().into(),
+            ]);
+        }
+        t
+    }
+
+    pub fn targets(&self) -> Vec<Target> {
+        MIX_TARGETS
+            .iter()
+            .map(|(what, matches, limit)| {
+                let name = format!("data plane: {what} <= {limit}x floor");
+                match self.mixes.iter().find(|m| matches(&m.name.to_lowercase())) {
+                    Some(m) => Target {
+                        part: "dataplane",
+                        name,
+                        target: format!("<= {limit:.1}x"),
+                        value: format!(
+                            "{}x ({} ns vs {} ns){}",
+                            f(m.ratio, 2),
+                            f(m.ns, 1),
+                            f(m.floor_ns, 1),
+                            if m.path_verified { "" } else { ", WRONG PATH" }
+                        ),
+                        met: m.path_verified && m.ratio <= *limit,
+                    },
+                    None => Target {
+                        part: "dataplane",
+                        name,
+                        target: format!("<= {limit:.1}x"),
+                        value: "no such mix".into(),
+                        met: false,
+                    },
+                }
+            })
+            .collect()
+    }
+}
+
+fn run_dataplane(
+    rounds: u32,
+    calls: u32,
+    backends: u32,
+    distinct_flows: Option<u32>,
+    floor: &mut dataplane::Floor,
+    progress: &Progress,
+) -> Result<DataplaneReport> {
+    let limits = Limits { max_vips: 16, max_reals: 2 * backends + 2, ..Limits::default() };
+    progress.note("data plane: loading the balancer");
+    let mut bal = dataplane::setup(limits, 1, backends)?;
+    let mixes = dataplane::mixes(distinct_flows.unwrap_or(rounds * calls));
+    progress.add(mixes.len() as u64);
+    // One short untimed pass first (caches, CPU frequency): otherwise the
+    // first mix timed pays for it. Not on a new-flow mix, whose flows must
+    // stay unseen.
+    if let Some(w) = mixes.iter().find(|m| m.warm) {
+        progress.note(format!("data plane: warm-up with {}", w.name));
+        dataplane::run_mix(&mut bal, floor, w, 2, calls.min(5_000))?;
+    }
+    let mut rows = Vec::new();
+    for mix in &mixes {
+        progress.step(format!("data plane: {}", mix.name));
+        let r = dataplane::run_mix(&mut bal, floor, mix, rounds, calls)?;
+        rows.push(MixRow::from(&r));
+    }
+    Ok(DataplaneReport { rounds, calls, backends, ring_size: limits.ring_size, mixes: rows })
+}
+
+// ---- printing ----------------------------------------------------------------
+
+fn print_lines(progress: &Progress, lines: impl IntoIterator<Item = String>) {
+    for l in lines {
+        progress.println(l);
+    }
+}
+
+fn print_dataplane(p: &Progress, d: &DataplaneReport) {
+    p.println(format!(
+        "BPF_PROG_TEST_RUN, repeat=1, {} rounds x {} packets per mix; {} backends per VIP, ring {}; floor = XDP_TX-only program, same rounds",
+        d.rounds, d.calls, d.backends, d.ring_size
+    ));
+    print_lines(p, d.table().text());
+    p.println("");
+    print_lines(p, targets_table(&d.targets()).text());
+}
+
+fn print_scaling(p: &Progress, s: &scaling::ScalingReport) {
+    p.println(format!(
+        "BPF_PROG_TEST_RUN, repeat=1, {} rounds x {} packets per mix; IPv4 TCP VIPs; est = {} established flows over all VIPs, SYN = unseen flows",
+        s.rounds, s.calls, s.established_flows
+    ));
+    print_lines(p, s.table().text());
+}
+
+fn header(p: &Progress, title: &str) {
+    p.println("");
+    p.println(format!("== {title} =="));
+}
+
+// ---- the daemon binary --------------------------------------------------------
+
+/// The daemon parts run `lb-control` from this executable's directory (as
+/// the lab does). Under `cargo run` (CARGO is set) it is built (or found up
+/// to date) first, so it matches the library lb-bench was built with: the
+/// pinned maps' layout must agree. Run directly, it must already be there.
+fn ensure_daemon_built(progress: &Progress) -> Result<()> {
+    let Some(cargo) = std::env::var_os("CARGO") else {
+        return lb_e2e::workspace_bin("lb-control")
+            .map(|_| ())
+            .context("build the daemon first: cargo build --release --workspace --bins");
+    };
+    let exe = std::env::current_exe()?;
+    let release = exe.components().any(|c| c.as_os_str() == "release");
+    let mut cmd = std::process::Command::new(&cargo);
+    cmd.args(["build", "--quiet", "-p", "lb-control", "--bins"]).current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."));
+    if release {
+        cmd.arg("--release");
+    }
+    progress.note("building lb-control (cargo build -p lb-control --bins)");
+    let status = cmd.status().with_context(|| format!("running {}", PathBuf::from(&cargo).display()))?;
+    if !status.success() {
+        bail!("building lb-control failed: run `cargo build --release --workspace --bins` and look at its errors");
+    }
+    lb_e2e::workspace_bin("lb-control").map(|_| ())
+}
+
+// ---- options per run length ---------------------------------------------------
+
+struct Plan {
+    dp_rounds: u32,
+    dp_calls: u32,
+    scaling: scaling::Opts,
+    control: control::Opts,
+    quality: quality::Opts,
+    trafgen: trafgen::Opts,
+}
+
+impl Plan {
+    fn new(quick: bool) -> Self {
+        if quick {
+            Plan {
+                dp_rounds: 5,
+                dp_calls: 5_000,
+                scaling: scaling::Opts { rounds: 3, calls: 5_000 },
+                control: control::Opts::quick(),
+                quality: quality::Opts { removals: 10, additions: 5 },
+                trafgen: trafgen_opts(true, None, None, 4, trafgen::Opts::default_config()),
+            }
+        } else {
+            Plan {
+                dp_rounds: 21,
+                dp_calls: 20_000,
+                scaling: scaling::Opts { rounds: 11, calls: 20_000 },
+                control: control::Opts::full(),
+                quality: quality::Opts { removals: 1_000, additions: 50 },
+                trafgen: trafgen_opts(false, None, None, 4, trafgen::Opts::default_config()),
+            }
+        }
+    }
+}
+
+fn trafgen_opts(quick: bool, count: Option<u64>, timeout: Option<u64>, backends: usize, config: PathBuf) -> trafgen::Opts {
+    trafgen::Opts {
+        count: count.unwrap_or(if quick { 300_000 } else { 1_500_000 }),
+        warmup: 20_000,
+        timeout: Duration::from_secs(timeout.unwrap_or(if quick { 10 } else { 20 })),
+        backends,
+        config,
+    }
+}
+
+// ---- main ----------------------------------------------------------------------
 
 fn main() -> Result<()> {
     match Cli::parse().command {
         Command::Dataplane { rounds, calls, backends, distinct_flows } => {
-            let limits = Limits { max_vips: 16, max_reals: 2 * backends + 2, ..Limits::default() };
-            let mut bal = dataplane::setup(limits, 1, backends)?;
+            let p = Progress::new(0);
             let mut floor = dataplane::Floor::load()?;
-            println!(
-                "BPF_PROG_TEST_RUN, repeat=1, {rounds} rounds x {calls} packets per mix; {backends} backends per VIP, ring {}",
-                limits.ring_size
-            );
-            println!(
-                "{:<26} {:>9} {:>17} {:>9} {:>7} {:>13} {:>7} {}",
-                "mix", "ns/pkt", "spread", "floor ns", "ratio", "ratio spread", "Mpps", "path"
-            );
-            for mix in dataplane::mixes(distinct_flows.unwrap_or(rounds * calls)) {
-                let r = dataplane::run_mix(&mut bal, &mut floor, &mix, rounds, calls)?;
-                println!(
-                    "{:<26} {:>9.1} {:>8.1}-{:<8.1} {:>9.1} {:>7.2} {:>6.2}-{:<6.2} {:>7.2} {}",
-                    r.name,
-                    r.ns,
-                    r.ns_min,
-                    r.ns_max,
-                    r.floor_ns,
-                    r.ratio,
-                    r.ratio_min,
-                    r.ratio_max,
-                    r.mpps(),
-                    if r.path_verified { "verified" } else { "WRONG PATH" }
-                );
+            let d = run_dataplane(rounds, calls, backends, distinct_flows, &mut floor, &p)?;
+            p.finish();
+            print_dataplane(&p, &d);
+        }
+        Command::Scaling { quick, rounds, calls } => {
+            let p = Progress::new(scaling::steps());
+            let mut floor = dataplane::Floor::load()?;
+            let opts = scaling::Opts {
+                rounds: rounds.unwrap_or(if quick { 3 } else { 11 }),
+                calls: calls.unwrap_or(if quick { 5_000 } else { 20_000 }),
+            };
+            let s = scaling::run(opts, &mut floor, &p)?;
+            p.finish();
+            print_scaling(&p, &s);
+        }
+        Command::Control { quick } => {
+            let opts = if quick { control::Opts::quick() } else { control::Opts::full() };
+            let p = Progress::new(control::steps(&opts));
+            ensure_daemon_built(&p)?;
+            let c = control::run(&opts, &p)?;
+            p.finish();
+            print_lines(&p, c.lines());
+            p.println("");
+            print_lines(&p, targets_table(&c.targets()).text());
+        }
+        Command::Maglev { quick } => {
+            let plan = Plan::new(quick);
+            let p = Progress::new(quality::SIZES.len() as u64);
+            let q = quality::run(&plan.quality, &p)?;
+            p.finish();
+            p.println(q.describe());
+            print_lines(&p, q.table().text());
+            p.println("");
+            print_lines(&p, targets_table(&q.targets()).text());
+        }
+        Command::Trafgen { quick, count, timeout, backends, config } => {
+            let opts = trafgen_opts(quick, count, timeout, backends, config);
+            let p = Progress::new(trafgen::steps());
+            ensure_daemon_built(&p)?;
+            let t = trafgen::run(&opts, &p)?;
+            p.finish();
+            print_lines(&p, t.lines());
+        }
+        Command::All { quick, out_dir, no_write, skip } => {
+            let ok = run_all(quick, &out_dir, no_write, &skip)?;
+            if !ok {
+                std::process::exit(1);
             }
         }
     }
     Ok(())
+}
+
+/// Runs every part; returns false when a part failed (targets not met are
+/// figures, not failures).
+fn run_all(quick: bool, out_dir: &std::path::Path, no_write: bool, skip: &[Part]) -> Result<bool> {
+    let started = Instant::now();
+    let plan = Plan::new(quick);
+    let on = |p: Part| !skip.contains(&p);
+    let mut steps = 0;
+    if on(Part::Scaling) {
+        steps += scaling::steps();
+    }
+    if on(Part::Control) {
+        steps += control::steps(&plan.control);
+    }
+    if on(Part::Maglev) {
+        steps += quality::SIZES.len() as u64;
+    }
+    if on(Part::Trafgen) {
+        steps += trafgen::steps();
+    }
+    let p = Progress::new(steps);
+    let command = std::env::args().collect::<Vec<_>>().join(" ");
+    let mut report = Report {
+        date: sys::today_utc(),
+        command,
+        quick,
+        duration_s: 0.0,
+        host: sys::host(),
+        dataplane: None,
+        scaling: None,
+        control: None,
+        maglev_quality: None,
+        trafgen: None,
+        targets: Vec::new(),
+        errors: Vec::new(),
+    };
+    p.println(format!(
+        "lb-bench all ({} run) on Linux {}, {} CPUs ({}), {} GiB",
+        if quick { "quick" } else { "full" },
+        report.host.kernel,
+        report.host.cpus_online,
+        report.host.cpu_model,
+        report.host.memory_gib
+    ));
+    let daemon = if on(Part::Control) || on(Part::Trafgen) { ensure_daemon_built(&p).map_err(|e| format!("{e:#}")) } else { Ok(()) };
+    let fail = |report: &mut Report, part: &'static str, e: String| {
+        p.println(format!("FAILED: {part}: {e}"));
+        report.errors.push(PartError { part, error: e });
+    };
+
+    let mut floor = if on(Part::Dataplane) || on(Part::Scaling) { Some(dataplane::Floor::load()) } else { None };
+    if on(Part::Dataplane) {
+        header(&p, "1. Data plane: every mix, balancer vs XDP_TX floor");
+        let r = match floor.as_mut() {
+            Some(Ok(fl)) => run_dataplane(plan.dp_rounds, plan.dp_calls, 100, None, fl, &p),
+            Some(Err(e)) => Err(anyhow::anyhow!("loading the floor program: {e}")),
+            None => unreachable!(),
+        };
+        match r {
+            Ok(d) => {
+                print_dataplane(&p, &d);
+                report.targets.extend(d.targets());
+                report.dataplane = Some(d);
+            }
+            Err(e) => fail(&mut report, "dataplane", format!("{e:#}")),
+        }
+    }
+    if on(Part::Scaling) {
+        header(&p, "2. Data plane scaling: VIPs, backends, full connection table");
+        let r = match floor.as_mut() {
+            Some(Ok(fl)) => scaling::run(plan.scaling, fl, &p),
+            Some(Err(e)) => Err(anyhow::anyhow!("loading the floor program: {e}")),
+            None => unreachable!(),
+        };
+        match r {
+            Ok(s) => {
+                print_scaling(&p, &s);
+                report.scaling = Some(s);
+            }
+            Err(e) => fail(&mut report, "scaling", format!("{e:#}")),
+        }
+    }
+    drop(floor);
+    if on(Part::Control) {
+        header(&p, "3. Control plane: Maglev build, API -> data plane, API calls/s, start-up");
+        let r = match &daemon {
+            // Maglev build times need no daemon: measure them anyway.
+            Err(e) => control::maglev_build(&plan.control, &p).map(|b| control::ControlReport {
+                maglev_build: b,
+                api_latency: Vec::new(),
+                api_throughput: Vec::new(),
+                startup: None,
+                errors: vec![format!("daemon parts skipped: {e}")],
+            }),
+            Ok(()) => control::run(&plan.control, &p),
+        };
+        match r {
+            Ok(c) => {
+                print_lines(&p, c.lines());
+                for e in &c.errors {
+                    report.errors.push(PartError { part: "control", error: e.clone() });
+                }
+                report.targets.extend(c.targets());
+                report.control = Some(c);
+            }
+            Err(e) => fail(&mut report, "control", format!("{e:#}")),
+        }
+    }
+    if on(Part::Maglev) {
+        header(&p, "4. Maglev quality");
+        match quality::run(&plan.quality, &p) {
+            Ok(q) => {
+                p.println(q.describe());
+                print_lines(&p, q.table().text());
+                report.targets.extend(q.targets());
+                report.maglev_quality = Some(q);
+            }
+            Err(e) => fail(&mut report, "maglev", format!("{e:#}")),
+        }
+    }
+    if on(Part::Trafgen) {
+        header(&p, "5. End to end: trafgen through the veth lab");
+        let r = match &daemon {
+            Err(e) => Err(anyhow::anyhow!("{e}")),
+            Ok(()) => trafgen::run(&plan.trafgen, &p),
+        };
+        match r {
+            Ok(t) => {
+                print_lines(&p, t.lines());
+                report.trafgen = Some(t);
+            }
+            Err(e) => fail(&mut report, "trafgen", format!("{e:#}")),
+        }
+    }
+
+    // Targets: data plane first, as listed in the issue.
+    let order = |t: &Target| match t.part {
+        "dataplane" => 0,
+        "control" => 1,
+        _ => 2,
+    };
+    report.targets.sort_by_key(order);
+    report.duration_s = started.elapsed().as_secs_f64();
+    p.finish();
+    header(&p, "Targets");
+    print_lines(&p, targets_table(&report.targets).text());
+    let met = report.targets.iter().filter(|t| t.met).count();
+    p.println(format!("{met} of {} targets met; {} part(s) failed; {:.0} s", report.targets.len(), report.errors.len(), report.duration_s));
+    if !no_write {
+        for path in report.write(out_dir)? {
+            p.println(format!("wrote {}", path.display()));
+        }
+    }
+    Ok(report.errors.is_empty())
 }
