@@ -171,20 +171,24 @@ fn adding_a_backend_moves_only_its_share() -> Result<()> {
     };
     lab.balancers[0].api_send("POST", &format!("{}/backends", vip_path(HTTP_PORT)), Some(json!({"address": backend4(3).to_string()})))?;
     let http = lab.in_client(|| (0..200).map(|_| client::http_get(vip)).collect::<Result<Vec<_>>>())?;
-    let mut moved = 0;
+    let (mut moved, mut reshuffled) = (0, 0);
     for (backend, local) in &http {
         let (caddr, _) = lb_control::dataplane::ip_to_addr(local.ip());
         let hash = lb_common::flow_hash(&caddr, local.port().to_be(), HTTP_PORT.to_be(), IPPROTO_TCP);
         let old_index = old_ring[lb_common::ring_slot(hash, old_ring.len() as u32) as usize];
         let old_backend = (0..3).find(|&j| before.real(old_index).map(|r| r.addr[0]).ok() == Some(u32::from_ne_bytes(backend4(j).octets()))).unwrap();
-        if *backend != old_backend {
-            assert_eq!(*backend, 3, "a flow moved between old backends");
+        if *backend == 3 {
             moved += 1;
+        } else if *backend != old_backend {
+            // Maglev moves a few slots between old backends too (well under
+            // 1% of the table: see the Maglev quality benchmark).
+            reshuffled += 1;
         }
     }
     let share = moved as f64 / http.len() as f64;
-    println!("added a 4th backend: {moved} of {} new flows moved to it ({:.0}%), none between old backends", http.len(), share * 100.0);
+    println!("added a 4th backend: {moved} of {} new flows moved to it ({:.0}%), {reshuffled} between old backends", http.len(), share * 100.0);
     assert!((0.15..=0.35).contains(&share), "about 1/4 should move, got {share}");
+    assert!(reshuffled <= http.len() / 50, "{reshuffled} flows moved between old backends");
     Ok(())
 }
 
