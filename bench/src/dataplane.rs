@@ -145,14 +145,9 @@ fn net16(port: u16) -> u16 {
     u16::from_ne_bytes(port.to_be_bytes())
 }
 
-/// Loads the balancer with `vips` VIPs of each kind and `backends` backends
-/// per VIP, Maglev tables of the default size, and a config that forwards.
-pub fn setup(limits: Limits, vips: u32, backends: u32) -> Result<Balancer> {
-    if vips * 3 + 1 > limits.max_vips || backends + 1 > limits.max_reals / 2 {
-        bail!("limits too small for {vips} VIPs x3 and {backends} backends x2");
-    }
-    let mut bal = Balancer::load(limits).context("loading the balancer (root and BPF needed)")?;
-    bal.set_config(&LbConfig {
+/// The forwarding config every benchmark balancer uses.
+pub fn forwarding() -> LbConfig {
+    LbConfig {
         flags: CFG_F_READY,
         mtu: 1500,
         gw_mac: [0x02, 0, 0, 0, 0, 0x01],
@@ -161,7 +156,17 @@ pub fn setup(limits: Limits, vips: u32, backends: u32) -> Result<Balancer> {
         src_v4_mask: u32::from_ne_bytes([0, 0, 255, 255]),
         src_v6: addr_v6(Ipv6Addr::new(0xfc00, 0xffff, 0, 0, 0, 0, 0, 0).octets()),
         src_v6_mask: [0, 0, 0, u32::MAX],
-    })?;
+    }
+}
+
+/// Loads the balancer with `vips` VIPs of each kind and `backends` backends
+/// per VIP, Maglev tables of the default size, and a config that forwards.
+pub fn setup(limits: Limits, vips: u32, backends: u32) -> Result<Balancer> {
+    if vips * 3 + 1 > limits.max_vips || backends + 1 > limits.max_reals / 2 {
+        bail!("limits too small for {vips} VIPs x3 and {backends} backends x2");
+    }
+    let mut bal = Balancer::load(limits).context("loading the balancer (root and BPF needed)")?;
+    bal.set_config(&forwarding())?;
     // Backends 1..=n are IPv4, n+1..=2n IPv6.
     let mut v4 = Vec::new();
     let mut v6 = Vec::new();
@@ -229,15 +234,6 @@ pub fn time_calls(prog: &mut Xdp, frames: &[Vec<u8>], calls: u32, cursor: &mut u
     Ok(total_ns as f64 / calls as f64)
 }
 
-fn median(v: &mut [f64]) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    let n = v.len();
-    if n % 2 == 1 {
-        v[n / 2]
-    } else {
-        (v[n / 2 - 1] + v[n / 2]) / 2.0
-    }
-}
 
 /// Times one mix: `rounds` rounds of `calls` packets, balancer and floor
 /// interleaved in every round.
@@ -266,11 +262,11 @@ pub fn run_mix(bal: &mut Balancer, floor: &mut Floor, mix: &Mix, rounds: u32, ca
     let (ratio_min, ratio_max) = ratios.iter().fold((f64::MAX, 0f64), |(lo, hi), &x| (lo.min(x), hi.max(x)));
     Ok(MixResult {
         name: mix.name,
-        ns: median(&mut bal_ns),
+        ns: crate::sys::median(&mut bal_ns),
         ns_min,
         ns_max,
-        floor_ns: median(&mut floor_ns),
-        ratio: median(&mut ratios),
+        floor_ns: crate::sys::median(&mut floor_ns),
+        ratio: crate::sys::median(&mut ratios),
         ratio_min,
         ratio_max,
         path_verified: after.packets - before.packets == packets,

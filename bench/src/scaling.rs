@@ -11,7 +11,7 @@ use std::net::Ipv4Addr;
 
 use anyhow::{Context as _, Result};
 use lb_common::{
-    addr_v4, addr_v6, ConnEntry, FlowKey, LbConfig, Real, Stat, VipKey, VipMeta, CFG_F_READY,
+    addr_v4, ConnEntry, FlowKey, Real, Stat, VipKey, VipMeta,
     DEFAULT_CONN_TABLE_SIZE, FAMILY_V4, IPPROTO_TCP,
 };
 use lb_control::{
@@ -107,16 +107,7 @@ fn tcp4(client: Ipv4Addr, sport: u16, dst: Ipv4Addr, flags: u8, payload: &[u8]) 
 pub fn setup(vips: u32, backends: u32, conn_table_size: u32) -> Result<Balancer> {
     let limits = Limits { max_vips: vips, max_reals: backends + 1, conn_table_size, ..Limits::default() };
     let mut bal = Balancer::load(limits).context("loading the balancer (root and BPF needed)")?;
-    bal.set_config(&LbConfig {
-        flags: CFG_F_READY,
-        mtu: 1500,
-        gw_mac: [0x02, 0, 0, 0, 0, 0x01],
-        if_mac: IF_MAC,
-        src_v4: u32::from_ne_bytes([10, 255, 0, 0]),
-        src_v4_mask: u32::from_ne_bytes([0, 0, 255, 255]),
-        src_v6: addr_v6([0xfc, 0, 0xff, 0xff, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]),
-        src_v6_mask: [0, 0, 0, u32::MAX],
-    })?;
+    bal.set_config(&crate::dataplane::forwarding())?;
     let mut list = Vec::with_capacity(backends as usize);
     for i in 0..backends {
         let a = Ipv4Addr::from(0x0a01_0000 + i + 1);
@@ -187,15 +178,14 @@ fn fill_conn_table(bal: &mut Balancer, backends: u32, progress: &Progress) -> Re
         progress.note(format!("filling the connection table: {written} flows written, {held} held, size {size}"));
         for i in written..written + batch {
             // Clients in 11.0.0.0/8 and up: never one of the timed flows.
-            let key = FlowKey {
-                src: addr_v4(Ipv4Addr::from(0x0b00_0000 + i).octets()),
-                dst: addr_v4(vip(0).octets()),
-                src_port: net16(1024 + (i % 60_000) as u16),
-                dst_port: net16(80),
-                proto: IPPROTO_TCP,
-                family: FAMILY_V4,
-                _pad: [0; 2],
-            };
+            let key = FlowKey::new(
+                FAMILY_V4,
+                IPPROTO_TCP,
+                addr_v4(Ipv4Addr::from(0x0b00_0000 + i).octets()),
+                net16(1024 + (i % 60_000) as u16),
+                addr_v4(vip(0).octets()),
+                net16(80),
+            );
             bal.set_conn(&key, &ConnEntry { real: 1 + i % backends })?;
         }
         written += batch;

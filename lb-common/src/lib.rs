@@ -232,6 +232,14 @@ pub struct FlowKey {
     pub _pad: [u8; 2],
 }
 
+impl FlowKey {
+    /// The flow `src:src_port → dst:dst_port` (ports in network order).
+    #[inline(always)]
+    pub const fn new(family: u8, proto: u8, src: Addr, src_port: u16, dst: Addr, dst_port: u16) -> Self {
+        FlowKey { src, dst, src_port, dst_port, proto, family, _pad: [0; 2] }
+    }
+}
+
 /// A connection's backend, as the control plane reads and writes it.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

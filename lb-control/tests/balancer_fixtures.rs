@@ -281,15 +281,14 @@ fn fixtures() -> Vec<Fixture> {
     );
     f.setup = Some(|bal| {
         // The flow was pinned to backend 3, which has since been removed.
-        let flow = lb_common::FlowKey {
-            src: lb_common::addr_v4(CLIENT4.octets()),
-            dst: lb_common::addr_v4(VIP4.octets()),
-            src_port: net16(CLIENT_PORT),
-            dst_port: net16(PORT_HTTP),
-            proto: IPPROTO_TCP,
-            family: lb_common::FAMILY_V4,
-            _pad: [0; 2],
-        };
+        let flow = lb_common::FlowKey::new(
+            lb_common::FAMILY_V4,
+            IPPROTO_TCP,
+            lb_common::addr_v4(CLIENT4.octets()),
+            net16(CLIENT_PORT),
+            lb_common::addr_v4(VIP4.octets()),
+            net16(PORT_HTTP),
+        );
         bal.set_conn(&flow, &lb_common::ConnEntry { real: 3 }).unwrap();
         bal.clear_real(3).unwrap();
     });

@@ -24,15 +24,7 @@ fn send4(bal: &mut Balancer, ip: &[u8]) -> Ipv4Addr {
 }
 
 fn flow4(client: Ipv4Addr, sport: u16, vip: Ipv4Addr, dport: u16, proto: u8) -> FlowKey {
-    FlowKey {
-        src: addr_v4(client.octets()),
-        dst: addr_v4(vip.octets()),
-        src_port: net16(sport),
-        dst_port: net16(dport),
-        proto,
-        family: FAMILY_V4,
-        _pad: [0; 2],
-    }
+    FlowKey::new(FAMILY_V4, proto, addr_v4(client.octets()), net16(sport), addr_v4(vip.octets()), net16(dport))
 }
 
 /// Points the TCP VIP at a new single-backend table the way the control

@@ -530,15 +530,7 @@ fn udp6_route(bal: &mut Balancer, vip: Ipv6Addr, dport: u16, sport: u16) -> Opti
 }
 
 fn flow4(client: Ipv4Addr, sport: u16, vip: Ipv4Addr, dport: u16) -> FlowKey {
-    FlowKey {
-        src: addr_v4(client.octets()),
-        dst: addr_v4(vip.octets()),
-        src_port: sport.to_be(),
-        dst_port: dport.to_be(),
-        proto: IPPROTO_TCP,
-        family: FAMILY_V4,
-        _pad: [0; 2],
-    }
+    FlowKey::new(FAMILY_V4, IPPROTO_TCP, addr_v4(client.octets()), sport.to_be(), addr_v4(vip.octets()), dport.to_be())
 }
 
 /// What the data plane serves, in a comparable form: every VIPS entry with

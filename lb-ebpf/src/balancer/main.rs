@@ -85,15 +85,7 @@ fn process(ctx: &XdpContext, bytes: usize) -> Result<Stat, Stat> {
     let vip =
         find_vip(cfg, l3.family, l3.dst, l4.dst_port, l3.proto).ok_or(Stat::PassNonVip)?;
     count_vip(vip.vip_num, bytes);
-    let flow = FlowKey {
-        src: l3.src,
-        dst: l3.dst,
-        src_port: l4.src_port,
-        dst_port: l4.dst_port,
-        proto: l3.proto,
-        family: l3.family,
-        _pad: [0; 2],
-    };
+    let flow = FlowKey::new(l3.family, l3.proto, l3.src, l4.src_port, l3.dst, l4.dst_port);
     let (hash, conn_hash) = hash_flow(&vip, &flow);
     let choice = choose_real(&vip, &flow, hash, conn_hash, conn_use(&vip, l3.proto, l4.is_syn()))?;
     count_real(choice.index, bytes);
@@ -155,15 +147,7 @@ fn handle_icmp(
     let vip = find_vip(cfg, l3.family, quoted.vip, quoted.vip_port, quoted.proto)
         .ok_or(Stat::PassNonVip)?;
     count_vip(vip.vip_num, bytes);
-    let flow = FlowKey {
-        src: quoted.client,
-        dst: quoted.vip,
-        src_port: quoted.client_port,
-        dst_port: quoted.vip_port,
-        proto: quoted.proto,
-        family: l3.family,
-        _pad: [0; 2],
-    };
+    let flow = FlowKey::new(l3.family, quoted.proto, quoted.client, quoted.client_port, quoted.vip, quoted.vip_port);
     let (hash, conn_hash) = hash_flow(&vip, &flow);
     let conn = if conn_use(&vip, quoted.proto, false) == ConnUse::Bypass {
         ConnUse::Bypass
