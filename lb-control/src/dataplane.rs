@@ -762,13 +762,13 @@ impl Balancer {
 
     /// The slots of the set `flow` lives in.
     fn conn_set_of(&self, flow: &FlowKey) -> std::ops::Range<usize> {
-        let set = (lb_common::conn_hash(flow) & (self.limits.conn_sets() - 1)) * lb_common::CONN_WAYS;
+        let set = (lb_common::flow_hash64(flow) as u32 & (self.limits.conn_sets() - 1)) * lb_common::CONN_WAYS;
         set as usize..(set + lb_common::CONN_WAYS) as usize
     }
 
     /// The backend the connection table remembers for `flow`.
     pub fn conn(&self, flow: &FlowKey) -> Option<ConnEntry> {
-        let fp = lb_common::conn_fingerprint(flow, lb_common::conn_hash(flow)) & lb_common::CONN_FINGERPRINT_MASK;
+        let fp = lb_common::flow_hash64(flow) & lb_common::CONN_FINGERPRINT_MASK;
         self.conn.slice()[self.conn_set_of(flow)]
             .iter()
             .find(|&&v| v & lb_common::CONN_REAL_MASK != 0 && v & lb_common::CONN_FINGERPRINT_MASK == fp)
@@ -778,7 +778,7 @@ impl Balancer {
     /// Writes `flow → entry` into the connection table, marked used.
     pub fn set_conn(&mut self, flow: &FlowKey, entry: &ConnEntry) -> Result<(), DataplaneError> {
         self.check_real(entry.real)?;
-        let fp = lb_common::conn_fingerprint(flow, lb_common::conn_hash(flow));
+        let fp = lb_common::flow_hash64(flow);
         let range = self.conn_set_of(flow);
         let set = &mut self.conn.slice_mut()[range];
         let want = fp & lb_common::CONN_FINGERPRINT_MASK;

@@ -41,11 +41,11 @@ fn syn4() -> Vec<u8> {
 }
 
 fn h4tcp() -> u32 {
-    hash4(CLIENT4, CLIENT_PORT, PORT_HTTP, IPPROTO_TCP)
+    encap_hash(CLIENT4.into(), CLIENT_PORT, VIP4.into(), PORT_HTTP, IPPROTO_TCP)
 }
 
 fn h6tcp() -> u32 {
-    hash6(CLIENT6, CLIENT_PORT, PORT_HTTP, IPPROTO_TCP)
+    encap_hash(CLIENT6.into(), CLIENT_PORT, VIP6.into(), PORT_HTTP, IPPROTO_TCP)
 }
 
 /// A TCP segment of `ip_len` bytes in total (DF as given).
@@ -91,7 +91,7 @@ fn fixtures() -> Vec<Fixture> {
     let ip = tcp4(CLIENT4, VIP4, CLIENT_PORT, PORT_HTTP, pb::TCP_ACK | pb::TCP_PSH, PAYLOAD);
     v.push(fx("v4 tcp data to vip (connection-table miss)", frame4(&ip), Tx(expect_ipip4(&ip, REAL1, h4tcp())), Stat::TxEncap));
     let ip = udp4(CLIENT4, VIP4, 5353, PORT_DNS, b"dns query");
-    v.push(fx("v4 udp to vip", frame4(&ip), Tx(expect_ipip4(&ip, REAL2, hash4(CLIENT4, 5353, PORT_DNS, IPPROTO_UDP))), Stat::TxEncap));
+    v.push(fx("v4 udp to vip", frame4(&ip), Tx(expect_ipip4(&ip, REAL2, encap_hash(CLIENT4.into(), 5353, VIP4.into(), PORT_DNS, IPPROTO_UDP))), Stat::TxEncap));
     let seg = pb::tcp(CLIENT4.into(), VIP4.into(), CLIENT_PORT, PORT_HTTP, pb::TCP_ACK, PAYLOAD);
     let ip = pb::ipv4(CLIENT4, VIP4, IPPROTO_TCP, &seg, &pb::V4 { tos: 0xb8, ..pb::V4::default() });
     v.push(fx("v4 tos is carried to the outer header", frame4(&ip), Tx(expect_ipip4(&ip, REAL1, h4tcp())), Stat::TxEncap));
@@ -105,7 +105,7 @@ fn fixtures() -> Vec<Fixture> {
     want = pb::eth_vlan(GW_MAC, IF_MAC, 0x0064, 0x0800, &want[14..]);
     v.push(fx("v4 behind an 802.1Q tag: tag kept", pb::eth_vlan(IF_MAC, ROUTER_MAC, 0x0064, 0x0800, &ip), Tx(want), Stat::TxEncap));
     let ip = tcp4(CLIENT4, VIP4_ANYPORT, CLIENT_PORT, 8443, pb::TCP_SYN, &[]);
-    v.push(fx("v4 to an every-port vip", frame4(&ip), Tx(expect_ipip4(&ip, REAL3, hash4(CLIENT4, CLIENT_PORT, 8443, IPPROTO_TCP))), Stat::TxEncap));
+    v.push(fx("v4 to an every-port vip", frame4(&ip), Tx(expect_ipip4(&ip, REAL3, encap_hash(CLIENT4.into(), CLIENT_PORT, VIP4_ANYPORT.into(), 8443, IPPROTO_TCP))), Stat::TxEncap));
     let ip = tcp4(CLIENT4, VIP4, CLIENT_PORT, PORT_HTTP, pb::TCP_ACK, &[]);
     let mut padded = frame4(&ip);
     padded.resize(60, 0);
@@ -117,7 +117,7 @@ fn fixtures() -> Vec<Fixture> {
     let ip = tcp6(CLIENT6, VIP6, CLIENT_PORT, PORT_HTTP, pb::TCP_SYN, &[]);
     v.push(fx("v6 tcp syn to vip: ip6ip6", frame6(&ip), Tx(expect_ip6tnl(&ip, REAL6_4, h6tcp())), Stat::TxEncap));
     let ip = udp6(CLIENT6, VIP6, 5353, PORT_DNS, b"dns query");
-    v.push(fx("v6 udp to vip", frame6(&ip), Tx(expect_ip6tnl(&ip, REAL6_5, hash6(CLIENT6, 5353, PORT_DNS, IPPROTO_UDP))), Stat::TxEncap));
+    v.push(fx("v6 udp to vip", frame6(&ip), Tx(expect_ip6tnl(&ip, REAL6_5, encap_hash(CLIENT6.into(), 5353, VIP6.into(), PORT_DNS, IPPROTO_UDP))), Stat::TxEncap));
     let seg = pb::tcp(CLIENT6.into(), VIP6.into(), CLIENT_PORT, PORT_HTTP, pb::TCP_ACK, PAYLOAD);
     let ip = pb::ipv6(CLIENT6, VIP6, IPPROTO_TCP, &seg, 0x2e);
     v.push(fx("v6 traffic class is carried to the outer header", frame6(&ip), Tx(expect_ip6tnl(&ip, REAL6_4, h6tcp())), Stat::TxEncap));
@@ -129,7 +129,8 @@ fn fixtures() -> Vec<Fixture> {
     let want = expect_ip6tnl(&ip, REAL6_4, h6tcp());
     v.push(fx("v6 behind an 802.1Q tag", pb::eth_vlan(IF_MAC, ROUTER_MAC, 0x0fff, 0x86DD, &ip), Tx(pb::eth_vlan(GW_MAC, IF_MAC, 0x0fff, 0x86DD, &want[14..])), Stat::TxEncap));
     let ip = tcp4(CLIENT4, VIP4_V6REAL, CLIENT_PORT, PORT_HTTP, pb::TCP_SYN, &[]);
-    v.push(fx("v4 vip with v6 backend: ipip6", frame4(&ip), Tx(expect_ip6tnl(&ip, REAL6_4, h4tcp())), Stat::TxEncap));
+    let h = encap_hash(CLIENT4.into(), CLIENT_PORT, VIP4_V6REAL.into(), PORT_HTTP, IPPROTO_TCP);
+    v.push(fx("v4 vip with v6 backend: ipip6", frame4(&ip), Tx(expect_ip6tnl(&ip, REAL6_4, h)), Stat::TxEncap));
 
     // --- ICMP ----------------------------------------------------------
     let echo = pb::icmp4(8, 0, [0x12, 0x34, 0, 1], b"ping payload");

@@ -163,7 +163,7 @@ fn spread_follows_the_ring_and_counters_add_up() {
         let client = Ipv4Addr::from(0xc633_0000u32 + i * 7919);
         let sport = 1024 + (i % 60000) as u16;
         let ip = tcp4(client, VIP4, sport, PORT_HTTP, pb::TCP_SYN, &[]);
-        let want = table[ring_slot(hash4(client, sport, PORT_HTTP, IPPROTO_TCP), size) as usize];
+        let want = table[ring_slot(maglev_hash4(client, sport, PORT_HTTP, IPPROTO_TCP), size) as usize];
         let got = send4(&mut bal, &ip);
         assert_eq!(got, reals[want as usize - 1], "flow {i} went to the wrong backend");
         per_real[want as usize] += 1;
@@ -190,9 +190,9 @@ fn a_full_set_evicts_one_packet_flows_before_established_ones() {
     let mut bal = world();
     // Flows of one set on this CPU: same connection-table hash bits.
     let sets = bal.limits().conn_sets();
-    let want = lb_common::conn_hash(&flow4(CLIENT4, 1000, VIP4, PORT_HTTP, IPPROTO_TCP)) & (sets - 1);
+    let want = lb_common::flow_hash64(&flow4(CLIENT4, 1000, VIP4, PORT_HTTP, IPPROTO_TCP)) as u32 & (sets - 1);
     let same_set: Vec<u16> = (1000u16..60000)
-        .filter(|&p| lb_common::conn_hash(&flow4(CLIENT4, p, VIP4, PORT_HTTP, IPPROTO_TCP)) & (sets - 1) == want)
+        .filter(|&p| lb_common::flow_hash64(&flow4(CLIENT4, p, VIP4, PORT_HTTP, IPPROTO_TCP)) as u32 & (sets - 1) == want)
         .take(16)
         .collect();
     assert_eq!(same_set.len(), 16);

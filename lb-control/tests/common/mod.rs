@@ -115,6 +115,8 @@ pub mod vipnum {
 /// hash (the distribution tests fill rings with several).
 pub fn world() -> Balancer {
     let mut bal = Balancer::load(limits()).expect("load balancer (needs root and BPF)");
+    // One VIP-table publish for the whole world, not one per VIP.
+    bal.defer_vip_publishing(true).unwrap();
     bal.set_config(&config()).unwrap();
     bal.set_real(1, &real4(REAL1)).unwrap();
     bal.set_real(2, &real4(REAL2)).unwrap();
@@ -149,6 +151,7 @@ pub fn world() -> Balancer {
         &VipMeta { flags: VIP_F_ICMP_ECHO, vip_num: vipnum::TCP6, ring: vipnum::TCP6 },
     )
     .unwrap();
+    bal.defer_vip_publishing(false).unwrap();
     bal
 }
 
@@ -166,13 +169,16 @@ pub fn run(bal: &mut Balancer, input: &[u8]) -> (u32, Vec<u8>) {
     (action, out)
 }
 
-/// The flow hash the data plane computes for a client flow.
-pub fn hash4(client: Ipv4Addr, sport: u16, dport: u16, proto: u8) -> u32 {
+/// The Maglev hash the data plane computes for a client flow.
+pub fn maglev_hash4(client: Ipv4Addr, sport: u16, dport: u16, proto: u8) -> u32 {
     flow_hash(&addr_v4(client.octets()), net16(sport), net16(dport), proto)
 }
 
-pub fn hash6(client: Ipv6Addr, sport: u16, dport: u16, proto: u8) -> u32 {
-    flow_hash(&addr_v6(client.octets()), net16(sport), net16(dport), proto)
+/// The hash the outer source (and IPv6 flow label) of a flow comes from.
+pub fn encap_hash(client: IpAddr, sport: u16, vip: IpAddr, dport: u16, proto: u8) -> u32 {
+    let (src, family) = lb_control::dataplane::ip_to_addr(client);
+    let (dst, _) = lb_control::dataplane::ip_to_addr(vip);
+    lb_common::flow_hash64(&lb_common::FlowKey::new(family, proto, src, net16(sport), dst, net16(dport))) as u32
 }
 
 pub fn outer_src4(hash: u32) -> Ipv4Addr {

@@ -2,7 +2,7 @@
 //! Maglev ring.
 
 use lb_common::{
-    conn_fingerprint, conn_hash, flow_hash, ring_slot, same_vip_key, vip_filter_bit, vip_key_hash, Addr, FlowKey, LbConfig, Real, Stat, VipKey, VipMeta,
+    flow_hash, ring_slot, same_vip_key, vip_filter_bit, vip_key_hash, Addr, FlowKey, LbConfig, Real, Stat, VipKey, VipMeta,
     conn_slot, CFG_F_HAS_PORT0_VIPS, CONN_FINGERPRINT_MASK, CONN_REAL_MASK, CONN_REFERENCED, CONN_WAYS, FAMILY_NONE, IPPROTO_UDP, REAL_NONE, VIP_F_HASH_NO_SRC_PORT,
     VIP_F_NO_CONN_TABLE, VIP_F_UDP_NO_CONN_TABLE,
 };
@@ -99,17 +99,12 @@ pub fn conn_use(vip: &VipMeta, proto: u8, syn: bool) -> ConnUse {
     }
 }
 
-/// The hashes of a flow: the VIP's (Maglev slot, outer source) and the
-/// connection table's (full 5-tuple). The same unless the VIP hashes
-/// without the source port.
+/// The flow's Maglev hash as this VIP wants it (without the source port
+/// for client stickiness).
 #[inline(always)]
-pub fn hash_flow(vip: &VipMeta, flow: &FlowKey) -> (u32, u32) {
-    let full = conn_hash(flow);
-    if vip.flags & VIP_F_HASH_NO_SRC_PORT != 0 {
-        (flow_hash(&flow.src, 0, flow.dst_port, flow.proto), full)
-    } else {
-        (full, full)
-    }
+fn maglev_hash(vip: &VipMeta, flow: &FlowKey) -> u32 {
+    let src_port = if vip.flags & VIP_F_HASH_NO_SRC_PORT != 0 { 0 } else { flow.src_port };
+    flow_hash(&flow.src, src_port, flow.dst_port, flow.proto)
 }
 
 /// First slot of the set of a flow hashing to `hash`.
@@ -182,20 +177,13 @@ fn conn_insert(fingerprint: u64, set: u32, hash: u32, real: u32) {
 }
 
 /// Picks the backend for `flow`, or the drop reason when there is none.
-/// `hash` is the VIP's flow hash (the Maglev slot); `conn_hash` the full
-/// 5-tuple hash that picks the connection-table set.
+/// `hash64` is [`flow_hash64`] of the flow: the connection table's set and
+/// fingerprint.
 #[inline(always)]
-pub fn choose_real(
-    vip: &VipMeta,
-    flow: &FlowKey,
-    hash: u32,
-    conn_hash: u32,
-    conn: ConnUse,
-) -> Result<Choice, Stat> {
-    let set = conn_set(conn_hash);
-    let fingerprint = conn_fingerprint(flow, conn_hash);
+pub fn choose_real(vip: &VipMeta, flow: &FlowKey, hash64: u64, conn: ConnUse) -> Result<Choice, Stat> {
+    let set = conn_set(hash64 as u32);
     if matches!(conn, ConnUse::LookupInsert | ConnUse::LookupOnly) {
-        match conn_lookup(fingerprint, set) {
+        match conn_lookup(hash64, set) {
             Some(index) => match real_at(index) {
                 Some(real) => return Ok(Choice { index, real }),
                 // The backend was removed: the flow re-hashes below.
@@ -205,7 +193,7 @@ pub fn choose_real(
         }
     }
     let size = ring_size();
-    let slot = vip.ring.wrapping_mul(size).wrapping_add(ring_slot(hash, size));
+    let slot = vip.ring.wrapping_mul(size).wrapping_add(ring_slot(maglev_hash(vip, flow), size));
     let index = match RINGS.get(slot / 2) {
         // Little-endian: the even slot is the low half.
         Some(&pair) => (pair >> ((slot & 1) * 32)) as u32,
@@ -216,7 +204,7 @@ pub fn choose_real(
     }
     let real = real_at(index).ok_or(Stat::DropUnknownReal)?;
     if matches!(conn, ConnUse::LookupInsert | ConnUse::Refresh) {
-        conn_insert(fingerprint, set, conn_hash, index);
+        conn_insert(hash64, set, hash64 as u32, index);
     }
     Ok(Choice { index, real })
 }

@@ -12,7 +12,7 @@ mod stats;
 
 use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
 use lb_common::{
-    Action, FlowKey, LbConfig, Stat, CFG_F_READY, FAMILY_V4, IPPROTO_ICMP, IPPROTO_ICMPV6,
+    flow_hash64, Action, FlowKey, LbConfig, Stat, CFG_F_READY, FAMILY_V4, IPPROTO_ICMP, IPPROTO_ICMPV6,
     VIP_F_ICMP_ECHO,
 };
 use lb_ebpf::{
@@ -23,7 +23,7 @@ use lb_ebpf::{
 
 use crate::{
     encap::Plan,
-    lookup::{choose_real, conn_use, find_vip, hash_flow, maybe_vip, ConnUse},
+    lookup::{choose_real, conn_use, find_vip, maybe_vip, ConnUse},
     maps::CONFIG,
     stats::{count, count_real, count_vip},
 };
@@ -86,10 +86,10 @@ fn process(ctx: &XdpContext, bytes: usize) -> Result<Stat, Stat> {
         find_vip(cfg, l3.family, l3.dst, l4.dst_port, l3.proto).ok_or(Stat::PassNonVip)?;
     count_vip(vip.vip_num, bytes);
     let flow = FlowKey::new(l3.family, l3.proto, l3.src, l4.src_port, l3.dst, l4.dst_port);
-    let (hash, conn_hash) = hash_flow(&vip, &flow);
-    let choice = choose_real(&vip, &flow, hash, conn_hash, conn_use(&vip, l3.proto, l4.is_syn()))?;
+    let hash64 = flow_hash64(&flow);
+    let choice = choose_real(&vip, &flow, hash64, conn_use(&vip, l3.proto, l4.is_syn()))?;
     count_real(choice.index, bytes);
-    forward(ctx, cfg, &l2, &l3, &choice.real, hash, bytes)
+    forward(ctx, cfg, &l2, &l3, &choice.real, hash64 as u32, bytes)
 }
 
 #[inline(always)]
@@ -148,14 +148,14 @@ fn handle_icmp(
         .ok_or(Stat::PassNonVip)?;
     count_vip(vip.vip_num, bytes);
     let flow = FlowKey::new(l3.family, quoted.proto, quoted.client, quoted.client_port, quoted.vip, quoted.vip_port);
-    let (hash, conn_hash) = hash_flow(&vip, &flow);
+    let hash64 = flow_hash64(&flow);
     let conn = if conn_use(&vip, quoted.proto, false) == ConnUse::Bypass {
         ConnUse::Bypass
     } else {
         ConnUse::LookupOnly
     };
-    let choice = choose_real(&vip, &flow, hash, conn_hash, conn)?;
+    let choice = choose_real(&vip, &flow, hash64, conn)?;
     count_real(choice.index, bytes);
     count(Stat::IcmpErrorForwarded, bytes);
-    forward(ctx, cfg, l2, l3, &choice.real, hash, bytes)
+    forward(ctx, cfg, l2, l3, &choice.real, hash64 as u32, bytes)
 }
