@@ -113,6 +113,17 @@ fn conn_set(hash: u32) -> u32 {
     (hash & conn_sets().wrapping_sub(1)).wrapping_mul(CONN_WAYS)
 }
 
+/// Starts loading a flow's connection-table set: the set is usually not in
+/// the cache for a new flow, and reading it this early lets the miss
+/// overlap the VIP lookup instead of following it.
+#[inline(always)]
+pub fn touch_conn_set(hash64: u64) {
+    if let Some(slot) = CONN_TABLE.get_ptr(conn_set(hash64 as u32)) {
+        // SAFETY: an aligned u64 of the map; the value is not used.
+        let _ = unsafe { core::ptr::read_volatile(slot) };
+    }
+}
+
 /// The backend the table remembers for this fingerprint, marking the slot.
 #[inline(always)]
 fn conn_lookup(fingerprint: u64, set: u32) -> Option<u32> {

@@ -23,7 +23,7 @@ use lb_ebpf::{
 
 use crate::{
     encap::Plan,
-    lookup::{choose_real, conn_use, find_vip, maybe_vip, ConnUse},
+    lookup::{choose_real, conn_use, find_vip, maybe_vip, touch_conn_set, ConnUse},
     maps::CONFIG,
     stats::{count, count_real, count_vip},
 };
@@ -82,11 +82,12 @@ fn process(ctx: &XdpContext, bytes: usize) -> Result<Stat, Stat> {
     if l3.proto == IPPROTO_ICMP || l3.proto == IPPROTO_ICMPV6 {
         return handle_icmp(ctx, cfg, &l2, &l3, &l4, bytes);
     }
+    let flow = FlowKey::new(l3.family, l3.proto, l3.src, l4.src_port, l3.dst, l4.dst_port);
+    let hash64 = flow_hash64(&flow);
+    touch_conn_set(hash64);
     let vip =
         find_vip(cfg, l3.family, l3.dst, l4.dst_port, l3.proto).ok_or(Stat::PassNonVip)?;
     count_vip(vip.vip_num, bytes);
-    let flow = FlowKey::new(l3.family, l3.proto, l3.src, l4.src_port, l3.dst, l4.dst_port);
-    let hash64 = flow_hash64(&flow);
     let choice = choose_real(&vip, &flow, hash64, conn_use(&vip, l3.proto, l4.is_syn()))?;
     count_real(choice.index, bytes);
     forward(ctx, cfg, &l2, &l3, &choice.real, hash64 as u32, bytes)
