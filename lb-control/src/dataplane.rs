@@ -56,6 +56,13 @@ pub enum AttachMode {
     Auto,
 }
 
+/// A loaded object's XDP program, which `load`/`open` checked exists.
+fn xdp_program<'a>(ebpf: &'a mut Ebpf, name: &str) -> &'a mut Xdp {
+    ebpf.program_mut(name)
+        .and_then(|p| p.try_into().ok())
+        .unwrap_or_else(|| panic!("the {name} program was checked at load"))
+}
+
 /// Attaches `program` to `iface`. With `pin`, the link is pinned there, and
 /// a link already pinned there gets this program swapped in atomically
 /// (`bpf_link_update`) instead: a restart or upgrade leaves no gap. Without
@@ -221,6 +228,8 @@ pub enum DataplaneError {
     },
     #[error("map {0} is missing from the object or has an unexpected type")]
     MissingMap(&'static str),
+    #[error("program {0} is missing from the object or is not XDP")]
+    MissingProgram(&'static str),
     #[error("{what} index {index} is out of range (limit {limit})")]
     OutOfRange { what: &'static str, index: u32, limit: u32 },
     #[error("Maglev table has {got} entries, the rings hold {want}")]
@@ -458,7 +467,7 @@ impl Balancer {
             .load(BALANCER_ELF)?;
         let program: &mut Xdp = ebpf
             .program_mut(BALANCER_PROGRAM)
-            .ok_or(DataplaneError::MissingMap(BALANCER_PROGRAM))?
+            .ok_or(DataplaneError::MissingProgram(BALANCER_PROGRAM))?
             .try_into()?;
         program.load()?;
         let rings = match ebpf.take_map("RINGS") {
@@ -532,19 +541,12 @@ impl Balancer {
     pub fn attach(&mut self, iface: &str, mode: AttachMode, pin_dir: Option<&Path>) -> Result<(), DataplaneError> {
         let pin = pin_dir.map(|d| versioned_pin_dir(d).join(format!("link-{iface}")));
         let Self { ebpf, links, .. } = self;
-        let program: &mut Xdp = ebpf
-            .program_mut(BALANCER_PROGRAM)
-            .and_then(|p| p.try_into().ok())
-            .expect("the balancer program was checked at load");
-        attach_xdp(program, iface, mode, pin.as_deref(), links)
+        attach_xdp(xdp_program(ebpf, BALANCER_PROGRAM), iface, mode, pin.as_deref(), links)
     }
 
     /// The XDP program, for attaching or test runs.
     pub fn program(&mut self) -> &mut Xdp {
-        self.ebpf
-            .program_mut(BALANCER_PROGRAM)
-            .and_then(|p| p.try_into().ok())
-            .expect("the balancer program was checked at load")
+        xdp_program(&mut self.ebpf, BALANCER_PROGRAM)
     }
 
     pub fn set_config(&mut self, cfg: &LbConfig) -> Result<(), DataplaneError> {
@@ -853,7 +855,7 @@ impl Decap {
         let mut ebpf = loader.load(DECAP_ELF)?;
         let program: &mut Xdp = ebpf
             .program_mut(DECAP_PROGRAM)
-            .ok_or(DataplaneError::MissingMap(DECAP_PROGRAM))?
+            .ok_or(DataplaneError::MissingProgram(DECAP_PROGRAM))?
             .try_into()?;
         program.load()?;
         Ok(Self {
@@ -868,18 +870,11 @@ impl Decap {
     pub fn attach(&mut self, iface: &str, mode: AttachMode, pin_dir: Option<&Path>) -> Result<(), DataplaneError> {
         let pin = pin_dir.map(|d| versioned_pin_dir(d).join(format!("link-{iface}")));
         let Self { ebpf, links, .. } = self;
-        let program: &mut Xdp = ebpf
-            .program_mut(DECAP_PROGRAM)
-            .and_then(|p| p.try_into().ok())
-            .expect("the decap program was checked at load");
-        attach_xdp(program, iface, mode, pin.as_deref(), links)
+        attach_xdp(xdp_program(ebpf, DECAP_PROGRAM), iface, mode, pin.as_deref(), links)
     }
 
     pub fn program(&mut self) -> &mut Xdp {
-        self.ebpf
-            .program_mut(DECAP_PROGRAM)
-            .and_then(|p| p.try_into().ok())
-            .expect("the decap program was checked at load")
+        xdp_program(&mut self.ebpf, DECAP_PROGRAM)
     }
 
     /// Accepts tunnelled packets whose outer destination is `addr`.
