@@ -261,8 +261,9 @@ fn map_err(name: &'static str) -> impl FnOnce(MapError) -> DataplaneError {
 }
 
 /// A `BPF_F_MMAPABLE` array mapped into our memory: the ring pool (a
-/// 65537-entry table is one memcpy instead of 65537 syscalls) and the
-/// connection table (read without a syscall per slot).
+/// 65537-entry table is one copy instead of 65537 syscalls; its u64
+/// elements hold four u16 slots, little-endian, so it reads as a flat u16
+/// array), the VIP tables and the connection table.
 struct Mmapped<T> {
     base: NonNull<T>,
     entries: usize,
@@ -360,7 +361,7 @@ pub struct Balancer {
     /// What `vip_filter` holds.
     filter: VipFilter,
     reals: Array<MapData, Real>,
-    rings: Mmapped<u32>,
+    rings: Mmapped<u16>,
     conn: Mmapped<u64>,
     config: Array<MapData, LbConfig>,
     stats: PerCpuArray<MapData, Counter>,
@@ -387,7 +388,7 @@ fn pinned_layout(limits: &Limits) -> [(&'static str, usize, usize, u32); 12] {
         ("VIP_TABLE_B", 4, size_of::<VipBucket>(), limits.vip_buckets()),
         ("VIP_TABLES", 4, 4, 1),
         ("REALS", 4, size_of::<Real>(), limits.max_reals),
-        ("RINGS", 4, 8, limits.ring_slots().div_ceil(2)),
+        ("RINGS", 4, 8, limits.ring_slots().div_ceil(4)),
         ("CONN_TABLE", 4, 8, limits.conn_slots()),
         ("CONFIG", 4, size_of::<LbConfig>(), 1),
         ("STATS", 4, size_of::<Counter>(), Stat::COUNT),
@@ -456,7 +457,7 @@ impl Balancer {
             .override_global("RING_SIZE", &limits.ring_size, true)
             .map_max_entries("VIPS", limits.max_vips * 2)
             .map_max_entries("REALS", limits.max_reals)
-            .map_max_entries("RINGS", limits.ring_slots().div_ceil(2))
+            .map_max_entries("RINGS", limits.ring_slots().div_ceil(4))
             .override_global("CONN_SETS", &limits.conn_sets(), true)
             .override_global("VIP_BUCKETS", &limits.vip_buckets(), true)
             .map_max_entries("VIP_TABLE_A", limits.vip_buckets())
@@ -744,22 +745,37 @@ impl Balancer {
     /// it afterwards with [`Balancer::set_vip`]; the map update that does so
     /// orders these stores before it.
     pub fn write_ring(&mut self, ring: u32, table: &[u32]) -> Result<(), DataplaneError> {
-        self.check_ring(ring)?;
-        let size = self.limits.ring_size;
-        if table.len() != size as usize {
-            return Err(DataplaneError::RingLength { got: table.len(), want: size });
+        let range = self.ring_range(ring, table.len())?;
+        if let Some(&bad) = table.iter().find(|&&i| i >= self.limits.max_reals) {
+            return Err(DataplaneError::OutOfRange { what: "backend", index: bad, limit: self.limits.max_reals });
         }
-        let start = (ring * size) as usize;
-        self.rings.slice_mut()[start..start + table.len()].copy_from_slice(table);
+        for (slot, &index) in self.rings.slice_mut()[range].iter_mut().zip(table) {
+            // max_reals <= 2^16 (validated), so the index fits.
+            *slot = index as u16;
+        }
         std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);
         Ok(())
     }
 
-    pub fn ring(&self, ring: u32) -> Result<&[u32], DataplaneError> {
+    fn ring_range(&self, ring: u32, len: usize) -> Result<std::ops::Range<usize>, DataplaneError> {
         self.check_ring(ring)?;
         let size = self.limits.ring_size as usize;
-        let start = ring as usize * size;
-        Ok(&self.rings.slice()[start..start + size])
+        if len != size {
+            return Err(DataplaneError::RingLength { got: len, want: self.limits.ring_size });
+        }
+        Ok(ring as usize * size..(ring as usize + 1) * size)
+    }
+
+    /// Ring `ring`'s backend indices.
+    pub fn ring(&self, ring: u32) -> Result<Vec<u32>, DataplaneError> {
+        let range = self.ring_range(ring, self.limits.ring_size as usize)?;
+        Ok(self.rings.slice()[range].iter().map(|&i| i as u32).collect())
+    }
+
+    /// Whether ring `ring` holds exactly `table`.
+    pub fn ring_equals(&self, ring: u32, table: &[u32]) -> Result<bool, DataplaneError> {
+        let range = self.ring_range(ring, table.len())?;
+        Ok(self.rings.slice()[range].iter().zip(table).all(|(&a, &b)| a as u32 == b))
     }
 
     /// The slots of the set `flow` lives in.

@@ -277,7 +277,7 @@ impl Engine {
             let key = vip_key(id);
             match current {
                 Some(cur) => {
-                    let same_table = self.bal.ring(cur.ring)? == table.as_slice();
+                    let same_table = self.bal.ring_equals(cur.ring, &table)?;
                     let same_flags = self.bal.vip(&key).map(|m| m.flags) == Some(flags);
                     if same_table {
                         if !same_flags {

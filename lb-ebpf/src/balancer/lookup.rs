@@ -205,9 +205,9 @@ pub fn choose_real(vip: &VipMeta, flow: &FlowKey, hash64: u64, conn: ConnUse) ->
     }
     let size = ring_size();
     let slot = vip.ring.wrapping_mul(size).wrapping_add(ring_slot(maglev_hash(vip, flow), size));
-    let index = match RINGS.get(slot / 2) {
-        // Little-endian: the even slot is the low half.
-        Some(&pair) => (pair >> ((slot & 1) * 32)) as u32,
+    let index = match RINGS.get(slot / 4) {
+        // Little-endian: slot 4k is the lowest 16 bits.
+        Some(&quad) => ((quad >> ((slot & 3) * 16)) & 0xffff) as u32,
         None => REAL_NONE,
     };
     if index == REAL_NONE {

@@ -58,13 +58,15 @@ pub static VIP_FILTER: Array<VipFilter> = Array::with_max_entries(1, 0);
 #[map]
 pub static REALS: Array<Real> = Array::with_max_entries(DEFAULT_MAX_REALS, 0);
 
-/// The pool of Maglev rings, `RING_SIZE` backend indices (u32) each, packed
-/// two per element: array elements are 8-byte aligned, so u32 values would
-/// waste half the pool. Seen from user space through mmap, the pool is a flat
-/// array of u32. A VIP uses the ring its [`VipMeta::ring`] names.
+/// The pool of Maglev rings, `RING_SIZE` backend indices each, as u16s
+/// packed four per element: array elements are 8-byte aligned, and 16 bits
+/// hold every backend index ([`lb_common::MAX_REALS_LIMIT`]), so a ring is a
+/// quarter of what u32 elements would take (and more of it stays in the
+/// cache). Seen from user space through mmap, the pool is a flat array of
+/// u16. A VIP uses the ring its [`VipMeta::ring`] names.
 #[map]
 pub static RINGS: Array<u64> = Array::with_max_entries(
-    ((DEFAULT_MAX_VIPS + RING_SPARES) * DEFAULT_RING_SIZE).div_ceil(2),
+    ((DEFAULT_MAX_VIPS + RING_SPARES) * DEFAULT_RING_SIZE).div_ceil(4),
     BPF_F_MMAPABLE,
 );
 
