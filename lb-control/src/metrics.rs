@@ -3,9 +3,11 @@
 
 use prometheus_client::{
     encoding::text::encode,
-    metrics::{counter::Counter, family::Family, gauge::Gauge},
+    metrics::{counter::Counter as PromCounter, family::Family, gauge::Gauge},
     registry::Registry,
 };
+
+use lb_common::Counter;
 
 use crate::controller::StatsSnapshot;
 
@@ -13,41 +15,33 @@ pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; cha
 
 type Labels = Vec<(&'static str, String)>;
 
-fn counters(registry: &mut Registry, name: &str, help: &str) -> (Family<Labels, Counter>, Family<Labels, Counter>) {
-    let packets = Family::<Labels, Counter>::default();
-    let bytes = Family::<Labels, Counter>::default();
-    registry.register(format!("{name}_packets"), format!("{help}: packets"), packets.clone());
-    registry.register(format!("{name}_bytes"), format!("{help}: bytes"), bytes.clone());
-    (packets, bytes)
+/// Registers `<name>_packets` and `<name>_bytes` counter families, one
+/// series per row, labelled `label`.
+fn counters<'a, K: ToString + 'a>(
+    registry: &mut Registry,
+    name: &str,
+    help: &str,
+    label: &'static str,
+    rows: impl IntoIterator<Item = (K, &'a Counter)>,
+) {
+    let packets = Family::<Labels, PromCounter>::default();
+    let bytes = Family::<Labels, PromCounter>::default();
+    for (key, c) in rows {
+        let labels = vec![(label, key.to_string())];
+        packets.get_or_create(&labels).inc_by(c.packets);
+        bytes.get_or_create(&labels).inc_by(c.bytes);
+    }
+    registry.register(format!("{name}_packets"), format!("{help}: packets"), packets);
+    registry.register(format!("{name}_bytes"), format!("{help}: bytes"), bytes);
 }
 
 /// Encodes a snapshot.
 pub fn encode_snapshot(snap: &StatsSnapshot, vips: usize, backends: usize, ready: bool) -> String {
     let mut registry = Registry::with_prefix("xdp_lb");
-    let (p, b) = counters(&mut registry, "reason", "Packets by the reason the balancer gave them");
-    for (name, c) in &snap.global {
-        let labels = vec![("reason", name.to_string())];
-        p.get_or_create(&labels).inc_by(c.packets);
-        b.get_or_create(&labels).inc_by(c.bytes);
-    }
-    let (p, b) = counters(&mut registry, "action", "Packets by final action");
-    for (name, c) in &snap.actions {
-        let labels = vec![("action", name.to_string())];
-        p.get_or_create(&labels).inc_by(c.packets);
-        b.get_or_create(&labels).inc_by(c.bytes);
-    }
-    let (p, b) = counters(&mut registry, "vip", "Packets to each VIP");
-    for (vip, c) in &snap.vips {
-        let labels = vec![("vip", vip.clone())];
-        p.get_or_create(&labels).inc_by(c.packets);
-        b.get_or_create(&labels).inc_by(c.bytes);
-    }
-    let (p, b) = counters(&mut registry, "backend", "Packets sent to each backend");
-    for (backend, c) in &snap.backends {
-        let labels = vec![("backend", backend.clone())];
-        p.get_or_create(&labels).inc_by(c.packets);
-        b.get_or_create(&labels).inc_by(c.bytes);
-    }
+    counters(&mut registry, "reason", "Packets by the reason the balancer gave them", "reason", &snap.global);
+    counters(&mut registry, "action", "Packets by final action", "action", &snap.actions);
+    counters(&mut registry, "vip", "Packets to each VIP", "vip", &snap.vips);
+    counters(&mut registry, "backend", "Packets sent to each backend", "backend", &snap.backends);
     for (name, help, value) in [
         ("vips", "VIPs configured", vips as i64),
         ("backends", "Distinct backends in use", backends as i64),
