@@ -6,7 +6,7 @@ use std::{
     collections::HashMap,
     net::Ipv4Addr,
     path::{Path, PathBuf},
-    process::{Child, Stdio},
+    process::Child,
     sync::atomic::{AtomicU64, Ordering},
     time::{Duration, Instant},
 };
@@ -209,20 +209,8 @@ impl<'a> Daemon<'a> {
         if self.child.is_some() {
             bail!("daemon already running");
         }
-        let bin = lb_e2e::workspace_bin("lb-control")?;
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log_path)?;
         let t0 = Instant::now();
-        let child = self
-            .host
-            .ns
-            .command(bin)
-            .arg("--config")
-            .arg(&self.config_path)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .spawn()
-            .context("starting lb-control")?;
+        let child = lb_e2e::spawn_daemon(&self.host.ns, &self.config_path, &self.log_path)?;
         let child = self.child.insert(child);
         let url = format!("http://{API}/readyz");
         let ready = self.host.ns.run(|| {

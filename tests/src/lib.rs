@@ -18,7 +18,7 @@ pub mod servers;
 
 use std::{
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
-    path::PathBuf,
+    path::{Path, PathBuf},
     process::{Child, Stdio},
     time::{Duration, Instant},
 };
@@ -72,6 +72,20 @@ pub fn workspace_bin(name: &str) -> Result<PathBuf> {
         bail!("{} is not built: run `cargo build --workspace --bins` first", path.display());
     }
     Ok(path)
+}
+
+/// Starts `lb-control --config CONFIG` inside `ns`, its output appended to
+/// `log`.
+pub fn spawn_daemon(ns: &Netns, config: &Path, log: &Path) -> Result<Child> {
+    let log = std::fs::OpenOptions::new().create(true).append(true).open(log)?;
+    ns.command(workspace_bin("lb-control")?)
+        .arg("--config")
+        .arg(config)
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .spawn()
+        .context("starting lb-control")
 }
 
 /// A balancer host of the lab.
@@ -139,18 +153,7 @@ impl Balancer {
         if self.daemon.is_some() {
             bail!("daemon {} already running", self.index);
         }
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log_path)?;
-        let child = self
-            .ns
-            .command(workspace_bin("lb-control")?)
-            .args(["--config"])
-            .arg(&self.config_path)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .spawn()
-            .context("starting lb-control")?;
-        self.daemon = Some(child);
+        self.daemon = Some(spawn_daemon(&self.ns, &self.config_path, &self.log_path)?);
         self.wait_ready(Duration::from_secs(30))
     }
 
