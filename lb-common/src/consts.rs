@@ -1,0 +1,66 @@
+//! Limits, defaults, family and protocol numbers, flags and the names of
+//! every map and load-time global: defined once, read by both sides.
+
+/// Bumped whenever the layout of any pinned map changes; part of the pin path
+/// so an upgraded daemon never reads maps written with an older layout.
+pub const MAP_LAYOUT_VERSION: u32 = 8;
+
+/// Maglev table size per VIP; a prime. The data plane reads the real value
+/// from the `RING_SIZE` global set at load time.
+pub const DEFAULT_RING_SIZE: u32 = 65537;
+/// Default number of VIPs the maps are sized for.
+pub const DEFAULT_MAX_VIPS: u32 = 512;
+/// Default number of backend slots (index 0 is reserved, see [`REAL_NONE`]).
+pub const DEFAULT_MAX_REALS: u32 = 4096;
+/// Default size of the connection table (slots).
+pub const DEFAULT_CONN_TABLE_SIZE: u32 = 1 << 20;
+/// Spare Maglev rings beyond one per VIP: a VIP's new table is written into a
+/// spare ring and then switched to in one map update, so readers never see a
+/// half-written table.
+pub const RING_SPARES: u32 = 2;
+/// Default largest L3 packet the egress link carries (its MTU).
+pub const DEFAULT_MTU: u32 = 1500;
+/// Hop limit / TTL of the outer header of encapsulated packets.
+pub const ENCAP_TTL: u8 = 64;
+
+/// Backend index meaning "no backend": an empty Maglev slot.
+pub const REAL_NONE: u32 = 0;
+
+/// Largest Maglev ring accepted (entries); bounds the ring pool's memory
+/// (a ring is `ring_size * 2` bytes: u16 slots). The largest prime below it
+/// is 1 048 573.
+pub const MAX_RING_SIZE: u32 = 1 << 20;
+
+/// Address family tags used in keys (not the libc values, which differ by OS).
+pub const FAMILY_NONE: u8 = 0;
+pub const FAMILY_V4: u8 = 4;
+pub const FAMILY_V6: u8 = 6;
+
+pub const IPPROTO_ICMP: u8 = 1;
+pub const IPPROTO_IPIP: u8 = 4;
+pub const IPPROTO_TCP: u8 = 6;
+pub const IPPROTO_UDP: u8 = 17;
+pub const IPPROTO_IPV6: u8 = 41;
+pub const IPPROTO_ICMPV6: u8 = 58;
+
+/// VIP flag: hash on the client address only (client stickiness across
+/// connections), not its source port.
+pub const VIP_F_HASH_NO_SRC_PORT: u32 = 1 << 0;
+/// VIP flag: never use the connection table (every packet takes the Maglev
+/// table's current choice).
+pub const VIP_F_NO_CONN_TABLE: u32 = 1 << 1;
+/// VIP flag: UDP packets never use the connection table.
+pub const VIP_F_UDP_NO_CONN_TABLE: u32 = 1 << 2;
+/// Marks the per-address entry `(addr, 0, ICMP/ICMPv6)` the control plane
+/// writes for every VIP address: echo requests to it are answered.
+pub const VIP_F_ICMP_ECHO: u32 = 1 << 3;
+/// Every flag the data plane understands.
+pub const VIP_F_ALL: u32 =
+    VIP_F_HASH_NO_SRC_PORT | VIP_F_NO_CONN_TABLE | VIP_F_UDP_NO_CONN_TABLE | VIP_F_ICMP_ECHO;
+
+/// Control flag: the config map has been filled; until then the balancer
+/// passes every packet to the kernel.
+pub const CFG_F_READY: u32 = 1 << 0;
+/// Control flag: some VIP listens on every port (port 0), so a miss on the
+/// exact key needs a second lookup.
+pub const CFG_F_HAS_PORT0_VIPS: u32 = 1 << 1;
