@@ -64,3 +64,52 @@ pub const CFG_F_READY: u32 = 1 << 0;
 /// Control flag: some VIP listens on every port (port 0), so a miss on the
 /// exact key needs a second lookup.
 pub const CFG_F_HAS_PORT0_VIPS: u32 = 1 << 1;
+
+/// Names of the balancer's maps: the statics of `lb-ebpf/src/balancer/maps.rs`
+/// carry exactly these names (aya-ebpf's `#[map]` takes the static's
+/// identifier or a literal, not a constant), and a test of lb-control
+/// checks the object's maps against [`BALANCER_MAPS`] both ways.
+pub mod map_names {
+    pub const VIPS: &str = "VIPS";
+    pub const VIP_FILTER: &str = "VIP_FILTER";
+    pub const VIP_TABLE_A: &str = "VIP_TABLE_A";
+    pub const VIP_TABLE_B: &str = "VIP_TABLE_B";
+    pub const VIP_TABLES: &str = "VIP_TABLES";
+    pub const REALS: &str = "REALS";
+    pub const RINGS: &str = "RINGS";
+    pub const CONN_TABLE: &str = "CONN_TABLE";
+    pub const CONFIG: &str = "CONFIG";
+    pub const STATS: &str = "STATS";
+    pub const VIP_STATS: &str = "VIP_STATS";
+    pub const REAL_STATS: &str = "REAL_STATS";
+    pub const DECAP_ADDRS: &str = "DECAP_ADDRS";
+    pub const DECAP_STATS: &str = "DECAP_STATS";
+
+    /// Every map of the balancer object.
+    pub const BALANCER_MAPS: [&str; 12] = [
+        VIPS,
+        VIP_FILTER,
+        VIP_TABLE_A,
+        VIP_TABLE_B,
+        VIP_TABLES,
+        REALS,
+        RINGS,
+        CONN_TABLE,
+        CONFIG,
+        STATS,
+        VIP_STATS,
+        REAL_STATS,
+    ];
+    /// Every map of the decap object.
+    pub const DECAP_MAPS: [&str; 2] = [DECAP_ADDRS, DECAP_STATS];
+}
+
+/// Names of the balancer's load-time globals (`#[no_mangle]` statics the
+/// control plane overrides with `EbpfLoader::override_global`).
+pub mod global_names {
+    pub const RING_SIZE: &str = "RING_SIZE";
+    pub const CONN_SETS: &str = "CONN_SETS";
+    pub const VIP_BUCKETS: &str = "VIP_BUCKETS";
+    /// Every load-time global of the balancer object.
+    pub const BALANCER_GLOBALS: [&str; 3] = [RING_SIZE, CONN_SETS, VIP_BUCKETS];
+}

@@ -124,7 +124,10 @@ pub struct VipMeta {
     pub ring: u32,
 }
 
-/// Value of the `REALS` array: one backend.
+/// Value of the `REALS` array: one *real*, the data plane's word for a
+/// backend slot. The config, the API and lbctl speak of *backends*; the
+/// engine gives each backend address in use one real, so
+/// `limits.max_backends` = `max_reals` − 1 (index 0 is [`crate::REAL_NONE`]).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Real {

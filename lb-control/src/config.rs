@@ -17,20 +17,8 @@ use crate::{
     model::{check_backend_family, check_weight, Backend, Proto, VipFlag, VipId, VipSet, VipSpec},
 };
 
-pub type Mac = [u8; 6];
-
-/// How the XDP program is attached.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum XdpMode {
-    /// In the driver (fastest; the NIC driver must support it).
-    #[default]
-    Native,
-    /// In the kernel's generic path (any interface; slower).
-    Generic,
-    /// Native if the driver can, generic otherwise.
-    Auto,
-}
+pub use crate::dataplane::XdpMode;
+pub use lb_common::{format_mac, Mac};
 
 /// An IPv4 or IPv6 prefix the outer source addresses are drawn from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -55,24 +43,9 @@ fn parse_prefix<A: std::str::FromStr>(s: &str, max: u8) -> Result<Prefix<A>, Str
     Ok(Prefix { addr, len })
 }
 
+/// [`lb_common::parse_mac`] with the text in the message.
 pub fn parse_mac(s: &str) -> Result<Mac, String> {
-    let parts: Vec<_> = s.split(':').collect();
-    let bad = || format!("'{s}' is not a MAC address (aa:bb:cc:dd:ee:ff)");
-    if parts.len() != 6 {
-        return Err(bad());
-    }
-    let mut mac = [0u8; 6];
-    for (m, p) in mac.iter_mut().zip(parts) {
-        if p.len() != 2 {
-            return Err(bad());
-        }
-        *m = u8::from_str_radix(p, 16).map_err(|_| bad())?;
-    }
-    Ok(mac)
-}
-
-pub fn format_mac(mac: &Mac) -> String {
-    mac.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
+    lb_common::parse_mac(s).map_err(|e| format!("'{s}' is {e}"))
 }
 
 /// Outer-header settings.
@@ -194,7 +167,7 @@ struct RawBackend {
 }
 
 fn default_weight() -> Spanned<u32> {
-    Spanned::new(0..0, 1)
+    Spanned::new(0..0, crate::model::DEFAULT_WEIGHT)
 }
 
 // ---- errors -------------------------------------------------------------
@@ -449,20 +422,7 @@ fn validate(c: &mut Checker<'_>, raw: RawConfig) -> Option<Config> {
     })
 }
 
-pub fn is_prime(n: u32) -> bool {
-    if n < 2 {
-        return false;
-    }
-    let n = n as u64;
-    let mut d = 2u64;
-    while d * d <= n {
-        if n % d == 0 {
-            return false;
-        }
-        d += 1;
-    }
-    true
-}
+pub use lb_common::is_prime;
 
 #[cfg(test)]
 mod tests {
@@ -592,6 +552,7 @@ protocol = "udp"
     fn macs() {
         assert_eq!(parse_mac("02:00:00:aa:bb:0c").unwrap(), [2, 0, 0, 0xaa, 0xbb, 0x0c]);
         assert!(parse_mac("02:00:00:aa:bb").is_err());
-        assert_eq!(format_mac(&[2, 0, 0, 0xaa, 0xbb, 0x0c]), "02:00:00:aa:bb:0c");
+        assert!(parse_mac("+2:00:00:00:00:01").unwrap_err().contains("+2:00:00:00:00:01"));
+        assert_eq!(format_mac(&[2, 0, 0, 0xaa, 0xbb, 0x0c]).to_string(), "02:00:00:aa:bb:0c");
     }
 }

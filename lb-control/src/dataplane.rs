@@ -19,11 +19,12 @@ use aya::{
     programs::{
         links::{FdLink, PinnedLink},
         xdp::XdpLink,
-        ProgramError, Xdp, XdpMode,
+        ProgramError, Xdp,
     },
     Ebpf, EbpfLoader,
 };
 use lb_common::{
+    global_names, map_names,
     ConnEntry, Counter, DecapAddr, DecapStat, FlowKey, LbConfig, Real, Stat, VipBucket, VipFilter, VipKey,
     VipMeta, VipSlot,
     DEFAULT_CONN_TABLE_SIZE,
@@ -42,18 +43,35 @@ pub const BALANCER_PROGRAM: &str = "balancer";
 pub const DECAP_PROGRAM: &str = "decap";
 pub const XDP_TX_PROGRAM: &str = "xdp_tx";
 
-/// Largest Maglev ring accepted (entries); bounds the ring pool's memory.
-pub const MAX_RING_SIZE: u32 = 1 << 20;
+pub use lb_common::{ip_to_addr, MAX_RING_SIZE};
 
-/// How the XDP program is attached.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum AttachMode {
-    /// In the driver.
+/// How an XDP program is attached: the config's `xdp_mode`, the
+/// `--mode` of `lb-control decap`, and what [`Balancer::attach`] takes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum XdpMode {
+    /// In the driver (fastest; the NIC driver must support it).
+    #[default]
     Native,
-    /// In the kernel's generic (skb) path.
+    /// In the kernel's generic (skb) path (any interface; slower).
     Generic,
     /// Native when the driver supports it, generic otherwise.
     Auto,
+}
+
+/// The earlier name of [`XdpMode`], kept so callers' paths keep working.
+pub type AttachMode = XdpMode;
+
+impl XdpMode {
+    /// aya's attach modes to try, in order.
+    fn aya_modes(self) -> &'static [aya::programs::XdpMode] {
+        use aya::programs::XdpMode as Aya;
+        match self {
+            XdpMode::Native => &[Aya::Driver],
+            XdpMode::Generic => &[Aya::Skb],
+            XdpMode::Auto => &[Aya::Driver, Aya::Skb],
+        }
+    }
 }
 
 /// A loaded object's XDP program, which `load`/`open` checked exists.
@@ -83,13 +101,8 @@ fn attach_xdp(
         drop(program.take_link(id)?);
         return Ok(());
     }
-    let modes: &[XdpMode] = match mode {
-        AttachMode::Native => &[XdpMode::Driver],
-        AttachMode::Generic => &[XdpMode::Skb],
-        AttachMode::Auto => &[XdpMode::Driver, XdpMode::Skb],
-    };
     let mut last = None;
-    for &m in modes {
+    for &m in mode.aya_modes() {
         match program.attach(iface, m) {
             Ok(id) => {
                 let link = program.take_link(id)?;
@@ -382,18 +395,18 @@ where
 fn pinned_layout(limits: &Limits) -> [(&'static str, usize, usize, u32); 12] {
     use std::mem::size_of;
     [
-        ("VIPS", size_of::<VipKey>(), size_of::<VipMeta>(), limits.max_vips * 2),
-        ("VIP_FILTER", 4, size_of::<VipFilter>(), 1),
-        ("VIP_TABLE_A", 4, size_of::<VipBucket>(), limits.vip_buckets()),
-        ("VIP_TABLE_B", 4, size_of::<VipBucket>(), limits.vip_buckets()),
-        ("VIP_TABLES", 4, 4, 1),
-        ("REALS", 4, size_of::<Real>(), limits.max_reals),
-        ("RINGS", 4, 8, limits.ring_slots().div_ceil(4)),
-        ("CONN_TABLE", 4, 8, limits.conn_slots()),
-        ("CONFIG", 4, size_of::<LbConfig>(), 1),
-        ("STATS", 4, size_of::<Counter>(), Stat::COUNT),
-        ("VIP_STATS", 4, size_of::<Counter>(), limits.max_vips),
-        ("REAL_STATS", 4, size_of::<Counter>(), limits.max_reals),
+        (map_names::VIPS, size_of::<VipKey>(), size_of::<VipMeta>(), limits.max_vips * 2),
+        (map_names::VIP_FILTER, 4, size_of::<VipFilter>(), 1),
+        (map_names::VIP_TABLE_A, 4, size_of::<VipBucket>(), limits.vip_buckets()),
+        (map_names::VIP_TABLE_B, 4, size_of::<VipBucket>(), limits.vip_buckets()),
+        (map_names::VIP_TABLES, 4, 4, 1),
+        (map_names::REALS, 4, size_of::<Real>(), limits.max_reals),
+        (map_names::RINGS, 4, 8, limits.ring_slots().div_ceil(4)),
+        (map_names::CONN_TABLE, 4, 8, limits.conn_slots()),
+        (map_names::CONFIG, 4, size_of::<LbConfig>(), 1),
+        (map_names::STATS, 4, size_of::<Counter>(), Stat::COUNT),
+        (map_names::VIP_STATS, 4, size_of::<Counter>(), limits.max_vips),
+        (map_names::REAL_STATS, 4, size_of::<Counter>(), limits.max_reals),
     ]
 }
 
@@ -454,30 +467,30 @@ impl Balancer {
             loader.map_pin_path(name, path.as_path());
         }
         let mut ebpf = loader
-            .override_global("RING_SIZE", &limits.ring_size, true)
-            .map_max_entries("VIPS", limits.max_vips * 2)
-            .map_max_entries("REALS", limits.max_reals)
-            .map_max_entries("RINGS", limits.ring_slots().div_ceil(4))
-            .override_global("CONN_SETS", &limits.conn_sets(), true)
-            .override_global("VIP_BUCKETS", &limits.vip_buckets(), true)
-            .map_max_entries("VIP_TABLE_A", limits.vip_buckets())
-            .map_max_entries("VIP_TABLE_B", limits.vip_buckets())
-            .map_max_entries("CONN_TABLE", limits.conn_slots())
-            .map_max_entries("VIP_STATS", limits.max_vips)
-            .map_max_entries("REAL_STATS", limits.max_reals)
+            .override_global(global_names::RING_SIZE, &limits.ring_size, true)
+            .map_max_entries(map_names::VIPS, limits.max_vips * 2)
+            .map_max_entries(map_names::REALS, limits.max_reals)
+            .map_max_entries(map_names::RINGS, limits.ring_slots().div_ceil(4))
+            .override_global(global_names::CONN_SETS, &limits.conn_sets(), true)
+            .override_global(global_names::VIP_BUCKETS, &limits.vip_buckets(), true)
+            .map_max_entries(map_names::VIP_TABLE_A, limits.vip_buckets())
+            .map_max_entries(map_names::VIP_TABLE_B, limits.vip_buckets())
+            .map_max_entries(map_names::CONN_TABLE, limits.conn_slots())
+            .map_max_entries(map_names::VIP_STATS, limits.max_vips)
+            .map_max_entries(map_names::REAL_STATS, limits.max_reals)
             .load(BALANCER_ELF)?;
         let program: &mut Xdp = ebpf
             .program_mut(BALANCER_PROGRAM)
             .ok_or(DataplaneError::MissingProgram(BALANCER_PROGRAM))?
             .try_into()?;
         program.load()?;
-        let rings = match ebpf.take_map("RINGS") {
+        let rings = match ebpf.take_map(map_names::RINGS) {
             Some(Map::Array(data)) => data,
-            _ => return Err(DataplaneError::MissingMap("RINGS")),
+            _ => return Err(DataplaneError::MissingMap(map_names::RINGS)),
         };
         let rings = Mmapped::new(rings, limits.ring_slots() as usize)?;
-        let vip_filter: Array<MapData, VipFilter> = take(&mut ebpf, "VIP_FILTER")?;
-        let filter = vip_filter.get(&0, 0).map_err(map_err("VIP_FILTER"))?;
+        let vip_filter: Array<MapData, VipFilter> = take(&mut ebpf, map_names::VIP_FILTER)?;
+        let filter = vip_filter.get(&0, 0).map_err(map_err(map_names::VIP_FILTER))?;
         let table = |ebpf: &mut Ebpf, name: &'static str| -> Result<(Mmapped<VipBucket>, u32), DataplaneError> {
             match ebpf.take_map(name) {
                 Some(Map::Array(data)) => {
@@ -487,11 +500,11 @@ impl Balancer {
                 _ => Err(DataplaneError::MissingMap(name)),
             }
         };
-        let (table_a, id_a) = table(&mut ebpf, "VIP_TABLE_A")?;
-        let (table_b, id_b) = table(&mut ebpf, "VIP_TABLE_B")?;
-        let vip_outer: ArrayOfMaps<MapData, MapData> = take(&mut ebpf, "VIP_TABLES")?;
-        let vips: HashMap<MapData, VipKey, VipMeta> = take(&mut ebpf, "VIPS")?;
-        let vip_mirror = vips.iter().collect::<Result<BTreeMap<_, _>, _>>().map_err(map_err("VIPS"))?;
+        let (table_a, id_a) = table(&mut ebpf, map_names::VIP_TABLE_A)?;
+        let (table_b, id_b) = table(&mut ebpf, map_names::VIP_TABLE_B)?;
+        let vip_outer: ArrayOfMaps<MapData, MapData> = take(&mut ebpf, map_names::VIP_TABLES)?;
+        let vips: HashMap<MapData, VipKey, VipMeta> = take(&mut ebpf, map_names::VIPS)?;
+        let vip_mirror = vips.iter().collect::<Result<BTreeMap<_, _>, _>>().map_err(map_err(map_names::VIPS))?;
         let mut bal = Self {
             vip_tables: [table_a, table_b],
             vip_table_ids: [id_a, id_b],
@@ -505,15 +518,15 @@ impl Balancer {
             vip_filter,
             filter,
             vips,
-            reals: take(&mut ebpf, "REALS")?,
-            conn: match ebpf.take_map("CONN_TABLE") {
+            reals: take(&mut ebpf, map_names::REALS)?,
+            conn: match ebpf.take_map(map_names::CONN_TABLE) {
                 Some(Map::Array(data)) => Mmapped::new(data, limits.conn_slots() as usize)?,
-                _ => return Err(DataplaneError::MissingMap("CONN_TABLE")),
+                _ => return Err(DataplaneError::MissingMap(map_names::CONN_TABLE)),
             },
-            config: take(&mut ebpf, "CONFIG")?,
-            stats: take(&mut ebpf, "STATS")?,
-            vip_stats: take(&mut ebpf, "VIP_STATS")?,
-            real_stats: take(&mut ebpf, "REAL_STATS")?,
+            config: take(&mut ebpf, map_names::CONFIG)?,
+            stats: take(&mut ebpf, map_names::STATS)?,
+            vip_stats: take(&mut ebpf, map_names::VIP_STATS)?,
+            real_stats: take(&mut ebpf, map_names::REAL_STATS)?,
             rings,
             limits,
             ebpf,
@@ -551,11 +564,11 @@ impl Balancer {
     }
 
     pub fn set_config(&mut self, cfg: &LbConfig) -> Result<(), DataplaneError> {
-        self.config.set(0, cfg, 0).map_err(map_err("CONFIG"))
+        self.config.set(0, cfg, 0).map_err(map_err(map_names::CONFIG))
     }
 
     pub fn config(&self) -> Result<LbConfig, DataplaneError> {
-        self.config.get(&0, 0).map_err(map_err("CONFIG"))
+        self.config.get(&0, 0).map_err(map_err(map_names::CONFIG))
     }
 
     pub fn set_vip(&mut self, key: &VipKey, meta: &VipMeta) -> Result<(), DataplaneError> {
@@ -573,7 +586,7 @@ impl Balancer {
             f.insert(&key.addr);
             self.write_filter(f)?;
         }
-        self.vips.insert(key, meta, 0).map_err(map_err("VIPS"))?;
+        self.vips.insert(key, meta, 0).map_err(map_err(map_names::VIPS))?;
         self.vip_mirror.insert(*key, *meta);
         if !self.update_vip_in_place(key, meta) {
             self.vips_dirty = true;
@@ -586,11 +599,11 @@ impl Balancer {
     fn live_table(&self) -> Result<Option<usize>, DataplaneError> {
         match self.vip_outer.get(&0, 0) {
             Ok(inner) => {
-                let id = inner.info().map_err(map_err("VIP_TABLES"))?.id();
+                let id = inner.info().map_err(map_err(map_names::VIP_TABLES))?.id();
                 Ok(self.vip_table_ids.iter().position(|&t| t == id))
             }
             Err(MapError::KeyNotFound) => Ok(None),
-            Err(e) => Err(map_err("VIP_TABLES")(e)),
+            Err(e) => Err(map_err(map_names::VIP_TABLES)(e)),
         }
     }
 
@@ -643,14 +656,14 @@ impl Balancer {
         let next = 1 - self.active_table;
         self.vip_tables[next].slice_mut().copy_from_slice(&table);
         std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);
-        self.vip_outer.set(0, self.vip_tables[next].map(), 0).map_err(map_err("VIP_TABLES"))?;
+        self.vip_outer.set(0, self.vip_tables[next].map(), 0).map_err(map_err(map_names::VIP_TABLES))?;
         self.active_table = next;
         self.vips_dirty = false;
         Ok(())
     }
 
     fn write_filter(&mut self, f: VipFilter) -> Result<(), DataplaneError> {
-        self.vip_filter.set(0, f, 0).map_err(map_err("VIP_FILTER"))?;
+        self.vip_filter.set(0, f, 0).map_err(map_err(map_names::VIP_FILTER))?;
         self.filter = f;
         Ok(())
     }
@@ -675,7 +688,7 @@ impl Balancer {
 
     /// Every entry of the VIPS map (VIPs and echo markers).
     pub fn vips(&self) -> Result<Vec<(VipKey, VipMeta)>, DataplaneError> {
-        self.vips.iter().collect::<Result<_, _>>().map_err(map_err("VIPS"))
+        self.vips.iter().collect::<Result<_, _>>().map_err(map_err(map_names::VIPS))
     }
 
     fn zero_counters() -> Result<PerCpuValues<Counter>, DataplaneError> {
@@ -685,19 +698,19 @@ impl Balancer {
 
     /// Zeroes a VIP's counters before its number is given to a new VIP.
     pub fn reset_vip_stats(&mut self, vip_num: u32) -> Result<(), DataplaneError> {
-        self.vip_stats.set(vip_num, Self::zero_counters()?, 0).map_err(map_err("VIP_STATS"))
+        self.vip_stats.set(vip_num, Self::zero_counters()?, 0).map_err(map_err(map_names::VIP_STATS))
     }
 
     /// Zeroes a backend slot's counters before it is given to a new backend.
     pub fn reset_real_stats(&mut self, index: u32) -> Result<(), DataplaneError> {
         self.check_real(index)?;
-        self.real_stats.set(index, Self::zero_counters()?, 0).map_err(map_err("REAL_STATS"))
+        self.real_stats.set(index, Self::zero_counters()?, 0).map_err(map_err(map_names::REAL_STATS))
     }
 
     pub fn remove_vip(&mut self, key: &VipKey) -> Result<(), DataplaneError> {
         match self.vips.remove(key) {
             Ok(()) | Err(MapError::KeyNotFound) => {}
-            Err(e) => return Err(map_err("VIPS")(e)),
+            Err(e) => return Err(map_err(map_names::VIPS)(e)),
         }
         if self.vip_mirror.remove(key).is_some() {
             self.vips_dirty = true;
@@ -729,7 +742,7 @@ impl Balancer {
 
     pub fn set_real(&mut self, index: u32, real: &Real) -> Result<(), DataplaneError> {
         self.check_real(index)?;
-        self.reals.set(index, real, 0).map_err(map_err("REALS"))
+        self.reals.set(index, real, 0).map_err(map_err(map_names::REALS))
     }
 
     /// Marks a backend slot unused: packets of flows pinned to it re-hash.
@@ -738,7 +751,7 @@ impl Balancer {
     }
 
     pub fn real(&self, index: u32) -> Result<Real, DataplaneError> {
-        self.reals.get(&index, 0).map_err(map_err("REALS"))
+        self.reals.get(&index, 0).map_err(map_err(map_names::REALS))
     }
 
     /// Writes a whole Maglev table into ring `ring`. Callers switch a VIP to
@@ -826,7 +839,7 @@ impl Balancer {
 
     /// A global counter, summed over CPUs.
     pub fn stat(&self, stat: Stat) -> Result<Counter, DataplaneError> {
-        Self::sum(&self.stats, stat as u32, "STATS")
+        Self::sum(&self.stats, stat as u32, map_names::STATS)
     }
 
     /// Every global counter, summed over CPUs, in [`Stat::ALL`] order.
@@ -835,11 +848,11 @@ impl Balancer {
     }
 
     pub fn vip_stat(&self, vip_num: u32) -> Result<Counter, DataplaneError> {
-        Self::sum(&self.vip_stats, vip_num, "VIP_STATS")
+        Self::sum(&self.vip_stats, vip_num, map_names::VIP_STATS)
     }
 
     pub fn real_stat(&self, index: u32) -> Result<Counter, DataplaneError> {
-        Self::sum(&self.real_stats, index, "REAL_STATS")
+        Self::sum(&self.real_stats, index, map_names::REAL_STATS)
     }
 }
 
@@ -864,7 +877,7 @@ impl Decap {
         let dir = pin_dir.map(versioned_pin_dir);
         if let Some(dir) = &dir {
             std::fs::create_dir_all(dir).map_err(|e| DataplaneError::PinDir { path: dir.clone(), source: e })?;
-            for name in ["DECAP_ADDRS", "DECAP_STATS"] {
+            for name in map_names::DECAP_MAPS {
                 loader.map_pin_path(name, dir.join(name));
             }
         }
@@ -875,8 +888,8 @@ impl Decap {
             .try_into()?;
         program.load()?;
         Ok(Self {
-            addrs: take(&mut ebpf, "DECAP_ADDRS")?,
-            stats: take(&mut ebpf, "DECAP_STATS")?,
+            addrs: take(&mut ebpf, map_names::DECAP_ADDRS)?,
+            stats: take(&mut ebpf, map_names::DECAP_STATS)?,
             ebpf,
             links: Vec::new(),
         })
@@ -895,18 +908,18 @@ impl Decap {
 
     /// Accepts tunnelled packets whose outer destination is `addr`.
     pub fn add_addr(&mut self, addr: std::net::IpAddr) -> Result<(), DataplaneError> {
-        self.addrs.insert(decap_addr(addr), 1, 0).map_err(map_err("DECAP_ADDRS"))
+        self.addrs.insert(DecapAddr::from(addr), 1, 0).map_err(map_err(map_names::DECAP_ADDRS))
     }
 
     pub fn remove_addr(&mut self, addr: std::net::IpAddr) -> Result<(), DataplaneError> {
-        match self.addrs.remove(&decap_addr(addr)) {
+        match self.addrs.remove(&DecapAddr::from(addr)) {
             Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
-            Err(e) => Err(map_err("DECAP_ADDRS")(e)),
+            Err(e) => Err(map_err(map_names::DECAP_ADDRS)(e)),
         }
     }
 
     pub fn stat(&self, stat: DecapStat) -> Result<Counter, DataplaneError> {
-        Balancer::sum(&self.stats, stat as u32, "DECAP_STATS")
+        Balancer::sum(&self.stats, stat as u32, map_names::DECAP_STATS)
     }
 
     pub fn all_stats(&self) -> Result<Vec<(DecapStat, Counter)>, DataplaneError> {
@@ -914,15 +927,4 @@ impl Decap {
     }
 }
 
-fn decap_addr(addr: std::net::IpAddr) -> DecapAddr {
-    let (addr, family) = ip_to_addr(addr);
-    DecapAddr { addr, family, _pad: [0; 3] }
-}
 
-/// An IP address as the data plane's [`lb_common::Addr`] and family tag.
-pub fn ip_to_addr(addr: std::net::IpAddr) -> (lb_common::Addr, u8) {
-    match addr {
-        std::net::IpAddr::V4(a) => (lb_common::addr_v4(a.octets()), lb_common::FAMILY_V4),
-        std::net::IpAddr::V6(a) => (lb_common::addr_v6(a.octets()), lb_common::FAMILY_V6),
-    }
-}

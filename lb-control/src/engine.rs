@@ -13,12 +13,12 @@ use std::{
 };
 
 use lb_common::{
-    LbConfig, Real, VipKey, VipMeta, CFG_F_HAS_PORT0_VIPS, CFG_F_READY, FAMILY_NONE, FAMILY_V4,
+    addr_to_ip, ip_to_addr, LbConfig, Real, VipKey, VipMeta, CFG_F_HAS_PORT0_VIPS, CFG_F_READY, FAMILY_V4,
     IPPROTO_ICMP, IPPROTO_ICMPV6, VIP_F_ICMP_ECHO,
 };
 
 use crate::{
-    dataplane::{ip_to_addr, Balancer, DataplaneError},
+    dataplane::{Balancer, DataplaneError},
     maglev::{self, MaglevBackend, MaglevError},
     model::{check_backend_family, check_weight, VipId, VipSet, VipSpec},
 };
@@ -90,17 +90,8 @@ pub fn vip_key(id: &VipId) -> VipKey {
     VipKey { addr, port: id.port.to_be(), proto: id.proto.number(), family }
 }
 
-fn addr_of(real: &Real) -> Option<IpAddr> {
-    let bytes: Vec<u8> = real.addr.iter().flat_map(|w| w.to_ne_bytes()).collect();
-    match real.family {
-        lb_common::FAMILY_V4 => Some(IpAddr::from([bytes[0], bytes[1], bytes[2], bytes[3]])),
-        lb_common::FAMILY_V6 => Some(IpAddr::from(<[u8; 16]>::try_from(bytes).ok()?)),
-        _ => None,
-    }
-}
-
 fn key_to_vip_id(key: &VipKey) -> Option<VipId> {
-    let addr = addr_of(&Real { addr: key.addr, family: key.family, _pad: [0; 3] })?;
+    let addr = addr_to_ip(&key.addr, key.family)?;
     let proto = match key.proto {
         lb_common::IPPROTO_TCP => crate::model::Proto::Tcp,
         lb_common::IPPROTO_UDP => crate::model::Proto::Udp,
@@ -121,7 +112,7 @@ impl Engine {
         let mut used_rings = BTreeSet::new();
         for (key, meta) in bal.vips()? {
             if key.proto == IPPROTO_ICMP || key.proto == IPPROTO_ICMPV6 {
-                if let Some(addr) = addr_of(&Real { addr: key.addr, family: key.family, _pad: [0; 3] }) {
+                if let Some(addr) = addr_to_ip(&key.addr, key.family) {
                     echo_markers.insert(addr, meta.vip_num);
                 }
                 continue;
@@ -135,8 +126,8 @@ impl Engine {
         let mut free_reals = VecDeque::new();
         for index in 1..limits.max_reals {
             let real = bal.real(index)?;
-            match addr_of(&real) {
-                Some(addr) if real.family != FAMILY_NONE => {
+            match real.ip() {
+                Some(addr) => {
                     real_index.insert(addr, index);
                 }
                 _ => free_reals.push_back(index),
@@ -252,12 +243,8 @@ impl Engine {
             let index = self.free_reals.pop_front().ok_or_else(|| {
                 EngineError::Rejected("no free backend slot (limits.max_backends)".into())
             })?;
-            let (a, family) = ip_to_addr(*addr);
             // A new backend starts with zero counters, whoever had the slot.
-            if let Err(e) = self
-                .bal
-                .reset_real_stats(index)
-                .and_then(|()| self.bal.set_real(index, &Real { addr: a, family, _pad: [0; 3] }))
+            if let Err(e) = self.bal.reset_real_stats(index).and_then(|()| self.bal.set_real(index, &Real::from(*addr)))
             {
                 self.free_reals.push_front(index);
                 return Err(e.into());

@@ -26,11 +26,10 @@ use std::collections::{BTreeMap, BinaryHeap};
 /// Default table size (a prime), the data plane's.
 pub use lb_common::DEFAULT_RING_SIZE;
 
-/// Largest accepted table size. A table is `ring_size * 4` bytes per VIP in a
-/// BPF map (64 MiB at this cap), so anything larger is a configuration
-/// mistake; the cap also keeps every intermediate product well inside `u64`.
-/// The largest prime below the cap is 16 777 213.
-pub const MAX_RING_SIZE: u32 = 1 << 24;
+/// Largest accepted table size: the data plane's (a ring is `ring_size * 2`
+/// bytes per VIP in the ring pool, 2 MiB at this cap). The cap also keeps
+/// every intermediate product well inside `u64`.
+pub use lb_common::MAX_RING_SIZE;
 
 /// Slot value meaning "no backend".
 const EMPTY: u32 = lb_common::REAL_NONE;
@@ -196,24 +195,7 @@ fn validate_ring_size(ring_size: u32) -> Result<(), MaglevError> {
     Ok(())
 }
 
-/// Trial division: at most ~2 000 divisions below the cap.
-fn is_prime(n: u32) -> bool {
-    if n < 2 {
-        return false;
-    }
-    if n.is_multiple_of(2) {
-        return n == 2;
-    }
-    let n = u64::from(n);
-    let mut d = 3;
-    while d * d <= n {
-        if n % d == 0 {
-            return false;
-        }
-        d += 2;
-    }
-    true
-}
+use lb_common::is_prime;
 
 /// Look at a cursor's own slot alone first while it was free in more than
 /// this share (in 1/65536ths, here 30%) of recent turns. Adapts to the
@@ -989,12 +971,11 @@ mod tests {
         assert_eq!(build(&two, 4), Err(RingSizeNotPrime(4)));
         assert_eq!(build(&two, 65535), Err(RingSizeNotPrime(65535)));
         assert_eq!(build(&two, 65536), Err(RingSizeNotPrime(65536)));
-        // 16 777 259 is a prime above the cap.
-        let too_large = RingSizeTooLarge {
-            ring_size: 16_777_259,
-            max: MAX_RING_SIZE,
-        };
-        assert_eq!(build(&two, 16_777_259), Err(too_large));
+        // 1 048 583 and 16 777 259 are primes above the cap.
+        for ring_size in [1_048_583, 16_777_259] {
+            let too_large = RingSizeTooLarge { ring_size, max: MAX_RING_SIZE };
+            assert_eq!(build(&two, ring_size), Err(too_large));
+        }
         assert_eq!(
             build(&two, u32::MAX).unwrap_err(),
             RingSizeTooLarge {
@@ -1004,7 +985,7 @@ mod tests {
         );
         assert!(build(&two, 2).is_ok());
         // Largest prime under the cap (validated only: building it takes a while in debug).
-        assert_eq!(validate_ring_size(16_777_213), Ok(()));
+        assert_eq!(validate_ring_size(1_048_573), Ok(()));
         assert_eq!(
             validate_ring_size(MAX_RING_SIZE),
             Err(RingSizeNotPrime(MAX_RING_SIZE))

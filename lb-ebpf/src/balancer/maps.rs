@@ -1,5 +1,7 @@
 //! The balancer's maps. Sizes here are defaults; the control plane resizes
-//! them at load time (`EbpfLoader::set_max_entries`).
+//! them at load time (`EbpfLoader::set_max_entries`). Each static's name is
+//! its map's name, the one in `lb_common::map_names` (`#[map]` takes no
+//! constant; `lb-control/tests/map_names.rs` checks the two agree).
 
 use aya_ebpf::{
     btf_maps::{Array as BtfArray, ArrayOfMaps},
