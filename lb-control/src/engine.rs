@@ -57,6 +57,38 @@ impl ApplyReport {
     }
 }
 
+/// Free indices of one kind (backend slots, VIP numbers, rings). The
+/// oldest freed is taken first, so a freed index is reused as late as
+/// possible.
+#[derive(Debug)]
+struct SlotPool {
+    free: VecDeque<u32>,
+    /// What an index is, and the limit that sizes the pool, for errors.
+    what: &'static str,
+    limit: &'static str,
+}
+
+impl SlotPool {
+    fn new(what: &'static str, limit: &'static str, free: impl IntoIterator<Item = u32>) -> Self {
+        Self { free: free.into_iter().collect(), what, limit }
+    }
+
+    fn take(&mut self) -> Result<u32, EngineError> {
+        self.free.pop_front().ok_or_else(|| EngineError::Rejected(format!("no free {} ({})", self.what, self.limit)))
+    }
+
+    /// Gives back an index just taken, when what it was for failed: it is
+    /// the next one taken again.
+    fn untake(&mut self, index: u32) {
+        self.free.push_front(index);
+    }
+
+    /// Frees an index: it is taken after every index already free.
+    fn release(&mut self, index: u32) {
+        self.free.push_back(index);
+    }
+}
+
 #[derive(Clone, Debug)]
 struct Installed {
     /// `None` when adopted from pinned maps and not yet reconciled.
@@ -70,11 +102,10 @@ pub struct Engine {
     bal: Balancer,
     installed: BTreeMap<VipId, Installed>,
     real_index: HashMap<IpAddr, u32>,
-    /// Freed backend indices are reused last (FIFO), so a connection-table
-    /// entry left pointing at a removed backend is unlikely to meet a new one.
-    free_reals: VecDeque<u32>,
-    free_vip_nums: BTreeSet<u32>,
-    free_rings: VecDeque<u32>,
+    free_reals: SlotPool,
+    free_vip_nums: SlotPool,
+    /// The pool has two rings more than VIPs, so one is always free.
+    free_rings: SlotPool,
     /// Addresses that have an ICMP echo marker.
     echo_markers: BTreeMap<IpAddr, u32>,
 }
@@ -123,19 +154,24 @@ impl Engine {
             installed.insert(id, Installed { spec: None, vip_num: meta.vip_num, ring: meta.ring });
         }
         let mut real_index = HashMap::new();
-        let mut free_reals = VecDeque::new();
+        let mut free_reals = Vec::new();
         for index in 1..limits.max_reals {
             let real = bal.real(index)?;
             match real.ip() {
                 Some(addr) => {
                     real_index.insert(addr, index);
                 }
-                _ => free_reals.push_back(index),
+                _ => free_reals.push(index),
             }
         }
+        let free_reals = SlotPool::new("backend slot", "limits.max_backends", free_reals);
+        let free_vip_nums =
+            SlotPool::new("VIP number", "limits.max_vips", (0..limits.max_vips).filter(|n| !used_nums.contains(n)));
+        let free_rings =
+            SlotPool::new("Maglev ring", "limits.max_vips", (0..limits.ring_count()).filter(|r| !used_rings.contains(r)));
         Ok(Self {
-            free_vip_nums: (0..limits.max_vips).filter(|n| !used_nums.contains(n)).collect(),
-            free_rings: (0..limits.ring_count()).filter(|r| !used_rings.contains(r)).collect(),
+            free_vip_nums,
+            free_rings,
             bal,
             installed,
             real_index,
@@ -231,29 +267,42 @@ impl Engine {
         Ok(report)
     }
 
+    /// One apply's changes, in the order that keeps every packet on a
+    /// consistent state: backends first, then VIP tables, then removals.
     fn apply_batch(&mut self, desired: &VipSet, forwarding: &LbConfig) -> Result<ApplyReport, EngineError> {
         let mut report = ApplyReport::default();
-
-        // 1. Backends every desired VIP needs.
         let wanted: BTreeSet<IpAddr> = desired.values().flat_map(|s| s.backends.keys().copied()).collect();
-        for addr in &wanted {
+        self.ensure_backends(&wanted, &mut report)?;
+        self.install_vips(desired, &mut report)?;
+        self.remove_vips(desired, &mut report)?;
+        self.sync_echo_markers()?;
+        self.release_backends(&wanted, &mut report)?;
+        self.bal.rebuild_vip_filter()?;
+        self.set_forwarding(*forwarding)?;
+        Ok(report)
+    }
+
+    /// Gives every backend address a desired VIP needs a backend slot.
+    fn ensure_backends(&mut self, wanted: &BTreeSet<IpAddr>, report: &mut ApplyReport) -> Result<(), EngineError> {
+        for addr in wanted {
             if self.real_index.contains_key(addr) {
                 continue;
             }
-            let index = self.free_reals.pop_front().ok_or_else(|| {
-                EngineError::Rejected("no free backend slot (limits.max_backends)".into())
-            })?;
+            let index = self.free_reals.take()?;
             // A new backend starts with zero counters, whoever had the slot.
-            if let Err(e) = self.bal.reset_real_stats(index).and_then(|()| self.bal.set_real(index, &Real::from(*addr)))
-            {
-                self.free_reals.push_front(index);
+            if let Err(e) = self.bal.reset_real_stats(index).and_then(|()| self.bal.set_real(index, &Real::from(*addr))) {
+                self.free_reals.untake(index);
                 return Err(e.into());
             }
             self.real_index.insert(*addr, index);
             report.backends_added += 1;
         }
+        Ok(())
+    }
 
-        // 2. New and changed VIPs: table into a free ring, then one switch.
+    /// New and changed VIPs: each new Maglev table goes into a free ring,
+    /// then one VIP update switches to it.
+    fn install_vips(&mut self, desired: &VipSet, report: &mut ApplyReport) -> Result<(), EngineError> {
         for (id, spec) in desired {
             let current = self.installed.get(id).cloned();
             if current.as_ref().and_then(|c| c.spec.as_ref()) == Some(spec) {
@@ -272,42 +321,59 @@ impl Engine {
                             report.flags_changed += 1;
                         }
                     } else {
-                        let ring = self.take_ring()?;
+                        let ring = self.free_rings.take()?;
                         self.bal.write_ring(ring, &table)?;
                         self.bal.set_vip(&key, &VipMeta { flags, vip_num: cur.vip_num, ring })?;
-                        self.free_rings.push_back(cur.ring);
+                        self.free_rings.release(cur.ring);
                         self.installed.get_mut(id).expect("present").ring = ring;
                         report.tables_written += 1;
                     }
                     self.installed.get_mut(id).expect("present").spec = Some(spec.clone());
                 }
                 None => {
-                    let vip_num = *self.free_vip_nums.iter().next().ok_or_else(|| {
-                        EngineError::Rejected("no free VIP slot (limits.max_vips)".into())
-                    })?;
-                    let ring = self.take_ring()?;
-                    self.bal.write_ring(ring, &table)?;
-                    self.bal.reset_vip_stats(vip_num)?;
-                    self.bal.set_vip(&key, &VipMeta { flags, vip_num, ring })?;
-                    self.free_vip_nums.remove(&vip_num);
+                    let vip_num = self.free_vip_nums.take()?;
+                    let ring = match self.free_rings.take() {
+                        Ok(ring) => ring,
+                        Err(e) => {
+                            self.free_vip_nums.untake(vip_num);
+                            return Err(e);
+                        }
+                    };
+                    let written = self
+                        .bal
+                        .write_ring(ring, &table)
+                        .and_then(|()| self.bal.reset_vip_stats(vip_num))
+                        .and_then(|()| self.bal.set_vip(&key, &VipMeta { flags, vip_num, ring }));
+                    if let Err(e) = written {
+                        self.free_rings.untake(ring);
+                        self.free_vip_nums.untake(vip_num);
+                        return Err(e.into());
+                    }
                     self.installed.insert(*id, Installed { spec: Some(spec.clone()), vip_num, ring });
                     report.vips_added += 1;
                     report.tables_written += 1;
                 }
             }
         }
+        Ok(())
+    }
 
-        // 3. VIPs no longer wanted.
+    /// VIPs no longer wanted: gone from the VIP table, their number and
+    /// ring free.
+    fn remove_vips(&mut self, desired: &VipSet, report: &mut ApplyReport) -> Result<(), EngineError> {
         let gone: Vec<VipId> = self.installed.keys().filter(|id| !desired.contains_key(id)).copied().collect();
         for id in gone {
             self.bal.remove_vip(&vip_key(&id))?;
             let old = self.installed.remove(&id).expect("present");
-            self.free_vip_nums.insert(old.vip_num);
-            self.free_rings.push_back(old.ring);
+            self.free_vip_nums.release(old.vip_num);
+            self.free_rings.release(old.ring);
             report.vips_removed += 1;
         }
+        Ok(())
+    }
 
-        // 4. Echo markers: one per VIP address.
+    /// One ICMP echo marker per VIP address, none for other addresses.
+    fn sync_echo_markers(&mut self) -> Result<(), EngineError> {
         let addrs: BTreeMap<IpAddr, u32> = self.installed.iter().fold(BTreeMap::new(), |mut m, (id, i)| {
             m.entry(id.addr).or_insert(i.vip_num);
             m
@@ -323,25 +389,21 @@ impl Engine {
             self.bal.remove_vip(&marker_key(addr))?;
             self.echo_markers.remove(&addr);
         }
+        Ok(())
+    }
 
-        // 5. Backends nothing references: their flows re-hash.
+    /// Backends nothing references: their slots are cleared, so their
+    /// flows re-hash.
+    fn release_backends(&mut self, wanted: &BTreeSet<IpAddr>, report: &mut ApplyReport) -> Result<(), EngineError> {
         let unused: Vec<(IpAddr, u32)> =
             self.real_index.iter().filter(|(a, _)| !wanted.contains(a)).map(|(a, i)| (*a, *i)).collect();
         for (addr, index) in unused {
             self.bal.clear_real(index)?;
             self.real_index.remove(&addr);
-            self.free_reals.push_back(index);
+            self.free_reals.release(index);
             report.backends_removed += 1;
         }
-
-        self.bal.rebuild_vip_filter()?;
-        self.set_forwarding(*forwarding)?;
-        Ok(report)
-    }
-
-    fn take_ring(&mut self) -> Result<u32, EngineError> {
-        // The pool has two rings more than VIPs, so one is always free.
-        self.free_rings.pop_front().ok_or_else(|| EngineError::Rejected("no free Maglev ring".into()))
+        Ok(())
     }
 
     /// Backend index → address, for the stats of every backend in use.
