@@ -48,7 +48,9 @@ pub(crate) const fn finish(mut h: u32) -> u32 {
     h ^ (h >> 16)
 }
 
-/// The flow hash that picks a Maglev slot and the outer source address.
+/// The flow hash that picks a flow's Maglev slot (on a connection-table
+/// miss). The outer source address and IPv6 flow label come from
+/// [`flow_hash64`] instead.
 ///
 /// Shared by both sides so tests and tools can predict the data plane's
 /// choice. It has no per-host seed on purpose: every balancer behind the same
