@@ -3,15 +3,16 @@
 
 /// Bumped whenever the layout of any pinned map changes; part of the pin path
 /// so an upgraded daemon never reads maps written with an older layout.
-pub const MAP_LAYOUT_VERSION: u32 = 8;
+pub const MAP_LAYOUT_VERSION: u32 = 9;
 
 /// Maglev table size per VIP; a prime. The data plane reads the real value
 /// from the `RING_SIZE` global set at load time.
 pub const DEFAULT_RING_SIZE: u32 = 65537;
 /// Default number of VIPs the maps are sized for.
 pub const DEFAULT_MAX_VIPS: u32 = 512;
-/// Default number of backend slots (index 0 is reserved, see [`REAL_NONE`]).
-pub const DEFAULT_MAX_REALS: u32 = 4096;
+/// Default number of reals: backend slots, one per (VIP, backend) pair
+/// (index 0 is reserved, see [`REAL_NONE`]).
+pub const DEFAULT_MAX_REALS: u32 = 16384;
 /// Default size of the connection table (slots).
 pub const DEFAULT_CONN_TABLE_SIZE: u32 = 1 << 20;
 /// Spare Maglev rings beyond one per VIP: a VIP's new table is written into a
@@ -76,6 +77,7 @@ pub mod map_names {
     pub const VIP_TABLE_B: &str = "VIP_TABLE_B";
     pub const VIP_TABLES: &str = "VIP_TABLES";
     pub const REALS: &str = "REALS";
+    pub const REAL_OWNERS: &str = "REAL_OWNERS";
     pub const RINGS: &str = "RINGS";
     pub const CONN_TABLE: &str = "CONN_TABLE";
     pub const CONFIG: &str = "CONFIG";
@@ -86,13 +88,14 @@ pub mod map_names {
     pub const DECAP_STATS: &str = "DECAP_STATS";
 
     /// Every map of the balancer object.
-    pub const BALANCER_MAPS: [&str; 12] = [
+    pub const BALANCER_MAPS: [&str; 13] = [
         VIPS,
         VIP_FILTER,
         VIP_TABLE_A,
         VIP_TABLE_B,
         VIP_TABLES,
         REALS,
+        REAL_OWNERS,
         RINGS,
         CONN_TABLE,
         CONFIG,

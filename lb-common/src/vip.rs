@@ -126,8 +126,12 @@ pub struct VipMeta {
 
 /// Value of the `REALS` array: one *real*, the data plane's word for a
 /// backend slot. The config, the API and lbctl speak of *backends*; the
-/// engine gives each backend address in use one real, so
-/// `limits.max_backends` = `max_reals` − 1 (index 0 is [`crate::REAL_NONE`]).
+/// engine gives each (VIP, backend) pair its own real, so removing a
+/// backend from one VIP frees that VIP's real alone (and its flows
+/// re-hash) while other VIPs keep theirs. `limits.max_backends` =
+/// `max_reals` − 1 (index 0 is [`crate::REAL_NONE`]) counts pairs; the
+/// `REAL_OWNERS` array names each real's VIP, and per-backend counters are
+/// the sums over a backend's reals.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Real {

@@ -2,7 +2,7 @@
 //! [`Config`]. Every error names the line, the column and the key.
 
 use std::{
-    collections::{BTreeMap, BTreeSet},
+    collections::BTreeMap,
     fmt,
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
     ops::Range,
@@ -356,7 +356,6 @@ fn validate(c: &mut Checker<'_>, raw: RawConfig) -> Option<Config> {
 
     // VIPs.
     let mut vips = VipSet::new();
-    let mut all_backends = BTreeSet::new();
     for (i, v) in raw.vips.iter().enumerate() {
         let v_span = v.span();
         let v = v.get_ref();
@@ -393,7 +392,6 @@ fn validate(c: &mut Checker<'_>, raw: RawConfig) -> Option<Config> {
             if spec.backends.insert(baddr, Backend { weight: *b.weight.get_ref() }).is_some() {
                 c.add(&b.address.span(), format!("{bkey}.address"), format!("backend {baddr} is listed twice for VIP {id}"));
             }
-            all_backends.insert(baddr);
         }
         if spec.backends.len() as u64 > limits.ring_size as u64 {
             c.add(&v_span, key.clone(), format!("{} backends do not fit a ring of {}", spec.backends.len(), limits.ring_size));
@@ -405,8 +403,10 @@ fn validate(c: &mut Checker<'_>, raw: RawConfig) -> Option<Config> {
     if vips.len() as u64 > limits.max_vips as u64 {
         c.add(&(0..0), "vip", format!("{} VIPs exceed limits.max_vips = {}", vips.len(), limits.max_vips));
     }
-    if all_backends.len() as u64 >= limits.max_reals as u64 {
-        c.add(&(0..0), "vip.backend", format!("{} distinct backends exceed limits.max_backends = {}", all_backends.len(), limits.max_reals - 1));
+    // The data plane has one real per (VIP, backend) pair.
+    let pairs: usize = vips.values().map(|spec| spec.backends.len()).sum();
+    if pairs as u64 >= limits.max_reals as u64 {
+        c.add(&(0..0), "vip.backend", format!("{pairs} VIP backends exceed limits.max_backends = {} (a backend counts once per VIP it serves)", limits.max_reals - 1));
     }
 
     Some(Config {

@@ -243,8 +243,8 @@ impl Controller {
         for (id, vip_num) in self.engine.installed_vips() {
             snap.vips.insert(id.to_string(), bal.vip_stat(vip_num)?);
         }
-        for (addr, index) in self.engine.backends() {
-            snap.backends.insert(addr.to_string(), bal.real_stat(index)?);
+        for (addr, counter) in self.engine.backend_counters()? {
+            snap.backends.insert(addr.to_string(), counter);
         }
         Ok(snap)
     }

@@ -6,14 +6,22 @@
 //! touches no map); add backends; write each changed VIP's new Maglev table
 //! into a free ring and switch the VIP to it with one map update; remove
 //! VIPs; release backends nothing references any more.
+//!
+//! Each (VIP, backend) pair has a real of its own (see [`lb_common::Real`]):
+//! a connection-table entry names the real, so it is valid exactly as long
+//! as that backend serves that VIP. Removing a backend from one VIP clears
+//! that pair's real and the VIP's flows on it re-hash, whatever other VIPs
+//! use the same address. A freed real is given to a new pair only after
+//! the entries naming it are swept from the connection table, so no stale
+//! entry sends a flow to the new pair's backend.
 
 use std::{
-    collections::{BTreeMap, BTreeSet, HashMap, VecDeque},
+    collections::{BTreeMap, BTreeSet, VecDeque},
     net::IpAddr,
 };
 
 use lb_common::{
-    addr_to_ip, ip_to_addr, LbConfig, Real, VipKey, VipMeta, CFG_F_HAS_PORT0_VIPS, CFG_F_READY, FAMILY_V4,
+    addr_to_ip, ip_to_addr, Counter, LbConfig, Real, VipKey, VipMeta, CFG_F_HAS_PORT0_VIPS, CFG_F_READY, FAMILY_V4,
     IPPROTO_ICMP, IPPROTO_ICMPV6, VIP_F_ICMP_ECHO,
 };
 
@@ -101,7 +109,14 @@ struct Installed {
 pub struct Engine {
     bal: Balancer,
     installed: BTreeMap<VipId, Installed>,
-    real_index: HashMap<IpAddr, u32>,
+    /// The real of each (VIP, backend) pair.
+    reals: BTreeMap<(VipId, IpAddr), u32>,
+    /// Reals found in pinned maps whose VIP is not installed: freed by the
+    /// next apply.
+    orphans: Vec<u32>,
+    /// Counts of the reals a backend had for VIPs it no longer serves, while
+    /// it still serves others: its counters never go backwards.
+    retired: BTreeMap<IpAddr, Counter>,
     free_reals: SlotPool,
     free_vip_nums: SlotPool,
     /// The pool has two rings more than VIPs, so one is always free.
@@ -153,15 +168,19 @@ impl Engine {
             used_rings.insert(meta.ring);
             installed.insert(id, Installed { spec: None, vip_num: meta.vip_num, ring: meta.ring });
         }
-        let mut real_index = HashMap::new();
+        let mut reals = BTreeMap::new();
+        let mut orphans = Vec::new();
         let mut free_reals = Vec::new();
         for index in 1..limits.max_reals {
-            let real = bal.real(index)?;
-            match real.ip() {
-                Some(addr) => {
-                    real_index.insert(addr, index);
+            let Some(addr) = bal.real(index)?.ip() else {
+                free_reals.push(index);
+                continue;
+            };
+            match key_to_vip_id(&bal.real_owner(index)?).filter(|id| installed.contains_key(id)) {
+                Some(id) if !reals.contains_key(&(id, addr)) => {
+                    reals.insert((id, addr), index);
                 }
-                _ => free_reals.push(index),
+                _ => orphans.push(index),
             }
         }
         let free_reals = SlotPool::new("backend slot", "limits.max_backends", free_reals);
@@ -174,7 +193,9 @@ impl Engine {
             free_rings,
             bal,
             installed,
-            real_index,
+            reals,
+            orphans,
+            retired: BTreeMap::new(),
             free_reals,
             echo_markers,
         })
@@ -193,9 +214,9 @@ impl Engine {
         self.installed.get(id).map(|i| i.vip_num)
     }
 
-    /// The backend index of an address in use.
-    pub fn real_index(&self, addr: &IpAddr) -> Option<u32> {
-        self.real_index.get(addr).copied()
+    /// The real (backend index) of a backend of a VIP.
+    pub fn real_index(&self, vip: &VipId, addr: &IpAddr) -> Option<u32> {
+        self.reals.get(&(*vip, *addr)).copied()
     }
 
     /// Writes the forwarding config and marks the data plane ready.
@@ -217,21 +238,20 @@ impl Engine {
         if desired.len() > limits.max_vips as usize {
             return reject(format!("{} VIPs exceed the limit of {}", desired.len(), limits.max_vips));
         }
-        let mut backends = BTreeSet::new();
+        let mut pairs = 0usize;
         for (id, spec) in desired {
             for (addr, b) in &spec.backends {
                 check_backend_family(id, *addr).map_err(EngineError::Rejected)?;
                 check_weight(b.weight).map_err(EngineError::Rejected)?;
-                backends.insert(*addr);
+                pairs += 1;
             }
             if spec.backends.len() > limits.ring_size as usize {
                 return reject(format!("VIP {id}: {} backends do not fit a ring of {}", spec.backends.len(), limits.ring_size));
             }
         }
-        if backends.len() >= limits.max_reals as usize {
+        if pairs >= limits.max_reals as usize {
             return reject(format!(
-                "{} distinct backends exceed the limit of {}",
-                backends.len(),
+                "{pairs} VIP backends exceed limits.max_backends = {} (a backend counts once per VIP it serves)",
                 limits.max_reals - 1
             ));
         }
@@ -243,7 +263,7 @@ impl Engine {
             .backends
             .iter()
             .map(|(addr, b)| MaglevBackend {
-                id: self.real_index[addr],
+                id: self.reals[&(*id, *addr)],
                 key: match addr {
                     IpAddr::V4(a) => a.octets().to_vec(),
                     IpAddr::V6(a) => a.octets().to_vec(),
@@ -271,7 +291,8 @@ impl Engine {
     /// consistent state: backends first, then VIP tables, then removals.
     fn apply_batch(&mut self, desired: &VipSet, forwarding: &LbConfig) -> Result<ApplyReport, EngineError> {
         let mut report = ApplyReport::default();
-        let wanted: BTreeSet<IpAddr> = desired.values().flat_map(|s| s.backends.keys().copied()).collect();
+        let wanted: BTreeSet<(VipId, IpAddr)> =
+            desired.iter().flat_map(|(id, s)| s.backends.keys().map(|a| (*id, *a))).collect();
         self.ensure_backends(&wanted, &mut report)?;
         self.install_vips(desired, &mut report)?;
         self.remove_vips(desired, &mut report)?;
@@ -282,19 +303,41 @@ impl Engine {
         Ok(report)
     }
 
-    /// Gives every backend address a desired VIP needs a backend slot.
-    fn ensure_backends(&mut self, wanted: &BTreeSet<IpAddr>, report: &mut ApplyReport) -> Result<(), EngineError> {
-        for addr in wanted {
-            if self.real_index.contains_key(addr) {
-                continue;
+    /// Gives every (VIP, backend) pair a desired VIP needs a real. The
+    /// reals taken are swept from the connection table first (one scan for
+    /// all), then named, owned and counted from zero.
+    fn ensure_backends(
+        &mut self,
+        wanted: &BTreeSet<(VipId, IpAddr)>,
+        report: &mut ApplyReport,
+    ) -> Result<(), EngineError> {
+        let missing: Vec<(VipId, IpAddr)> = wanted.iter().filter(|p| !self.reals.contains_key(p)).copied().collect();
+        let mut taken = Vec::with_capacity(missing.len());
+        for _ in &missing {
+            match self.free_reals.take() {
+                Ok(index) => taken.push(index),
+                Err(e) => {
+                    taken.iter().rev().for_each(|&i| self.free_reals.untake(i));
+                    return Err(e);
+                }
             }
-            let index = self.free_reals.take()?;
-            // A new backend starts with zero counters, whoever had the slot.
-            if let Err(e) = self.bal.reset_real_stats(index).and_then(|()| self.bal.set_real(index, &Real::from(*addr))) {
-                self.free_reals.untake(index);
+        }
+        if let Err(e) = self.bal.forget_conns_of(&taken) {
+            taken.iter().rev().for_each(|&i| self.free_reals.untake(i));
+            return Err(e.into());
+        }
+        for (n, (&(id, addr), &index)) in missing.iter().zip(&taken).enumerate() {
+            // A new pair starts with zero counters, whoever had the real.
+            let written = self
+                .bal
+                .reset_real_stats(index)
+                .and_then(|()| self.bal.set_real_owner(index, &vip_key(&id)))
+                .and_then(|()| self.bal.set_real(index, &Real::from(addr)));
+            if let Err(e) = written {
+                taken[n..].iter().rev().for_each(|&i| self.free_reals.untake(i));
                 return Err(e.into());
             }
-            self.real_index.insert(*addr, index);
+            self.reals.insert((id, addr), index);
             report.backends_added += 1;
         }
         Ok(())
@@ -392,23 +435,48 @@ impl Engine {
         Ok(())
     }
 
-    /// Backends nothing references: their slots are cleared, so their
-    /// flows re-hash.
-    fn release_backends(&mut self, wanted: &BTreeSet<IpAddr>, report: &mut ApplyReport) -> Result<(), EngineError> {
-        let unused: Vec<(IpAddr, u32)> =
-            self.real_index.iter().filter(|(a, _)| !wanted.contains(a)).map(|(a, i)| (*a, *i)).collect();
-        for (addr, index) in unused {
+    /// Pairs no desired VIP has (a backend removed from a VIP, a VIP
+    /// removed) and orphaned reals: cleared, so their flows re-hash, and
+    /// freed.
+    fn release_backends(
+        &mut self,
+        wanted: &BTreeSet<(VipId, IpAddr)>,
+        report: &mut ApplyReport,
+    ) -> Result<(), EngineError> {
+        let unused: Vec<((VipId, IpAddr), u32)> =
+            self.reals.iter().filter(|(p, _)| !wanted.contains(p)).map(|(p, i)| (*p, *i)).collect();
+        for ((id, addr), index) in unused {
+            // Read before the real is cleared: what it counted stays in its
+            // backend's totals while the backend serves other VIPs.
+            let last = self.bal.real_stat(index)?;
             self.bal.clear_real(index)?;
-            self.real_index.remove(&addr);
+            self.reals.remove(&(id, addr));
             self.free_reals.release(index);
+            self.retired.entry(addr).or_default().add(&last);
             report.backends_removed += 1;
         }
+        for index in std::mem::take(&mut self.orphans) {
+            self.bal.clear_real(index)?;
+            self.free_reals.release(index);
+        }
+        let serving: BTreeSet<IpAddr> = self.reals.keys().map(|(_, a)| *a).collect();
+        self.retired.retain(|addr, _| serving.contains(addr));
         Ok(())
     }
 
-    /// Backend index → address, for the stats of every backend in use.
-    pub fn backends(&self) -> impl Iterator<Item = (IpAddr, u32)> + '_ {
-        self.real_index.iter().map(|(a, i)| (*a, *i))
+    /// Every backend address in use, once.
+    pub fn backends(&self) -> impl Iterator<Item = IpAddr> + '_ {
+        self.reals.keys().map(|(_, a)| *a).collect::<BTreeSet<_>>().into_iter()
+    }
+
+    /// Each backend's counters: the sum over its reals (one per VIP it
+    /// serves), and over those it had for VIPs it no longer serves.
+    pub fn backend_counters(&self) -> Result<BTreeMap<IpAddr, Counter>, EngineError> {
+        let mut out = self.retired.clone();
+        for (&(_, addr), &index) in &self.reals {
+            out.entry(addr).or_default().add(&self.bal.real_stat(index)?);
+        }
+        Ok(out)
     }
 
     pub fn installed_vips(&self) -> impl Iterator<Item = (&VipId, u32)> {

@@ -33,6 +33,9 @@ pub struct Balancer {
     limits: Limits,
     vips: VipTable,
     reals: Array<MapData, Real>,
+    /// The VIP each real serves (for a restarted daemon; see
+    /// [`lb_common::Real`]).
+    real_owners: Array<MapData, VipKey>,
     rings: RingPool,
     conn: ConnTable,
     config: Array<MapData, LbConfig>,
@@ -80,6 +83,7 @@ impl Balancer {
             adopted,
             vips,
             reals: take(&mut ebpf, map_names::REALS)?,
+            real_owners: take(&mut ebpf, map_names::REAL_OWNERS)?,
             rings: RingPool::new(rings, limits),
             conn: ConnTable::new(conn, limits.conn_sets()),
             config: take(&mut ebpf, map_names::CONFIG)?,
@@ -181,8 +185,21 @@ impl Balancer {
     }
 
     /// Marks a backend slot unused: packets of flows pinned to it re-hash.
+    /// Its owner is cleared too.
     pub fn clear_real(&mut self, index: u32) -> Result<(), DataplaneError> {
-        self.set_real(index, &Real::default())
+        self.set_real(index, &Real::default())?;
+        self.set_real_owner(index, &VipKey::default())
+    }
+
+    /// Records which VIP real `index` serves.
+    pub fn set_real_owner(&mut self, index: u32, owner: &VipKey) -> Result<(), DataplaneError> {
+        self.check_real(index)?;
+        self.real_owners.set(index, owner, 0).map_err(map_err(map_names::REAL_OWNERS))
+    }
+
+    /// The VIP real `index` serves (a default key when none was recorded).
+    pub fn real_owner(&self, index: u32) -> Result<VipKey, DataplaneError> {
+        self.real_owners.get(&index, 0).map_err(map_err(map_names::REAL_OWNERS))
     }
 
     pub fn real(&self, index: u32) -> Result<Real, DataplaneError> {
@@ -220,6 +237,19 @@ impl Balancer {
         self.check_real(entry.real)?;
         self.conn.set(flow, entry);
         Ok(())
+    }
+
+    /// Empties every connection-table entry that names one of `reals`, and
+    /// returns how many (one scan of the table, whatever their number).
+    /// The engine runs it before it gives freed reals to new (VIP, backend)
+    /// pairs.
+    pub fn forget_conns_of(&mut self, reals: &[u32]) -> Result<usize, DataplaneError> {
+        let mut forget = vec![false; self.limits.max_reals as usize];
+        for &real in reals {
+            self.check_real(real)?;
+            forget[real as usize] = true;
+        }
+        Ok(if reals.is_empty() { 0 } else { self.conn.forget(&forget) })
     }
 
     /// Entries in the connection table (a full scan: not for hot paths).

@@ -4,6 +4,8 @@
 
 use lb_common::{conn_slot, flow_hash64, ConnEntry, FlowKey, CONN_FINGERPRINT_MASK, CONN_REAL_MASK, CONN_REFERENCED, CONN_WAYS};
 
+use std::sync::atomic::{AtomicU64, Ordering};
+
 use super::mmap::MmapArray;
 
 pub(super) struct ConnTable {
@@ -43,6 +45,30 @@ impl ConnTable {
             .unwrap_or(0);
         // SAFETY: an aligned u64 of our mapping: one atomic store.
         unsafe { std::ptr::write_volatile(&mut set[way], conn_slot(fp, entry.real) | CONN_REFERENCED) };
+    }
+
+    /// Empties every slot that names one of these reals (`forget[real]`
+    /// set), and returns how many. A slot the data plane rewrote meanwhile
+    /// is left alone (compare-and-swap). Run before a freed real is given to
+    /// another (VIP, backend) pair, so no entry left from its previous pair
+    /// sends a flow to the new one.
+    pub(super) fn forget(&mut self, forget: &[bool]) -> usize {
+        let mut forgotten = 0;
+        for slot in self.slots.slice_mut() {
+            let ptr: *mut u64 = slot;
+            // SAFETY: an aligned u64 of our mapping, valid for as long as
+            // the borrow; the data plane accesses it only atomically too.
+            let cell = unsafe { AtomicU64::from_ptr(ptr) };
+            let v = cell.load(Ordering::Relaxed);
+            let real = (v & CONN_REAL_MASK) as usize;
+            if real != 0 && forget.get(real).copied().unwrap_or(false)
+                && cell.compare_exchange(v, 0, Ordering::Relaxed, Ordering::Relaxed).is_ok()
+            {
+                forgotten += 1;
+            }
+        }
+        std::sync::atomic::fence(Ordering::SeqCst);
+        forgotten
     }
 
     /// Entries in the table (a full scan: not for hot paths).

@@ -118,7 +118,7 @@ pub fn detach_all(pin_dir: &Path) -> Result<Vec<PathBuf>, DataplaneError> {
 
 /// The balancer's maps that outlive the daemon when pinned, with the layout
 /// each must have: (name, key size, value size, entries).
-fn pinned_layout(limits: &Limits) -> [(&'static str, usize, usize, u32); 12] {
+fn pinned_layout(limits: &Limits) -> [(&'static str, usize, usize, u32); 13] {
     use std::mem::size_of;
     [
         (map_names::VIPS, size_of::<VipKey>(), size_of::<VipMeta>(), limits.max_vips * 2),
@@ -127,6 +127,7 @@ fn pinned_layout(limits: &Limits) -> [(&'static str, usize, usize, u32); 12] {
         (map_names::VIP_TABLE_B, 4, size_of::<VipBucket>(), limits.vip_buckets()),
         (map_names::VIP_TABLES, 4, 4, 1),
         (map_names::REALS, 4, size_of::<Real>(), limits.max_reals),
+        (map_names::REAL_OWNERS, 4, size_of::<VipKey>(), limits.max_reals),
         (map_names::RINGS, 4, 8, limits.ring_slots().div_ceil(4)),
         (map_names::CONN_TABLE, 4, 8, limits.conn_slots()),
         (map_names::CONFIG, 4, size_of::<LbConfig>(), 1),
@@ -187,6 +188,7 @@ pub(super) fn load_balancer(limits: &Limits, pin_dir: Option<&Path>) -> Result<(
         .override_global(global_names::VIP_BUCKETS, &limits.vip_buckets(), true)
         .map_max_entries(map_names::VIPS, limits.max_vips * 2)
         .map_max_entries(map_names::REALS, limits.max_reals)
+        .map_max_entries(map_names::REAL_OWNERS, limits.max_reals)
         .map_max_entries(map_names::RINGS, limits.ring_slots().div_ceil(4))
         .map_max_entries(map_names::VIP_TABLE_A, limits.vip_buckets())
         .map_max_entries(map_names::VIP_TABLE_B, limits.vip_buckets())

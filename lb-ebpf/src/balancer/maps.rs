@@ -60,6 +60,12 @@ pub static VIP_FILTER: Array<VipFilter> = Array::with_max_entries(1, 0);
 #[map]
 pub static REALS: Array<Real> = Array::with_max_entries(DEFAULT_MAX_REALS, 0);
 
+/// The VIP each real serves ([`lb_common::Real`]: one real per (VIP,
+/// backend) pair), for the control plane alone: a restarted daemon reads
+/// it back. The data plane never reads it.
+#[map]
+pub static REAL_OWNERS: Array<VipKey> = Array::with_max_entries(DEFAULT_MAX_REALS, 0);
+
 /// The pool of Maglev rings, `RING_SIZE` backend indices each, as u16s
 /// packed four per element: array elements are 8-byte aligned, and 16 bits
 /// hold every backend index ([`lb_common::MAX_REALS_LIMIT`]), so a ring is a
