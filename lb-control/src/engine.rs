@@ -55,7 +55,9 @@ pub struct ApplyReport {
     pub tables_written: usize,
     /// VIPs whose flags alone changed.
     pub flags_changed: usize,
+    /// (VIP, backend) pairs given a real.
     pub backends_added: usize,
+    /// (VIP, backend) pairs whose real was cleared (their flows re-hash).
     pub backends_removed: usize,
 }
 
