@@ -383,7 +383,7 @@ max_body_bytes = 4096
     /// The daemon's pinned maps, adopted (never created: they must exist),
     /// with a program of our own for test runs.
     fn balancer(&self) -> Balancer {
-        let vips = versioned_pin_dir(&self.pin_dir).join("VIPS");
+        let vips = versioned_pin_dir(&self.pin_dir).join(lb_common::map_names::VIPS);
         assert!(vips.exists(), "no pinned maps at {}\n{}", vips.display(), self.logs());
         let bal = Balancer::open(self.limits, Some(&self.pin_dir)).expect("opening the daemon's pinned maps");
         assert!(bal.adopted(), "the maps were not adopted");
@@ -564,7 +564,7 @@ fn attached_prog_id(link: &str) -> Option<u32> {
 
 fn pinned_map_ids(pin_dir: &Path) -> BTreeMap<String, u32> {
     let dir = versioned_pin_dir(pin_dir);
-    ["VIPS", "REALS", "RINGS", "CONN_TABLE", "CONFIG", "STATS", "VIP_STATS", "REAL_STATS"]
+    lb_common::map_names::BALANCER_MAPS
         .iter()
         .map(|name| {
             let info = aya::maps::MapInfo::from_pin(dir.join(name)).unwrap_or_else(|e| panic!("pinned map {name}: {e}"));

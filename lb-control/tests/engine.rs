@@ -171,7 +171,7 @@ fn a_restarted_daemon_adopts_pinned_maps_and_rewrites_nothing() {
     let mut other = limits();
     other.max_vips = 32;
     match Balancer::open(other, Some(&pins.0)) {
-        Err(DataplaneError::PinnedMismatch { name, .. }) => assert_eq!(name, "VIPS"),
+        Err(DataplaneError::PinnedMismatch { name, .. }) => assert_eq!(name, lb_common::map_names::VIPS),
         Err(e) => panic!("unexpected error {e}"),
         Ok(_) => panic!("mismatched pins adopted"),
     }
