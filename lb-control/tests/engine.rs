@@ -243,6 +243,40 @@ fn removing_a_shared_backend_from_one_vip_rehashes_only_that_vips_flows() {
     assert_eq!(conn_real(&e, VIP_B, b_port), Some(b_real), "through its own entry");
 }
 
+/// A backend's counters are the sums over its reals, and do not go
+/// backwards when it leaves one of its VIPs.
+#[test]
+fn a_shared_backends_counters_add_up_over_its_vips() {
+    const VIP_B: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 11);
+    let vip_b = id("tcp:10.0.0.11:80");
+    let mut set: VipSet = [(vip_http(), spec(&[(REAL1, 1)])), (vip_b, spec(&[(REAL1, 1)]))].into();
+    let mut e = fresh();
+    e.apply(&set, &config()).unwrap();
+    for port in 0..3 {
+        assert_eq!(sent_to(&mut e, VIP4, 30000 + port, pb::TCP_SYN), Some(REAL1));
+    }
+    for port in 0..2 {
+        assert_eq!(sent_to(&mut e, VIP_B, 30000 + port, pb::TCP_SYN), Some(REAL1));
+    }
+    let packets = |e: &Engine| e.backend_counters().unwrap()[&IpAddr::V4(REAL1)].packets;
+    assert_eq!(packets(&e), 5, "3 packets through VIP A's real, 2 through VIP B's");
+    assert_eq!(e.backends().collect::<Vec<_>>(), [IpAddr::V4(REAL1)], "one backend, however many VIPs");
+
+    set.get_mut(&vip_http()).unwrap().backends = [(IpAddr::V4(REAL2), Backend { weight: 1 })].into();
+    e.apply(&set, &config()).unwrap();
+    assert_eq!(packets(&e), 5, "VIP A's packets stay in REAL1's count");
+    assert_eq!(sent_to(&mut e, VIP_B, 30009, pb::TCP_SYN), Some(REAL1));
+    assert_eq!(packets(&e), 6);
+
+    // Gone from every VIP: no counters; back later, it starts from zero.
+    set.get_mut(&vip_b).unwrap().backends = [(IpAddr::V4(REAL2), Backend { weight: 1 })].into();
+    e.apply(&set, &config()).unwrap();
+    assert!(!e.backend_counters().unwrap().contains_key(&IpAddr::V4(REAL1)));
+    set.get_mut(&vip_b).unwrap().backends.insert(IpAddr::V4(REAL1), Backend { weight: 1 });
+    e.apply(&set, &config()).unwrap();
+    assert_eq!(packets(&e), 0, "a backend added again starts from zero");
+}
+
 /// A freed real is given to a new pair only once no connection-table entry
 /// names it: an entry left by its old pair would send that flow to the new
 /// pair's backend.
