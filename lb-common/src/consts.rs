@@ -56,8 +56,7 @@ pub const VIP_F_UDP_NO_CONN_TABLE: u32 = 1 << 2;
 /// writes for every VIP address: echo requests to it are answered.
 pub const VIP_F_ICMP_ECHO: u32 = 1 << 3;
 /// Every flag the data plane understands.
-pub const VIP_F_ALL: u32 =
-    VIP_F_HASH_NO_SRC_PORT | VIP_F_NO_CONN_TABLE | VIP_F_UDP_NO_CONN_TABLE | VIP_F_ICMP_ECHO;
+pub const VIP_F_ALL: u32 = VIP_F_HASH_NO_SRC_PORT | VIP_F_NO_CONN_TABLE | VIP_F_UDP_NO_CONN_TABLE | VIP_F_ICMP_ECHO;
 
 /// Control flag: the config map has been filled; until then the balancer
 /// passes every packet to the kernel.

@@ -105,7 +105,10 @@ pub const fn is_prime(n: u32) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{addr::{addr_v4, addr_v6}, DEFAULT_RING_SIZE, IPPROTO_TCP, IPPROTO_UDP};
+    use crate::{
+        addr::{addr_v4, addr_v6},
+        DEFAULT_RING_SIZE, IPPROTO_TCP, IPPROTO_UDP,
+    };
 
     /// Every balancer, of every version, must hash a flow the same way:
     /// hosts behind one ECMP route would otherwise disagree on backends
@@ -173,7 +176,10 @@ mod stat_tests {
         for (i, s) in Stat::ALL.iter().enumerate() {
             assert_eq!(*s as usize, i);
             names[i] = s.name();
-            assert!(s.name().bytes().all(|b| b.is_ascii_lowercase() || b == b'_' || b.is_ascii_digit()));
+            assert!(s
+                .name()
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b == b'_' || b.is_ascii_digit()));
         }
         names.sort_unstable();
         assert!(names.windows(2).all(|w| w[0] != w[1]));
@@ -187,7 +193,14 @@ mod hash64_tests {
     use crate::{addr::addr_v4, CONN_FINGERPRINT_MASK, FAMILY_V4, IPPROTO_TCP, IPPROTO_UDP};
 
     fn flow(i: u32) -> FlowKey {
-        FlowKey::new(FAMILY_V4, IPPROTO_TCP, addr_v4((0xc000_0200 + (i >> 16)).to_be_bytes()), (i & 0xffff) as u16, addr_v4([10, 0, 0, 10]), 80u16.to_be())
+        FlowKey::new(
+            FAMILY_V4,
+            IPPROTO_TCP,
+            addr_v4((0xc000_0200 + (i >> 16)).to_be_bytes()),
+            (i & 0xffff) as u16,
+            addr_v4([10, 0, 0, 10]),
+            80u16.to_be(),
+        )
     }
 
     #[test]

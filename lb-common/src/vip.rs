@@ -6,7 +6,6 @@ use crate::{
     hash::{finish, mix},
 };
 
-
 /// A bitmap of VIP addresses, hashed: a packet whose destination's bit is
 /// clear is not for any VIP, and goes to the kernel without a hash-map
 /// lookup. A set bit may be a collision; the `VIPS` lookup decides.
@@ -20,7 +19,9 @@ pub const VIP_FILTER_WORDS: u32 = 64;
 
 impl Default for VipFilter {
     fn default() -> Self {
-        Self { words: [0; VIP_FILTER_WORDS as usize] }
+        Self {
+            words: [0; VIP_FILTER_WORDS as usize],
+        }
     }
 }
 
@@ -87,7 +88,10 @@ pub const fn vip_key_hash(key: &VipKey) -> u32 {
     h = mix(h, key.addr[1]);
     h = mix(h, key.addr[2]);
     h = mix(h, key.addr[3]);
-    h = mix(h, ((key.port as u32) << 16) | ((key.proto as u32) << 8) | key.family as u32);
+    h = mix(
+        h,
+        ((key.port as u32) << 16) | ((key.proto as u32) << 8) | key.family as u32,
+    );
     finish(h)
 }
 
@@ -175,7 +179,9 @@ mod filter_tests {
             assert!(f.contains(&addr_v4((0x0a00_0000 + i).to_be_bytes())));
         }
         // 64 of 4096 bits set: about 1.6% of other addresses collide.
-        let false_hits = (1000..11_000u32).filter(|i| f.contains(&addr_v4((0x0b00_0000 + i).to_be_bytes()))).count();
+        let false_hits = (1000..11_000u32)
+            .filter(|i| f.contains(&addr_v4((0x0b00_0000 + i).to_be_bytes())))
+            .count();
         assert!(false_hits < 400, "{false_hits} false hits in 10000");
         let v6 = addr_v6([0xfc, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x10]);
         assert!(!VipFilter::default().contains(&v6));

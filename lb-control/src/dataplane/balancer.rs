@@ -43,7 +43,11 @@ pub struct Balancer {
 }
 
 /// Takes an mmapable array map out of the object and maps `entries` values.
-fn take_mmap<T: aya::Pod>(ebpf: &mut Ebpf, name: &'static str, entries: u32) -> Result<(MmapArray<T>, u32), DataplaneError> {
+fn take_mmap<T: aya::Pod>(
+    ebpf: &mut Ebpf,
+    name: &'static str,
+    entries: u32,
+) -> Result<(MmapArray<T>, u32), DataplaneError> {
     match ebpf.take_map(name) {
         Some(Map::Array(data)) => {
             let id = data.info().map_err(map_err(name))?.id();
@@ -132,7 +136,11 @@ impl Balancer {
 
     pub fn set_vip(&mut self, key: &VipKey, meta: &VipMeta) -> Result<(), DataplaneError> {
         if meta.vip_num >= self.limits.max_vips {
-            return Err(DataplaneError::OutOfRange { what: "vip_num", index: meta.vip_num, limit: self.limits.max_vips });
+            return Err(DataplaneError::OutOfRange {
+                what: "vip_num",
+                index: meta.vip_num,
+                limit: self.limits.max_vips,
+            });
         }
         self.rings.check_ring(meta.ring)?;
         self.vips.set(key, meta)
@@ -174,7 +182,11 @@ impl Balancer {
 
     fn check_real(&self, index: u32) -> Result<(), DataplaneError> {
         if index == REAL_NONE || index >= self.limits.max_reals {
-            return Err(DataplaneError::OutOfRange { what: "backend", index, limit: self.limits.max_reals });
+            return Err(DataplaneError::OutOfRange {
+                what: "backend",
+                index,
+                limit: self.limits.max_reals,
+            });
         }
         Ok(())
     }
@@ -194,7 +206,9 @@ impl Balancer {
     /// Records which VIP real `index` serves.
     pub fn set_real_owner(&mut self, index: u32, owner: &VipKey) -> Result<(), DataplaneError> {
         self.check_real(index)?;
-        self.real_owners.set(index, owner, 0).map_err(map_err(map_names::REAL_OWNERS))
+        self.real_owners
+            .set(index, owner, 0)
+            .map_err(map_err(map_names::REAL_OWNERS))
     }
 
     /// The VIP real `index` serves (a default key when none was recorded).

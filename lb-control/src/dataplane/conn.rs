@@ -2,7 +2,9 @@
 //! [`lb_common::CONN_WAYS`]). Every access is one aligned 64-bit load or
 //! store, as on the data plane's side.
 
-use lb_common::{conn_slot, flow_hash64, ConnEntry, FlowKey, CONN_FINGERPRINT_MASK, CONN_REAL_MASK, CONN_REFERENCED, CONN_WAYS};
+use lb_common::{
+    conn_slot, flow_hash64, ConnEntry, FlowKey, CONN_FINGERPRINT_MASK, CONN_REAL_MASK, CONN_REFERENCED, CONN_WAYS,
+};
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -30,7 +32,9 @@ impl ConnTable {
         self.slots.slice()[self.set_of(flow)]
             .iter()
             .find(|&&v| v & CONN_REAL_MASK != 0 && v & CONN_FINGERPRINT_MASK == fp)
-            .map(|&v| ConnEntry { real: (v & CONN_REAL_MASK) as u32 })
+            .map(|&v| ConnEntry {
+                real: (v & CONN_REAL_MASK) as u32,
+            })
     }
 
     /// Writes `flow → entry`, marked used (the caller checked the index).
@@ -61,8 +65,11 @@ impl ConnTable {
             let cell = unsafe { AtomicU64::from_ptr(ptr) };
             let v = cell.load(Ordering::Relaxed);
             let real = (v & CONN_REAL_MASK) as usize;
-            if real != 0 && forget.get(real).copied().unwrap_or(false)
-                && cell.compare_exchange(v, 0, Ordering::Relaxed, Ordering::Relaxed).is_ok()
+            if real != 0
+                && forget.get(real).copied().unwrap_or(false)
+                && cell
+                    .compare_exchange(v, 0, Ordering::Relaxed, Ordering::Relaxed)
+                    .is_ok()
             {
                 forgotten += 1;
             }

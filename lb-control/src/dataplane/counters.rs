@@ -7,7 +7,11 @@ use lb_common::{map_names, Counter, Stat};
 use super::{map_err, DataplaneError};
 
 /// Sums entry `index` of a per-CPU counter array over the CPUs.
-pub(super) fn sum(map: &PerCpuArray<MapData, Counter>, index: u32, name: &'static str) -> Result<Counter, DataplaneError> {
+pub(super) fn sum(
+    map: &PerCpuArray<MapData, Counter>,
+    index: u32,
+    name: &'static str,
+) -> Result<Counter, DataplaneError> {
     let values = map.get(&index, 0).map_err(map_err(name))?;
     Ok(values.iter().fold(Counter::default(), |mut acc, c| {
         acc.add(c);
@@ -40,10 +44,14 @@ impl Counters {
     }
 
     pub(super) fn reset_vip(&mut self, vip_num: u32) -> Result<(), DataplaneError> {
-        self.vip_stats.set(vip_num, zeroes()?, 0).map_err(map_err(map_names::VIP_STATS))
+        self.vip_stats
+            .set(vip_num, zeroes()?, 0)
+            .map_err(map_err(map_names::VIP_STATS))
     }
 
     pub(super) fn reset_real(&mut self, index: u32) -> Result<(), DataplaneError> {
-        self.real_stats.set(index, zeroes()?, 0).map_err(map_err(map_names::REAL_STATS))
+        self.real_stats
+            .set(index, zeroes()?, 0)
+            .map_err(map_err(map_names::REAL_STATS))
     }
 }
