@@ -105,3 +105,26 @@ counters! {
         DropHeadroom = ("drop_headroom", Drop),
     }
 }
+
+/// Per-CPU packet and byte counter.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "user", derive(serde::Serialize, serde::Deserialize))]
+pub struct Counter {
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+impl Counter {
+    /// Adds `other` into this counter (wrapping, as the data plane's do).
+    pub fn add(&mut self, other: &Counter) {
+        self.packets = self.packets.wrapping_add(other.packets);
+        self.bytes = self.bytes.wrapping_add(other.bytes);
+    }
+}
+
+const _: () = assert!(core::mem::size_of::<Counter>() == 16);
+
+#[cfg(feature = "user")]
+// SAFETY: repr(C), Copy, two u64s: every bit pattern is valid.
+unsafe impl aya::Pod for Counter {}

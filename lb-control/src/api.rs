@@ -147,15 +147,11 @@ where
 
 // ---- bodies --------------------------------------------------------------
 
-fn default_weight() -> u32 {
-    1
-}
-
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BackendBody {
     pub address: IpAddr,
-    #[serde(default = "default_weight")]
+    #[serde(default = "crate::model::default_weight")]
     pub weight: u32,
 }
 

@@ -2,7 +2,7 @@
 //! [`Config`]. Every error names the line, the column and the key.
 
 use std::{
-    collections::{BTreeMap, BTreeSet},
+    collections::BTreeMap,
     fmt,
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
     ops::Range,
@@ -17,20 +17,8 @@ use crate::{
     model::{check_backend_family, check_weight, Backend, Proto, VipFlag, VipId, VipSet, VipSpec},
 };
 
-pub type Mac = [u8; 6];
-
-/// How the XDP program is attached.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum XdpMode {
-    /// In the driver (fastest; the NIC driver must support it).
-    #[default]
-    Native,
-    /// In the kernel's generic path (any interface; slower).
-    Generic,
-    /// Native if the driver can, generic otherwise.
-    Auto,
-}
+pub use crate::dataplane::XdpMode;
+pub use lb_common::{format_mac, Mac};
 
 /// An IPv4 or IPv6 prefix the outer source addresses are drawn from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -55,24 +43,9 @@ fn parse_prefix<A: std::str::FromStr>(s: &str, max: u8) -> Result<Prefix<A>, Str
     Ok(Prefix { addr, len })
 }
 
+/// [`lb_common::parse_mac`] with the text in the message.
 pub fn parse_mac(s: &str) -> Result<Mac, String> {
-    let parts: Vec<_> = s.split(':').collect();
-    let bad = || format!("'{s}' is not a MAC address (aa:bb:cc:dd:ee:ff)");
-    if parts.len() != 6 {
-        return Err(bad());
-    }
-    let mut mac = [0u8; 6];
-    for (m, p) in mac.iter_mut().zip(parts) {
-        if p.len() != 2 {
-            return Err(bad());
-        }
-        *m = u8::from_str_radix(p, 16).map_err(|_| bad())?;
-    }
-    Ok(mac)
-}
-
-pub fn format_mac(mac: &Mac) -> String {
-    mac.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
+    lb_common::parse_mac(s).map_err(|e| format!("'{s}' is {e}"))
 }
 
 /// Outer-header settings.
@@ -194,7 +167,7 @@ struct RawBackend {
 }
 
 fn default_weight() -> Spanned<u32> {
-    Spanned::new(0..0, 1)
+    Spanned::new(0..0, crate::model::DEFAULT_WEIGHT)
 }
 
 // ---- errors -------------------------------------------------------------
@@ -383,7 +356,6 @@ fn validate(c: &mut Checker<'_>, raw: RawConfig) -> Option<Config> {
 
     // VIPs.
     let mut vips = VipSet::new();
-    let mut all_backends = BTreeSet::new();
     for (i, v) in raw.vips.iter().enumerate() {
         let v_span = v.span();
         let v = v.get_ref();
@@ -420,7 +392,6 @@ fn validate(c: &mut Checker<'_>, raw: RawConfig) -> Option<Config> {
             if spec.backends.insert(baddr, Backend { weight: *b.weight.get_ref() }).is_some() {
                 c.add(&b.address.span(), format!("{bkey}.address"), format!("backend {baddr} is listed twice for VIP {id}"));
             }
-            all_backends.insert(baddr);
         }
         if spec.backends.len() as u64 > limits.ring_size as u64 {
             c.add(&v_span, key.clone(), format!("{} backends do not fit a ring of {}", spec.backends.len(), limits.ring_size));
@@ -432,8 +403,10 @@ fn validate(c: &mut Checker<'_>, raw: RawConfig) -> Option<Config> {
     if vips.len() as u64 > limits.max_vips as u64 {
         c.add(&(0..0), "vip", format!("{} VIPs exceed limits.max_vips = {}", vips.len(), limits.max_vips));
     }
-    if all_backends.len() as u64 >= limits.max_reals as u64 {
-        c.add(&(0..0), "vip.backend", format!("{} distinct backends exceed limits.max_backends = {}", all_backends.len(), limits.max_reals - 1));
+    // The data plane has one real per (VIP, backend) pair.
+    let pairs: usize = vips.values().map(|spec| spec.backends.len()).sum();
+    if pairs as u64 >= limits.max_reals as u64 {
+        c.add(&(0..0), "vip.backend", format!("{pairs} VIP backends exceed limits.max_backends = {} (a backend counts once per VIP it serves)", limits.max_reals - 1));
     }
 
     Some(Config {
@@ -449,20 +422,7 @@ fn validate(c: &mut Checker<'_>, raw: RawConfig) -> Option<Config> {
     })
 }
 
-pub fn is_prime(n: u32) -> bool {
-    if n < 2 {
-        return false;
-    }
-    let n = n as u64;
-    let mut d = 2u64;
-    while d * d <= n {
-        if n % d == 0 {
-            return false;
-        }
-        d += 1;
-    }
-    true
-}
+pub use lb_common::is_prime;
 
 #[cfg(test)]
 mod tests {
@@ -592,6 +552,7 @@ protocol = "udp"
     fn macs() {
         assert_eq!(parse_mac("02:00:00:aa:bb:0c").unwrap(), [2, 0, 0, 0xaa, 0xbb, 0x0c]);
         assert!(parse_mac("02:00:00:aa:bb").is_err());
-        assert_eq!(format_mac(&[2, 0, 0, 0xaa, 0xbb, 0x0c]), "02:00:00:aa:bb:0c");
+        assert!(parse_mac("+2:00:00:00:00:01").unwrap_err().contains("+2:00:00:00:00:01"));
+        assert_eq!(format_mac(&[2, 0, 0, 0xaa, 0xbb, 0x0c]).to_string(), "02:00:00:aa:bb:0c");
     }
 }

@@ -5,11 +5,11 @@
 use std::{collections::BTreeMap, net::IpAddr, path::Path, time::Duration};
 
 use lb_common::{Counter, LbConfig, Stat};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::{
-    config::{Config, Prefix, XdpMode},
-    dataplane::{AttachMode, Balancer, DataplaneError},
+    config::{Config, Prefix},
+    dataplane::{Balancer, DataplaneError},
     engine::{ApplyReport, Engine, EngineError},
     model::{VipId, VipSet},
     netlink,
@@ -88,28 +88,15 @@ pub fn gateway_mac(iface: &str) -> Result<[u8; 6], ControlError> {
     }
 }
 
-pub fn attach_mode(mode: XdpMode) -> AttachMode {
-    match mode {
-        XdpMode::Native => AttachMode::Native,
-        XdpMode::Generic => AttachMode::Generic,
-        XdpMode::Auto => AttachMode::Auto,
-    }
-}
-
-/// Counters as the API and metrics report them.
-#[derive(Clone, Debug, Default, Serialize)]
+/// Counters as the API and metrics report them, and as lbctl reads them.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct StatsSnapshot {
     /// Every reason counter by name.
-    pub global: BTreeMap<&'static str, Counter>,
+    pub global: BTreeMap<String, Counter>,
     /// Sums per action (tx, pass, drop).
-    pub actions: BTreeMap<&'static str, Counter>,
+    pub actions: BTreeMap<String, Counter>,
     pub vips: BTreeMap<String, Counter>,
     pub backends: BTreeMap<String, Counter>,
-}
-
-fn add(a: &mut Counter, b: &Counter) {
-    a.packets += b.packets;
-    a.bytes += b.bytes;
 }
 
 pub struct Controller {
@@ -138,7 +125,7 @@ impl Controller {
     /// Attaches (or, after a restart, atomically re-attaches) the balancer
     /// to every configured interface.
     pub fn attach(&mut self) -> Result<(), ControlError> {
-        let mode = attach_mode(self.config.xdp_mode);
+        let mode = self.config.xdp_mode;
         for iface in &self.config.interfaces {
             self.engine.balancer_mut().attach(iface, mode, Some(&self.config.pin_dir))?;
             tracing::info!(iface, ?mode, "attached");
@@ -248,16 +235,16 @@ impl Controller {
         let bal = self.engine.balancer();
         let mut snap = StatsSnapshot::default();
         for (stat, c) in bal.all_stats()? {
-            snap.global.insert(stat.name(), c);
+            snap.global.insert(stat.name().into(), c);
             if stat.action() != lb_common::Action::Event {
-                add(snap.actions.entry(stat.action().name()).or_default(), &c);
+                snap.actions.entry(stat.action().name().into()).or_default().add(&c);
             }
         }
         for (id, vip_num) in self.engine.installed_vips() {
             snap.vips.insert(id.to_string(), bal.vip_stat(vip_num)?);
         }
-        for (addr, index) in self.engine.backends() {
-            snap.backends.insert(addr.to_string(), bal.real_stat(index)?);
+        for (addr, counter) in self.engine.backend_counters()? {
+            snap.backends.insert(addr.to_string(), counter);
         }
         Ok(snap)
     }

@@ -6,19 +6,27 @@
 //! touches no map); add backends; write each changed VIP's new Maglev table
 //! into a free ring and switch the VIP to it with one map update; remove
 //! VIPs; release backends nothing references any more.
+//!
+//! Each (VIP, backend) pair has a real of its own (see [`lb_common::Real`]):
+//! a connection-table entry names the real, so it is valid exactly as long
+//! as that backend serves that VIP. Removing a backend from one VIP clears
+//! that pair's real and the VIP's flows on it re-hash, whatever other VIPs
+//! use the same address. A freed real is given to a new pair only after
+//! the entries naming it are swept from the connection table, so no stale
+//! entry sends a flow to the new pair's backend.
 
 use std::{
-    collections::{BTreeMap, BTreeSet, HashMap, VecDeque},
+    collections::{BTreeMap, BTreeSet, VecDeque},
     net::IpAddr,
 };
 
 use lb_common::{
-    LbConfig, Real, VipKey, VipMeta, CFG_F_HAS_PORT0_VIPS, CFG_F_READY, FAMILY_NONE, FAMILY_V4,
+    addr_to_ip, ip_to_addr, Counter, LbConfig, Real, VipKey, VipMeta, CFG_F_HAS_PORT0_VIPS, CFG_F_READY, FAMILY_V4,
     IPPROTO_ICMP, IPPROTO_ICMPV6, VIP_F_ICMP_ECHO,
 };
 
 use crate::{
-    dataplane::{ip_to_addr, Balancer, DataplaneError},
+    dataplane::{Balancer, DataplaneError},
     maglev::{self, MaglevBackend, MaglevError},
     model::{check_backend_family, check_weight, VipId, VipSet, VipSpec},
 };
@@ -47,13 +55,47 @@ pub struct ApplyReport {
     pub tables_written: usize,
     /// VIPs whose flags alone changed.
     pub flags_changed: usize,
+    /// (VIP, backend) pairs given a real.
     pub backends_added: usize,
+    /// (VIP, backend) pairs whose real was cleared (their flows re-hash).
     pub backends_removed: usize,
 }
 
 impl ApplyReport {
     pub fn is_empty(&self) -> bool {
         *self == ApplyReport::default()
+    }
+}
+
+/// Free indices of one kind (backend slots, VIP numbers, rings). The
+/// oldest freed is taken first, so a freed index is reused as late as
+/// possible.
+#[derive(Debug)]
+struct SlotPool {
+    free: VecDeque<u32>,
+    /// What an index is, and the limit that sizes the pool, for errors.
+    what: &'static str,
+    limit: &'static str,
+}
+
+impl SlotPool {
+    fn new(what: &'static str, limit: &'static str, free: impl IntoIterator<Item = u32>) -> Self {
+        Self { free: free.into_iter().collect(), what, limit }
+    }
+
+    fn take(&mut self) -> Result<u32, EngineError> {
+        self.free.pop_front().ok_or_else(|| EngineError::Rejected(format!("no free {} ({})", self.what, self.limit)))
+    }
+
+    /// Gives back an index just taken, when what it was for failed: it is
+    /// the next one taken again.
+    fn untake(&mut self, index: u32) {
+        self.free.push_front(index);
+    }
+
+    /// Frees an index: it is taken after every index already free.
+    fn release(&mut self, index: u32) {
+        self.free.push_back(index);
     }
 }
 
@@ -69,12 +111,18 @@ struct Installed {
 pub struct Engine {
     bal: Balancer,
     installed: BTreeMap<VipId, Installed>,
-    real_index: HashMap<IpAddr, u32>,
-    /// Freed backend indices are reused last (FIFO), so a connection-table
-    /// entry left pointing at a removed backend is unlikely to meet a new one.
-    free_reals: VecDeque<u32>,
-    free_vip_nums: BTreeSet<u32>,
-    free_rings: VecDeque<u32>,
+    /// The real of each (VIP, backend) pair.
+    reals: BTreeMap<(VipId, IpAddr), u32>,
+    /// Reals found in pinned maps whose VIP is not installed: freed by the
+    /// next apply.
+    orphans: Vec<u32>,
+    /// Counts of the reals a backend had for VIPs it no longer serves, while
+    /// it still serves others: its counters never go backwards.
+    retired: BTreeMap<IpAddr, Counter>,
+    free_reals: SlotPool,
+    free_vip_nums: SlotPool,
+    /// The pool has two rings more than VIPs, so one is always free.
+    free_rings: SlotPool,
     /// Addresses that have an ICMP echo marker.
     echo_markers: BTreeMap<IpAddr, u32>,
 }
@@ -90,17 +138,8 @@ pub fn vip_key(id: &VipId) -> VipKey {
     VipKey { addr, port: id.port.to_be(), proto: id.proto.number(), family }
 }
 
-fn addr_of(real: &Real) -> Option<IpAddr> {
-    let bytes: Vec<u8> = real.addr.iter().flat_map(|w| w.to_ne_bytes()).collect();
-    match real.family {
-        lb_common::FAMILY_V4 => Some(IpAddr::from([bytes[0], bytes[1], bytes[2], bytes[3]])),
-        lb_common::FAMILY_V6 => Some(IpAddr::from(<[u8; 16]>::try_from(bytes).ok()?)),
-        _ => None,
-    }
-}
-
 fn key_to_vip_id(key: &VipKey) -> Option<VipId> {
-    let addr = addr_of(&Real { addr: key.addr, family: key.family, _pad: [0; 3] })?;
+    let addr = addr_to_ip(&key.addr, key.family)?;
     let proto = match key.proto {
         lb_common::IPPROTO_TCP => crate::model::Proto::Tcp,
         lb_common::IPPROTO_UDP => crate::model::Proto::Udp,
@@ -121,7 +160,7 @@ impl Engine {
         let mut used_rings = BTreeSet::new();
         for (key, meta) in bal.vips()? {
             if key.proto == IPPROTO_ICMP || key.proto == IPPROTO_ICMPV6 {
-                if let Some(addr) = addr_of(&Real { addr: key.addr, family: key.family, _pad: [0; 3] }) {
+                if let Some(addr) = addr_to_ip(&key.addr, key.family) {
                     echo_markers.insert(addr, meta.vip_num);
                 }
                 continue;
@@ -131,23 +170,34 @@ impl Engine {
             used_rings.insert(meta.ring);
             installed.insert(id, Installed { spec: None, vip_num: meta.vip_num, ring: meta.ring });
         }
-        let mut real_index = HashMap::new();
-        let mut free_reals = VecDeque::new();
+        let mut reals = BTreeMap::new();
+        let mut orphans = Vec::new();
+        let mut free_reals = Vec::new();
         for index in 1..limits.max_reals {
-            let real = bal.real(index)?;
-            match addr_of(&real) {
-                Some(addr) if real.family != FAMILY_NONE => {
-                    real_index.insert(addr, index);
+            let Some(addr) = bal.real(index)?.ip() else {
+                free_reals.push(index);
+                continue;
+            };
+            match key_to_vip_id(&bal.real_owner(index)?).filter(|id| installed.contains_key(id)) {
+                Some(id) if !reals.contains_key(&(id, addr)) => {
+                    reals.insert((id, addr), index);
                 }
-                _ => free_reals.push_back(index),
+                _ => orphans.push(index),
             }
         }
+        let free_reals = SlotPool::new("backend slot", "limits.max_backends", free_reals);
+        let free_vip_nums =
+            SlotPool::new("VIP number", "limits.max_vips", (0..limits.max_vips).filter(|n| !used_nums.contains(n)));
+        let free_rings =
+            SlotPool::new("Maglev ring", "limits.max_vips", (0..limits.ring_count()).filter(|r| !used_rings.contains(r)));
         Ok(Self {
-            free_vip_nums: (0..limits.max_vips).filter(|n| !used_nums.contains(n)).collect(),
-            free_rings: (0..limits.ring_count()).filter(|r| !used_rings.contains(r)).collect(),
+            free_vip_nums,
+            free_rings,
             bal,
             installed,
-            real_index,
+            reals,
+            orphans,
+            retired: BTreeMap::new(),
             free_reals,
             echo_markers,
         })
@@ -166,9 +216,9 @@ impl Engine {
         self.installed.get(id).map(|i| i.vip_num)
     }
 
-    /// The backend index of an address in use.
-    pub fn real_index(&self, addr: &IpAddr) -> Option<u32> {
-        self.real_index.get(addr).copied()
+    /// The real (backend index) of a backend of a VIP.
+    pub fn real_index(&self, vip: &VipId, addr: &IpAddr) -> Option<u32> {
+        self.reals.get(&(*vip, *addr)).copied()
     }
 
     /// Writes the forwarding config and marks the data plane ready.
@@ -190,21 +240,20 @@ impl Engine {
         if desired.len() > limits.max_vips as usize {
             return reject(format!("{} VIPs exceed the limit of {}", desired.len(), limits.max_vips));
         }
-        let mut backends = BTreeSet::new();
+        let mut pairs = 0usize;
         for (id, spec) in desired {
             for (addr, b) in &spec.backends {
                 check_backend_family(id, *addr).map_err(EngineError::Rejected)?;
                 check_weight(b.weight).map_err(EngineError::Rejected)?;
-                backends.insert(*addr);
+                pairs += 1;
             }
             if spec.backends.len() > limits.ring_size as usize {
                 return reject(format!("VIP {id}: {} backends do not fit a ring of {}", spec.backends.len(), limits.ring_size));
             }
         }
-        if backends.len() >= limits.max_reals as usize {
+        if pairs >= limits.max_reals as usize {
             return reject(format!(
-                "{} distinct backends exceed the limit of {}",
-                backends.len(),
+                "{pairs} VIP backends exceed limits.max_backends = {} (a backend counts once per VIP it serves)",
                 limits.max_reals - 1
             ));
         }
@@ -216,7 +265,7 @@ impl Engine {
             .backends
             .iter()
             .map(|(addr, b)| MaglevBackend {
-                id: self.real_index[addr],
+                id: self.reals[&(*id, *addr)],
                 key: match addr {
                     IpAddr::V4(a) => a.octets().to_vec(),
                     IpAddr::V6(a) => a.octets().to_vec(),
@@ -240,33 +289,65 @@ impl Engine {
         Ok(report)
     }
 
+    /// One apply's changes, in the order that keeps every packet on a
+    /// consistent state: backends first, then VIP tables, then removals.
     fn apply_batch(&mut self, desired: &VipSet, forwarding: &LbConfig) -> Result<ApplyReport, EngineError> {
         let mut report = ApplyReport::default();
+        let wanted: BTreeSet<(VipId, IpAddr)> =
+            desired.iter().flat_map(|(id, s)| s.backends.keys().map(|a| (*id, *a))).collect();
+        self.ensure_backends(&wanted, &mut report)?;
+        self.install_vips(desired, &mut report)?;
+        self.remove_vips(desired, &mut report)?;
+        self.sync_echo_markers()?;
+        self.release_backends(&wanted, &mut report)?;
+        self.bal.rebuild_vip_filter()?;
+        self.set_forwarding(*forwarding)?;
+        Ok(report)
+    }
 
-        // 1. Backends every desired VIP needs.
-        let wanted: BTreeSet<IpAddr> = desired.values().flat_map(|s| s.backends.keys().copied()).collect();
-        for addr in &wanted {
-            if self.real_index.contains_key(addr) {
-                continue;
+    /// Gives every (VIP, backend) pair a desired VIP needs a real. The
+    /// reals taken are swept from the connection table first (one scan for
+    /// all), then named, owned and counted from zero.
+    fn ensure_backends(
+        &mut self,
+        wanted: &BTreeSet<(VipId, IpAddr)>,
+        report: &mut ApplyReport,
+    ) -> Result<(), EngineError> {
+        let missing: Vec<(VipId, IpAddr)> = wanted.iter().filter(|p| !self.reals.contains_key(p)).copied().collect();
+        let mut taken = Vec::with_capacity(missing.len());
+        for _ in &missing {
+            match self.free_reals.take() {
+                Ok(index) => taken.push(index),
+                Err(e) => {
+                    taken.iter().rev().for_each(|&i| self.free_reals.untake(i));
+                    return Err(e);
+                }
             }
-            let index = self.free_reals.pop_front().ok_or_else(|| {
-                EngineError::Rejected("no free backend slot (limits.max_backends)".into())
-            })?;
-            let (a, family) = ip_to_addr(*addr);
-            // A new backend starts with zero counters, whoever had the slot.
-            if let Err(e) = self
+        }
+        if let Err(e) = self.bal.forget_conns_of(&taken) {
+            taken.iter().rev().for_each(|&i| self.free_reals.untake(i));
+            return Err(e.into());
+        }
+        for (n, (&(id, addr), &index)) in missing.iter().zip(&taken).enumerate() {
+            // A new pair starts with zero counters, whoever had the real.
+            let written = self
                 .bal
                 .reset_real_stats(index)
-                .and_then(|()| self.bal.set_real(index, &Real { addr: a, family, _pad: [0; 3] }))
-            {
-                self.free_reals.push_front(index);
+                .and_then(|()| self.bal.set_real_owner(index, &vip_key(&id)))
+                .and_then(|()| self.bal.set_real(index, &Real::from(addr)));
+            if let Err(e) = written {
+                taken[n..].iter().rev().for_each(|&i| self.free_reals.untake(i));
                 return Err(e.into());
             }
-            self.real_index.insert(*addr, index);
+            self.reals.insert((id, addr), index);
             report.backends_added += 1;
         }
+        Ok(())
+    }
 
-        // 2. New and changed VIPs: table into a free ring, then one switch.
+    /// New and changed VIPs: each new Maglev table goes into a free ring,
+    /// then one VIP update switches to it.
+    fn install_vips(&mut self, desired: &VipSet, report: &mut ApplyReport) -> Result<(), EngineError> {
         for (id, spec) in desired {
             let current = self.installed.get(id).cloned();
             if current.as_ref().and_then(|c| c.spec.as_ref()) == Some(spec) {
@@ -285,42 +366,59 @@ impl Engine {
                             report.flags_changed += 1;
                         }
                     } else {
-                        let ring = self.take_ring()?;
+                        let ring = self.free_rings.take()?;
                         self.bal.write_ring(ring, &table)?;
                         self.bal.set_vip(&key, &VipMeta { flags, vip_num: cur.vip_num, ring })?;
-                        self.free_rings.push_back(cur.ring);
+                        self.free_rings.release(cur.ring);
                         self.installed.get_mut(id).expect("present").ring = ring;
                         report.tables_written += 1;
                     }
                     self.installed.get_mut(id).expect("present").spec = Some(spec.clone());
                 }
                 None => {
-                    let vip_num = *self.free_vip_nums.iter().next().ok_or_else(|| {
-                        EngineError::Rejected("no free VIP slot (limits.max_vips)".into())
-                    })?;
-                    let ring = self.take_ring()?;
-                    self.bal.write_ring(ring, &table)?;
-                    self.bal.reset_vip_stats(vip_num)?;
-                    self.bal.set_vip(&key, &VipMeta { flags, vip_num, ring })?;
-                    self.free_vip_nums.remove(&vip_num);
+                    let vip_num = self.free_vip_nums.take()?;
+                    let ring = match self.free_rings.take() {
+                        Ok(ring) => ring,
+                        Err(e) => {
+                            self.free_vip_nums.untake(vip_num);
+                            return Err(e);
+                        }
+                    };
+                    let written = self
+                        .bal
+                        .write_ring(ring, &table)
+                        .and_then(|()| self.bal.reset_vip_stats(vip_num))
+                        .and_then(|()| self.bal.set_vip(&key, &VipMeta { flags, vip_num, ring }));
+                    if let Err(e) = written {
+                        self.free_rings.untake(ring);
+                        self.free_vip_nums.untake(vip_num);
+                        return Err(e.into());
+                    }
                     self.installed.insert(*id, Installed { spec: Some(spec.clone()), vip_num, ring });
                     report.vips_added += 1;
                     report.tables_written += 1;
                 }
             }
         }
+        Ok(())
+    }
 
-        // 3. VIPs no longer wanted.
+    /// VIPs no longer wanted: gone from the VIP table, their number and
+    /// ring free.
+    fn remove_vips(&mut self, desired: &VipSet, report: &mut ApplyReport) -> Result<(), EngineError> {
         let gone: Vec<VipId> = self.installed.keys().filter(|id| !desired.contains_key(id)).copied().collect();
         for id in gone {
             self.bal.remove_vip(&vip_key(&id))?;
             let old = self.installed.remove(&id).expect("present");
-            self.free_vip_nums.insert(old.vip_num);
-            self.free_rings.push_back(old.ring);
+            self.free_vip_nums.release(old.vip_num);
+            self.free_rings.release(old.ring);
             report.vips_removed += 1;
         }
+        Ok(())
+    }
 
-        // 4. Echo markers: one per VIP address.
+    /// One ICMP echo marker per VIP address, none for other addresses.
+    fn sync_echo_markers(&mut self) -> Result<(), EngineError> {
         let addrs: BTreeMap<IpAddr, u32> = self.installed.iter().fold(BTreeMap::new(), |mut m, (id, i)| {
             m.entry(id.addr).or_insert(i.vip_num);
             m
@@ -336,30 +434,51 @@ impl Engine {
             self.bal.remove_vip(&marker_key(addr))?;
             self.echo_markers.remove(&addr);
         }
+        Ok(())
+    }
 
-        // 5. Backends nothing references: their flows re-hash.
-        let unused: Vec<(IpAddr, u32)> =
-            self.real_index.iter().filter(|(a, _)| !wanted.contains(a)).map(|(a, i)| (*a, *i)).collect();
-        for (addr, index) in unused {
+    /// Pairs no desired VIP has (a backend removed from a VIP, a VIP
+    /// removed) and orphaned reals: cleared, so their flows re-hash, and
+    /// freed.
+    fn release_backends(
+        &mut self,
+        wanted: &BTreeSet<(VipId, IpAddr)>,
+        report: &mut ApplyReport,
+    ) -> Result<(), EngineError> {
+        let unused: Vec<((VipId, IpAddr), u32)> =
+            self.reals.iter().filter(|(p, _)| !wanted.contains(p)).map(|(p, i)| (*p, *i)).collect();
+        for ((id, addr), index) in unused {
+            // Read before the real is cleared: what it counted stays in its
+            // backend's totals while the backend serves other VIPs.
+            let last = self.bal.real_stat(index)?;
             self.bal.clear_real(index)?;
-            self.real_index.remove(&addr);
-            self.free_reals.push_back(index);
+            self.reals.remove(&(id, addr));
+            self.free_reals.release(index);
+            self.retired.entry(addr).or_default().add(&last);
             report.backends_removed += 1;
         }
-
-        self.bal.rebuild_vip_filter()?;
-        self.set_forwarding(*forwarding)?;
-        Ok(report)
+        for index in std::mem::take(&mut self.orphans) {
+            self.bal.clear_real(index)?;
+            self.free_reals.release(index);
+        }
+        let serving: BTreeSet<IpAddr> = self.reals.keys().map(|(_, a)| *a).collect();
+        self.retired.retain(|addr, _| serving.contains(addr));
+        Ok(())
     }
 
-    fn take_ring(&mut self) -> Result<u32, EngineError> {
-        // The pool has two rings more than VIPs, so one is always free.
-        self.free_rings.pop_front().ok_or_else(|| EngineError::Rejected("no free Maglev ring".into()))
+    /// Every backend address in use, once.
+    pub fn backends(&self) -> impl Iterator<Item = IpAddr> + '_ {
+        self.reals.keys().map(|(_, a)| *a).collect::<BTreeSet<_>>().into_iter()
     }
 
-    /// Backend index → address, for the stats of every backend in use.
-    pub fn backends(&self) -> impl Iterator<Item = (IpAddr, u32)> + '_ {
-        self.real_index.iter().map(|(a, i)| (*a, *i))
+    /// Each backend's counters: the sum over its reals (one per VIP it
+    /// serves), and over those it had for VIPs it no longer serves.
+    pub fn backend_counters(&self) -> Result<BTreeMap<IpAddr, Counter>, EngineError> {
+        let mut out = self.retired.clone();
+        for (&(_, addr), &index) in &self.reals {
+            out.entry(addr).or_default().add(&self.bal.real_stat(index)?);
+        }
+        Ok(out)
     }
 
     pub fn installed_vips(&self) -> impl Iterator<Item = (&VipId, u32)> {

@@ -66,8 +66,8 @@ mod tests {
     #[test]
     fn snapshot_is_encoded_with_labels() {
         let mut snap = StatsSnapshot::default();
-        snap.global.insert("tx_encap", C { packets: 5, bytes: 500 });
-        snap.actions.insert("tx", C { packets: 5, bytes: 500 });
+        snap.global.insert("tx_encap".into(), C { packets: 5, bytes: 500 });
+        snap.actions.insert("tx".into(), C { packets: 5, bytes: 500 });
         snap.vips.insert("tcp:10.0.0.10:80".into(), C { packets: 5, bytes: 500 });
         snap.backends.insert("10.1.0.1".into(), C { packets: 3, bytes: 300 });
         let text = encode_snapshot(&snap, 1, 1, true);

@@ -15,6 +15,14 @@ use serde::{Deserialize, Serialize};
 /// Largest backend weight accepted.
 pub const MAX_WEIGHT: u32 = 10_000;
 
+/// A backend's weight when the config or an API call gives none.
+pub const DEFAULT_WEIGHT: u32 = 1;
+
+/// [`DEFAULT_WEIGHT`], for `#[serde(default = ...)]`.
+pub fn default_weight() -> u32 {
+    DEFAULT_WEIGHT
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Proto {
@@ -93,9 +101,11 @@ impl<'de> Deserialize<'de> for VipId {
     }
 }
 
-/// Per-VIP behaviour switches.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+/// Per-VIP behaviour switches. The same kebab-case names in the config,
+/// the API and lbctl's `--flag`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]
+#[clap(rename_all = "kebab-case")]
 pub enum VipFlag {
     /// Hash on the client address only: one client, one backend.
     HashNoSrcPort,

@@ -39,7 +39,7 @@ use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 use netlink_sys::{protocols::NETLINK_ROUTE, Socket, SocketAddr as NetlinkAddr};
 
 /// An Ethernet (EUI-48) hardware address, in wire order.
-pub type Mac = [u8; 6];
+pub use lb_common::Mac;
 
 /// IP address family of a route lookup.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

@@ -17,7 +17,7 @@ use pnet_packet::{
     udp::{self, MutableUdpPacket, UdpPacket},
 };
 
-pub type Mac = [u8; 6];
+pub use lb_common::Mac;
 
 pub const TCP_SYN: u8 = 0x02;
 pub const TCP_ACK: u8 = 0x10;

@@ -383,7 +383,7 @@ max_body_bytes = 4096
     /// The daemon's pinned maps, adopted (never created: they must exist),
     /// with a program of our own for test runs.
     fn balancer(&self) -> Balancer {
-        let vips = versioned_pin_dir(&self.pin_dir).join("VIPS");
+        let vips = versioned_pin_dir(&self.pin_dir).join(lb_common::map_names::VIPS);
         assert!(vips.exists(), "no pinned maps at {}\n{}", vips.display(), self.logs());
         let bal = Balancer::open(self.limits, Some(&self.pin_dir)).expect("opening the daemon's pinned maps");
         assert!(bal.adopted(), "the maps were not adopted");
@@ -564,7 +564,7 @@ fn attached_prog_id(link: &str) -> Option<u32> {
 
 fn pinned_map_ids(pin_dir: &Path) -> BTreeMap<String, u32> {
     let dir = versioned_pin_dir(pin_dir);
-    ["VIPS", "REALS", "RINGS", "CONN_TABLE", "CONFIG", "STATS", "VIP_STATS", "REAL_STATS"]
+    lb_common::map_names::BALANCER_MAPS
         .iter()
         .map(|name| {
             let info = aya::maps::MapInfo::from_pin(dir.join(name)).unwrap_or_else(|e| panic!("pinned map {name}: {e}"));
@@ -1087,7 +1087,8 @@ fn check_validates_config_files_and_detach_removes_pins_and_program() {
     cmd.env_remove("LB_CONFIG").arg("--config").arg(&lab.config).arg("detach");
     let (status, out, err) = run_bounded(cmd, &lab.dir, "lb-control detach");
     assert!(status.success(), "detach failed: {out}{err}");
-    assert!(out.contains("removed 13 pins"), "8 maps and the link: {out}");
+    let pins = lb_common::map_names::BALANCER_MAPS.len() + 1;
+    assert!(out.contains(&format!("removed {pins} pins")), "every map and the link: {out}");
     assert!(!lab.pin_dir.exists(), "the pin directory is gone");
     let start = Instant::now();
     loop {
@@ -1137,4 +1138,30 @@ fn a_new_backend_starts_with_zero_counters() {
     lab.call("POST", &format!("/v1/vips/{VIP_HTTP}/backends"), Some(&json!({"address": "10.1.0.50"}))).ok(201, "POST backend");
     let stats = lab.get_json("/v1/stats");
     assert_eq!(stats["backends"]["10.1.0.50"]["packets"], 0, "a backend that never got a packet: {}", stats["backends"]);
+}
+
+/// Issue 10 item 4, through the API: a backend removed from one VIP while
+/// another VIP keeps it. The first VIP's established flows on it re-hash;
+/// the other VIP's stay; its counters still count what it served.
+#[test]
+fn removing_a_shared_backend_from_one_vip_leaves_the_other_vips_flows() {
+    let lab = Lab::new();
+    let mut bal = lab.balancer();
+    let (other, other_id) = (Ipv4Addr::new(10, 0, 0, 40), "tcp:10.0.0.40:80");
+    lab.call("POST", "/v1/vips", Some(&json!({"vip": other_id, "backends": [{"address": "10.1.0.1"}, {"address": "10.1.0.2"}]})))
+        .ok(201, "POST a VIP sharing both backends");
+    // An established flow on REAL1 for each VIP.
+    let on_real1 = |bal: &mut Balancer, vip: Ipv4Addr| {
+        (30000..31000u16).find(|&p| syn4(bal, vip, 80, p) == Some(REAL1)).expect("a flow lands on 10.1.0.1")
+    };
+    let (http_port, other_port) = (on_real1(&mut bal, HTTP4), on_real1(&mut bal, other));
+    assert_eq!(route4(&mut bal, HTTP4, 80, http_port, pb::TCP_ACK), Some(REAL1));
+    assert_eq!(route4(&mut bal, other, 80, other_port, pb::TCP_ACK), Some(REAL1));
+    let count = |lab: &Lab| lab.get_json("/v1/stats")["backends"]["10.1.0.1"]["packets"].as_u64().unwrap();
+    let before = count(&lab);
+
+    lab.call("DELETE", &format!("/v1/vips/{VIP_HTTP}/backends/10.1.0.1"), None).ok(200, "DELETE the backend from one VIP");
+    assert_eq!(route4(&mut bal, HTTP4, 80, http_port, pb::TCP_ACK), Some(REAL2), "that VIP's flow re-hashes");
+    assert_eq!(route4(&mut bal, other, 80, other_port, pb::TCP_ACK), Some(REAL1), "the other VIP's flow stays");
+    assert_eq!(count(&lab), before + 1, "10.1.0.1 keeps what it counted for {VIP_HTTP}");
 }

@@ -69,7 +69,7 @@ fn apply_serves_the_vips_and_only_rewrites_what_changed() {
     drained.get_mut(&vip_http()).unwrap().backends.get_mut(&IpAddr::V4(REAL3)).unwrap().weight = 0;
     let r = e.apply(&drained, &config()).unwrap();
     assert_eq!((r.tables_written, r.backends_removed), (1, 0));
-    assert!(e.real_index(&IpAddr::V4(REAL3)).is_some(), "drained backend keeps its slot");
+    assert!(e.real_index(&vip_http(), &IpAddr::V4(REAL3)).is_some(), "drained backend keeps its slot");
     for port in 30000..30300 {
         assert_ne!(backend_of(&mut e, port), Some(REAL3), "no new flows to a drained backend");
     }
@@ -79,7 +79,7 @@ fn apply_serves_the_vips_and_only_rewrites_what_changed() {
     removed.get_mut(&vip_http()).unwrap().backends.remove(&IpAddr::V4(REAL3));
     let r = e.apply(&removed, &config()).unwrap();
     assert_eq!(r.backends_removed, 1);
-    assert_eq!(e.real_index(&IpAddr::V4(REAL3)), None);
+    assert_eq!(e.real_index(&vip_http(), &IpAddr::V4(REAL3)), None);
 
     // Remove the VIP: traffic to it goes to the kernel, the marker goes too.
     let r = e.apply(&VipSet::new(), &config()).unwrap();
@@ -171,11 +171,139 @@ fn a_restarted_daemon_adopts_pinned_maps_and_rewrites_nothing() {
     let mut other = limits();
     other.max_vips = 32;
     match Balancer::open(other, Some(&pins.0)) {
-        Err(DataplaneError::PinnedMismatch { name, .. }) => assert_eq!(name, "VIPS"),
+        Err(DataplaneError::PinnedMismatch { name, .. }) => assert_eq!(name, lb_common::map_names::VIPS),
         Err(e) => panic!("unexpected error {e}"),
         Ok(_) => panic!("mismatched pins adopted"),
     }
     let removed = detach_all(&pins.0).unwrap();
-    assert_eq!(removed.len(), 12, "{removed:?}");
+    assert_eq!(removed.len(), lb_common::map_names::BALANCER_MAPS.len(), "{removed:?}");
     assert!(!pins.0.exists());
+}
+
+/// Where a packet of the flow `port → vip:80` with these TCP flags goes.
+fn sent_to(engine: &mut Engine, vip: Ipv4Addr, port: u16, flags: u8) -> Option<Ipv4Addr> {
+    let ip = tcp4(CLIENT4, vip, port, PORT_HTTP, flags, if flags == pb::TCP_SYN { b"" } else { b"x" });
+    let (action, out) = run(engine.balancer_mut(), &frame4(&ip));
+    (action == XDP_TX).then(|| Ipv4Addr::new(out[30], out[31], out[32], out[33]))
+}
+
+/// A client port whose new flow to `vip` the ring sends to `backend`; the
+/// SYN is sent, so the flow is in the connection table.
+fn flow_to(engine: &mut Engine, vip: Ipv4Addr, backend: Ipv4Addr, ports: std::ops::Range<u16>) -> u16 {
+    ports
+        .into_iter()
+        .find(|&port| sent_to(engine, vip, port, pb::TCP_SYN) == Some(backend))
+        .unwrap_or_else(|| panic!("no flow to {vip} lands on {backend}"))
+}
+
+fn conn_real(engine: &Engine, vip: Ipv4Addr, port: u16) -> Option<u32> {
+    let flow = lb_common::FlowKey::new(
+        lb_common::FAMILY_V4,
+        lb_common::IPPROTO_TCP,
+        lb_common::addr_v4(CLIENT4.octets()),
+        net16(port),
+        lb_common::addr_v4(vip.octets()),
+        net16(PORT_HTTP),
+    );
+    engine.balancer().conn(&flow).map(|c| c.real)
+}
+
+/// Issue 10 item 4: a backend removed from one VIP while another VIP keeps
+/// it. The first VIP's established flows on it re-hash; the other VIP's
+/// stay, through their own connection-table entries.
+#[test]
+fn removing_a_shared_backend_from_one_vip_rehashes_only_that_vips_flows() {
+    const VIP_B: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 11);
+    let vip_b = id("tcp:10.0.0.11:80");
+    let both = |a: &[(Ipv4Addr, u32)]| -> VipSet {
+        [(vip_http(), spec(a)), (vip_b, spec(&[(REAL1, 1), (REAL2, 1)]))].into()
+    };
+    let mut e = fresh();
+    e.apply(&both(&[(REAL1, 1), (REAL2, 1), (REAL3, 1)]), &config()).unwrap();
+    let (a_real, b_real) = (e.real_index(&vip_http(), &REAL1.into()).unwrap(), e.real_index(&vip_b, &REAL1.into()).unwrap());
+    assert_ne!(a_real, b_real, "each (VIP, backend) pair has a real of its own");
+
+    // Established flows to REAL1 on both VIPs.
+    let a_port = flow_to(&mut e, VIP4, REAL1, 20000..21000);
+    let b_port = flow_to(&mut e, VIP_B, REAL1, 20000..21000);
+    assert_eq!(sent_to(&mut e, VIP4, a_port, pb::TCP_ACK), Some(REAL1));
+    assert_eq!(sent_to(&mut e, VIP_B, b_port, pb::TCP_ACK), Some(REAL1));
+    assert_eq!(conn_real(&e, VIP4, a_port), Some(a_real));
+    assert_eq!(conn_real(&e, VIP_B, b_port), Some(b_real));
+
+    // REAL1 leaves VIP A only.
+    let r = e.apply(&both(&[(REAL2, 1), (REAL3, 1)]), &config()).unwrap();
+    assert_eq!((r.backends_removed, r.backends_added), (1, 0));
+    assert_eq!(e.real_index(&vip_http(), &REAL1.into()), None);
+    assert_eq!(e.real_index(&vip_b, &REAL1.into()), Some(b_real));
+    let rehashed = sent_to(&mut e, VIP4, a_port, pb::TCP_ACK);
+    assert!(matches!(rehashed, Some(REAL2 | REAL3)), "VIP A's flow went to {rehashed:?}, not re-hashed");
+    assert_ne!(conn_real(&e, VIP4, a_port), Some(a_real), "the flow's entry was rewritten");
+    assert_eq!(sent_to(&mut e, VIP_B, b_port, pb::TCP_ACK), Some(REAL1), "VIP B's flow stays");
+    assert_eq!(conn_real(&e, VIP_B, b_port), Some(b_real), "through its own entry");
+}
+
+/// A backend's counters are the sums over its reals, and do not go
+/// backwards when it leaves one of its VIPs.
+#[test]
+fn a_shared_backends_counters_add_up_over_its_vips() {
+    const VIP_B: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 11);
+    let vip_b = id("tcp:10.0.0.11:80");
+    let mut set: VipSet = [(vip_http(), spec(&[(REAL1, 1)])), (vip_b, spec(&[(REAL1, 1)]))].into();
+    let mut e = fresh();
+    e.apply(&set, &config()).unwrap();
+    for port in 0..3 {
+        assert_eq!(sent_to(&mut e, VIP4, 30000 + port, pb::TCP_SYN), Some(REAL1));
+    }
+    for port in 0..2 {
+        assert_eq!(sent_to(&mut e, VIP_B, 30000 + port, pb::TCP_SYN), Some(REAL1));
+    }
+    let packets = |e: &Engine| e.backend_counters().unwrap()[&IpAddr::V4(REAL1)].packets;
+    assert_eq!(packets(&e), 5, "3 packets through VIP A's real, 2 through VIP B's");
+    assert_eq!(e.backends().collect::<Vec<_>>(), [IpAddr::V4(REAL1)], "one backend, however many VIPs");
+
+    set.get_mut(&vip_http()).unwrap().backends = [(IpAddr::V4(REAL2), Backend { weight: 1 })].into();
+    e.apply(&set, &config()).unwrap();
+    assert_eq!(packets(&e), 5, "VIP A's packets stay in REAL1's count");
+    assert_eq!(sent_to(&mut e, VIP_B, 30009, pb::TCP_SYN), Some(REAL1));
+    assert_eq!(packets(&e), 6);
+
+    // Gone from every VIP: no counters; back later, it starts from zero.
+    set.get_mut(&vip_b).unwrap().backends = [(IpAddr::V4(REAL2), Backend { weight: 1 })].into();
+    e.apply(&set, &config()).unwrap();
+    assert!(!e.backend_counters().unwrap().contains_key(&IpAddr::V4(REAL1)));
+    set.get_mut(&vip_b).unwrap().backends.insert(IpAddr::V4(REAL1), Backend { weight: 1 });
+    e.apply(&set, &config()).unwrap();
+    assert_eq!(packets(&e), 0, "a backend added again starts from zero");
+}
+
+/// A freed real is given to a new pair only once no connection-table entry
+/// names it: an entry left by its old pair would send that flow to the new
+/// pair's backend.
+#[test]
+fn a_reused_real_never_inherits_the_old_pairs_flows() {
+    let mut e = fresh();
+    e.apply(&three(), &config()).unwrap();
+    let old_real = e.real_index(&vip_http(), &REAL1.into()).unwrap();
+    let port = flow_to(&mut e, VIP4, REAL1, 20000..21000);
+    assert_eq!(conn_real(&e, VIP4, port), Some(old_real));
+
+    // REAL1 leaves: its real is freed; the flow sends nothing meanwhile, so
+    // its entry still names the real.
+    let two: VipSet = [(vip_http(), spec(&[(REAL2, 1), (REAL3, 1)]))].into();
+    e.apply(&two, &config()).unwrap();
+    assert_eq!(conn_real(&e, VIP4, port), Some(old_real));
+
+    // Enough new backends that the freed real (reused last) is taken again.
+    let other = id("tcp:10.0.0.12:80");
+    // 15 reals: REAL2, REAL3 and 13 new ones, the last of them the freed real.
+    let crowd: Vec<(Ipv4Addr, u32)> = (1..=13).map(|i| (Ipv4Addr::new(10, 3, 0, i), 1)).collect();
+    let mut more = two.clone();
+    more.insert(other, spec(&crowd));
+    e.apply(&more, &config()).unwrap();
+    let heir = crowd.iter().find(|(a, _)| e.real_index(&other, &IpAddr::V4(*a)) == Some(old_real));
+    assert!(heir.is_some(), "the freed real {old_real} was not reused; the test proves nothing");
+    assert_eq!(conn_real(&e, VIP4, port), None, "the old pair's entry was swept");
+    let now = sent_to(&mut e, VIP4, port, pb::TCP_ACK);
+    assert!(matches!(now, Some(REAL2 | REAL3)), "the flow went to {now:?}, not to one of its VIP's backends");
 }

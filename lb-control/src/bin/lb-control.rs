@@ -8,12 +8,12 @@ use std::{
 };
 
 use anyhow::{bail, Context as _, Result};
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{Parser, Subcommand};
 use lb_control::{
     api::{self, AppState},
     config::Config,
     controller::{self, Controller},
-    dataplane::{detach_all, AttachMode, Decap},
+    dataplane::{detach_all, Decap, XdpMode},
 };
 use sd_notify::NotifyState;
 use tokio::signal::unix::{signal, SignalKind};
@@ -45,8 +45,8 @@ enum Command {
         /// This host's addresses the balancer tunnels to.
         #[arg(long = "addr", required = true)]
         addrs: Vec<IpAddr>,
-        #[arg(long, value_enum, default_value_t = Mode::Native)]
-        mode: Mode,
+        #[arg(long, value_enum, default_value_t = XdpMode::Native)]
+        mode: XdpMode,
         /// bpffs directory for the decap program's pins.
         #[arg(long, default_value = "/sys/fs/bpf/xdp-lb-decap")]
         pin_dir: PathBuf,
@@ -56,13 +56,6 @@ enum Command {
         #[arg(long, default_value = "/sys/fs/bpf/xdp-lb-decap")]
         pin_dir: PathBuf,
     },
-}
-
-#[derive(Clone, Copy, ValueEnum)]
-enum Mode {
-    Native,
-    Generic,
-    Auto,
 }
 
 fn main() -> Result<()> {
@@ -88,11 +81,6 @@ fn main() -> Result<()> {
             Ok(())
         }
         Command::Decap { iface, addrs, mode, pin_dir } => {
-            let mode = match mode {
-                Mode::Native => AttachMode::Native,
-                Mode::Generic => AttachMode::Generic,
-                Mode::Auto => AttachMode::Auto,
-            };
             let mut decap = Decap::open(Some(&pin_dir))?;
             for a in &addrs {
                 decap.add_addr(*a)?;
@@ -202,7 +190,7 @@ async fn run(config_path: PathBuf) -> Result<()> {
                     Ok(Ok((gw, own))) => {
                         let mut ctl = s.ctl.lock().unwrap_or_else(|p| p.into_inner());
                         match ctl.set_macs(gw, own) {
-                            Ok(true) => tracing::info!(gateway_mac = %lb_control::config::format_mac(&gw), "gateway MAC changed"),
+                            Ok(true) => tracing::info!(gateway_mac = %lb_common::format_mac(&gw), "gateway MAC changed"),
                             Ok(false) => {}
                             Err(e) => tracing::error!(error = %e, "updating MACs"),
                         }

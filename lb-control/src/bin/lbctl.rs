@@ -7,6 +7,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use lb_common::Counter;
 use lb_control::{
     api::{BackendBody, BackendPatch, VipBody},
+    controller::StatsSnapshot as Stats,
     model::{VipFlag, VipId},
 };
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
@@ -63,7 +64,7 @@ enum VipCmd {
         #[arg(long = "backend", short)]
         backends: Vec<BackendArg>,
         #[arg(long = "flag", value_enum)]
-        flags: Vec<FlagArg>,
+        flags: Vec<VipFlag>,
     },
     Remove { vip: VipId },
 }
@@ -74,7 +75,7 @@ enum BackendCmd {
     Add {
         vip: VipId,
         address: IpAddr,
-        #[arg(long, default_value_t = 1)]
+        #[arg(long, default_value_t = lb_control::model::DEFAULT_WEIGHT)]
         weight: u32,
     },
     Remove { vip: VipId, address: IpAddr },
@@ -86,23 +87,6 @@ enum BackendCmd {
     Replace { vip: VipId, backends: Vec<BackendArg> },
 }
 
-#[derive(Clone, Copy, ValueEnum)]
-enum FlagArg {
-    HashNoSrcPort,
-    NoConnTable,
-    UdpNoConnTable,
-}
-
-impl From<FlagArg> for VipFlag {
-    fn from(f: FlagArg) -> Self {
-        match f {
-            FlagArg::HashNoSrcPort => VipFlag::HashNoSrcPort,
-            FlagArg::NoConnTable => VipFlag::NoConnTable,
-            FlagArg::UdpNoConnTable => VipFlag::UdpNoConnTable,
-        }
-    }
-}
-
 #[derive(Clone)]
 struct BackendArg(BackendBody);
 
@@ -111,7 +95,7 @@ impl std::str::FromStr for BackendArg {
     fn from_str(s: &str) -> Result<Self, String> {
         let (addr, weight) = match s.split_once('=') {
             Some((a, w)) => (a, w.parse::<u32>().map_err(|_| format!("'{w}' is not a weight"))?),
-            None => (s, 1),
+            None => (s, lb_control::model::DEFAULT_WEIGHT),
         };
         let address = addr.parse().map_err(|_| format!("'{addr}' is not an IP address"))?;
         Ok(BackendArg(BackendBody { address, weight }))
@@ -127,14 +111,6 @@ struct ApiErrorBody {
 struct ApiErrorDetail {
     code: String,
     message: String,
-}
-
-#[derive(Deserialize, Serialize)]
-struct Stats {
-    global: BTreeMap<String, Counter>,
-    actions: BTreeMap<String, Counter>,
-    vips: BTreeMap<String, Counter>,
-    backends: BTreeMap<String, Counter>,
 }
 
 struct Client {
@@ -250,7 +226,7 @@ fn main() -> Result<()> {
         Command::Vip(VipCmd::Add { vip, backends, flags }) => {
             let body = VipBody {
                 vip: *vip,
-                flags: flags.iter().map(|f| (*f).into()).collect(),
+                flags: flags.clone(),
                 backends: backends.iter().map(|b| b.0.clone()).collect(),
             };
             let r: serde_json::Value = client.send("POST", "/v1/vips", Some(&body))?;

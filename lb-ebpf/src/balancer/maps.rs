@@ -1,5 +1,7 @@
 //! The balancer's maps. Sizes here are defaults; the control plane resizes
-//! them at load time (`EbpfLoader::set_max_entries`).
+//! them at load time (`EbpfLoader::set_max_entries`). Each static's name is
+//! its map's name, the one in `lb_common::map_names` (`#[map]` takes no
+//! constant; `lb-control/tests/map_names.rs` checks the two agree).
 
 use aya_ebpf::{
     btf_maps::{Array as BtfArray, ArrayOfMaps},
@@ -57,6 +59,12 @@ pub static VIP_FILTER: Array<VipFilter> = Array::with_max_entries(1, 0);
 /// Backends by index; index 0 is never used ([`lb_common::REAL_NONE`]).
 #[map]
 pub static REALS: Array<Real> = Array::with_max_entries(DEFAULT_MAX_REALS, 0);
+
+/// The VIP each real serves ([`lb_common::Real`]: one real per (VIP,
+/// backend) pair), for the control plane alone: a restarted daemon reads
+/// it back. The data plane never reads it.
+#[map]
+pub static REAL_OWNERS: Array<VipKey> = Array::with_max_entries(DEFAULT_MAX_REALS, 0);
 
 /// The pool of Maglev rings, `RING_SIZE` backend indices each, as u16s
 /// packed four per element: array elements are 8-byte aligned, and 16 bits

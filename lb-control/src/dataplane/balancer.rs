@@ -1,0 +1,304 @@
+//! [`Balancer`]: the loaded balancer and its maps, each concern in its own
+//! type (VIP table, ring pool, connection table, counters); this type
+//! checks indices and keeps the public methods in one place.
+
+use std::path::Path;
+
+use aya::{
+    maps::{Array, Map, MapData},
+    programs::{xdp::XdpLink, Xdp},
+    Ebpf,
+};
+use lb_common::{map_names, ConnEntry, Counter, FlowKey, LbConfig, Real, Stat, VipKey, VipMeta, REAL_NONE};
+
+use super::{
+    conn::ConnTable,
+    counters::Counters,
+    load::{attach_xdp, link_pin, load_balancer, xdp_program, XdpMode},
+    map_err,
+    mmap::MmapArray,
+    rings::RingPool,
+    take,
+    vip_table::VipTable,
+    DataplaneError, Limits, BALANCER_PROGRAM,
+};
+
+/// The loaded balancer and its maps.
+pub struct Balancer {
+    ebpf: Ebpf,
+    /// Attachments made without pinning; dropped with the balancer.
+    links: Vec<XdpLink>,
+    /// The maps were already pinned (a restart), not created empty.
+    adopted: bool,
+    limits: Limits,
+    vips: VipTable,
+    reals: Array<MapData, Real>,
+    /// The VIP each real serves (for a restarted daemon; see
+    /// [`lb_common::Real`]).
+    real_owners: Array<MapData, VipKey>,
+    rings: RingPool,
+    conn: ConnTable,
+    config: Array<MapData, LbConfig>,
+    counters: Counters,
+}
+
+/// Takes an mmapable array map out of the object and maps `entries` values.
+fn take_mmap<T: aya::Pod>(
+    ebpf: &mut Ebpf,
+    name: &'static str,
+    entries: u32,
+) -> Result<(MmapArray<T>, u32), DataplaneError> {
+    match ebpf.take_map(name) {
+        Some(Map::Array(data)) => {
+            let id = data.info().map_err(map_err(name))?.id();
+            Ok((MmapArray::new(data, entries as usize)?, id))
+        }
+        _ => Err(DataplaneError::MissingMap(name)),
+    }
+}
+
+impl Balancer {
+    /// Loads the balancer object with these limits and loads (verifies) its
+    /// XDP program. Nothing is attached.
+    pub fn load(limits: Limits) -> Result<Self, DataplaneError> {
+        Self::open(limits, None)
+    }
+
+    /// Like [`Balancer::load`], with every map pinned under `pin_dir`
+    /// (versioned): maps already pinned there are adopted, contents and all,
+    /// so a restarted daemon keeps the VIPs, backends and connections.
+    pub fn open(limits: Limits, pin_dir: Option<&Path>) -> Result<Self, DataplaneError> {
+        let (mut ebpf, adopted) = load_balancer(&limits, pin_dir)?;
+        let (rings, _) = take_mmap(&mut ebpf, map_names::RINGS, limits.ring_slots())?;
+        let (conn, _) = take_mmap(&mut ebpf, map_names::CONN_TABLE, limits.conn_slots())?;
+        let copies = [
+            take_mmap(&mut ebpf, map_names::VIP_TABLE_A, limits.vip_buckets())?,
+            take_mmap(&mut ebpf, map_names::VIP_TABLE_B, limits.vip_buckets())?,
+        ];
+        let vips = VipTable::new(
+            take(&mut ebpf, map_names::VIPS)?,
+            copies,
+            take(&mut ebpf, map_names::VIP_TABLES)?,
+            take(&mut ebpf, map_names::VIP_FILTER)?,
+            limits.vip_buckets(),
+        )?;
+        Ok(Self {
+            links: Vec::new(),
+            adopted,
+            vips,
+            reals: take(&mut ebpf, map_names::REALS)?,
+            real_owners: take(&mut ebpf, map_names::REAL_OWNERS)?,
+            rings: RingPool::new(rings, limits),
+            conn: ConnTable::new(conn, limits.conn_sets()),
+            config: take(&mut ebpf, map_names::CONFIG)?,
+            counters: Counters {
+                stats: take(&mut ebpf, map_names::STATS)?,
+                vip_stats: take(&mut ebpf, map_names::VIP_STATS)?,
+                real_stats: take(&mut ebpf, map_names::REAL_STATS)?,
+            },
+            limits,
+            ebpf,
+        })
+    }
+
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    /// Whether the maps were adopted from pins rather than created.
+    pub fn adopted(&self) -> bool {
+        self.adopted
+    }
+
+    /// Attaches the balancer to `iface`, or, when a link is already pinned
+    /// for it (a restart or upgrade), swaps this program into that link in
+    /// one step (`bpf_link_update`): no packet goes unprocessed.
+    pub fn attach(&mut self, iface: &str, mode: XdpMode, pin_dir: Option<&Path>) -> Result<(), DataplaneError> {
+        let pin = pin_dir.map(|d| link_pin(d, iface));
+        let Self { ebpf, links, .. } = self;
+        attach_xdp(xdp_program(ebpf, BALANCER_PROGRAM), iface, mode, pin.as_deref(), links)
+    }
+
+    /// The XDP program, for attaching or test runs.
+    pub fn program(&mut self) -> &mut Xdp {
+        xdp_program(&mut self.ebpf, BALANCER_PROGRAM)
+    }
+
+    pub fn set_config(&mut self, cfg: &LbConfig) -> Result<(), DataplaneError> {
+        self.config.set(0, cfg, 0).map_err(map_err(map_names::CONFIG))
+    }
+
+    pub fn config(&self) -> Result<LbConfig, DataplaneError> {
+        self.config.get(&0, 0).map_err(map_err(map_names::CONFIG))
+    }
+
+    // ---- VIPs ----------------------------------------------------------
+
+    pub fn set_vip(&mut self, key: &VipKey, meta: &VipMeta) -> Result<(), DataplaneError> {
+        if meta.vip_num >= self.limits.max_vips {
+            return Err(DataplaneError::OutOfRange {
+                what: "vip_num",
+                index: meta.vip_num,
+                limit: self.limits.max_vips,
+            });
+        }
+        self.rings.check_ring(meta.ring)?;
+        self.vips.set(key, meta)
+    }
+
+    pub fn remove_vip(&mut self, key: &VipKey) -> Result<(), DataplaneError> {
+        self.vips.remove(key)
+    }
+
+    pub fn vip(&self, key: &VipKey) -> Option<VipMeta> {
+        self.vips.get(key)
+    }
+
+    /// Every entry of the VIPS map (VIPs and echo markers).
+    pub fn vips(&self) -> Result<Vec<(VipKey, VipMeta)>, DataplaneError> {
+        self.vips.all()
+    }
+
+    /// Holds back table publishing while a batch of VIP changes is made
+    /// (`true`), or publishes what the batch changed (`false`).
+    pub fn defer_vip_publishing(&mut self, defer: bool) -> Result<(), DataplaneError> {
+        self.vips.defer_publishing(defer)
+    }
+
+    /// Builds the VIP table from the VIPS map's contents into the copy
+    /// that is not live, and makes it live. Returns once no program reads
+    /// the previous copy any more.
+    pub fn publish_vips(&mut self) -> Result<(), DataplaneError> {
+        self.vips.publish()
+    }
+
+    /// Rebuilds the VIP filter from the VIPS map (see
+    /// [`lb_common::VipFilter`]): drops the bits of removed addresses.
+    pub fn rebuild_vip_filter(&mut self) -> Result<(), DataplaneError> {
+        self.vips.rebuild_filter()
+    }
+
+    // ---- reals -----------------------------------------------------------
+
+    fn check_real(&self, index: u32) -> Result<(), DataplaneError> {
+        if index == REAL_NONE || index >= self.limits.max_reals {
+            return Err(DataplaneError::OutOfRange {
+                what: "backend",
+                index,
+                limit: self.limits.max_reals,
+            });
+        }
+        Ok(())
+    }
+
+    pub fn set_real(&mut self, index: u32, real: &Real) -> Result<(), DataplaneError> {
+        self.check_real(index)?;
+        self.reals.set(index, real, 0).map_err(map_err(map_names::REALS))
+    }
+
+    /// Marks a backend slot unused: packets of flows pinned to it re-hash.
+    /// Its owner is cleared too.
+    pub fn clear_real(&mut self, index: u32) -> Result<(), DataplaneError> {
+        self.set_real(index, &Real::default())?;
+        self.set_real_owner(index, &VipKey::default())
+    }
+
+    /// Records which VIP real `index` serves.
+    pub fn set_real_owner(&mut self, index: u32, owner: &VipKey) -> Result<(), DataplaneError> {
+        self.check_real(index)?;
+        self.real_owners
+            .set(index, owner, 0)
+            .map_err(map_err(map_names::REAL_OWNERS))
+    }
+
+    /// The VIP real `index` serves (a default key when none was recorded).
+    pub fn real_owner(&self, index: u32) -> Result<VipKey, DataplaneError> {
+        self.real_owners.get(&index, 0).map_err(map_err(map_names::REAL_OWNERS))
+    }
+
+    pub fn real(&self, index: u32) -> Result<Real, DataplaneError> {
+        self.reals.get(&index, 0).map_err(map_err(map_names::REALS))
+    }
+
+    // ---- rings -----------------------------------------------------------
+
+    /// Writes a whole Maglev table into ring `ring`. Callers switch a VIP to
+    /// it afterwards with [`Balancer::set_vip`]; the map update that does so
+    /// orders these stores before it.
+    pub fn write_ring(&mut self, ring: u32, table: &[u32]) -> Result<(), DataplaneError> {
+        self.rings.write(ring, table)
+    }
+
+    /// Ring `ring`'s backend indices.
+    pub fn ring(&self, ring: u32) -> Result<Vec<u32>, DataplaneError> {
+        self.rings.read(ring)
+    }
+
+    /// Whether ring `ring` holds exactly `table`.
+    pub fn ring_equals(&self, ring: u32, table: &[u32]) -> Result<bool, DataplaneError> {
+        self.rings.equals(ring, table)
+    }
+
+    // ---- connection table ------------------------------------------------
+
+    /// The backend the connection table remembers for `flow`.
+    pub fn conn(&self, flow: &FlowKey) -> Option<ConnEntry> {
+        self.conn.get(flow)
+    }
+
+    /// Writes `flow → entry` into the connection table, marked used.
+    pub fn set_conn(&mut self, flow: &FlowKey, entry: &ConnEntry) -> Result<(), DataplaneError> {
+        self.check_real(entry.real)?;
+        self.conn.set(flow, entry);
+        Ok(())
+    }
+
+    /// Empties every connection-table entry that names one of `reals`, and
+    /// returns how many (one scan of the table, whatever their number).
+    /// The engine runs it before it gives freed reals to new (VIP, backend)
+    /// pairs.
+    pub fn forget_conns_of(&mut self, reals: &[u32]) -> Result<usize, DataplaneError> {
+        let mut forget = vec![false; self.limits.max_reals as usize];
+        for &real in reals {
+            self.check_real(real)?;
+            forget[real as usize] = true;
+        }
+        Ok(if reals.is_empty() { 0 } else { self.conn.forget(&forget) })
+    }
+
+    /// Entries in the connection table (a full scan: not for hot paths).
+    pub fn conn_count(&self) -> usize {
+        self.conn.count()
+    }
+
+    // ---- counters --------------------------------------------------------
+
+    /// A global counter, summed over CPUs.
+    pub fn stat(&self, stat: Stat) -> Result<Counter, DataplaneError> {
+        self.counters.stat(stat)
+    }
+
+    /// Every global counter, summed over CPUs, in [`Stat::ALL`] order.
+    pub fn all_stats(&self) -> Result<Vec<(Stat, Counter)>, DataplaneError> {
+        Stat::ALL.iter().map(|&s| Ok((s, self.stat(s)?))).collect()
+    }
+
+    pub fn vip_stat(&self, vip_num: u32) -> Result<Counter, DataplaneError> {
+        self.counters.vip(vip_num)
+    }
+
+    pub fn real_stat(&self, index: u32) -> Result<Counter, DataplaneError> {
+        self.counters.real(index)
+    }
+
+    /// Zeroes a VIP's counters before its number is given to a new VIP.
+    pub fn reset_vip_stats(&mut self, vip_num: u32) -> Result<(), DataplaneError> {
+        self.counters.reset_vip(vip_num)
+    }
+
+    /// Zeroes a backend slot's counters before it is given to a new backend.
+    pub fn reset_real_stats(&mut self, index: u32) -> Result<(), DataplaneError> {
+        self.check_real(index)?;
+        self.counters.reset_real(index)
+    }
+}

@@ -1,0 +1,235 @@
+//! Loading, pinning, attaching and detaching the XDP objects.
+
+use std::path::{Path, PathBuf};
+
+use aya::{
+    maps::MapInfo,
+    programs::{
+        links::{FdLink, PinnedLink},
+        xdp::XdpLink,
+        Xdp,
+    },
+    Ebpf, EbpfLoader,
+};
+use lb_common::{global_names, map_names, Counter, LbConfig, Real, Stat, VipBucket, VipFilter, VipKey, VipMeta};
+
+use super::{map_err, DataplaneError, Limits, BALANCER_ELF, BALANCER_PROGRAM};
+
+/// How an XDP program is attached: the config's `xdp_mode`, the
+/// `--mode` of `lb-control decap`, and what [`Balancer::attach`] takes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum XdpMode {
+    /// In the driver (fastest; the NIC driver must support it).
+    #[default]
+    Native,
+    /// In the kernel's generic (skb) path (any interface; slower).
+    Generic,
+    /// Native when the driver supports it, generic otherwise.
+    Auto,
+}
+
+/// The earlier name of [`XdpMode`], kept so callers' paths keep working.
+pub type AttachMode = XdpMode;
+
+impl XdpMode {
+    /// aya's attach modes to try, in order.
+    fn aya_modes(self) -> &'static [aya::programs::XdpMode] {
+        use aya::programs::XdpMode as Aya;
+        match self {
+            XdpMode::Native => &[Aya::Driver],
+            XdpMode::Generic => &[Aya::Skb],
+            XdpMode::Auto => &[Aya::Driver, Aya::Skb],
+        }
+    }
+}
+
+/// A loaded object's XDP program, which `load`/`open` checked exists.
+pub(super) fn xdp_program<'a>(ebpf: &'a mut Ebpf, name: &str) -> &'a mut Xdp {
+    ebpf.program_mut(name)
+        .and_then(|p| p.try_into().ok())
+        .unwrap_or_else(|| panic!("the {name} program was checked at load"))
+}
+
+/// Attaches `program` to `iface`. With `pin`, the link is pinned there, and
+/// a link already pinned there gets this program swapped in atomically
+/// (`bpf_link_update`) instead: a restart or upgrade leaves no gap. Without
+/// `pin`, the attachment lives in `links`, as long as its owner.
+pub(super) fn attach_xdp(
+    program: &mut Xdp,
+    iface: &str,
+    mode: XdpMode,
+    pin: Option<&Path>,
+    links: &mut Vec<XdpLink>,
+) -> Result<(), DataplaneError> {
+    let link_err = |detail: String| DataplaneError::Link {
+        iface: iface.into(),
+        detail,
+    };
+    if let Some(pin) = pin.filter(|p| p.exists()) {
+        let link = PinnedLink::from_pin(pin).map_err(|e| link_err(e.to_string()))?;
+        let link = XdpLink::try_from(FdLink::from(link)).map_err(|e| link_err(e.to_string()))?;
+        let id = program.attach_to_link(link)?;
+        // The pin keeps the link, and so the attachment, alive.
+        drop(program.take_link(id)?);
+        return Ok(());
+    }
+    let mut last = None;
+    for &m in mode.aya_modes() {
+        match program.attach(iface, m) {
+            Ok(id) => {
+                let link = program.take_link(id)?;
+                match pin {
+                    Some(pin) => {
+                        let fd = FdLink::try_from(link)
+                            .map_err(|e| link_err(format!("not a bpf_link, cannot pin it: {e}")))?;
+                        fd.pin(pin).map_err(|e| link_err(e.to_string()))?;
+                    }
+                    None => links.push(link),
+                }
+                return Ok(());
+            }
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(DataplaneError::Attach {
+        iface: iface.into(),
+        source: last.expect("at least one mode"),
+    })
+}
+
+/// Removes what [`Balancer::open`] and [`Balancer::attach`] pinned under
+/// `pin_dir`: the links (which detaches the program from the interfaces)
+/// and the maps (freed once nothing holds them). Returns what was removed.
+pub fn detach_all(pin_dir: &Path) -> Result<Vec<PathBuf>, DataplaneError> {
+    let dir = versioned_pin_dir(pin_dir);
+    let mut removed = Vec::new();
+    let entries = match std::fs::read_dir(&dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(removed),
+        Err(e) => return Err(DataplaneError::PinDir { path: dir, source: e }),
+    };
+    for entry in entries {
+        let path = entry
+            .map_err(|e| DataplaneError::PinDir {
+                path: dir.clone(),
+                source: e,
+            })?
+            .path();
+        std::fs::remove_file(&path).map_err(|e| DataplaneError::PinDir {
+            path: path.clone(),
+            source: e,
+        })?;
+        removed.push(path);
+    }
+    let _ = std::fs::remove_dir(&dir);
+    let _ = std::fs::remove_dir(pin_dir);
+    removed.sort();
+    Ok(removed)
+}
+
+/// The balancer's maps that outlive the daemon when pinned, with the layout
+/// each must have: (name, key size, value size, entries).
+fn pinned_layout(limits: &Limits) -> [(&'static str, usize, usize, u32); 13] {
+    use std::mem::size_of;
+    [
+        (
+            map_names::VIPS,
+            size_of::<VipKey>(),
+            size_of::<VipMeta>(),
+            limits.max_vips * 2,
+        ),
+        (map_names::VIP_FILTER, 4, size_of::<VipFilter>(), 1),
+        (map_names::VIP_TABLE_A, 4, size_of::<VipBucket>(), limits.vip_buckets()),
+        (map_names::VIP_TABLE_B, 4, size_of::<VipBucket>(), limits.vip_buckets()),
+        (map_names::VIP_TABLES, 4, 4, 1),
+        (map_names::REALS, 4, size_of::<Real>(), limits.max_reals),
+        (map_names::REAL_OWNERS, 4, size_of::<VipKey>(), limits.max_reals),
+        (map_names::RINGS, 4, 8, limits.ring_slots().div_ceil(4)),
+        (map_names::CONN_TABLE, 4, 8, limits.conn_slots()),
+        (map_names::CONFIG, 4, size_of::<LbConfig>(), 1),
+        (map_names::STATS, 4, size_of::<Counter>(), Stat::COUNT),
+        (map_names::VIP_STATS, 4, size_of::<Counter>(), limits.max_vips),
+        (map_names::REAL_STATS, 4, size_of::<Counter>(), limits.max_reals),
+    ]
+}
+
+/// Where a layout version's pins live under the configured pin directory.
+/// The version is part of the path so an upgrade that changes a map's
+/// layout never adopts maps written with the old one.
+pub fn versioned_pin_dir(pin_dir: &Path) -> PathBuf {
+    pin_dir.join(format!("v{}", lb_common::MAP_LAYOUT_VERSION))
+}
+
+/// Checks maps already pinned under `dir` against the layout these limits
+/// need: aya would reuse them by name without looking.
+fn check_pins(dir: &Path, limits: &Limits) -> Result<bool, DataplaneError> {
+    let mut found = 0;
+    for (name, key, value, entries) in pinned_layout(limits) {
+        let path = dir.join(name);
+        if !path.exists() {
+            continue;
+        }
+        found += 1;
+        let info = MapInfo::from_pin(&path).map_err(map_err(name))?;
+        if (info.key_size(), info.value_size(), info.max_entries()) != (key as u32, value as u32, entries) {
+            return Err(DataplaneError::PinnedMismatch {
+                name,
+                path,
+                found: format!(
+                    "key {} value {} entries {}",
+                    info.key_size(),
+                    info.value_size(),
+                    info.max_entries()
+                ),
+                want: format!("key {key} value {value} entries {entries}"),
+            });
+        }
+    }
+    Ok(found > 0)
+}
+
+/// Loads the balancer object sized for `limits`, its maps pinned under
+/// `pin_dir` (versioned) when given, and loads (verifies) its program.
+/// Returns the object and whether its maps were adopted from pins.
+pub(super) fn load_balancer(limits: &Limits, pin_dir: Option<&Path>) -> Result<(Ebpf, bool), DataplaneError> {
+    limits.validate()?;
+    let mut loader = EbpfLoader::new();
+    let mut adopted = false;
+    if let Some(dir) = pin_dir {
+        let dir = versioned_pin_dir(dir);
+        std::fs::create_dir_all(&dir).map_err(|e| DataplaneError::PinDir {
+            path: dir.clone(),
+            source: e,
+        })?;
+        adopted = check_pins(&dir, limits)?;
+        for (name, ..) in pinned_layout(limits) {
+            loader.map_pin_path(name, dir.join(name));
+        }
+    }
+    let mut ebpf = loader
+        .override_global(global_names::RING_SIZE, &limits.ring_size, true)
+        .override_global(global_names::CONN_SETS, &limits.conn_sets(), true)
+        .override_global(global_names::VIP_BUCKETS, &limits.vip_buckets(), true)
+        .map_max_entries(map_names::VIPS, limits.max_vips * 2)
+        .map_max_entries(map_names::REALS, limits.max_reals)
+        .map_max_entries(map_names::REAL_OWNERS, limits.max_reals)
+        .map_max_entries(map_names::RINGS, limits.ring_slots().div_ceil(4))
+        .map_max_entries(map_names::VIP_TABLE_A, limits.vip_buckets())
+        .map_max_entries(map_names::VIP_TABLE_B, limits.vip_buckets())
+        .map_max_entries(map_names::CONN_TABLE, limits.conn_slots())
+        .map_max_entries(map_names::VIP_STATS, limits.max_vips)
+        .map_max_entries(map_names::REAL_STATS, limits.max_reals)
+        .load(BALANCER_ELF)?;
+    let program: &mut Xdp = ebpf
+        .program_mut(BALANCER_PROGRAM)
+        .ok_or(DataplaneError::MissingProgram(BALANCER_PROGRAM))?
+        .try_into()?;
+    program.load()?;
+    Ok((ebpf, adopted))
+}
+
+/// Where `iface`'s link is pinned under `pin_dir`.
+pub(super) fn link_pin(pin_dir: &Path, iface: &str) -> PathBuf {
+    versioned_pin_dir(pin_dir).join(format!("link-{iface}"))
+}
