@@ -18,8 +18,8 @@ use lb_control::{
     engine::vip_key,
     maglev::{self, MaglevBackend},
     model::VipId,
-    netns::{self, Netns},
 };
+use lb_testkit::netns::{self, Netns};
 use serde::Serialize;
 use serde_json::json;
 

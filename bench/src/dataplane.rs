@@ -20,8 +20,8 @@ use lb_common::{
 use lb_control::{
     dataplane::{ip_to_addr, Balancer, Limits, XDP_TX_ELF, XDP_TX_PROGRAM},
     maglev::{self, MaglevBackend},
-    packet_builder as pb,
 };
+use lb_testkit::packet_builder as pb;
 
 const IF_MAC: pb::Mac = [0x02, 0, 0, 0, 0, 0x02];
 const ROUTER_MAC: pb::Mac = [0x02, 0, 0, 0, 0, 0x03];

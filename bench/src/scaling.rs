@@ -17,8 +17,8 @@ use lb_common::{
 use lb_control::{
     dataplane::{Balancer, Limits},
     maglev::{self, MaglevBackend},
-    packet_builder as pb,
 };
+use lb_testkit::packet_builder as pb;
 use serde::Serialize;
 
 use crate::{

@@ -19,7 +19,7 @@ use std::{
 };
 
 use anyhow::{bail, Context as _, Result};
-use lb_control::netns::Netns;
+use lb_testkit::netns::Netns;
 use lb_e2e::{backend4, Lab, CLIENT4, VIP4};
 use serde::Serialize;
 use serde_json::Value;

@@ -9,7 +9,8 @@ use std::net::{Ipv4Addr, Ipv6Addr};
 
 use common::*;
 use lb_common::{Stat, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP};
-use lb_control::{dataplane::Balancer, packet_builder as pb};
+use lb_control::dataplane::Balancer;
+use lb_testkit::packet_builder as pb;
 
 /// What a fixture expects.
 enum Expect {

@@ -35,6 +35,8 @@ use lb_common::{addr_v4, ConnEntry, FlowKey, FAMILY_V4, IPPROTO_TCP};
 use lb_control::{
     config::Config,
     dataplane::{detach_all, versioned_pin_dir, Balancer, Limits},
+};
+use lb_testkit::{
     netns::{unique_name, Netns},
     packet_builder as pb,
 };

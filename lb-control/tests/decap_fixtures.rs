@@ -7,7 +7,8 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use common::*;
 use lb_common::{Counter, DecapStat};
-use lb_control::{dataplane::Decap, packet_builder as pb};
+use lb_control::dataplane::Decap;
+use lb_testkit::packet_builder as pb;
 
 /// The backend's own addresses: outer destinations it decapsulates for.
 const HOST4: Ipv4Addr = REAL1;
