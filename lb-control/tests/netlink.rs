@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use lb_control::netlink::{
     default_route, gateway_mac, interface_index, interface_mac, neighbour_mac, resolve_neighbour,
-    route_to, Family, Mac, NetlinkError, Route,
+    route_to, Family, LinkMacs, Mac, MacWatch, NetlinkError, Route,
 };
 
 const HOST_IF: &str = "lbh0";
@@ -478,4 +478,89 @@ fn resolve_neighbour_times_out_for_unused_ipv4_address() {
 #[test]
 fn resolve_neighbour_times_out_for_unused_ipv6_address() {
     check_resolve_times_out(IpAddr::V6(UNUSED_V6));
+}
+
+/// Stops the watcher thread when dropped, also when an assertion fails, so
+/// the test's thread scope can end.
+struct StopWatcher(Option<tokio::sync::oneshot::Sender<()>>);
+
+impl Drop for StopWatcher {
+    fn drop(&mut self) {
+        if let Some(stop) = self.0.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+/// The next MACs the watcher reports for the host's interface, within
+/// `within`, and how long they took.
+fn next_report(reports: &std::sync::mpsc::Receiver<(String, LinkMacs)>, within: Duration) -> (LinkMacs, Duration) {
+    let started = Instant::now();
+    let (iface, macs) = reports
+        .recv_timeout(within)
+        .unwrap_or_else(|e| panic!("no MAC report within {within:?}: {e}"));
+    assert_eq!(iface, HOST_IF);
+    (macs, started.elapsed())
+}
+
+/// The event-driven watcher reports the gateway's MAC, then each change
+/// within a second: the neighbour entry replaced, the interface's own MAC
+/// changed, the default route moved to another gateway.
+#[test]
+fn mac_watch_follows_changes_as_they_happen() {
+    const NEW_GW_MAC: Mac = [0x02, 0x4c, 0x42, 0x00, 0x00, 0x11];
+    const BACKUP_GW_MAC: Mac = [0x02, 0x4c, 0x42, 0x00, 0x00, 0x33];
+    const NEW_HOST_MAC: Mac = [0x02, 0x4c, 0x42, 0x00, 0x00, 0x22];
+    const PROMPTLY: Duration = Duration::from_secs(1);
+    let topo = Topology::new();
+    let h = topo.host.clone();
+    let (report, reports) = std::sync::mpsc::channel();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    std::thread::scope(|s| {
+        let _stop = StopWatcher(Some(stop));
+        s.spawn(|| {
+            topo.in_host(move || {
+                let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+                let watch = MacWatch {
+                    interfaces: vec![HOST_IF.to_string()],
+                    gateway_mac: None,
+                    interface_mac: None,
+                    neighbour_timeout: RESOLVE_TIMEOUT,
+                };
+                runtime.block_on(async {
+                    tokio::select! {
+                        _ = watch.run(move |iface, macs| {
+                            let _ = report.send((iface.to_string(), macs));
+                        }) => {}
+                        _ = stopped => {}
+                    }
+                });
+            })
+        });
+
+        // First: resolved from an empty neighbour table.
+        let (first, _) = next_report(&reports, RESOLVE_TIMEOUT + PROMPTLY);
+        assert_eq!(first, LinkMacs { if_mac: HOST_MAC, gw_mac: GW_MAC });
+
+        ip(&format!("-n {h} neigh replace {GW_V4} lladdr {} dev {HOST_IF} nud permanent", mac_str(NEW_GW_MAC)));
+        let (macs, took) = next_report(&reports, PROMPTLY);
+        assert_eq!(macs, LinkMacs { if_mac: HOST_MAC, gw_mac: NEW_GW_MAC });
+        println!("new gateway MAC reported after {took:?}");
+
+        // A new address flushes the interface's neighbour entries (permanent
+        // ones too): the gateway is resolved again, to its real MAC.
+        ip(&format!("-n {h} link set {HOST_IF} address {}", mac_str(NEW_HOST_MAC)));
+        let (macs, took) = next_report(&reports, PROMPTLY);
+        assert_eq!(macs, LinkMacs { if_mac: NEW_HOST_MAC, gw_mac: GW_MAC });
+        println!("new interface MAC reported after {took:?}");
+
+        ip(&format!("-n {h} neigh add {BACKUP_GW_V4} lladdr {} dev {HOST_IF} nud permanent", mac_str(BACKUP_GW_MAC)));
+        ip(&format!("-n {h} -4 route del default via {GW_V4} dev {HOST_IF}"));
+        let (macs, took) = next_report(&reports, PROMPTLY);
+        assert_eq!(macs, LinkMacs { if_mac: NEW_HOST_MAC, gw_mac: BACKUP_GW_MAC });
+        println!("default route moved to the backup gateway, reported after {took:?}");
+
+        // Nothing else moved: no further report.
+        assert!(reports.recv_timeout(Duration::from_millis(300)).is_err(), "a report without a change");
+    });
 }
