@@ -141,11 +141,7 @@ pub enum NetlinkError {
         "could not trigger neighbour resolution of {addr} on interface index \
          {ifindex}: {detail}"
     )]
-    ResolutionTrigger {
-        addr: IpAddr,
-        ifindex: u32,
-        detail: String,
-    },
+    ResolutionTrigger { addr: IpAddr, ifindex: u32, detail: String },
     /// The kernel answered a request with an error code.
     #[error(
         "kernel rejected the {request} request: errno {errno} ({})",
@@ -163,10 +159,7 @@ pub enum NetlinkError {
     /// The kernel's reply was not the message asked for (netlink-proto
     /// skips messages it cannot parse, so a missing answer ends up here).
     #[error("unexpected reply of the kernel to {request}: {detail}")]
-    Decode {
-        request: &'static str,
-        detail: String,
-    },
+    Decode { request: &'static str, detail: String },
 }
 
 fn show_gateway(gateway: &Option<IpAddr>) -> String {
@@ -176,14 +169,16 @@ fn show_gateway(gateway: &Option<IpAddr>) -> String {
     }
 }
 
-
 /// Runs `query` on a fresh connection, opened on this thread (and so in its
 /// network namespace), driven by a single-threaded runtime of its own.
 fn blocking<T>(query: impl AsyncFnOnce(&Rtnl) -> Result<T, NetlinkError>) -> Result<T, NetlinkError> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-        .map_err(|source| NetlinkError::Io { request: "starting the netlink runtime", source })?;
+        .map_err(|source| NetlinkError::Io {
+            request: "starting the netlink runtime",
+            source,
+        })?;
     runtime.block_on(async {
         let rtnl = Rtnl::connect()?;
         query(&rtnl).await

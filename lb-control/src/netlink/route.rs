@@ -80,7 +80,8 @@ pub(super) async fn route_to(rtnl: &Rtnl, dest: IpAddr) -> Result<Option<Route>,
         Family::V4 => 32,
         Family::V6 => 128,
     };
-    msg.attributes.push(RouteAttribute::Destination(RouteAddress::from(dest)));
+    msg.attributes
+        .push(RouteAttribute::Destination(RouteAddress::from(dest)));
     let route = match first(REQUEST, rtnl.handle().route().get(msg).execute()).await {
         Ok(route) => route,
         // "Network is unreachable" / "No route to host" is an answer, not a
@@ -90,7 +91,10 @@ pub(super) async fn route_to(rtnl: &Rtnl, dest: IpAddr) -> Result<Option<Route>,
         }
         Err(e) => return Err(e),
     };
-    if matches!(route.header.kind, RouteType::BlackHole | RouteType::Unreachable | RouteType::Prohibit | RouteType::Throw) {
+    if matches!(
+        route.header.kind,
+        RouteType::BlackHole | RouteType::Unreachable | RouteType::Prohibit | RouteType::Throw
+    ) {
         return Ok(None);
     }
     Ok(next_hops(&route).into_iter().next())
@@ -152,7 +156,10 @@ fn next_hops(route: &RouteMessage) -> Vec<Route> {
             .iter()
             .filter(|hop| !hop.flags.contains(RouteNextHopFlags::Dead))
             .filter(|hop| hop.interface_index != 0)
-            .map(|hop| Route { gateway: gateway_of(&hop.attributes), ifindex: hop.interface_index })
+            .map(|hop| Route {
+                gateway: gateway_of(&hop.attributes),
+                ifindex: hop.interface_index,
+            })
             .collect(),
         None => {
             let oif = route.attributes.iter().find_map(|attr| match attr {
@@ -160,7 +167,10 @@ fn next_hops(route: &RouteMessage) -> Vec<Route> {
                 _ => None,
             });
             match oif {
-                Some(ifindex) if ifindex != 0 => vec![Route { gateway: gateway_of(&route.attributes), ifindex }],
+                Some(ifindex) if ifindex != 0 => vec![Route {
+                    gateway: gateway_of(&route.attributes),
+                    ifindex,
+                }],
                 _ => Vec::new(),
             }
         }
