@@ -1140,3 +1140,24 @@ fn a_new_backend_starts_with_zero_counters() {
     let stats = lab.get_json("/v1/stats");
     assert_eq!(stats["backends"]["10.1.0.50"]["packets"], 0, "a backend that never got a packet: {}", stats["backends"]);
 }
+
+/// When the gateway's neighbour entry changes, the daemon's MAC watcher
+/// (driven by netlink notifications, not a poll) puts the new MAC into the
+/// data plane within a second.
+#[test]
+fn a_new_gateway_mac_reaches_the_data_plane_within_a_second() {
+    const NEW_GW_MAC: [u8; 6] = [0x02, 0x4c, 0x42, 0xd0, 0x00, 0x11];
+    const PROMPTLY: Duration = Duration::from_secs(1);
+    let lab = Lab::new();
+    let bal = lab.balancer();
+    assert_eq!(bal.config().unwrap().gw_mac, GW_MAC, "the gateway's MAC at start-up");
+    let new_mac = mac_str(&NEW_GW_MAC);
+    lab.lb.ip(&["neigh", "replace", "10.99.0.1", "lladdr", &new_mac, "dev", LB_IF, "nud", "permanent"]).unwrap();
+    let start = Instant::now();
+    while bal.config().unwrap().gw_mac != NEW_GW_MAC {
+        assert!(start.elapsed() < PROMPTLY, "the new gateway MAC is not in the data plane after {PROMPTLY:?}\n{}", lab.logs());
+        std::thread::sleep(POLL);
+    }
+    println!("new gateway MAC in the data plane after {:?}", start.elapsed());
+    lab.wait_log(&format!("gateway_mac={new_mac}"), PROMPTLY);
+}
