@@ -203,6 +203,22 @@ fn interface_mac_and_index_match_the_configuration() {
     assert_eq!(topo.in_gw(|| interface_mac(GW_IF)).unwrap(), GW_MAC);
 }
 
+/// The synchronous lookups also work when called from async code (they run
+/// their own runtime on a thread of their own), still in the caller's
+/// namespace.
+#[test]
+fn lookups_work_from_async_code_in_the_callers_namespace() {
+    let topo = Topology::new();
+    let (mac, gateway) = topo.in_host(|| {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        runtime.block_on(async {
+            (interface_mac(HOST_IF), gateway_mac(HOST_IF, Family::V4, RESOLVE_TIMEOUT))
+        })
+    });
+    assert_eq!(mac.unwrap(), HOST_MAC);
+    assert_eq!(gateway.unwrap(), (IpAddr::V4(GW_V4), GW_MAC));
+}
+
 #[test]
 fn missing_interface_is_reported_by_name() {
     let topo = Topology::new();

@@ -12,12 +12,13 @@
 //!
 //! The transport is the `rtnetlink` crate (`rtnl`); the choice of the next
 //! hop is `route`, neighbour resolution `neighbour`, and `watch` follows
-//! changes through multicast events. The functions below are synchronous:
-//! each opens its own short-lived connection on a small runtime, since these
-//! lookups happen at start-up and on reconfiguration. A netlink socket
-//! belongs to the network namespace of the calling *thread* at the moment it
-//! is opened, so a thread that entered another namespace with `setns()` sees
-//! that namespace (the integration tests rely on this).
+//! changes through multicast events. The functions below are synchronous
+//! (callable from async code too): each opens its own short-lived connection
+//! on a small runtime, since these lookups happen at start-up and on
+//! reconfiguration. A netlink socket belongs to the network namespace of the
+//! calling *thread* at the moment it is opened, so a thread that entered
+//! another namespace with `setns()` sees that namespace (the integration
+//! tests rely on this).
 
 mod neighbour;
 mod route;
@@ -169,19 +170,28 @@ fn show_gateway(gateway: &Option<IpAddr>) -> String {
     }
 }
 
-/// Runs `query` on a fresh connection, opened on this thread (and so in its
-/// network namespace), driven by a single-threaded runtime of its own.
-fn blocking<T>(query: impl AsyncFnOnce(&Rtnl) -> Result<T, NetlinkError>) -> Result<T, NetlinkError> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|source| NetlinkError::Io {
-            request: "starting the netlink runtime",
-            source,
-        })?;
-    runtime.block_on(async {
-        let rtnl = Rtnl::connect()?;
-        query(&rtnl).await
+/// Runs `query` on a fresh connection driven by a single-threaded runtime
+/// of its own, on a thread of its own: a runtime cannot start inside another
+/// (the caller may be async code), and a new thread starts in its creator's
+/// network namespace, so the socket is in the caller's.
+fn blocking<T: Send>(query: impl AsyncFnOnce(&Rtnl) -> Result<T, NetlinkError> + Send) -> Result<T, NetlinkError> {
+    std::thread::scope(|scope| {
+        scope
+            .spawn(|| {
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .map_err(|source| NetlinkError::Io {
+                        request: "starting the netlink runtime",
+                        source,
+                    })?;
+                runtime.block_on(async {
+                    let rtnl = Rtnl::connect()?;
+                    query(&rtnl).await
+                })
+            })
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
     })
 }
 
