@@ -580,3 +580,69 @@ fn mac_watch_follows_changes_as_they_happen() {
         assert!(reports.recv_timeout(Duration::from_millis(300)).is_err(), "a report without a change");
     });
 }
+
+/// Every configured interface is followed: with an ECMP default route over
+/// two links (two routers), each interface reports its own MAC and its own
+/// gateway's, and a change on the second is reported for the second only.
+#[test]
+fn mac_watch_follows_every_interface() {
+    const HOST2_IF: &str = "lbh1";
+    const GW2_IF: &str = "lbg1";
+    const HOST2_MAC: Mac = [0x02, 0x4c, 0x42, 0x00, 0x01, 0x02];
+    const GW2_MAC: Mac = [0x02, 0x4c, 0x42, 0x00, 0x01, 0x01];
+    const NEW_GW2_MAC: Mac = [0x02, 0x4c, 0x42, 0x00, 0x01, 0x11];
+    const GW2_V4: Ipv4Addr = Ipv4Addr::new(10, 232, 0, 1);
+    let topo = Topology::new();
+    let (h, g) = (topo.host.clone(), topo.gw.clone());
+    ip(&format!(
+        "-n {h} link add {HOST2_IF} address {} type veth peer name {GW2_IF} address {} netns {g}",
+        mac_str(HOST2_MAC),
+        mac_str(GW2_MAC)
+    ));
+    ip(&format!("-n {h} link set {HOST2_IF} up"));
+    ip(&format!("-n {g} link set {GW2_IF} up"));
+    ip(&format!("-n {h} addr add 10.232.0.2/24 dev {HOST2_IF}"));
+    ip(&format!("-n {g} addr add {GW2_V4}/24 dev {GW2_IF}"));
+    ip(&format!("-n {h} -4 route replace default nexthop via {GW_V4} dev {HOST_IF} nexthop via {GW2_V4} dev {HOST2_IF}"));
+
+    let (report, reports) = std::sync::mpsc::channel();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    std::thread::scope(|s| {
+        let _stop = StopWatcher(Some(stop));
+        s.spawn(|| {
+            topo.in_host(move || {
+                let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+                let watch = MacWatch {
+                    interfaces: vec![HOST_IF.to_string(), HOST2_IF.to_string()],
+                    gateway_mac: None,
+                    interface_mac: None,
+                    neighbour_timeout: RESOLVE_TIMEOUT,
+                };
+                runtime.block_on(async {
+                    tokio::select! {
+                        _ = watch.run(move |iface, macs| {
+                            let _ = report.send((iface.to_string(), macs));
+                        }) => {}
+                        _ = stopped => {}
+                    }
+                });
+            })
+        });
+        let mut first: Vec<_> = (0..2)
+            .map(|_| reports.recv_timeout(2 * RESOLVE_TIMEOUT).expect("a first report for each interface"))
+            .collect();
+        first.sort_by(|a, b| a.0.cmp(&b.0));
+        assert_eq!(
+            first,
+            [
+                (HOST_IF.to_string(), LinkMacs { if_mac: HOST_MAC, gw_mac: GW_MAC }),
+                (HOST2_IF.to_string(), LinkMacs { if_mac: HOST2_MAC, gw_mac: GW2_MAC }),
+            ]
+        );
+
+        ip(&format!("-n {h} neigh replace {GW2_V4} lladdr {} dev {HOST2_IF} nud permanent", mac_str(NEW_GW2_MAC)));
+        let (iface, macs) = reports.recv_timeout(Duration::from_secs(1)).expect("a report within a second");
+        assert_eq!((iface.as_str(), macs), (HOST2_IF, LinkMacs { if_mac: HOST2_MAC, gw_mac: NEW_GW2_MAC }));
+        assert!(reports.recv_timeout(Duration::from_millis(300)).is_err(), "a report without a change");
+    });
+}
