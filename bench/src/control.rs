@@ -18,14 +18,14 @@ use lb_control::{
     engine::vip_key,
     maglev::{self, MaglevBackend},
     model::VipId,
-    netns::{self, Netns},
 };
+use lb_testkit::netns::{self, Netns};
 use serde::Serialize;
 use serde_json::json;
 
 use crate::{
     progress::Progress,
-    report::{f, Table, Target},
+    report::{f, Section, Table, Target},
     sys,
 };
 
@@ -633,6 +633,50 @@ pub fn run(opts: &Opts, progress: &Progress) -> Result<ControlReport> {
     Ok(report)
 }
 
+impl Section for ControlReport {
+    const TITLE: &'static str = "3. Control plane";
+
+    fn lines(&self) -> Vec<String> {
+        let mut out = vec![format!("Maglev build time (lb_control::maglev::build, equal weights, M = {RING}):")];
+        out.extend(self.build_table().text());
+        out.push(String::new());
+        out.push(
+            "API call -> data plane (real daemon in a namespace, keep-alive HTTP on loopback; \
+             visible = the pinned maps hold the new entry/table):"
+                .into(),
+        );
+        out.extend(self.latency_table().text());
+        out.push(String::new());
+        out.push("API calls per second (each client a thread with its own keep-alive connection):".into());
+        out.extend(self.throughput_table().text());
+        if let Some(s) = self.startup_line() {
+            out.push(String::new());
+            out.push(s);
+        }
+        for e in &self.errors {
+            out.push(format!("FAILED: {e}"));
+        }
+        out
+    }
+
+    fn markdown(&self) -> String {
+        let mut md = format!("Maglev build time (`lb_control::maglev::build`, equal weights, M = {RING}):\n\n");
+        md += &self.build_table().markdown();
+        md += "\nAPI call → data plane visibility (real daemon in a network namespace; keep-alive HTTP on loopback; \
+               *call* = request sent to response read, *visible* = request sent to the change verified in the pinned maps):\n\n";
+        md += &self.latency_table().markdown();
+        md += "\nAPI calls per second:\n\n";
+        md += &self.throughput_table().markdown();
+        if let Some(s) = self.startup_line() {
+            md += &format!("\n{s}.\n");
+        }
+        for e in &self.errors {
+            md += &format!("\n**Failed:** `{}`\n", e.replace('\n', " "));
+        }
+        md
+    }
+}
+
 impl ControlReport {
     pub fn build_table(&self) -> Table {
         let mut t = Table::new(&["backends", "M", "runs", "median", "min", "max"], 0);
@@ -703,46 +747,6 @@ impl ControlReport {
                 list(&s.restart_ms)
             )
         })
-    }
-
-    pub fn lines(&self) -> Vec<String> {
-        let mut out = vec![format!("Maglev build time (lb_control::maglev::build, equal weights, M = {RING}):")];
-        out.extend(self.build_table().text());
-        out.push(String::new());
-        out.push(
-            "API call -> data plane (real daemon in a namespace, keep-alive HTTP on loopback; \
-             visible = the pinned maps hold the new entry/table):"
-                .into(),
-        );
-        out.extend(self.latency_table().text());
-        out.push(String::new());
-        out.push("API calls per second (each client a thread with its own keep-alive connection):".into());
-        out.extend(self.throughput_table().text());
-        if let Some(s) = self.startup_line() {
-            out.push(String::new());
-            out.push(s);
-        }
-        for e in &self.errors {
-            out.push(format!("FAILED: {e}"));
-        }
-        out
-    }
-
-    pub fn markdown(&self) -> String {
-        let mut md = format!("Maglev build time (`lb_control::maglev::build`, equal weights, M = {RING}):\n\n");
-        md += &self.build_table().markdown();
-        md += "\nAPI call → data plane visibility (real daemon in a network namespace; keep-alive HTTP on loopback; \
-               *call* = request sent to response read, *visible* = request sent to the change verified in the pinned maps):\n\n";
-        md += &self.latency_table().markdown();
-        md += "\nAPI calls per second:\n\n";
-        md += &self.throughput_table().markdown();
-        if let Some(s) = self.startup_line() {
-            md += &format!("\n{s}.\n");
-        }
-        for e in &self.errors {
-            md += &format!("\n**Failed:** `{}`\n", e.replace('\n', " "));
-        }
-        md
     }
 
     pub fn targets(&self) -> Vec<Target> {

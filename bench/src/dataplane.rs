@@ -5,6 +5,9 @@
 //! Why one packet per call: with `repeat > 1` the kernel reruns the program
 //! on the buffer it already encapsulated, and live-frames mode recycles pages
 //! without restoring them; both time the wrong path.
+//!
+//! Part 1 of the benchmark, `DataplaneReport`, is at the end: every mix's
+//! figures (`MixRow`, also the scaling part's rows) and its targets.
 
 use std::net::{Ipv4Addr, Ipv6Addr};
 
@@ -20,7 +23,13 @@ use lb_common::{
 use lb_control::{
     dataplane::{ip_to_addr, Balancer, Limits, XDP_TX_ELF, XDP_TX_PROGRAM},
     maglev::{self, MaglevBackend},
-    packet_builder as pb,
+};
+use lb_testkit::packet_builder as pb;
+use serde::Serialize;
+
+use crate::{
+    progress::Progress,
+    report::{f, targets_table, Section, Table, Target},
 };
 
 const IF_MAC: pb::Mac = [0x02, 0, 0, 0, 0, 0x02];
@@ -271,4 +280,185 @@ pub fn run_mix(bal: &mut Balancer, floor: &mut Floor, mix: &Mix, rounds: u32, ca
         ratio_max,
         path_verified: after.packets - before.packets == packets,
     })
+}
+
+// ---- part 1: the report -------------------------------------------------------
+
+#[derive(Clone, Debug, Serialize)]
+pub struct DataplaneReport {
+    pub rounds: u32,
+    pub calls: u32,
+    pub backends: u32,
+    pub ring_size: u32,
+    pub mixes: Vec<MixRow>,
+}
+
+/// Which mix a target is about, from its (lower-case) name.
+type MixTest = fn(&str) -> bool;
+
+/// The part-1 targets: (what, mix name test, largest ratio to the floor).
+const MIX_TARGETS: &[(&str, MixTest, f64)] = &[
+    ("established IPv4 TCP", |n| n.contains("ipv4") && n.contains("tcp") && n.contains("established"), 2.4),
+    ("established IPv6 TCP", |n| n.contains("ipv6") && n.contains("established"), 2.4),
+    ("UDP", |n| n.contains("udp"), 2.7),
+    ("TCP SYN, new flow", |n| n.contains("syn"), 4.4),
+    ("non-VIP, passed", |n| n.contains("non-vip"), 1.3),
+];
+
+impl DataplaneReport {
+    fn describe(&self) -> String {
+        format!(
+            "BPF_PROG_TEST_RUN, repeat = 1 (one packet per call), {} rounds x {} packets per mix; {} backends per VIP, ring {}. \
+             The floor is a program that only returns XDP_TX, timed on the same frames in the same rounds (interleaved). \
+             ns = median over rounds of the mean kernel-reported ns per packet (range of rounds in brackets); \
+             Mpps = 1000 / ns on one core; ratio = median over rounds of balancer / floor in the same round; \
+             path verified = every timed packet bumped the counter of the intended path.",
+            self.rounds, self.calls, self.backends, self.ring_size
+        )
+    }
+
+    fn table(&self) -> Table {
+        let mut t = Table::new(&["mix", "ns/pkt", "spread", "Mpps", "floor ns", "floor Mpps", "ratio", "ratio spread", "path"], 1);
+        for m in &self.mixes {
+            t.row(vec![
+                m.name.clone(),
+                f(m.ns, 1),
+                format!("{}-{}", f(m.ns_min, 1), f(m.ns_max, 1)),
+                f(m.mpps, 2),
+                f(m.floor_ns, 1),
+                f(m.floor_mpps, 2),
+                f(m.ratio, 2),
+                format!("{}-{}", f(m.ratio_min, 2), f(m.ratio_max, 2)),
+                m.path().into(),
+            ]);
+        }
+        t
+    }
+
+    pub fn targets(&self) -> Vec<Target> {
+        MIX_TARGETS
+            .iter()
+            .map(|(what, matches, limit)| {
+                let name = format!("data plane: {what} <= {limit}x floor");
+                match self.mixes.iter().find(|m| matches(&m.name.to_lowercase())) {
+                    Some(m) => Target {
+                        part: "dataplane",
+                        name,
+                        target: format!("<= {limit:.1}x"),
+                        value: format!(
+                            "{}x ({} ns vs {} ns){}",
+                            f(m.ratio, 2),
+                            f(m.ns, 1),
+                            f(m.floor_ns, 1),
+                            if m.path_verified { "" } else { ", WRONG PATH" }
+                        ),
+                        met: m.path_verified && m.ratio <= *limit,
+                    },
+                    None => Target {
+                        part: "dataplane",
+                        name,
+                        target: format!("<= {limit:.1}x"),
+                        value: "no such mix".into(),
+                        met: false,
+                    },
+                }
+            })
+            .collect()
+    }
+}
+
+impl Section for DataplaneReport {
+    const TITLE: &'static str = "1. Data plane: per-packet cost per traffic mix";
+
+    fn lines(&self) -> Vec<String> {
+        let mut out = vec![format!(
+            "BPF_PROG_TEST_RUN, repeat=1, {} rounds x {} packets per mix; {} backends per VIP, ring {}; floor = XDP_TX-only program, same rounds",
+            self.rounds, self.calls, self.backends, self.ring_size
+        )];
+        out.extend(self.table().text());
+        out.push(String::new());
+        out.extend(targets_table(&self.targets()).text());
+        out
+    }
+
+    fn markdown(&self) -> String {
+        format!("{}\n\n{}", self.describe(), self.table().markdown())
+    }
+}
+
+/// Part 1: every mix, the balancer next to the floor.
+pub fn run(
+    rounds: u32,
+    calls: u32,
+    backends: u32,
+    distinct_flows: Option<u32>,
+    floor: &mut Floor,
+    progress: &Progress,
+) -> Result<DataplaneReport> {
+    let limits = Limits { max_vips: 16, max_reals: 2 * backends + 2, ..Limits::default() };
+    progress.note("data plane: loading the balancer");
+    let mut bal = setup(limits, 1, backends)?;
+    let mixes = mixes(distinct_flows.unwrap_or(rounds * calls));
+    progress.add(mixes.len() as u64);
+    // One short untimed pass first (caches, CPU frequency): otherwise the
+    // first mix timed pays for it. Not on a new-flow mix, whose flows must
+    // stay unseen.
+    if let Some(w) = mixes.iter().find(|m| m.warm) {
+        progress.note(format!("data plane: warm-up with {}", w.name));
+        run_mix(&mut bal, floor, w, 2, calls.min(5_000))?;
+    }
+    let mut rows = Vec::new();
+    for mix in &mixes {
+        progress.step(format!("data plane: {}", mix.name));
+        let r = run_mix(&mut bal, floor, mix, rounds, calls)?;
+        rows.push(MixRow::from(&r));
+    }
+    Ok(DataplaneReport { rounds, calls, backends, ring_size: limits.ring_size, mixes: rows })
+}
+
+/// A data-plane mix's figures (one row of part 1, or of the scaling part).
+#[derive(Clone, Debug, Serialize)]
+pub struct MixRow {
+    pub name: String,
+    /// Median over rounds of the mean ns per packet, and the rounds' range.
+    pub ns: f64,
+    pub ns_min: f64,
+    pub ns_max: f64,
+    pub mpps: f64,
+    /// The XDP_TX-only floor, timed in the same rounds.
+    pub floor_ns: f64,
+    pub floor_mpps: f64,
+    /// Median over rounds of balancer / floor, and the rounds' range.
+    pub ratio: f64,
+    pub ratio_min: f64,
+    pub ratio_max: f64,
+    pub path_verified: bool,
+}
+
+impl From<&MixResult> for MixRow {
+    fn from(r: &MixResult) -> Self {
+        MixRow {
+            name: r.name.to_string(),
+            ns: r.ns,
+            ns_min: r.ns_min,
+            ns_max: r.ns_max,
+            mpps: r.mpps(),
+            floor_ns: r.floor_ns,
+            floor_mpps: 1_000.0 / r.floor_ns,
+            ratio: r.ratio,
+            ratio_min: r.ratio_min,
+            ratio_max: r.ratio_max,
+            path_verified: r.path_verified,
+        }
+    }
+}
+
+impl MixRow {
+    pub fn path(&self) -> &'static str {
+        if self.path_verified {
+            "verified"
+        } else {
+            "WRONG PATH"
+        }
+    }
 }

@@ -9,6 +9,7 @@ mod plot;
 mod progress;
 mod quality;
 mod report;
+mod results;
 mod scaling;
 mod sys;
 mod trafgen;
@@ -20,12 +21,11 @@ use std::{
 
 use anyhow::{bail, Context as _, Result};
 use clap::{Parser, Subcommand};
-use lb_control::dataplane::Limits;
-use serde::Serialize;
 
 use crate::{
     progress::Progress,
-    report::{f, targets_table, MixRow, PartError, Report, Table, Target},
+    report::{targets_table, Section, Target},
+    results::{PartError, Report},
 };
 
 #[derive(Parser)]
@@ -121,144 +121,12 @@ fn default_results_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("results")
 }
 
-// ---- part 1: the data plane mixes -------------------------------------------
-
-#[derive(Clone, Debug, Serialize)]
-pub struct DataplaneReport {
-    pub rounds: u32,
-    pub calls: u32,
-    pub backends: u32,
-    pub ring_size: u32,
-    pub mixes: Vec<MixRow>,
-}
-
-/// Which mix a target is about, from its (lower-case) name.
-type MixTest = fn(&str) -> bool;
-
-/// The part-1 targets: (what, mix name test, largest ratio to the floor).
-const MIX_TARGETS: &[(&str, MixTest, f64)] = &[
-    ("established IPv4 TCP", |n| n.contains("ipv4") && n.contains("tcp") && n.contains("established"), 2.4),
-    ("established IPv6 TCP", |n| n.contains("ipv6") && n.contains("established"), 2.4),
-    ("UDP", |n| n.contains("udp"), 2.7),
-    ("TCP SYN, new flow", |n| n.contains("syn"), 4.4),
-    ("non-VIP, passed", |n| n.contains("non-vip"), 1.3),
-];
-
-impl DataplaneReport {
-    pub fn describe(&self) -> String {
-        format!(
-            "BPF_PROG_TEST_RUN, repeat = 1 (one packet per call), {} rounds x {} packets per mix; {} backends per VIP, ring {}. \
-             The floor is a program that only returns XDP_TX, timed on the same frames in the same rounds (interleaved). \
-             ns = median over rounds of the mean kernel-reported ns per packet (range of rounds in brackets); \
-             Mpps = 1000 / ns on one core; ratio = median over rounds of balancer / floor in the same round; \
-             path verified = every timed packet bumped the counter of the intended path.",
-            self.rounds, self.calls, self.backends, self.ring_size
-        )
-    }
-
-    pub fn table(&self) -> Table {
-        let mut t = Table::new(&["mix", "ns/pkt", "spread", "Mpps", "floor ns", "floor Mpps", "ratio", "ratio spread", "path"], 1);
-        for m in &self.mixes {
-            t.row(vec![
-                m.name.clone(),
-                f(m.ns, 1),
-                format!("{}-{}", f(m.ns_min, 1), f(m.ns_max, 1)),
-                f(m.mpps, 2),
-                f(m.floor_ns, 1),
-                f(m.floor_mpps, 2),
-                f(m.ratio, 2),
-                format!("{}-{}", f(m.ratio_min, 2), f(m.ratio_max, 2)),
-                m.path().into(),
-            ]);
-        }
-        t
-    }
-
-    pub fn targets(&self) -> Vec<Target> {
-        MIX_TARGETS
-            .iter()
-            .map(|(what, matches, limit)| {
-                let name = format!("data plane: {what} <= {limit}x floor");
-                match self.mixes.iter().find(|m| matches(&m.name.to_lowercase())) {
-                    Some(m) => Target {
-                        part: "dataplane",
-                        name,
-                        target: format!("<= {limit:.1}x"),
-                        value: format!(
-                            "{}x ({} ns vs {} ns){}",
-                            f(m.ratio, 2),
-                            f(m.ns, 1),
-                            f(m.floor_ns, 1),
-                            if m.path_verified { "" } else { ", WRONG PATH" }
-                        ),
-                        met: m.path_verified && m.ratio <= *limit,
-                    },
-                    None => Target {
-                        part: "dataplane",
-                        name,
-                        target: format!("<= {limit:.1}x"),
-                        value: "no such mix".into(),
-                        met: false,
-                    },
-                }
-            })
-            .collect()
-    }
-}
-
-fn run_dataplane(
-    rounds: u32,
-    calls: u32,
-    backends: u32,
-    distinct_flows: Option<u32>,
-    floor: &mut dataplane::Floor,
-    progress: &Progress,
-) -> Result<DataplaneReport> {
-    let limits = Limits { max_vips: 16, max_reals: 2 * backends + 2, ..Limits::default() };
-    progress.note("data plane: loading the balancer");
-    let mut bal = dataplane::setup(limits, 1, backends)?;
-    let mixes = dataplane::mixes(distinct_flows.unwrap_or(rounds * calls));
-    progress.add(mixes.len() as u64);
-    // One short untimed pass first (caches, CPU frequency): otherwise the
-    // first mix timed pays for it. Not on a new-flow mix, whose flows must
-    // stay unseen.
-    if let Some(w) = mixes.iter().find(|m| m.warm) {
-        progress.note(format!("data plane: warm-up with {}", w.name));
-        dataplane::run_mix(&mut bal, floor, w, 2, calls.min(5_000))?;
-    }
-    let mut rows = Vec::new();
-    for mix in &mixes {
-        progress.step(format!("data plane: {}", mix.name));
-        let r = dataplane::run_mix(&mut bal, floor, mix, rounds, calls)?;
-        rows.push(MixRow::from(&r));
-    }
-    Ok(DataplaneReport { rounds, calls, backends, ring_size: limits.ring_size, mixes: rows })
-}
-
 // ---- printing ----------------------------------------------------------------
 
 fn print_lines(progress: &Progress, lines: impl IntoIterator<Item = String>) {
     for l in lines {
         progress.println(l);
     }
-}
-
-fn print_dataplane(p: &Progress, d: &DataplaneReport) {
-    p.println(format!(
-        "BPF_PROG_TEST_RUN, repeat=1, {} rounds x {} packets per mix; {} backends per VIP, ring {}; floor = XDP_TX-only program, same rounds",
-        d.rounds, d.calls, d.backends, d.ring_size
-    ));
-    print_lines(p, d.table().text());
-    p.println("");
-    print_lines(p, targets_table(&d.targets()).text());
-}
-
-fn print_scaling(p: &Progress, s: &scaling::ScalingReport) {
-    p.println(format!(
-        "BPF_PROG_TEST_RUN, repeat=1, {} rounds x {} packets per mix; IPv4 TCP VIPs; est = {} established flows over all VIPs, SYN = unseen flows",
-        s.rounds, s.calls, s.established_flows
-    ));
-    print_lines(p, s.table().text());
 }
 
 fn header(p: &Progress, title: &str) {
@@ -345,9 +213,9 @@ fn main() -> Result<()> {
         Command::Dataplane { rounds, calls, backends, distinct_flows } => {
             let p = Progress::new(0);
             let mut floor = dataplane::Floor::load()?;
-            let d = run_dataplane(rounds, calls, backends, distinct_flows, &mut floor, &p)?;
+            let d = dataplane::run(rounds, calls, backends, distinct_flows, &mut floor, &p)?;
             p.finish();
-            print_dataplane(&p, &d);
+            print_lines(&p, d.lines());
         }
         Command::Scaling { quick, rounds, calls } => {
             let p = Progress::new(scaling::steps());
@@ -358,7 +226,7 @@ fn main() -> Result<()> {
             };
             let s = scaling::run(opts, &mut floor, &p)?;
             p.finish();
-            print_scaling(&p, &s);
+            print_lines(&p, s.lines());
         }
         Command::Control { quick } => {
             let opts = if quick { control::Opts::quick() } else { control::Opts::full() };
@@ -375,8 +243,7 @@ fn main() -> Result<()> {
             let p = Progress::new(quality::SIZES.len() as u64);
             let q = quality::run(&plan.quality, &p)?;
             p.finish();
-            p.println(q.describe());
-            print_lines(&p, q.table().text());
+            print_lines(&p, q.lines());
             p.println("");
             print_lines(&p, targets_table(&q.targets()).text());
         }
@@ -451,13 +318,13 @@ fn run_all(quick: bool, out_dir: &std::path::Path, no_write: bool, skip: &[Part]
     if on(Part::Dataplane) {
         header(&p, "1. Data plane: every mix, balancer vs XDP_TX floor");
         let r = match floor.as_mut() {
-            Some(Ok(fl)) => run_dataplane(plan.dp_rounds, plan.dp_calls, 100, None, fl, &p),
+            Some(Ok(fl)) => dataplane::run(plan.dp_rounds, plan.dp_calls, 100, None, fl, &p),
             Some(Err(e)) => Err(anyhow::anyhow!("loading the floor program: {e}")),
             None => unreachable!(),
         };
         match r {
             Ok(d) => {
-                print_dataplane(&p, &d);
+                print_lines(&p, d.lines());
                 report.targets.extend(d.targets());
                 report.dataplane = Some(d);
             }
@@ -473,7 +340,7 @@ fn run_all(quick: bool, out_dir: &std::path::Path, no_write: bool, skip: &[Part]
         };
         match r {
             Ok(s) => {
-                print_scaling(&p, &s);
+                print_lines(&p, s.lines());
                 report.scaling = Some(s);
             }
             Err(e) => fail(&mut report, "scaling", format!("{e:#}")),
@@ -509,8 +376,7 @@ fn run_all(quick: bool, out_dir: &std::path::Path, no_write: bool, skip: &[Part]
         header(&p, "4. Maglev quality");
         match quality::run(&plan.quality, &p) {
             Ok(q) => {
-                p.println(q.describe());
-                print_lines(&p, q.table().text());
+                print_lines(&p, q.lines());
                 report.targets.extend(q.targets());
                 report.maglev_quality = Some(q);
             }

@@ -11,7 +11,7 @@ use plotters::{
     style::text_anchor::{HPos, Pos, VPos},
 };
 
-use crate::report::MixRow;
+use crate::dataplane::MixRow;
 
 const BALANCER: RGBColor = RGBColor(0x1f, 0x77, 0xb4);
 const FLOOR: RGBColor = RGBColor(0xb0, 0xb0, 0xb0);

@@ -8,7 +8,7 @@ use serde::Serialize;
 use crate::{
     control::backends,
     progress::Progress,
-    report::{f, Table, Target},
+    report::{f, Section, Table, Target},
 };
 
 const RING: u32 = 65_537;
@@ -122,8 +122,22 @@ fn pct(x: f64) -> String {
     format!("{}%", f(x * 100.0, 3))
 }
 
+impl Section for QualityReport {
+    const TITLE: &'static str = "4. Maglev quality";
+
+    fn lines(&self) -> Vec<String> {
+        let mut out = vec![self.describe()];
+        out.extend(self.table().text());
+        out
+    }
+
+    fn markdown(&self) -> String {
+        format!("{}\n\n{}", self.describe(), self.table().markdown())
+    }
+}
+
 impl QualityReport {
-    pub fn describe(&self) -> String {
+    fn describe(&self) -> String {
         format!(
             "lb_control::maglev::build with N equal-weight IPv4 backends, M = {RING}. Share = slots a backend owns, \
              relative to the ideal M/N. Moved = slots whose owner changed when one backend is removed (or a new one added), \
@@ -135,7 +149,7 @@ impl QualityReport {
         )
     }
 
-    pub fn table(&self) -> Table {
+    fn table(&self) -> Table {
         let mut t = Table::new(
             &["N", "ideal M/N", "largest", "smallest", "remove: moved (ideal 1/N)", "beyond own mean / max", "add: moved (ideal 1/(N+1))", "beyond own mean / max"],
             0,

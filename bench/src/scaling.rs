@@ -17,14 +17,14 @@ use lb_common::{
 use lb_control::{
     dataplane::{Balancer, Limits},
     maglev::{self, MaglevBackend},
-    packet_builder as pb,
 };
+use lb_testkit::packet_builder as pb;
 use serde::Serialize;
 
 use crate::{
-    dataplane::{self, Floor, Mix},
+    dataplane::{self, Floor, Mix, MixRow},
     progress::Progress,
-    report::{f, MixRow, Table},
+    report::{f, Section, Table},
 };
 
 const IF_MAC: pb::Mac = [0x02, 0, 0, 0, 0, 0x02];
@@ -262,8 +262,25 @@ pub fn run(opts: Opts, floor: &mut Floor, progress: &Progress) -> Result<Scaling
     })
 }
 
+impl Section for ScalingReport {
+    const TITLE: &'static str = "2. Data plane scaling";
+
+    fn lines(&self) -> Vec<String> {
+        let mut out = vec![format!(
+            "BPF_PROG_TEST_RUN, repeat=1, {} rounds x {} packets per mix; IPv4 TCP VIPs; est = {} established flows over all VIPs, SYN = unseen flows",
+            self.rounds, self.calls, self.established_flows
+        )];
+        out.extend(self.table().text());
+        out
+    }
+
+    fn markdown(&self) -> String {
+        format!("{}\n\n{}", self.describe(), self.table().markdown())
+    }
+}
+
 impl ScalingReport {
-    pub fn describe(&self) -> String {
+    fn describe(&self) -> String {
         format!(
             "BPF_PROG_TEST_RUN, one packet per call, {} rounds x {} packets per mix, balancer and XDP_TX floor interleaved. \
              IPv4 TCP VIPs (port 80) sharing one backend pool, Maglev ring {}, connection table {} entries. \
@@ -279,7 +296,7 @@ impl ScalingReport {
         )
     }
 
-    pub fn table(&self) -> Table {
+    fn table(&self) -> Table {
         let mut t = Table::new(
             &["varies", "VIPs", "backends", "conn table", "est ns", "est Mpps", "est ratio", "SYN ns", "SYN Mpps", "SYN ratio", "SYN evictions", "floor ns", "path"],
             1,

@@ -19,14 +19,14 @@ use std::{
 };
 
 use anyhow::{bail, Context as _, Result};
-use lb_control::netns::Netns;
+use lb_testkit::netns::Netns;
 use lb_e2e::{backend4, Lab, CLIENT4, VIP4};
 use serde::Serialize;
 use serde_json::Value;
 
 use crate::{
     progress::Progress,
-    report::{f, Table},
+    report::{f, Section, Table},
     sys,
 };
 
@@ -418,8 +418,12 @@ impl TrafgenReport {
             f(self.kernel_ns_per_packet, 0)
         )
     }
+}
 
-    pub fn lines(&self) -> Vec<String> {
+impl Section for TrafgenReport {
+    const TITLE: &'static str = "5. End to end with trafgen (veth lab)";
+
+    fn lines(&self) -> Vec<String> {
         let mut out = self.summary();
         out.extend(self.backend_table().text());
         out.extend(self.cpu_table().text());
@@ -428,7 +432,7 @@ impl TrafgenReport {
         out
     }
 
-    pub fn markdown(&self) -> String {
+    fn markdown(&self) -> String {
         let mut md: String = self.summary().iter().map(|l| format!("- {l}\n")).collect();
         md += "\n";
         md += &self.backend_table().markdown();

@@ -79,13 +79,9 @@ pub fn forwarding(config: &Config) -> Result<LbConfig, ControlError> {
 /// The default gateway's MAC on `iface`: IPv4's default route first, then
 /// IPv6's.
 pub fn gateway_mac(iface: &str) -> Result<[u8; 6], ControlError> {
-    let v4 = netlink::gateway_mac(iface, netlink::Family::V4, NEIGHBOUR_TIMEOUT);
-    match v4 {
-        Ok((_, mac)) => Ok(mac),
-        Err(e4) => netlink::gateway_mac(iface, netlink::Family::V6, NEIGHBOUR_TIMEOUT)
-            .map(|(_, mac)| mac)
-            .map_err(|_| ControlError::Netlink { what: format!("the gateway MAC on {iface}"), source: e4 }),
-    }
+    netlink::next_hop_mac(iface, NEIGHBOUR_TIMEOUT)
+        .map(|(_, mac)| mac)
+        .map_err(|source| ControlError::Netlink { what: format!("the gateway MAC on {iface}"), source })
 }
 
 /// Counters as the API and metrics report them, and as lbctl reads them.

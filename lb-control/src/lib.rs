@@ -7,6 +7,4 @@ pub mod maglev;
 pub mod metrics;
 pub mod model;
 pub mod netlink;
-pub mod netns;
-pub mod packet_builder;
 pub mod state;

@@ -1,7 +1,9 @@
 //! Packet fixtures for the balancer: each a named input frame, the expected
 //! action, the expected output bytes (built independently with pnet_packet)
 //! and the one reason counter it must bump. Runs through BPF_PROG_TEST_RUN
-//! with `repeat = 1`; needs root.
+//! with `repeat = 1`; needs root. Each fixture is its own test (libtest-mimic):
+//! `cargo test -p lb-control --test balancer_fixtures -- "v6 echo"` runs those
+//! whose name contains the words.
 
 mod common;
 
@@ -9,7 +11,9 @@ use std::net::{Ipv4Addr, Ipv6Addr};
 
 use common::*;
 use lb_common::{Stat, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP};
-use lb_control::{dataplane::Balancer, packet_builder as pb};
+use lb_control::dataplane::Balancer;
+use libtest_mimic::{Arguments, Trial};
+use lb_testkit::packet_builder as pb;
 
 /// What a fixture expects.
 enum Expect {
@@ -340,33 +344,21 @@ fn check(f: &Fixture) -> Result<(), String> {
     }
 }
 
-#[test]
-fn balancer_fixtures() {
+/// One test per fixture, named after it, so `cargo test NAME` selects
+/// fixtures and the runner counts them; plus the check that names are unique.
+fn main() -> std::process::ExitCode {
     let fixtures = fixtures();
-    let filter = std::env::var("FIXTURE").ok();
-    let mut failures = Vec::new();
-    let mut ran = 0;
-    for f in fixtures.iter().filter(|f| filter.as_deref().is_none_or(|s| f.name.contains(s))) {
-        ran += 1;
-        match check(f) {
-            Ok(()) => println!("ok   {}", f.name),
-            Err(e) => {
-                println!("FAIL {}: {e}", f.name);
-                failures.push(format!("{}: {e}", f.name));
-            }
+    let mut names: Vec<_> = fixtures.iter().map(|f| f.name).collect();
+    let mut trials = vec![Trial::test("fixture names are unique", move || {
+        let n = names.len();
+        names.sort_unstable();
+        names.dedup();
+        if names.len() == n {
+            Ok(())
+        } else {
+            Err(format!("{} fixture name(s) repeated", n - names.len()).into())
         }
-    }
-    println!("{ran} balancer fixtures run, {} failed", failures.len());
-    assert!(failures.is_empty(), "{} fixture(s) failed:\n{}", failures.len(), failures.join("\n"));
-    assert!(ran > 0, "no fixture matched FIXTURE={filter:?}");
-}
-
-/// Every fixture's name is unique, so a failure names one packet.
-#[test]
-fn fixture_names_are_unique() {
-    let mut names: Vec<_> = fixtures().iter().map(|f| f.name).collect();
-    let n = names.len();
-    names.sort();
-    names.dedup();
-    assert_eq!(names.len(), n);
+    })];
+    trials.extend(fixtures.into_iter().map(|f| Trial::test(f.name, move || check(&f).map_err(Into::into))));
+    libtest_mimic::run(&Arguments::from_args(), trials).exit_code()
 }

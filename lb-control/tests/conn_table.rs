@@ -10,7 +10,8 @@ use lb_common::{
     addr_v4, ring_slot, ConnEntry, FlowKey, Stat, VipMeta, FAMILY_V4, IPPROTO_ICMP, IPPROTO_TCP,
     IPPROTO_UDP, VIP_F_HASH_NO_SRC_PORT, VIP_F_NO_CONN_TABLE, VIP_F_UDP_NO_CONN_TABLE,
 };
-use lb_control::{dataplane::Balancer, packet_builder as pb};
+use lb_control::dataplane::Balancer;
+use lb_testkit::packet_builder as pb;
 
 /// The first spare ring of the standard world (rings 0..=8 are in use).
 const SPARE_RING: u32 = 10;

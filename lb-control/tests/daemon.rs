@@ -35,6 +35,8 @@ use lb_common::{addr_v4, ConnEntry, FlowKey, FAMILY_V4, IPPROTO_TCP};
 use lb_control::{
     config::Config,
     dataplane::{detach_all, versioned_pin_dir, Balancer, Limits},
+};
+use lb_testkit::{
     netns::{unique_name, Netns},
     packet_builder as pb,
 };
@@ -1164,4 +1166,25 @@ fn removing_a_shared_backend_from_one_vip_leaves_the_other_vips_flows() {
     assert_eq!(route4(&mut bal, HTTP4, 80, http_port, pb::TCP_ACK), Some(REAL2), "that VIP's flow re-hashes");
     assert_eq!(route4(&mut bal, other, 80, other_port, pb::TCP_ACK), Some(REAL1), "the other VIP's flow stays");
     assert_eq!(count(&lab), before + 1, "10.1.0.1 keeps what it counted for {VIP_HTTP}");
+}
+
+/// When the gateway's neighbour entry changes, the daemon's MAC watcher
+/// (driven by netlink notifications, not a poll) puts the new MAC into the
+/// data plane within a second.
+#[test]
+fn a_new_gateway_mac_reaches_the_data_plane_within_a_second() {
+    const NEW_GW_MAC: [u8; 6] = [0x02, 0x4c, 0x42, 0xd0, 0x00, 0x11];
+    const PROMPTLY: Duration = Duration::from_secs(1);
+    let lab = Lab::new();
+    let bal = lab.balancer();
+    assert_eq!(bal.config().unwrap().gw_mac, GW_MAC, "the gateway's MAC at start-up");
+    let new_mac = mac_str(&NEW_GW_MAC);
+    lab.lb.ip(&["neigh", "replace", "10.99.0.1", "lladdr", &new_mac, "dev", LB_IF, "nud", "permanent"]).unwrap();
+    let start = Instant::now();
+    while bal.config().unwrap().gw_mac != NEW_GW_MAC {
+        assert!(start.elapsed() < PROMPTLY, "the new gateway MAC is not in the data plane after {PROMPTLY:?}\n{}", lab.logs());
+        std::thread::sleep(POLL);
+    }
+    println!("new gateway MAC in the data plane after {:?}", start.elapsed());
+    lab.wait_log(&format!("gateway_mac={new_mac}"), PROMPTLY);
 }

@@ -7,7 +7,9 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use common::*;
 use lb_common::{Counter, DecapStat};
-use lb_control::{dataplane::Decap, packet_builder as pb};
+use lb_control::dataplane::Decap;
+use libtest_mimic::{Arguments, Trial};
+use lb_testkit::packet_builder as pb;
 
 /// The backend's own addresses: outer destinations it decapsulates for.
 const HOST4: Ipv4Addr = REAL1;
@@ -173,47 +175,42 @@ fn counters(d: &Decap) -> Vec<(DecapStat, Counter)> {
     d.all_stats().unwrap()
 }
 
-#[test]
-fn decap_fixtures() {
-    let mut failures = Vec::new();
-    let cases = cases();
-    for c in &cases {
-        let mut d = decap();
-        let before = counters(&d);
-        let (action, out, _) = run_prog(d.program(), &c.input);
-        let want = c.output.as_deref().unwrap_or(&c.input);
-        let after = counters(&d);
-        let moved: Vec<_> = before
-            .iter()
-            .zip(&after)
-            .filter(|(b, a)| b.1 != a.1)
-            .map(|(b, a)| (b.0, a.1.packets - b.1.packets))
-            .collect();
-        let err = if action != c.action {
-            Some(format!("action {action}, want {}", c.action))
-        } else if action == XDP_PASS && out != want {
-            Some(format!("output differs: {}", diff(&out, want)))
-        } else if moved != [(c.stat, 1)] {
-            Some(format!("counters moved {moved:?}, want {:?}", c.stat))
-        } else {
-            None
-        };
-        match err {
-            Some(e) => {
-                println!("FAIL {}: {e}", c.name);
-                failures.push(c.name);
-            }
-            None => println!("ok   {}", c.name),
-        }
+fn check(c: &Case) -> Result<(), String> {
+    let mut d = decap();
+    let before = counters(&d);
+    let (action, out, _) = run_prog(d.program(), &c.input);
+    let want = c.output.as_deref().unwrap_or(&c.input);
+    let after = counters(&d);
+    let moved: Vec<_> = before
+        .iter()
+        .zip(&after)
+        .filter(|(b, a)| b.1 != a.1)
+        .map(|(b, a)| (b.0, a.1.packets - b.1.packets))
+        .collect();
+    if action != c.action {
+        Err(format!("action {action}, want {}", c.action))
+    } else if action == XDP_PASS && out != want {
+        Err(format!("output differs: {}", diff(&out, want)))
+    } else if moved != [(c.stat, 1)] {
+        Err(format!("counters moved {moved:?}, want {:?}", c.stat))
+    } else {
+        Ok(())
     }
-    println!("{} decap fixtures run, {} failed", cases.len(), failures.len());
-    assert!(failures.is_empty(), "failed: {failures:?}");
+}
+
+/// One test per fixture, named after it, plus the round trip.
+fn main() -> std::process::ExitCode {
+    let mut trials = vec![Trial::test("balancer then decap round trip", || {
+        balancer_then_decap_round_trip();
+        Ok(())
+    })];
+    trials.extend(cases().into_iter().map(|c| Trial::test(c.name, move || check(&c).map_err(Into::into))));
+    libtest_mimic::run(&Arguments::from_args(), trials).exit_code()
 }
 
 /// The balancer's output, delivered to the backend, decapsulates to exactly
 /// the packet the client sent: for IPv4-in-IPv4, IPv6-in-IPv6 and
 /// IPv4-in-IPv6, with and without a VLAN tag.
-#[test]
 fn balancer_then_decap_round_trip() {
     let mut bal = world();
     let mut d = decap();

@@ -15,8 +15,8 @@ use lb_control::{
     dataplane::{detach_all, Balancer, DataplaneError},
     engine::{Engine, EngineError},
     model::{Backend, VipId, VipSet, VipSpec},
-    packet_builder as pb,
 };
+use lb_testkit::packet_builder as pb;
 
 fn id(s: &str) -> VipId {
     s.parse().unwrap()

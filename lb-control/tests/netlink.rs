@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use lb_control::netlink::{
     default_route, gateway_mac, interface_index, interface_mac, neighbour_mac, resolve_neighbour,
-    route_to, Family, Mac, NetlinkError, Route,
+    route_to, Family, LinkMacs, Mac, MacWatch, NetlinkError, Route,
 };
 
 const HOST_IF: &str = "lbh0";
@@ -201,6 +201,22 @@ fn interface_mac_and_index_match_the_configuration() {
     assert_eq!(lo.unwrap(), 1);
     // The gw side sees its own interface with its own MAC.
     assert_eq!(topo.in_gw(|| interface_mac(GW_IF)).unwrap(), GW_MAC);
+}
+
+/// The synchronous lookups also work when called from async code (they run
+/// their own runtime on a thread of their own), still in the caller's
+/// namespace.
+#[test]
+fn lookups_work_from_async_code_in_the_callers_namespace() {
+    let topo = Topology::new();
+    let (mac, gateway) = topo.in_host(|| {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        runtime.block_on(async {
+            (interface_mac(HOST_IF), gateway_mac(HOST_IF, Family::V4, RESOLVE_TIMEOUT))
+        })
+    });
+    assert_eq!(mac.unwrap(), HOST_MAC);
+    assert_eq!(gateway.unwrap(), (IpAddr::V4(GW_V4), GW_MAC));
 }
 
 #[test]
@@ -478,4 +494,155 @@ fn resolve_neighbour_times_out_for_unused_ipv4_address() {
 #[test]
 fn resolve_neighbour_times_out_for_unused_ipv6_address() {
     check_resolve_times_out(IpAddr::V6(UNUSED_V6));
+}
+
+/// Stops the watcher thread when dropped, also when an assertion fails, so
+/// the test's thread scope can end.
+struct StopWatcher(Option<tokio::sync::oneshot::Sender<()>>);
+
+impl Drop for StopWatcher {
+    fn drop(&mut self) {
+        if let Some(stop) = self.0.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+/// The next MACs the watcher reports for the host's interface, within
+/// `within`, and how long they took.
+fn next_report(reports: &std::sync::mpsc::Receiver<(String, LinkMacs)>, within: Duration) -> (LinkMacs, Duration) {
+    let started = Instant::now();
+    let (iface, macs) = reports
+        .recv_timeout(within)
+        .unwrap_or_else(|e| panic!("no MAC report within {within:?}: {e}"));
+    assert_eq!(iface, HOST_IF);
+    (macs, started.elapsed())
+}
+
+/// The event-driven watcher reports the gateway's MAC, then each change
+/// within a second: the neighbour entry replaced, the interface's own MAC
+/// changed, the default route moved to another gateway.
+#[test]
+fn mac_watch_follows_changes_as_they_happen() {
+    const NEW_GW_MAC: Mac = [0x02, 0x4c, 0x42, 0x00, 0x00, 0x11];
+    const BACKUP_GW_MAC: Mac = [0x02, 0x4c, 0x42, 0x00, 0x00, 0x33];
+    const NEW_HOST_MAC: Mac = [0x02, 0x4c, 0x42, 0x00, 0x00, 0x22];
+    const PROMPTLY: Duration = Duration::from_secs(1);
+    let topo = Topology::new();
+    let h = topo.host.clone();
+    let (report, reports) = std::sync::mpsc::channel();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    std::thread::scope(|s| {
+        let _stop = StopWatcher(Some(stop));
+        s.spawn(|| {
+            topo.in_host(move || {
+                let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+                let watch = MacWatch {
+                    interfaces: vec![HOST_IF.to_string()],
+                    gateway_mac: None,
+                    interface_mac: None,
+                    neighbour_timeout: RESOLVE_TIMEOUT,
+                };
+                runtime.block_on(async {
+                    tokio::select! {
+                        _ = watch.run(move |iface, macs| {
+                            let _ = report.send((iface.to_string(), macs));
+                        }) => {}
+                        _ = stopped => {}
+                    }
+                });
+            })
+        });
+
+        // First: resolved from an empty neighbour table.
+        let (first, _) = next_report(&reports, RESOLVE_TIMEOUT + PROMPTLY);
+        assert_eq!(first, LinkMacs { if_mac: HOST_MAC, gw_mac: GW_MAC });
+
+        ip(&format!("-n {h} neigh replace {GW_V4} lladdr {} dev {HOST_IF} nud permanent", mac_str(NEW_GW_MAC)));
+        let (macs, took) = next_report(&reports, PROMPTLY);
+        assert_eq!(macs, LinkMacs { if_mac: HOST_MAC, gw_mac: NEW_GW_MAC });
+        println!("new gateway MAC reported after {took:?}");
+
+        // A new address flushes the interface's neighbour entries (permanent
+        // ones too): the gateway is resolved again, to its real MAC.
+        ip(&format!("-n {h} link set {HOST_IF} address {}", mac_str(NEW_HOST_MAC)));
+        let (macs, took) = next_report(&reports, PROMPTLY);
+        assert_eq!(macs, LinkMacs { if_mac: NEW_HOST_MAC, gw_mac: GW_MAC });
+        println!("new interface MAC reported after {took:?}");
+
+        ip(&format!("-n {h} neigh add {BACKUP_GW_V4} lladdr {} dev {HOST_IF} nud permanent", mac_str(BACKUP_GW_MAC)));
+        ip(&format!("-n {h} -4 route del default via {GW_V4} dev {HOST_IF}"));
+        let (macs, took) = next_report(&reports, PROMPTLY);
+        assert_eq!(macs, LinkMacs { if_mac: NEW_HOST_MAC, gw_mac: BACKUP_GW_MAC });
+        println!("default route moved to the backup gateway, reported after {took:?}");
+
+        // Nothing else moved: no further report.
+        assert!(reports.recv_timeout(Duration::from_millis(300)).is_err(), "a report without a change");
+    });
+}
+
+/// Every configured interface is followed: with an ECMP default route over
+/// two links (two routers), each interface reports its own MAC and its own
+/// gateway's, and a change on the second is reported for the second only.
+#[test]
+fn mac_watch_follows_every_interface() {
+    const HOST2_IF: &str = "lbh1";
+    const GW2_IF: &str = "lbg1";
+    const HOST2_MAC: Mac = [0x02, 0x4c, 0x42, 0x00, 0x01, 0x02];
+    const GW2_MAC: Mac = [0x02, 0x4c, 0x42, 0x00, 0x01, 0x01];
+    const NEW_GW2_MAC: Mac = [0x02, 0x4c, 0x42, 0x00, 0x01, 0x11];
+    const GW2_V4: Ipv4Addr = Ipv4Addr::new(10, 232, 0, 1);
+    let topo = Topology::new();
+    let (h, g) = (topo.host.clone(), topo.gw.clone());
+    ip(&format!(
+        "-n {h} link add {HOST2_IF} address {} type veth peer name {GW2_IF} address {} netns {g}",
+        mac_str(HOST2_MAC),
+        mac_str(GW2_MAC)
+    ));
+    ip(&format!("-n {h} link set {HOST2_IF} up"));
+    ip(&format!("-n {g} link set {GW2_IF} up"));
+    ip(&format!("-n {h} addr add 10.232.0.2/24 dev {HOST2_IF}"));
+    ip(&format!("-n {g} addr add {GW2_V4}/24 dev {GW2_IF}"));
+    ip(&format!("-n {h} -4 route replace default nexthop via {GW_V4} dev {HOST_IF} nexthop via {GW2_V4} dev {HOST2_IF}"));
+
+    let (report, reports) = std::sync::mpsc::channel();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    std::thread::scope(|s| {
+        let _stop = StopWatcher(Some(stop));
+        s.spawn(|| {
+            topo.in_host(move || {
+                let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+                let watch = MacWatch {
+                    interfaces: vec![HOST_IF.to_string(), HOST2_IF.to_string()],
+                    gateway_mac: None,
+                    interface_mac: None,
+                    neighbour_timeout: RESOLVE_TIMEOUT,
+                };
+                runtime.block_on(async {
+                    tokio::select! {
+                        _ = watch.run(move |iface, macs| {
+                            let _ = report.send((iface.to_string(), macs));
+                        }) => {}
+                        _ = stopped => {}
+                    }
+                });
+            })
+        });
+        let mut first: Vec<_> = (0..2)
+            .map(|_| reports.recv_timeout(2 * RESOLVE_TIMEOUT).expect("a first report for each interface"))
+            .collect();
+        first.sort_by(|a, b| a.0.cmp(&b.0));
+        assert_eq!(
+            first,
+            [
+                (HOST_IF.to_string(), LinkMacs { if_mac: HOST_MAC, gw_mac: GW_MAC }),
+                (HOST2_IF.to_string(), LinkMacs { if_mac: HOST2_MAC, gw_mac: GW2_MAC }),
+            ]
+        );
+
+        ip(&format!("-n {h} neigh replace {GW2_V4} lladdr {} dev {HOST2_IF} nud permanent", mac_str(NEW_GW2_MAC)));
+        let (iface, macs) = reports.recv_timeout(Duration::from_secs(1)).expect("a report within a second");
+        assert_eq!((iface.as_str(), macs), (HOST2_IF, LinkMacs { if_mac: HOST2_MAC, gw_mac: NEW_GW2_MAC }));
+        assert!(reports.recv_timeout(Duration::from_millis(300)).is_err(), "a report without a change");
+    });
 }

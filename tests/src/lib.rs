@@ -24,10 +24,8 @@ use std::{
 };
 
 use anyhow::{bail, Context as _, Result};
-use lb_control::{
-    dataplane::{detach_all, AttachMode, Decap},
-    netns::{self, veth, Netns},
-};
+use lb_control::dataplane::{detach_all, AttachMode, Decap};
+use lb_testkit::netns::{self, veth, Netns};
 
 pub const VIP4: Ipv4Addr = Ipv4Addr::new(10, 100, 0, 10);
 pub const VIP6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x100, 0, 0, 0, 0, 0, 0x10);

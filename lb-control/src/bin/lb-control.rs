@@ -14,7 +14,9 @@ use lb_control::{
     config::Config,
     controller::{self, Controller},
     dataplane::{detach_all, Decap, XdpMode},
+    netlink::MacWatch,
 };
+use lb_common::format_mac;
 use sd_notify::NotifyState;
 use tokio::signal::unix::{signal, SignalKind};
 
@@ -141,7 +143,7 @@ async fn run(config_path: PathBuf) -> Result<()> {
     let listen = config.api.listen;
     let max_body = config.api.max_body_bytes;
     let override_macs = (config.gateway.mac, config.gateway.interface_mac);
-    let iface = config.interfaces[0].clone();
+    let interfaces = config.interfaces.clone();
     let started = std::time::Instant::now();
 
     let ctl = tokio::task::block_in_place(|| -> Result<Controller> {
@@ -165,41 +167,34 @@ async fn run(config_path: PathBuf) -> Result<()> {
         });
     }
 
-    // The gateway's MAC can change (failover, a new router): follow it.
+    // The MACs can change (failover, a new router, a new NIC): follow them on
+    // every interface, driven by the kernel's netlink notifications.
     if override_macs.0.is_none() || override_macs.1.is_none() {
         let s = state.clone();
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(Duration::from_secs(10));
-            tick.tick().await;
-            loop {
-                tick.tick().await;
-                let iface = iface.clone();
-                let found = tokio::task::spawn_blocking(move || -> Result<([u8; 6], [u8; 6])> {
-                    let gw = match override_macs.0 {
-                        Some(m) => m,
-                        None => controller::gateway_mac(&iface)?,
-                    };
-                    let own = match override_macs.1 {
-                        Some(m) => m,
-                        None => lb_control::netlink::interface_mac(&iface)?,
-                    };
-                    Ok((gw, own))
-                })
-                .await;
-                match found {
-                    Ok(Ok((gw, own))) => {
-                        let mut ctl = s.ctl.lock().unwrap_or_else(|p| p.into_inner());
-                        match ctl.set_macs(gw, own) {
-                            Ok(true) => tracing::info!(gateway_mac = %lb_common::format_mac(&gw), "gateway MAC changed"),
-                            Ok(false) => {}
-                            Err(e) => tracing::error!(error = %e, "updating MACs"),
-                        }
-                    }
-                    Ok(Err(e)) => tracing::warn!(error = %e, "gateway lookup failed; keeping the last MACs"),
-                    Err(e) => tracing::error!(error = %e, "gateway watcher task"),
+        let watch = MacWatch {
+            interfaces: interfaces.clone(),
+            gateway_mac: override_macs.0,
+            interface_mac: override_macs.1,
+            neighbour_timeout: controller::NEIGHBOUR_TIMEOUT,
+        };
+        tokio::spawn(watch.run(move |iface, macs| {
+            let mut ctl = s.ctl.lock().unwrap_or_else(|p| p.into_inner());
+            // The data plane carries one MAC pair, the first interface's.
+            if iface == interfaces[0] {
+                match ctl.set_macs(macs.gw_mac, macs.if_mac) {
+                    Ok(true) => tracing::info!(iface, gateway_mac = %format_mac(&macs.gw_mac), "gateway MAC changed"),
+                    Ok(false) => {}
+                    Err(e) => tracing::error!(error = %e, "updating MACs"),
                 }
+            } else if (ctl.forwarding_config().gw_mac, ctl.forwarding_config().if_mac) != (macs.gw_mac, macs.if_mac) {
+                tracing::warn!(
+                    iface,
+                    gateway_mac = %format_mac(&macs.gw_mac),
+                    interface_mac = %format_mac(&macs.if_mac),
+                    "frames leaving this interface need other MACs than the first interface's, which the data plane uses"
+                );
             }
-        });
+        }));
     }
 
     let app = api::router(state.clone(), max_body);

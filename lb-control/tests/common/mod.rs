@@ -11,10 +11,8 @@ use lb_common::{
     CFG_F_READY, FAMILY_V4, FAMILY_V6, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP,
     VIP_F_ICMP_ECHO,
 };
-use lb_control::{
-    dataplane::{Balancer, Limits},
-    packet_builder::{self as pb, Mac},
-};
+use lb_control::dataplane::{Balancer, Limits};
+use lb_testkit::packet_builder::{self as pb, Mac};
 
 pub const XDP_DROP: u32 = 1;
 pub const XDP_PASS: u32 = 2;

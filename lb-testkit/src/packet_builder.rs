@@ -74,7 +74,7 @@ impl Default for V4 {
 
 /// An IPv4 packet with a correct header checksum.
 pub fn ipv4(src: Ipv4Addr, dst: Ipv4Addr, proto: u8, payload: &[u8], f: &V4) -> Vec<u8> {
-    assert!(f.options.len() % 4 == 0 && f.options.len() <= 40, "options must be padded");
+    assert!(f.options.len().is_multiple_of(4) && f.options.len() <= 40, "options must be padded");
     let hdr = 20 + f.options.len();
     let mut buf = vec![0u8; hdr + payload.len()];
     buf[20..hdr].copy_from_slice(&f.options);
