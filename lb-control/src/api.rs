@@ -427,13 +427,10 @@ pub fn router(state: Shared, max_body_bytes: usize) -> Router {
         .with_state(state)
 }
 
-/// Reads the API token from a file (trailing whitespace ignored).
+/// Reads the API token from a file (surrounding whitespace ignored), as
+/// config validation checks it.
 pub fn read_token(path: &std::path::Path) -> anyhow::Result<String> {
-    use anyhow::Context as _;
-    let token = std::fs::read_to_string(path).with_context(|| format!("reading token file {}", path.display()))?;
-    let token = token.trim().to_string();
-    anyhow::ensure!(!token.is_empty(), "token file {} is empty", path.display());
-    Ok(token)
+    crate::config::read_token(path).map_err(anyhow::Error::msg)
 }
 
 #[cfg(test)]
