@@ -94,7 +94,7 @@ impl<'de> Deserialize<'de> for VipId {
 }
 
 /// Per-VIP behaviour switches.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum VipFlag {
     /// Hash on the client address only: one client, one backend.
