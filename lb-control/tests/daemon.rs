@@ -1138,3 +1138,119 @@ fn a_new_backend_starts_with_zero_counters() {
     let stats = lab.get_json("/v1/stats");
     assert_eq!(stats["backends"]["10.1.0.50"]["packets"], 0, "a backend that never got a packet: {}", stats["backends"]);
 }
+
+// ---- inputs checked once (issue 10, items 5 to 8) ---------------------------------
+
+/// `check` refuses every config start-up would refuse, with the same located
+/// error (file, line, column, key), and a refused start changes nothing.
+#[test]
+fn check_refuses_what_start_refuses_with_the_same_located_error() {
+    let lab = Lab::new();
+    let bin = env!("CARGO_BIN_EXE_lb-control");
+    let good = lab.config_text(BASE_VIPS);
+    let pin = format!("pin_dir = \"{}\"", lab.pin_dir.display());
+    let state = format!("state_file = \"{}\"", lab.state_file.display());
+    let token = format!("token_file = \"{}\"", lab.token_file.display());
+    let not_bpffs = format!("pin_dir = \"{}\"", lab.dir.join("pins").display());
+    let cases: Vec<(&str, String, &str)> = vec![
+        // (what, config text, "key: ..." the error names)
+        ("max_vips overflowing the ring count", good.replace("max_vips = 16", "max_vips = 4294967295"), "limits.max_vips: "),
+        ("an empty state_file", good.replace(&state, "state_file = \"\""), "state_file: "),
+        ("a relative pin_dir", good.replace(&pin, "pin_dir = \"xdp-lb\""), "pin_dir: "),
+        ("a pin_dir outside bpffs", good.replace(&pin, &not_bpffs), "pin_dir: "),
+        ("a public listen address without a token", good.replace(&token, "").replace("127.0.0.1:9780", "0.0.0.0:9780"), "api.listen: "),
+        ("max_body_bytes = 0", good.replace("max_body_bytes = 4096", "max_body_bytes = 0"), "api.max_body_bytes: "),
+        ("an empty file", String::new(), "interfaces: missing field"),
+        ("more VIPs than max_vips", good.replace("max_vips = 16", "max_vips = 1"), "vip[1]: 2 VIPs exceed limits.max_vips = 1"),
+        ("a backend that is the VIP", good.replace("address = \"10.1.0.2\"", "address = \"10.0.0.10\""), "vip[0].backend[1].address: "),
+    ];
+    let bad = lab.dir.join("bad.toml");
+    let state_before = fs::read(&lab.state_file).unwrap();
+    let maps_before = pinned_map_ids(&lab.pin_dir);
+    for (what, text, names) in cases {
+        fs::write(&bad, &text).unwrap();
+        let mut check = Command::new(bin);
+        check.env_remove("LB_CONFIG").arg("--config").arg(&bad).arg("check");
+        let (status, out, check_err) = run_bounded(check, &lab.dir, "lb-control check");
+        assert!(!status.success(), "{what}: check accepted it: {out}");
+        let located = check_err
+            .lines()
+            .find(|l| l.contains(names))
+            .unwrap_or_else(|| panic!("{what}: check does not name {names:?}: {check_err}"));
+        let prefix = format!("{}: line ", bad.display());
+        assert!(located.contains(&prefix) && located.contains(", column "), "{what}: not located: {located}");
+        // Start-up: the same error, and it exits before touching anything.
+        let mut start = lab.lb.command(bin);
+        start.env_remove("LB_CONFIG").env_remove("NOTIFY_SOCKET").arg("--config").arg(&bad).arg("run");
+        let (status, _, start_err) = run_bounded(start, &lab.dir, "lb-control run");
+        assert!(!status.success(), "{what}: start accepted it");
+        let at = located.find(&prefix).unwrap();
+        assert!(start_err.contains(&located[at..]), "{what}: start said {start_err:?}, check said {located:?}");
+    }
+    assert_eq!(fs::read(&lab.state_file).unwrap(), state_before, "a refused start changed the state file");
+    assert_eq!(pinned_map_ids(&lab.pin_dir), maps_before, "a refused start changed the pins");
+    assert_eq!(lab.vips(), base_vips_json());
+}
+
+/// Addresses that can never be right answer 400 `invalid_address` and
+/// change nothing; the Bearer scheme is case-insensitive.
+#[test]
+fn addresses_that_can_never_be_right_are_refused() {
+    let lab = Lab::new();
+    let bal = lab.balancer();
+    let vips_before = lab.vips();
+    let state_before = fs::read(&lab.state_file).unwrap();
+    let dataplane_before = dataplane_snapshot(&bal);
+    let http_backends = format!("/v1/vips/{VIP_HTTP}/backends");
+    let dns_backends = format!("/v1/vips/{VIP_DNS6}/backends");
+    let cases: Vec<(&str, &str, String, Value, &str)> = vec![
+        // (what, method, path, body, message contains)
+        ("VIP 0.0.0.0", "POST", "/v1/vips".into(), json!({"vip": "tcp:0.0.0.0:80"}), "unspecified"),
+        ("VIP ::", "POST", "/v1/vips".into(), json!({"vip": "tcp:[::]:80"}), "unspecified"),
+        ("VIP multicast", "POST", "/v1/vips".into(), json!({"vip": "udp:224.0.0.1:53"}), "multicast"),
+        ("backend 0.0.0.0", "POST", http_backends.clone(), json!({"address": "0.0.0.0"}), "unspecified"),
+        ("backend ::", "POST", dns_backends.clone(), json!({"address": "::"}), "unspecified"),
+        ("backend broadcast", "POST", http_backends.clone(), json!({"address": "255.255.255.255"}), "broadcast"),
+        ("backend 224.0.0.1", "POST", http_backends.clone(), json!({"address": "224.0.0.1"}), "multicast"),
+        ("backend ff02::1", "POST", dns_backends.clone(), json!({"address": "ff02::1"}), "multicast"),
+        ("backend loopback", "POST", http_backends.clone(), json!({"address": "127.0.0.1"}), "loopback"),
+        ("backend = the VIP", "POST", http_backends.clone(), json!({"address": "10.0.0.10"}), "VIP tcp:10.0.0.10:80 itself"),
+        ("backend = the IPv6 VIP", "PUT", dns_backends.clone(), json!([{"address": "fc00::10"}]), "itself"),
+        ("mapped twin of a backend", "POST", http_backends.clone(), json!({"address": "::ffff:10.1.0.1"}), "IPv4-mapped"),
+        ("mapped twin in a list", "PUT", http_backends.clone(), json!([{"address": "10.1.0.7"}, {"address": "::ffff:10.1.0.7"}]), "IPv4-mapped"),
+        ("mapped twin in a new VIP", "POST", "/v1/vips".into(), json!({"vip": "tcp:10.0.0.60:80", "backends": [{"address": "::ffff:10.1.0.7"}, {"address": "10.1.0.7"}]}), "IPv4-mapped"),
+        ("a reserved backend in a new VIP", "POST", "/v1/vips".into(), json!({"vip": "tcp:10.0.0.60:80", "backends": [{"address": "0.0.0.0"}]}), "unspecified"),
+    ];
+    for (what, method, path, body, contains) in cases {
+        let msg = lab.call(method, &path, Some(&body)).error(400, "invalid_address", what);
+        assert!(msg.contains(contains), "{what}: {msg:?} does not mention {contains:?}");
+        assert_eq!(lab.vips(), vips_before, "{what} changed the VIPs");
+        assert_eq!(fs::read(&lab.state_file).unwrap(), state_before, "{what} changed the state file");
+        assert_eq!(dataplane_snapshot(&bal), dataplane_before, "{what} changed the data plane");
+    }
+    lab.get("/v1/vips/tcp:0.0.0.0:80").error(400, "invalid_address", "GET a VIP that cannot exist");
+
+    // RFC 7235: the scheme is case-insensitive.
+    for scheme in ["bearer", "BEARER", "bEaReR"] {
+        let auth = format!("{scheme} {TOKEN}");
+        let body = serde_json::to_vec(&json!({"weight": 4})).unwrap();
+        let r = lab.http("PATCH", &format!("{http_backends}/10.1.0.1"), Some(("application/json", body)), Some(&auth));
+        r.ok(200, &format!("PATCH with {scheme:?}"));
+    }
+}
+
+/// `/v1/openapi.json` serves the generated document, which is the committed
+/// file.
+#[test]
+fn the_served_openapi_document_is_the_generated_one() {
+    let lab = Lab::new();
+    let r = lab.get("/v1/openapi.json");
+    assert_eq!(r.status, 200);
+    assert!(r.content_type.starts_with("application/json"), "{}", r.content_type);
+    assert_eq!(r.body, *lb_control::api::openapi_json());
+    assert_eq!(r.body, fs::read_to_string(lb_control::api::OPENAPI_FILE).unwrap(), "regenerate openapi.json");
+    let doc = r.json();
+    let patch = &doc["components"]["schemas"]["BackendPatch"]["oneOf"];
+    assert_eq!(patch.as_array().map(Vec::len), Some(2), "{patch}");
+    assert!(doc["components"]["schemas"]["VipId"]["pattern"].is_string());
+}
