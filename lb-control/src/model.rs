@@ -174,8 +174,17 @@ pub enum AddressError {
 }
 
 impl AddressError {
-    /// The API's error code for every address refused here.
-    pub const CODE: &'static str = "invalid_address";
+    /// The API's stable error code: `invalid_address` for an address that
+    /// is wrong on its own (the OpenAPI schema's patterns exclude those),
+    /// `backend_is_vip` and `duplicate_backend` for an address wrong only
+    /// beside another (no schema can say so).
+    pub fn code(&self) -> &'static str {
+        match self {
+            AddressError::OwnVip { .. } => "backend_is_vip",
+            AddressError::MappedTwin { .. } => "duplicate_backend",
+            _ => "invalid_address",
+        }
+    }
 }
 
 /// Addresses that are never a unicast host on the wire.

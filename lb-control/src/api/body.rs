@@ -3,7 +3,8 @@
 
 use std::{collections::BTreeMap, net::IpAddr};
 
-use serde::{Deserialize, Serialize};
+use axum::http::StatusCode;
+use serde::{Deserialize, Deserializer, Serialize};
 
 use super::error::ApiError;
 use crate::{
@@ -15,11 +16,24 @@ fn default_weight() -> u32 {
     1
 }
 
+/// A weight as JSON Schema's `integer` allows it: `3` or `3.0`.
+fn integral_u32<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
+    let n = serde_json::Number::deserialize(d)?;
+    let whole = n.as_u64().or_else(|| n.as_f64().filter(|f| f.fract() == 0.0 && *f >= 0.0 && *f <= u32::MAX as f64).map(|f| f as u64));
+    whole
+        .and_then(|w| u32::try_from(w).ok())
+        .ok_or_else(|| serde::de::Error::custom(format!("{n} is not a weight (a whole number, 0..={})", crate::model::MAX_WEIGHT)))
+}
+
+fn integral_u32_opt<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u32>, D::Error> {
+    integral_u32(d).map(Some)
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BackendBody {
     pub address: IpAddr,
-    #[serde(default = "default_weight")]
+    #[serde(default = "default_weight", deserialize_with = "integral_u32")]
     pub weight: u32,
 }
 
@@ -38,6 +52,7 @@ pub struct VipBody {
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BackendPatch {
+    #[serde(default, deserialize_with = "integral_u32_opt")]
     pub weight: Option<u32>,
     pub drain: Option<bool>,
 }
@@ -74,13 +89,33 @@ pub fn vip_body(id: &VipId, spec: &VipSpec) -> VipBody {
 pub fn backends_of(vip: &VipId, list: &[BackendBody]) -> Result<BTreeMap<IpAddr, Backend>, ApiError> {
     let mut out = BTreeMap::new();
     for b in list {
-        check_backend_family(vip, b.address).map_err(ApiError::bad_request)?;
+        check_backend_family(vip, b.address)
+            .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "family_mismatch", e))?;
         check_backend_addr(vip, b.address)?;
         check_weight(b.weight).map_err(ApiError::bad_request)?;
         if out.insert(b.address, Backend { weight: b.weight }).is_some() {
-            return Err(ApiError::bad_request(format!("backend {} is listed twice", b.address)));
+            let msg = format!("backend {} is listed twice", b.address);
+            return Err(ApiError::new(StatusCode::BAD_REQUEST, "duplicate_backend", msg));
         }
     }
     check_backend_set(vip, out.keys())?;
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn weights_are_whole_numbers_written_either_way() {
+        let b: BackendBody = serde_json::from_str(r#"{"address": "10.1.0.1", "weight": 3.0}"#).unwrap();
+        assert_eq!(b.weight, 3);
+        let p: BackendPatch = serde_json::from_str(r#"{"weight": 1469.0}"#).unwrap();
+        assert_eq!(p.weight, Some(1469));
+        let p: BackendPatch = serde_json::from_str(r#"{"drain": true}"#).unwrap();
+        assert_eq!((p.weight, p.drain), (None, Some(true)));
+        for bad in [r#"{"weight": 2.5}"#, r#"{"weight": -1}"#, r#"{"weight": 4294967296}"#, r#"{"weight": "3"}"#] {
+            assert!(serde_json::from_str::<BackendPatch>(bad).is_err(), "{bad}");
+        }
+    }
 }

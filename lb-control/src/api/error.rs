@@ -48,6 +48,7 @@ pub struct ErrorBody<'a> {
 #[derive(Serialize, utoipa::ToSchema)]
 pub struct ErrorDetail<'a> {
     /// Stable, machine-readable: `bad_request`, `invalid_address`,
+    /// `backend_is_vip`, `duplicate_backend`, `family_mismatch`,
     /// `invalid_json`, `not_found`, `conflict`, `rejected`, `unauthorized`,
     /// `payload_too_large`, `unsupported_media_type`, `method_not_allowed`,
     /// `not_ready`, `internal`.
@@ -65,7 +66,7 @@ impl IntoResponse for ApiError {
 
 impl From<AddressError> for ApiError {
     fn from(e: AddressError) -> Self {
-        ApiError::new(StatusCode::BAD_REQUEST, AddressError::CODE, e.to_string())
+        ApiError::new(StatusCode::BAD_REQUEST, e.code(), e.to_string())
     }
 }
 
