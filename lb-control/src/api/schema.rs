@@ -199,6 +199,29 @@ mod tests {
         assert_eq!(vip["oneOf"].as_array().map(Vec::len), Some(2), "{vip}");
     }
 
+    /// The response schemas name exactly the fields the types serialise.
+    #[test]
+    fn response_schemas_match_the_types() {
+        let fields = |v: &Value| {
+            let mut k: Vec<String> = v.as_object().unwrap().keys().cloned().collect();
+            k.sort();
+            k
+        };
+        let required = |v: &Value| {
+            let mut k: Vec<String> = v["required"].as_array().unwrap().iter().map(|s| s.as_str().unwrap().into()).collect();
+            k.sort();
+            k
+        };
+        let applied = serde_json::to_value(Applied::schema()).unwrap();
+        let report = serde_json::to_value(Applied { applied: Default::default() }).unwrap();
+        assert_eq!(required(&applied), fields(&report));
+        assert_eq!(required(&applied["properties"]["applied"]), fields(&report["applied"]));
+        let stats = serde_json::to_value(StatsSnapshot::schema()).unwrap();
+        assert_eq!(required(&stats), fields(&serde_json::to_value(StatsSnapshot::default()).unwrap()));
+        let counter_fields = fields(&serde_json::to_value(lb_common::Counter::default()).unwrap());
+        assert_eq!(required(&stats["properties"]["global"]["additionalProperties"]), counter_fields);
+    }
+
     #[test]
     fn address_patterns_accept_only_addresses_the_api_takes() {
         let backend = Regex::new(&BACKEND_PATTERN).unwrap();
