@@ -25,8 +25,12 @@ fn integral_u32<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
         .ok_or_else(|| serde::de::Error::custom(format!("{n} is not a weight (a whole number, 0..={})", crate::model::MAX_WEIGHT)))
 }
 
+/// An optional weight; `null` is the same as leaving it out (what `lbctl`
+/// sends).
 fn integral_u32_opt<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u32>, D::Error> {
-    integral_u32(d).map(Some)
+    #[derive(Deserialize)]
+    struct Whole(#[serde(deserialize_with = "integral_u32")] u32);
+    Ok(Option::<Whole>::deserialize(d)?.map(|Whole(w)| w))
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -48,7 +52,8 @@ pub struct VipBody {
 }
 
 /// A backend change: a new weight, or drain (weight 0). Both fields are
-/// read so that giving both, or neither, gets a specific message.
+/// read so that giving both, or neither, gets a specific message; `null`
+/// counts as absent.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BackendPatch {
@@ -114,6 +119,12 @@ mod tests {
         assert_eq!(p.weight, Some(1469));
         let p: BackendPatch = serde_json::from_str(r#"{"drain": true}"#).unwrap();
         assert_eq!((p.weight, p.drain), (None, Some(true)));
+        let p: BackendPatch = serde_json::from_str(r#"{"weight": null, "drain": true}"#).unwrap();
+        assert_eq!(p.weight().unwrap(), 0);
+        let p: BackendPatch = serde_json::from_str(r#"{"weight": 7, "drain": null}"#).unwrap();
+        assert_eq!(p.weight().unwrap(), 7);
+        let p: BackendPatch = serde_json::from_str(r#"{"weight": null}"#).unwrap();
+        assert!(p.weight().is_err(), "nothing to change");
         for bad in [r#"{"weight": 2.5}"#, r#"{"weight": -1}"#, r#"{"weight": 4294967296}"#, r#"{"weight": "3"}"#] {
             assert!(serde_json::from_str::<BackendPatch>(bad).is_err(), "{bad}");
         }

@@ -129,10 +129,12 @@ named_schema!(
     BackendPatch,
     "BackendPatch",
     one_of([
+        // `null` counts as absent, so the other field may be null.
         schema(json!({"type": "object", "additionalProperties": false, "required": ["weight"],
-            "properties": {"weight": {"type": "integer", "minimum": 0, "maximum": MAX_WEIGHT}}})),
+            "properties": {"weight": {"type": "integer", "minimum": 0, "maximum": MAX_WEIGHT}, "drain": {"type": "null"}}})),
         schema(json!({"type": "object", "additionalProperties": false, "required": ["drain"],
-            "properties": {"drain": {"type": "boolean", "enum": [true], "description": "weight 0: no new flows"}}})),
+            "properties": {"drain": {"type": "boolean", "enum": [true], "description": "weight 0: no new flows"},
+                "weight": {"type": "null"}}})),
     ])
 );
 
