@@ -1,13 +1,17 @@
 #!/usr/bin/env bash
 # One-time (idempotent) set-up of a build/test host for xdp-lb.
 # Installs Debian packages, the nightly's rust-src, bpf-linker built against
-# the nightly's own libLLVM, and mounts bpffs. Quick when already done.
+# the nightly's own libLLVM, schemathesis (the API fuzzer) in a virtualenv of
+# the project's, and mounts bpffs. Quick when already done.
 set -euo pipefail
 
 NIGHTLY="${LB_NIGHTLY:-nightly}"
 # bpf-linker's rpath points into this prefix, so it must outlive the build.
 LLVM_PREFIX_DIR="${LB_LLVM_PREFIX:-/opt/xdp-lb/llvm}"
-DEB_PACKAGES=(netsniff-ng iproute2 ethtool procps)
+# The API fuzz test's virtualenv and its pinned packages.
+VENV_DIR="${LB_VENV:-/opt/xdp-lb/venv}"
+FUZZ_REQUIREMENTS="$(cd "$(dirname "$0")" && pwd)/fuzz/requirements.txt"
+DEB_PACKAGES=(netsniff-ng iproute2 ethtool procps python3 python3-venv)
 
 log() { printf '[setup] %s\n' "$*" >&2; }
 
@@ -56,6 +60,19 @@ install_bpf_linker() {
     --no-default-features --features "llvm-$major" >&2
 }
 
+install_schemathesis() {
+  # The copy of the requirements the virtualenv was built from: unchanged
+  # means nothing to do.
+  local stamp="$VENV_DIR/.xdp-lb-requirements.txt"
+  if [ -x "$VENV_DIR/bin/schemathesis" ] && cmp -s "$stamp" "$FUZZ_REQUIREMENTS"; then
+    return
+  fi
+  log "installing schemathesis into $VENV_DIR (pinned in scripts/fuzz/requirements.txt)"
+  /usr/bin/python3 -m venv "$VENV_DIR"
+  "$VENV_DIR/bin/pip" install --quiet --disable-pip-version-check -r "$FUZZ_REQUIREMENTS" >&2
+  cp "$FUZZ_REQUIREMENTS" "$stamp"
+}
+
 mount_bpffs() {
   if ! mountpoint -q /sys/fs/bpf; then
     log "mounting bpffs on /sys/fs/bpf"
@@ -67,5 +84,6 @@ need_root
 install_debs
 install_rust_src
 install_bpf_linker
+install_schemathesis
 mount_bpffs
 log "ok"

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Runs every test of the project on this host: set-up first (idempotent),
-# then the Rust test suites, which include the BPF fixture tests (root).
+# then the Rust test suites, which include the BPF fixture tests (root) and
+# the API fuzz test (schemathesis from setup.sh's virtualenv against a real
+# daemon in a namespace; lb-control/tests/daemon.rs).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh

@@ -719,10 +719,10 @@ fn bad_requests_are_refused_with_the_right_error_and_change_nothing() {
         ("bad backend syntax", "PATCH", format!("{http_backends}/not-an-ip"), body(r#"{"weight": 3}"#), Some(&bearer), 400, "bad_request", "not-an-ip"),
         ("duplicate VIP", "POST", "/v1/vips".into(), body(&json!({"vip": VIP_HTTP, "backends": [{"address": "10.1.0.9"}]}).to_string()), Some(&bearer), 409, "conflict", VIP_HTTP),
         ("duplicate backend", "POST", http_backends.clone(), body(r#"{"address": "10.1.0.1", "weight": 4}"#), Some(&bearer), 409, "conflict", "10.1.0.1"),
-        ("a backend listed twice", "PUT", http_backends.clone(), body(r#"[{"address": "10.1.0.7"}, {"address": "10.1.0.7", "weight": 2}]"#), Some(&bearer), 400, "bad_request", "twice"),
-        ("IPv4 backend of an IPv6 VIP: POST backend", "POST", dns_backends.clone(), body(r#"{"address": "10.1.0.9"}"#), Some(&bearer), 400, "bad_request", "IPv6"),
-        ("IPv4 backend of an IPv6 VIP: PUT", "PUT", dns_backends.clone(), body(r#"[{"address": "fc00:1::2"}, {"address": "10.1.0.9"}]"#), Some(&bearer), 400, "bad_request", "IPv6"),
-        ("IPv4 backend of an IPv6 VIP: POST VIP", "POST", "/v1/vips".into(), body(r#"{"vip": "tcp:[fc00::50]:80", "backends": [{"address": "10.1.0.9"}]}"#), Some(&bearer), 400, "bad_request", "IPv6"),
+        ("a backend listed twice", "PUT", http_backends.clone(), body(r#"[{"address": "10.1.0.7"}, {"address": "10.1.0.7", "weight": 2}]"#), Some(&bearer), 400, "duplicate_backend", "twice"),
+        ("IPv4 backend of an IPv6 VIP: POST backend", "POST", dns_backends.clone(), body(r#"{"address": "10.1.0.9"}"#), Some(&bearer), 400, "family_mismatch", "IPv6"),
+        ("IPv4 backend of an IPv6 VIP: PUT", "PUT", dns_backends.clone(), body(r#"[{"address": "fc00:1::2"}, {"address": "10.1.0.9"}]"#), Some(&bearer), 400, "family_mismatch", "IPv6"),
+        ("IPv4 backend of an IPv6 VIP: POST VIP", "POST", "/v1/vips".into(), body(r#"{"vip": "tcp:[fc00::50]:80", "backends": [{"address": "10.1.0.9"}]}"#), Some(&bearer), 400, "family_mismatch", "IPv6"),
         ("weight out of range: POST", "POST", http_backends.clone(), body(r#"{"address": "10.1.0.9", "weight": 10001}"#), Some(&bearer), 400, "bad_request", "10001"),
         ("weight out of range: PATCH", "PATCH", format!("{http_backends}/10.1.0.1"), body(r#"{"weight": 10001}"#), Some(&bearer), 400, "bad_request", "10001"),
         ("weight out of range: PUT", "PUT", http_backends.clone(), body(r#"[{"address": "10.1.0.1", "weight": 4294967295}]"#), Some(&bearer), 400, "bad_request", "out of range"),
@@ -1187,4 +1187,274 @@ fn a_new_gateway_mac_reaches_the_data_plane_within_a_second() {
     }
     println!("new gateway MAC in the data plane after {:?}", start.elapsed());
     lab.wait_log(&format!("gateway_mac={new_mac}"), PROMPTLY);
+}
+
+// ---- inputs checked once (issue 10, items 5 to 8) ---------------------------------
+
+/// `check` refuses every config start-up would refuse, with the same located
+/// error (file, line, column, key), and a refused start changes nothing.
+#[test]
+fn check_refuses_what_start_refuses_with_the_same_located_error() {
+    let lab = Lab::new();
+    let bin = env!("CARGO_BIN_EXE_lb-control");
+    let good = lab.config_text(BASE_VIPS);
+    let pin = format!("pin_dir = \"{}\"", lab.pin_dir.display());
+    let state = format!("state_file = \"{}\"", lab.state_file.display());
+    let token = format!("token_file = \"{}\"", lab.token_file.display());
+    let not_bpffs = format!("pin_dir = \"{}\"", lab.dir.join("pins").display());
+    let cases: Vec<(&str, String, &str)> = vec![
+        // (what, config text, "key: ..." the error names)
+        ("max_vips overflowing the ring count", good.replace("max_vips = 16", "max_vips = 4294967295"), "limits.max_vips: "),
+        ("an empty state_file", good.replace(&state, "state_file = \"\""), "state_file: "),
+        ("a relative pin_dir", good.replace(&pin, "pin_dir = \"xdp-lb\""), "pin_dir: "),
+        ("a pin_dir outside bpffs", good.replace(&pin, &not_bpffs), "pin_dir: "),
+        ("a public listen address without a token", good.replace(&token, "").replace("127.0.0.1:9780", "0.0.0.0:9780"), "api.listen: "),
+        ("max_body_bytes = 0", good.replace("max_body_bytes = 4096", "max_body_bytes = 0"), "api.max_body_bytes: "),
+        ("an empty file", String::new(), "interfaces: missing field"),
+        ("more VIPs than max_vips", good.replace("max_vips = 16", "max_vips = 1"), "vip[1]: 2 VIPs exceed limits.max_vips = 1"),
+        ("a backend that is the VIP", good.replace("address = \"10.1.0.2\"", "address = \"10.0.0.10\""), "vip[0].backend[1].address: "),
+    ];
+    let bad = lab.dir.join("bad.toml");
+    let state_before = fs::read(&lab.state_file).unwrap();
+    let maps_before = pinned_map_ids(&lab.pin_dir);
+    for (what, text, names) in cases {
+        fs::write(&bad, &text).unwrap();
+        let mut check = Command::new(bin);
+        check.env_remove("LB_CONFIG").arg("--config").arg(&bad).arg("check");
+        let (status, out, check_err) = run_bounded(check, &lab.dir, "lb-control check");
+        assert!(!status.success(), "{what}: check accepted it: {out}");
+        let located = check_err
+            .lines()
+            .find(|l| l.contains(names))
+            .unwrap_or_else(|| panic!("{what}: check does not name {names:?}: {check_err}"));
+        let prefix = format!("{}: line ", bad.display());
+        assert!(located.contains(&prefix) && located.contains(", column "), "{what}: not located: {located}");
+        // Start-up: the same error, and it exits before touching anything.
+        let mut start = lab.lb.command(bin);
+        start.env_remove("LB_CONFIG").env_remove("NOTIFY_SOCKET").arg("--config").arg(&bad).arg("run");
+        let (status, _, start_err) = run_bounded(start, &lab.dir, "lb-control run");
+        assert!(!status.success(), "{what}: start accepted it");
+        let at = located.find(&prefix).unwrap();
+        assert!(start_err.contains(&located[at..]), "{what}: start said {start_err:?}, check said {located:?}");
+    }
+    assert_eq!(fs::read(&lab.state_file).unwrap(), state_before, "a refused start changed the state file");
+    assert_eq!(pinned_map_ids(&lab.pin_dir), maps_before, "a refused start changed the pins");
+    assert_eq!(lab.vips(), base_vips_json());
+}
+
+/// Addresses that can never be right answer 400 `invalid_address` and
+/// change nothing; the Bearer scheme is case-insensitive.
+#[test]
+fn addresses_that_can_never_be_right_are_refused() {
+    let lab = Lab::new();
+    let bal = lab.balancer();
+    let vips_before = lab.vips();
+    let state_before = fs::read(&lab.state_file).unwrap();
+    let dataplane_before = dataplane_snapshot(&bal);
+    let http_backends = format!("/v1/vips/{VIP_HTTP}/backends");
+    let dns_backends = format!("/v1/vips/{VIP_DNS6}/backends");
+    let cases: Vec<(&str, &str, String, Value, &str)> = vec![
+        // (what, method, path, body, message contains); the code is
+        // invalid_address, backend_is_vip ("itself") or duplicate_backend
+        // ("IPv4-mapped")
+        ("VIP 0.0.0.0", "POST", "/v1/vips".into(), json!({"vip": "tcp:0.0.0.0:80"}), "unspecified"),
+        ("VIP ::", "POST", "/v1/vips".into(), json!({"vip": "tcp:[::]:80"}), "unspecified"),
+        ("VIP multicast", "POST", "/v1/vips".into(), json!({"vip": "udp:224.0.0.1:53"}), "multicast"),
+        ("backend 0.0.0.0", "POST", http_backends.clone(), json!({"address": "0.0.0.0"}), "unspecified"),
+        ("backend ::", "POST", dns_backends.clone(), json!({"address": "::"}), "unspecified"),
+        ("backend broadcast", "POST", http_backends.clone(), json!({"address": "255.255.255.255"}), "broadcast"),
+        ("backend 224.0.0.1", "POST", http_backends.clone(), json!({"address": "224.0.0.1"}), "multicast"),
+        ("backend ff02::1", "POST", dns_backends.clone(), json!({"address": "ff02::1"}), "multicast"),
+        ("backend loopback", "POST", http_backends.clone(), json!({"address": "127.0.0.1"}), "loopback"),
+        ("backend = the VIP", "POST", http_backends.clone(), json!({"address": "10.0.0.10"}), "VIP tcp:10.0.0.10:80 itself"),
+        ("backend = the IPv6 VIP", "PUT", dns_backends.clone(), json!([{"address": "fc00::10"}]), "itself"),
+        ("mapped twin of a backend", "POST", http_backends.clone(), json!({"address": "::ffff:10.1.0.1"}), "IPv4-mapped"),
+        ("mapped twin in a list", "PUT", http_backends.clone(), json!([{"address": "10.1.0.7"}, {"address": "::ffff:10.1.0.7"}]), "IPv4-mapped"),
+        ("mapped twin in a new VIP", "POST", "/v1/vips".into(), json!({"vip": "tcp:10.0.0.60:80", "backends": [{"address": "::ffff:10.1.0.7"}, {"address": "10.1.0.7"}]}), "IPv4-mapped"),
+        ("a reserved backend in a new VIP", "POST", "/v1/vips".into(), json!({"vip": "tcp:10.0.0.60:80", "backends": [{"address": "0.0.0.0"}]}), "unspecified"),
+    ];
+    for (what, method, path, body, contains) in cases {
+        let code = match contains {
+            c if c.contains("itself") => "backend_is_vip",
+            "IPv4-mapped" => "duplicate_backend",
+            _ => "invalid_address",
+        };
+        let msg = lab.call(method, &path, Some(&body)).error(400, code, what);
+        assert!(msg.contains(contains), "{what}: {msg:?} does not mention {contains:?}");
+        assert_eq!(lab.vips(), vips_before, "{what} changed the VIPs");
+        assert_eq!(fs::read(&lab.state_file).unwrap(), state_before, "{what} changed the state file");
+        assert_eq!(dataplane_snapshot(&bal), dataplane_before, "{what} changed the data plane");
+    }
+    lab.get("/v1/vips/tcp:0.0.0.0:80").error(400, "invalid_address", "GET a VIP that cannot exist");
+
+    // RFC 7235: the scheme is case-insensitive.
+    for scheme in ["bearer", "BEARER", "bEaReR"] {
+        let auth = format!("{scheme} {TOKEN}");
+        let body = serde_json::to_vec(&json!({"weight": 4})).unwrap();
+        let r = lab.http("PATCH", &format!("{http_backends}/10.1.0.1"), Some(("application/json", body)), Some(&auth));
+        r.ok(200, &format!("PATCH with {scheme:?}"));
+    }
+}
+
+/// `/v1/openapi.json` serves the generated document, which is the committed
+/// file.
+#[test]
+fn the_served_openapi_document_is_the_generated_one() {
+    let lab = Lab::new();
+    let r = lab.get("/v1/openapi.json");
+    assert_eq!(r.status, 200);
+    assert!(r.content_type.starts_with("application/json"), "{}", r.content_type);
+    assert_eq!(r.body, *lb_control::api::openapi_json());
+    assert_eq!(r.body, fs::read_to_string(lb_control::api::OPENAPI_FILE).unwrap(), "regenerate openapi.json");
+    let doc = r.json();
+    let patch = &doc["components"]["schemas"]["BackendPatch"]["oneOf"];
+    assert_eq!(patch.as_array().map(Vec::len), Some(2), "{patch}");
+    assert!(doc["components"]["schemas"]["VipId"]["pattern"].is_string());
+}
+
+// ---- API fuzzing (issue 10, item 9) -------------------------------------------------
+
+/// Where `scripts/setup.sh` installs schemathesis.
+const SCHEMATHESIS: &str = "/opt/xdp-lb/venv/bin/schemathesis";
+const FUZZ_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// Checks that the API, the state file and the data plane describe the same
+/// VIPs: every VIP of `GET /v1/vips` (and no other) is in the state file and
+/// in `VIPS` with its echo marker, and its ring holds exactly its backends of
+/// non-zero weight.
+fn assert_api_state_and_maps_agree(lab: &Lab) {
+    let api: Vec<lb_control::api::VipBody> = serde_json::from_value(lab.vips()).expect("GET /v1/vips parses");
+    let state = lb_control::state::load(&lab.state_file).unwrap().expect("a state file");
+    let from_api: lb_control::model::VipSet = api
+        .iter()
+        .map(|v| {
+            let backends = v.backends.iter().map(|b| (b.address, lb_control::model::Backend { weight: b.weight }));
+            (v.vip, lb_control::model::VipSpec { flags: v.flags.clone(), backends: backends.collect() })
+        })
+        .collect();
+    assert_eq!(state.vips, from_api, "the state file and GET /v1/vips differ");
+
+    let bal = lab.balancer();
+    let in_maps: BTreeMap<lb_common::VipKey, lb_common::VipMeta> = bal.vips().unwrap().into_iter().collect();
+    let mut expected_keys = std::collections::BTreeSet::new();
+    for (id, spec) in &from_api {
+        let key = common::vip_key(id.addr, id.port, id.proto.number());
+        let meta = in_maps.get(&key).unwrap_or_else(|| panic!("VIP {id} is not in the VIPS map"));
+        expected_keys.insert(key);
+        let echo = if id.addr.is_ipv4() { lb_common::IPPROTO_ICMP } else { lb_common::IPPROTO_ICMPV6 };
+        expected_keys.insert(common::vip_key(id.addr, 0, echo));
+        let in_ring: Vec<std::net::IpAddr> = bal
+            .ring(meta.ring)
+            .unwrap()
+            .into_iter()
+            .collect::<std::collections::BTreeSet<u32>>()
+            .into_iter()
+            .filter(|i| *i != 0)
+            .map(|i| {
+                let real = bal.real(i).unwrap();
+                spec.backends
+                    .keys()
+                    .copied()
+                    .find(|a| lb_control::dataplane::ip_to_addr(*a) == (real.addr, real.family))
+                    .unwrap_or_else(|| panic!("VIP {id}'s ring names backend slot {i} ({real:?}), not one of its backends"))
+            })
+            .collect();
+        // A backend of small weight may own no slot of a small ring; every
+        // slot's backend serves the VIP, and a VIP with serving backends
+        // has a full ring.
+        let serving: Vec<_> = spec.backends.iter().filter(|(_, b)| b.weight > 0).map(|(a, _)| *a).collect();
+        assert!(in_ring.iter().all(|a| serving.contains(a)), "VIP {id}: ring {in_ring:?}, serving {serving:?}");
+        assert_eq!(in_ring.is_empty(), serving.is_empty(), "VIP {id}: ring {in_ring:?}, serving {serving:?}");
+    }
+    let keys: std::collections::BTreeSet<_> = in_maps.keys().copied().collect();
+    assert_eq!(keys, expected_keys, "the VIPS map holds VIPs the API does not list (or lacks some)");
+    // REALS holds exactly the backends of all VIPs.
+    let all_backends: std::collections::BTreeSet<_> =
+        from_api.values().flat_map(|s| s.backends.keys()).map(|a| lb_control::dataplane::ip_to_addr(*a)).collect();
+    let reals: std::collections::BTreeSet<_> = (1..bal.limits().max_reals)
+        .map(|i| bal.real(i).unwrap())
+        .filter(|r| r.family != 0)
+        .map(|r| (r.addr, r.family))
+        .collect();
+    assert_eq!(reals, all_backends, "REALS and the VIPs' backends differ");
+}
+
+/// schemathesis against a real daemon, every check, about 30 examples per
+/// operation: no server error, no answer outside its schema, no valid
+/// request refused, no invalid one accepted; afterwards the API, the state
+/// file and the maps agree. `LB_FUZZ_SEED` changes the (fixed) seed.
+#[test]
+fn schemathesis_finds_nothing_and_state_files_and_maps_agree() {
+    assert!(
+        Path::new(SCHEMATHESIS).exists(),
+        "{SCHEMATHESIS} is missing: run scripts/setup.sh (it installs schemathesis into /opt/xdp-lb/venv)"
+    );
+    let mut lab = Lab::new();
+    // Room for what the fuzzer adds: a VIP or a backend refused for want of
+    // space would be a valid request refused. A small ring keeps that cheap.
+    lab.stop();
+    detach_all(&lab.pin_dir).unwrap();
+    let _ = fs::remove_file(&lab.state_file);
+    let text = lab
+        .config_text(BASE_VIPS)
+        .replace("ring_size = 65537", "ring_size = 257")
+        .replace("max_vips = 16", "max_vips = 1024")
+        .replace("max_backends = 64", "max_backends = 8192")
+        .replace("max_body_bytes = 4096", "max_body_bytes = 1048576");
+    fs::write(&lab.config, text).unwrap();
+    lab.limits = Config::load(&lab.config).unwrap().limits;
+    lab.start();
+
+    let seed = std::env::var("LB_FUZZ_SEED").unwrap_or_else(|_| "20261125".into());
+    let report = lab.dir.join("schemathesis-junit.xml");
+    let fuzz_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/fuzz");
+    let mut cmd = lab.lb.command(SCHEMATHESIS);
+    cmd.arg("--config-file").arg(fuzz_dir.join("schemathesis.toml"));
+    cmd.args(["run", &format!("{API}/v1/openapi.json"), "--checks", "all", "--max-examples", "30", "--seed", &seed])
+        .args(["--generation-database", "none", "--no-color", "--request-timeout", "10"])
+        .args(["--header", &format!("Authorization: Bearer {TOKEN}")])
+        .arg("--report-junit-path")
+        .arg(&report)
+        .args(["--report", "junit"])
+        .env("SCHEMATHESIS_HOOKS", fuzz_dir.join("hooks.py"))
+        .env("HOME", &lab.dir)
+        .current_dir(&lab.dir);
+    let (status, out, err) = run_bounded_for(cmd, &lab.dir, "schemathesis", FUZZ_TIMEOUT);
+    if let Some(path) = std::env::var_os("LB_FUZZ_OUTPUT") {
+        fs::write(path, format!("{out}\n{err}")).unwrap();
+    }
+    assert!(status.success(), "schemathesis found problems ({status}):\n{out}\n{err}\n{}", lab.logs());
+    assert!(out.contains("passed"), "schemathesis ran no test?\n{out}");
+    lab.assert_running();
+    assert_api_state_and_maps_agree(&lab);
+}
+
+/// [`run_bounded`] with its own time limit.
+fn run_bounded_for(mut cmd: Command, dir: &Path, what: &str, limit: Duration) -> (ExitStatus, String, String) {
+    let n = unique_name("out");
+    let (out_path, err_path) = (dir.join(format!("{n}.stdout")), dir.join(format!("{n}.stderr")));
+    cmd.stdin(Stdio::null())
+        .stdout(fs::File::create(&out_path).unwrap())
+        .stderr(fs::File::create(&err_path).unwrap());
+    // SAFETY: prctl is async-signal-safe; the child dies with the test.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn().unwrap_or_else(|e| panic!("spawning {what}: {e}"));
+    let start = Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if start.elapsed() > limit {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{what} did not finish within {limit:?}: {}", fs::read_to_string(&out_path).unwrap_or_default());
+        }
+        std::thread::sleep(POLL);
+    };
+    (status, fs::read_to_string(&out_path).unwrap(), fs::read_to_string(&err_path).unwrap())
 }

@@ -32,7 +32,8 @@ impl Limits {
     /// Number of rings in the pool: one per VIP plus the spares new tables
     /// are written into before they are switched to.
     pub fn ring_count(&self) -> u32 {
-        self.max_vips + RING_SPARES
+        // Saturating: `validate` refuses limits whose ring pool overflows.
+        self.max_vips.saturating_add(RING_SPARES)
     }
 
     /// Sets of the connection table (its size rounded down to a power of
@@ -49,12 +50,12 @@ impl Limits {
     /// Buckets of each VIP table copy: one per VIP-table entry (VIPs and
     /// echo markers) on average, a power of two.
     pub fn vip_buckets(&self) -> u32 {
-        (self.max_vips * 2).next_power_of_two().max(16)
+        self.max_vips.saturating_mul(2).checked_next_power_of_two().unwrap_or(1 << 31).max(16)
     }
 
-    /// Backend slots in the whole pool.
+    /// Backend slots in the whole pool (saturating; see `validate`).
     pub fn ring_slots(&self) -> u32 {
-        self.ring_count() * self.ring_size
+        self.ring_count().saturating_mul(self.ring_size)
     }
 
     pub fn validate(&self) -> Result<(), DataplaneError> {
@@ -76,12 +77,16 @@ impl Limits {
                 self.max_vips, self.max_reals, self.conn_table_size
             ));
         }
-        if (self.ring_count() as u64) * (self.ring_size as u64) > u32::MAX as u64 {
+        // Checked in u64: max_vips near u32::MAX overflows the ring count.
+        let ring_count = self.max_vips as u64 + RING_SPARES as u64;
+        if ring_count * self.ring_size as u64 > u32::MAX as u64 {
             return bad(format!(
-                "{} rings of {} entries do not fit one BPF array",
-                self.ring_count(),
-                self.ring_size
+                "max_vips {} needs {ring_count} rings of {} entries: more than one BPF array holds",
+                self.max_vips, self.ring_size
             ));
+        }
+        if self.max_vips as u64 * 2 > 1 << 31 {
+            return bad(format!("max_vips {} is above {} (the VIP table's buckets)", self.max_vips, 1u32 << 30));
         }
         Ok(())
     }

@@ -1,0 +1,179 @@
+//! The REST API (axum, JSON). Every change goes through the controller and
+//! is in the data plane before the call returns; a rejected call changes
+//! nothing. Errors are `{"error": {"code": "...", "message": "..."}}` with a
+//! stable code.
+//!
+//! The OpenAPI document is generated from the handlers (`handlers`, with
+//! `#[utoipa::path]`) and the body schemas (`schema`); `/v1/openapi.json`
+//! serves it and `lb-control/openapi.json` is the committed copy.
+
+mod auth;
+mod body;
+mod error;
+mod handlers;
+mod schema;
+
+use std::sync::{Arc, LazyLock, Mutex};
+
+use axum::{http::StatusCode, middleware, Router};
+use utoipa::{
+    openapi::{
+        security::{HttpAuthScheme, HttpBuilder, SecurityScheme},
+        OpenApi as Document,
+    },
+    Modify, OpenApi,
+};
+use utoipa_axum::{router::OpenApiRouter, routes};
+
+pub use body::{BackendBody, BackendPatch, VipBody};
+pub use error::ApiError;
+
+use crate::controller::Controller;
+
+/// Where the generated document is committed (and what `lbctl`, clients
+/// and the fuzzer read); a test checks it is current.
+pub const OPENAPI_FILE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/openapi.json");
+
+/// Every route: (method, path). A test checks the generated document has
+/// exactly these.
+pub const ROUTES: &[(&str, &str)] = &[
+    ("GET", "/v1/vips"),
+    ("POST", "/v1/vips"),
+    ("GET", "/v1/vips/{vip}"),
+    ("DELETE", "/v1/vips/{vip}"),
+    ("GET", "/v1/vips/{vip}/backends"),
+    ("PUT", "/v1/vips/{vip}/backends"),
+    ("POST", "/v1/vips/{vip}/backends"),
+    ("PATCH", "/v1/vips/{vip}/backends/{backend}"),
+    ("DELETE", "/v1/vips/{vip}/backends/{backend}"),
+    ("GET", "/v1/stats"),
+    ("GET", "/metrics"),
+    ("GET", "/healthz"),
+    ("GET", "/readyz"),
+    ("GET", "/v1/openapi.json"),
+];
+
+pub struct AppState {
+    pub ctl: Mutex<Controller>,
+    /// Bearer token for mutating calls; `None` means no token is required.
+    pub token: Option<String>,
+}
+
+pub type Shared = Arc<AppState>;
+
+fn lock(state: &Shared) -> std::sync::MutexGuard<'_, Controller> {
+    // A panic while holding the lock would be a bug; the controller's state
+    // is still consistent (every change is validated before it is made).
+    state.ctl.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "xdp-lb control API", description = "VIPs, backends and counters of the XDP load balancer. \
+        Changes are in the data plane when the call returns; a rejected call changes nothing."),
+    modifiers(&BearerToken),
+    components(schemas(crate::model::VipId, schema::BackendAddr)),
+    tags((name = "vips"), (name = "backends"), (name = "operations"))
+)]
+struct ApiDoc;
+
+/// The `token` security scheme the mutating operations name.
+struct BearerToken;
+
+impl Modify for BearerToken {
+    fn modify(&self, doc: &mut Document) {
+        let scheme = HttpBuilder::new()
+            .scheme(HttpAuthScheme::Bearer)
+            .description(Some("api.token_file's content; needed by changes when a token is configured"))
+            .build();
+        doc.components.get_or_insert_with(Default::default).add_security_scheme("token", SecurityScheme::Http(scheme));
+    }
+}
+
+/// The routes with their documentation.
+fn routes() -> OpenApiRouter<Shared> {
+    use handlers::*;
+    OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .routes(routes!(list_vips, create_vip))
+        .routes(routes!(get_vip, delete_vip))
+        .routes(routes!(list_backends, replace_backends, add_backend))
+        .routes(routes!(patch_backend, delete_backend))
+        .routes(routes!(stats))
+        .routes(routes!(metrics_text))
+        .routes(routes!(healthz))
+        .routes(routes!(readyz))
+        .routes(routes!(openapi))
+}
+
+/// The OpenAPI document, generated from the handlers and types.
+pub fn openapi_document() -> Document {
+    let mut doc = routes().split_for_parts().1;
+    doc.info.version = env!("CARGO_PKG_VERSION").to_string();
+    doc
+}
+
+/// The document as the API serves it and the committed file holds it.
+pub fn openapi_json() -> &'static String {
+    static JSON: LazyLock<String> = LazyLock::new(|| {
+        let mut text = openapi_document().to_pretty_json().expect("the document serialises");
+        text.push('\n');
+        text
+    });
+    &JSON
+}
+
+/// The API's router.
+pub fn router(state: Shared, max_body_bytes: usize) -> Router {
+    let (router, _) = routes().split_for_parts();
+    router
+        .fallback(|| async { ApiError::not_found("no such endpoint; see /v1/openapi.json") })
+        .method_not_allowed_fallback(|| async {
+            ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "this endpoint does not take that method")
+        })
+        .layer(middleware::from_fn_with_state(state.clone(), auth::require_token))
+        .layer(axum::extract::DefaultBodyLimit::max(max_body_bytes))
+        .with_state(state)
+}
+
+/// Reads the API token from a file (surrounding whitespace ignored), as
+/// config validation checks it.
+pub fn read_token(path: &std::path::Path) -> anyhow::Result<String> {
+    crate::config::read_token(path).map_err(anyhow::Error::msg)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_document_has_every_route_and_no_other() {
+        let doc: serde_json::Value = serde_json::from_str(openapi_json()).expect("valid JSON");
+        for (method, path) in ROUTES {
+            let op = &doc["paths"][path][method.to_lowercase()];
+            assert!(op.is_object(), "{method} {path} missing from the document");
+        }
+        let documented: usize = doc["paths"]
+            .as_object()
+            .unwrap()
+            .values()
+            .map(|p| p.as_object().unwrap().keys().filter(|k| *k != "parameters").count())
+            .sum();
+        assert_eq!(documented, ROUTES.len(), "the document has routes ROUTES does not list");
+    }
+
+    /// The committed `lb-control/openapi.json` is what the code generates.
+    /// `UPDATE_OPENAPI=1` rewrites it.
+    #[test]
+    fn the_committed_openapi_json_is_current() {
+        let generated = openapi_json();
+        if std::env::var_os("UPDATE_OPENAPI").is_some() {
+            std::fs::write(OPENAPI_FILE, generated).expect("writing openapi.json");
+        }
+        let committed = std::fs::read_to_string(OPENAPI_FILE).unwrap_or_default();
+        assert!(
+            committed == *generated,
+            "{OPENAPI_FILE} is not the document the handlers generate; regenerate it with\n  \
+             UPDATE_OPENAPI=1 cargo test -p lb-control --lib the_committed_openapi_json_is_current\nand commit it"
+        );
+    }
+}
