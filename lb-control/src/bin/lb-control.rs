@@ -129,13 +129,6 @@ fn notify(state: &[NotifyState]) {
     }
 }
 
-fn monotonic_usec() -> i128 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-    // SAFETY: clock_gettime writes into the timespec we own.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    ts.tv_sec as i128 * 1_000_000 + ts.tv_nsec as i128 / 1_000
-}
-
 async fn run(config_path: PathBuf) -> Result<()> {
     let config = load(&config_path)?;
     let token = match &config.api.token_file {
@@ -227,7 +220,14 @@ async fn run(config_path: PathBuf) -> Result<()> {
     loop {
         tokio::select! {
             _ = hup.recv() => {
-                notify(&[NotifyState::Reloading, NotifyState::MonotonicUsec(monotonic_usec())]);
+                // systemd wants RELOADING with the monotonic time of the request.
+                match NotifyState::monotonic_usec_now() {
+                    Ok(now) => notify(&[NotifyState::Reloading, now]),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "reading the monotonic clock for sd_notify");
+                        notify(&[NotifyState::Reloading]);
+                    }
+                }
                 let s = state.clone();
                 let path = config_path.clone();
                 let result = tokio::task::block_in_place(|| -> Result<_> {
