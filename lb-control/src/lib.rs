@@ -3,6 +3,7 @@ pub mod config;
 pub mod controller;
 pub mod dataplane;
 pub mod engine;
+pub mod lock;
 pub mod maglev;
 pub mod metrics;
 pub mod model;

@@ -1138,3 +1138,76 @@ fn a_new_backend_starts_with_zero_counters() {
     let stats = lab.get_json("/v1/stats");
     assert_eq!(stats["backends"]["10.1.0.50"]["packets"], 0, "a backend that never got a packet: {}", stats["backends"]);
 }
+
+// ---- control-plane safety (issue 10) -------------------------------------------------
+
+/// Runs `lb-control --config CONFIG run` inside the lab's namespace to
+/// completion (bounded): for daemons that must refuse to start.
+fn run_second_daemon(lab: &Lab, config: &Path) -> (ExitStatus, String, String) {
+    let mut cmd = lab.lb.command(env!("CARGO_BIN_EXE_lb-control"));
+    cmd.env_remove("LB_CONFIG")
+        .env_remove("NOTIFY_SOCKET")
+        .env("NO_COLOR", "1")
+        .arg("--config")
+        .arg(config)
+        .arg("run");
+    run_bounded(cmd, &lab.dir, "a second lb-control")
+}
+
+/// A second daemon on the same pin directory (another config, another API
+/// port) refuses to start, names the first one's PID and changes nothing;
+/// a daemon whose API port is taken exits before it creates a single map.
+#[test]
+fn a_second_daemon_on_the_same_pin_dir_changes_nothing() {
+    let mut lab = Lab::new();
+    let vips_before = lab.vips();
+    let maps_before = pinned_map_ids(&lab.pin_dir);
+    let dataplane_before = dataplane_snapshot(&lab.balancer());
+    let state_before = fs::read(&lab.state_file).unwrap();
+    let prog_before = attached_prog_id(&lab.link());
+
+    // Another config: only the IPv6 VIP, the API on another port.
+    let vip6_only = BASE_VIPS.split("[[vip]]").filter(|t| t.contains("fc00::10")).collect::<String>();
+    let other = lab.dir.join("other.toml");
+    let text = lab
+        .config_text(&format!("[[vip]]{vip6_only}"))
+        .replace("127.0.0.1:9780", "127.0.0.1:9781");
+    fs::write(&other, text).unwrap();
+    let (status, out, err) = run_second_daemon(&lab, &other);
+    assert!(!status.success(), "a second daemon started: {out}{err}");
+    let pid = lab.pid().to_string();
+    assert!(err.contains("in use by another lb-control") && err.contains(&format!("PID {pid}")), "stderr: {err}");
+
+    lab.assert_running();
+    assert_eq!(lab.vips(), vips_before, "the API's VIPs changed");
+    assert_eq!(pinned_map_ids(&lab.pin_dir), maps_before, "the pinned maps were replaced");
+    assert_eq!(dataplane_snapshot(&lab.balancer()), dataplane_before, "the data plane changed");
+    assert_eq!(fs::read(&lab.state_file).unwrap(), state_before, "the state file was rewritten");
+    assert_eq!(attached_prog_id(&lab.link()), prog_before, "the attached program changed");
+
+    // `detach` refuses too, naming the daemon; nothing is removed.
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_lb-control"));
+    cmd.env_remove("LB_CONFIG").arg("--config").arg(&lab.config).arg("detach");
+    let (status, out, err) = run_bounded(cmd, &lab.dir, "lb-control detach");
+    assert!(!status.success(), "detach ran under a live daemon: {out}");
+    assert!(err.contains(&format!("PID {pid}")) && err.contains("--force"), "stderr: {err}");
+    assert_eq!(pinned_map_ids(&lab.pin_dir), maps_before, "detach removed pins");
+
+    // Another pin directory, but the API's port is taken: no map is created.
+    let free_pins = PathBuf::from(format!("{}-second", lab.pin_dir.display()));
+    let other_state = lab.dir.join("other-state.json");
+    let text = lab
+        .config_text(BASE_VIPS)
+        .replace(&lab.pin_dir.display().to_string(), &free_pins.display().to_string())
+        .replace(&lab.state_file.display().to_string(), &other_state.display().to_string());
+    fs::write(&other, text).unwrap();
+    let (status, out, err) = run_second_daemon(&lab, &other);
+    let created = versioned_pin_dir(&free_pins).exists();
+    let _ = detach_all(&free_pins);
+    let _ = fs::remove_dir(&free_pins);
+    assert!(!status.success(), "a daemon started on a taken port: {out}{err}");
+    assert!(err.contains("binding the API to 127.0.0.1:9780"), "stderr: {err}");
+    assert!(!created, "maps were pinned before the API's port was bound");
+    assert!(!other_state.exists(), "a state file was written before the API's port was bound");
+    assert_eq!(lab.vips(), vips_before);
+}

@@ -14,6 +14,7 @@ use lb_control::{
     config::Config,
     controller::{self, Controller},
     dataplane::{detach_all, AttachMode, Decap},
+    lock::{LockError, PinDirLock},
 };
 use sd_notify::NotifyState;
 use tokio::signal::unix::{signal, SignalKind};
@@ -35,8 +36,15 @@ enum Command {
     /// Validate the config file and exit.
     Check,
     /// Detach the balancer and remove its pinned maps: drops every
-    /// connection the balancer tracks.
-    Detach,
+    /// connection the balancer tracks. Refused while a daemon runs on the
+    /// pin directory (stop it first).
+    Detach {
+        /// Detach even though a daemon holds the pin directory: that daemon
+        /// notices, and re-attaches or stays detached as its config's
+        /// `reattach` says.
+        #[arg(long)]
+        force: bool,
+    },
     /// Backends: attach the decap program, which strips the balancer's
     /// IP-in-IP header from packets to ADDRs and passes the inner packet up.
     Decap {
@@ -81,8 +89,20 @@ fn main() -> Result<()> {
             let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
             rt.block_on(run(cli.config))
         }
-        Command::Detach => {
+        Command::Detach { force } => {
             let config = load(&cli.config)?;
+            // Holding the lock keeps a daemon from starting mid-detach.
+            let _lock = match PinDirLock::acquire(&config.pin_dir) {
+                Ok(lock) => Some(lock),
+                Err(e @ (LockError::HeldBy { .. } | LockError::HeldByUnknown { .. })) if force => {
+                    tracing::warn!(error = %e, "detaching anyway (--force)");
+                    None
+                }
+                Err(e @ (LockError::HeldBy { .. } | LockError::HeldByUnknown { .. })) => {
+                    bail!("{e}, or pass --force to detach behind its back")
+                }
+                Err(e) => return Err(e.into()),
+            };
             let removed = detach_all(&config.pin_dir)?;
             println!("removed {} pins under {}", removed.len(), config.pin_dir.display());
             Ok(())
@@ -149,6 +169,11 @@ async fn run(config_path: PathBuf) -> Result<()> {
     let iface = config.interfaces[0].clone();
     let started = std::time::Instant::now();
 
+    // One daemon per pin directory, and nothing touched unless this one can
+    // serve: the lock, then the API's port, then the maps.
+    let lock = PinDirLock::acquire(&config.pin_dir).context("taking the pin directory")?;
+    let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("binding the API to {listen}"))?;
+
     let ctl = tokio::task::block_in_place(|| -> Result<Controller> {
         let forwarding = controller::forwarding(&config)?;
         let mut ctl = Controller::open(config, forwarding)?;
@@ -156,7 +181,6 @@ async fn run(config_path: PathBuf) -> Result<()> {
         Ok(ctl)
     })?;
     let state = Arc::new(AppState { ctl: Mutex::new(ctl), token });
-    let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("binding the API to {listen}"))?;
     tracing::info!(%listen, elapsed_ms = started.elapsed().as_millis() as u64, "API listening; ready");
     notify(&[NotifyState::Ready, NotifyState::Status("serving")]);
 
@@ -258,6 +282,7 @@ async fn run(config_path: PathBuf) -> Result<()> {
         server.abort();
     }
     tracing::info!("stopped; the balancer stays attached with its pinned maps");
+    drop(lock);
     Ok(())
 }
 
