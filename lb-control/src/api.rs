@@ -19,7 +19,7 @@ use axum::{
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    controller::{ControlError, Controller},
+    controller::{ControlError, Controller, View},
     engine::{ApplyReport, EngineError},
     metrics,
     model::{check_backend_family, check_weight, Backend, VipFlag, VipId, VipSpec},
@@ -51,6 +51,15 @@ pub struct AppState {
     pub ctl: Mutex<Controller>,
     /// Bearer token for mutating calls; `None` means no token is required.
     pub token: Option<String>,
+    /// The controller's published view: reads never wait for a change.
+    pub view: tokio::sync::watch::Receiver<Arc<View>>,
+}
+
+impl AppState {
+    pub fn new(ctl: Controller, token: Option<String>) -> Self {
+        let view = ctl.subscribe();
+        Self { ctl: Mutex::new(ctl), token, view }
+    }
 }
 
 pub type Shared = Arc<AppState>;
@@ -103,6 +112,7 @@ impl From<ControlError> for ApiError {
             ControlError::NotFound(_) => ApiError::not_found(msg),
             ControlError::Conflict(_) => ApiError::new(StatusCode::CONFLICT, "conflict", msg),
             ControlError::Invalid(_) => ApiError::bad_request(msg),
+            ControlError::Detached(_) => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "not_attached", msg),
             ControlError::Engine(EngineError::Rejected(_)) => {
                 ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "rejected", msg)
             }
@@ -218,6 +228,23 @@ fn lock(state: &Shared) -> std::sync::MutexGuard<'_, Controller> {
     state.ctl.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// Runs `f` on the controller on a blocking thread: map writes, the state
+/// file's fsync and the RCU wait of a VIP-table swap never hold one of the
+/// runtime's workers. A call whose client went away still finishes.
+async fn on_controller<T: Send + 'static>(
+    s: &Shared,
+    f: impl FnOnce(&mut Controller) -> Result<T, ControlError> + Send + 'static,
+) -> Result<T, ApiError> {
+    let s = s.clone();
+    match tokio::task::spawn_blocking(move || f(&mut lock(&s))).await {
+        Ok(result) => result.map_err(ApiError::from),
+        Err(e) => {
+            tracing::error!(error = %e, "controller task failed");
+            Err(ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", format!("controller task failed: {e}")))
+        }
+    }
+}
+
 fn unknown_vip(id: &VipId) -> ControlError {
     ControlError::NotFound(format!("no VIP {id}"))
 }
@@ -225,8 +252,8 @@ fn unknown_vip(id: &VipId) -> ControlError {
 // ---- handlers --------------------------------------------------------------
 
 async fn list_vips(State(s): State<Shared>) -> Json<Vec<VipBody>> {
-    let ctl = lock(&s);
-    Json(ctl.vips().iter().map(|(id, spec)| vip_body(id, spec)).collect())
+    let view = s.view.borrow().clone();
+    Json(view.vips.iter().map(|(id, spec)| vip_body(id, spec)).collect())
 }
 
 async fn create_vip(State(s): State<Shared>, ApiJson(body): ApiJson<VipBody>) -> Result<Response, ApiError> {
@@ -236,35 +263,38 @@ async fn create_vip(State(s): State<Shared>, ApiJson(body): ApiJson<VipBody>) ->
     flags.dedup();
     let spec = VipSpec { flags, backends };
     let id = body.vip;
-    let report = lock(&s).mutate(|vips| {
+    let report = on_controller(&s, move |ctl| ctl.mutate(|vips| {
         if vips.contains_key(&id) {
             return Err(ControlError::Conflict(format!("VIP {id} exists")));
         }
         vips.insert(id, spec);
         Ok(())
-    })?;
+    }))
+    .await?;
     tracing::info!(vip = %id, ?report, "VIP added");
     Ok((StatusCode::CREATED, Json(Applied { applied: report })).into_response())
 }
 
 async fn get_vip(State(s): State<Shared>, Path(vip): Path<String>) -> Result<Json<VipBody>, ApiError> {
     let id = parse_vip(&vip)?;
-    let ctl = lock(&s);
-    let spec = ctl.vip(&id).ok_or_else(|| unknown_vip(&id))?;
+    let view = s.view.borrow().clone();
+    let spec = view.vips.get(&id).ok_or_else(|| unknown_vip(&id))?;
     Ok(Json(vip_body(&id, spec)))
 }
 
 async fn delete_vip(State(s): State<Shared>, Path(vip): Path<String>) -> Result<Json<Applied>, ApiError> {
     let id = parse_vip(&vip)?;
-    let report = lock(&s).mutate(|vips| vips.remove(&id).map(|_| ()).ok_or_else(|| unknown_vip(&id)))?;
+    let report =
+        on_controller(&s, move |ctl| ctl.mutate(|vips| vips.remove(&id).map(|_| ()).ok_or_else(|| unknown_vip(&id))))
+            .await?;
     tracing::info!(vip = %id, ?report, "VIP removed");
     Ok(Json(Applied { applied: report }))
 }
 
 async fn list_backends(State(s): State<Shared>, Path(vip): Path<String>) -> Result<Json<Vec<BackendBody>>, ApiError> {
     let id = parse_vip(&vip)?;
-    let ctl = lock(&s);
-    let spec = ctl.vip(&id).ok_or_else(|| unknown_vip(&id))?;
+    let view = s.view.borrow().clone();
+    let spec = view.vips.get(&id).ok_or_else(|| unknown_vip(&id))?;
     Ok(Json(vip_body(&id, spec).backends))
 }
 
@@ -275,11 +305,12 @@ async fn replace_backends(
 ) -> Result<Json<Applied>, ApiError> {
     let id = parse_vip(&vip)?;
     let backends = backends_of(&id, &list)?;
-    let report = lock(&s).mutate(|vips| {
+    let report = on_controller(&s, move |ctl| ctl.mutate(|vips| {
         let spec = vips.get_mut(&id).ok_or_else(|| unknown_vip(&id))?;
         spec.backends = backends;
         Ok(())
-    })?;
+    }))
+    .await?;
     tracing::info!(vip = %id, ?report, "backends replaced");
     Ok(Json(Applied { applied: report }))
 }
@@ -291,14 +322,15 @@ async fn add_backend(
 ) -> Result<Response, ApiError> {
     let id = parse_vip(&vip)?;
     let one = backends_of(&id, std::slice::from_ref(&body))?;
-    let report = lock(&s).mutate(|vips| {
+    let report = on_controller(&s, move |ctl| ctl.mutate(|vips| {
         let spec = vips.get_mut(&id).ok_or_else(|| unknown_vip(&id))?;
         if spec.backends.contains_key(&body.address) {
             return Err(ControlError::Conflict(format!("backend {} of {id} exists", body.address)));
         }
         spec.backends.extend(one);
         Ok(())
-    })?;
+    }))
+    .await?;
     tracing::info!(vip = %id, backend = %body.address, ?report, "backend added");
     Ok((StatusCode::CREATED, Json(Applied { applied: report })).into_response())
 }
@@ -319,7 +351,7 @@ async fn patch_backend(
         }
         (None, _) => return Err(ApiError::bad_request("nothing to change: give weight or drain: true")),
     };
-    let report = lock(&s).mutate(|vips| {
+    let report = on_controller(&s, move |ctl| ctl.mutate(|vips| {
         let spec = vips.get_mut(&id).ok_or_else(|| unknown_vip(&id))?;
         let b = spec
             .backends
@@ -327,7 +359,8 @@ async fn patch_backend(
             .ok_or_else(|| ControlError::NotFound(format!("no backend {addr} in VIP {id}")))?;
         b.weight = weight;
         Ok(())
-    })?;
+    }))
+    .await?;
     tracing::info!(vip = %id, backend = %addr, weight, ?report, "backend changed");
     Ok(Json(Applied { applied: report }))
 }
@@ -338,28 +371,29 @@ async fn delete_backend(
 ) -> Result<Json<Applied>, ApiError> {
     let id = parse_vip(&vip)?;
     let addr = parse_backend(&backend)?;
-    let report = lock(&s).mutate(|vips| {
+    let report = on_controller(&s, move |ctl| ctl.mutate(|vips| {
         let spec = vips.get_mut(&id).ok_or_else(|| unknown_vip(&id))?;
         spec.backends
             .remove(&addr)
             .map(|_| ())
             .ok_or_else(|| ControlError::NotFound(format!("no backend {addr} in VIP {id}")))
-    })?;
+    }))
+    .await?;
     tracing::info!(vip = %id, backend = %addr, ?report, "backend removed");
     Ok(Json(Applied { applied: report }))
 }
 
 async fn stats(State(s): State<Shared>) -> Result<Response, ApiError> {
-    let snap = lock(&s).stats()?;
+    let snap = on_controller(&s, |ctl| ctl.stats()).await?;
     Ok(Json(snap).into_response())
 }
 
 async fn metrics_text(State(s): State<Shared>) -> Result<Response, ApiError> {
-    let (snap, vips, backends, ready) = {
-        let ctl = lock(&s);
-        (ctl.stats()?, ctl.vips().len(), ctl.engine().backends().count(), ctl.ready())
-    };
-    let body = metrics::encode_snapshot(&snap, vips, backends, ready);
+    let (snap, vips, backends, ready, attached) = on_controller(&s, |ctl| {
+        Ok((ctl.stats()?, ctl.vips().len(), ctl.engine().backends().count(), ctl.ready(), ctl.attached()))
+    })
+    .await?;
+    let body = metrics::encode_snapshot(&snap, vips, backends, ready, attached);
     Ok(([(header::CONTENT_TYPE, metrics::CONTENT_TYPE)], body).into_response())
 }
 
@@ -368,10 +402,10 @@ async fn healthz() -> &'static str {
 }
 
 async fn readyz(State(s): State<Shared>) -> Response {
-    if lock(&s).ready() {
-        (StatusCode::OK, "ready\n").into_response()
-    } else {
-        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "not_ready", "not attached yet").into_response()
+    let not_ready = s.view.borrow().not_ready.clone();
+    match not_ready {
+        None => (StatusCode::OK, "ready\n").into_response(),
+        Some(reason) => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "not_ready", reason).into_response(),
     }
 }
 

@@ -7,6 +7,7 @@ use std::{
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
     ops::Range,
     path::{Path, PathBuf},
+    time::Duration,
 };
 
 use serde::Deserialize;
@@ -30,6 +31,18 @@ pub enum XdpMode {
     Generic,
     /// Native if the driver can, generic otherwise.
     Auto,
+}
+
+/// What the daemon does when the balancer is detached behind its back
+/// (`lb-control detach --force`, `bpftool`, the interface going away).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Reattach {
+    /// Attach again at once (and again whenever it is removed).
+    #[default]
+    Auto,
+    /// Stay detached, not ready and refusing changes, until a restart.
+    Never,
 }
 
 /// An IPv4 or IPv6 prefix the outer source addresses are drawn from.
@@ -97,6 +110,13 @@ pub struct Api {
     pub token_file: Option<PathBuf>,
     /// Largest request body accepted, in bytes.
     pub max_body_bytes: usize,
+    /// A connection that has not sent a whole request head within this is
+    /// closed.
+    pub header_read_timeout: Duration,
+    /// A connection with no bytes either way for this long is closed.
+    pub idle_timeout: Duration,
+    /// Connections served at once; more are closed as soon as accepted.
+    pub max_connections: usize,
 }
 
 /// A validated config.
@@ -104,6 +124,7 @@ pub struct Api {
 pub struct Config {
     pub interfaces: Vec<String>,
     pub xdp_mode: XdpMode,
+    pub reattach: Reattach,
     /// bpffs directory the program link and maps are pinned under.
     pub pin_dir: PathBuf,
     /// Where API changes are persisted.
@@ -118,6 +139,11 @@ pub struct Config {
 pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/xdp-lb";
 pub const DEFAULT_STATE_FILE: &str = "/var/lib/xdp-lb/state.json";
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:9780";
+pub const DEFAULT_HEADER_READ_TIMEOUT_SECS: u64 = 10;
+pub const DEFAULT_IDLE_TIMEOUT_SECS: u64 = 60;
+pub const DEFAULT_MAX_CONNECTIONS: usize = 4096;
+/// Longest API timeout accepted (a day): longer is a typo, not a choice.
+const MAX_TIMEOUT_SECS: u64 = 86_400;
 
 // ---- raw TOML shape -----------------------------------------------------
 
@@ -127,6 +153,8 @@ struct RawConfig {
     interfaces: Spanned<Vec<Spanned<String>>>,
     #[serde(default)]
     xdp_mode: XdpMode,
+    #[serde(default)]
+    reattach: Reattach,
     pin_dir: Option<PathBuf>,
     state_file: Option<PathBuf>,
     #[serde(default)]
@@ -171,6 +199,9 @@ struct RawApi {
     listen: Option<Spanned<String>>,
     token_file: Option<PathBuf>,
     max_body_bytes: Option<Spanned<usize>>,
+    header_read_timeout_secs: Option<Spanned<u64>>,
+    idle_timeout_secs: Option<Spanned<u64>>,
+    max_connections: Option<Spanned<usize>>,
 }
 
 #[derive(Deserialize)]
@@ -380,6 +411,27 @@ fn validate(c: &mut Checker<'_>, raw: RawConfig) -> Option<Config> {
         None => Some(DEFAULT_LISTEN.parse().expect("literal")),
     };
     let max_body_bytes = raw.api.max_body_bytes.as_ref().map_or(1 << 20, |s| *s.get_ref());
+    let mut secs = |value: &Option<Spanned<u64>>, key: &str, default: u64| {
+        let Some(v) = value else { return Duration::from_secs(default) };
+        if !(1..=MAX_TIMEOUT_SECS).contains(v.get_ref()) {
+            c.add(&v.span(), key, format!("{} is not in 1..={MAX_TIMEOUT_SECS} seconds", v.get_ref()));
+        }
+        Duration::from_secs(*v.get_ref())
+    };
+    let header_read_timeout = secs(
+        &raw.api.header_read_timeout_secs,
+        "api.header_read_timeout_secs",
+        DEFAULT_HEADER_READ_TIMEOUT_SECS,
+    );
+    let idle_timeout = secs(&raw.api.idle_timeout_secs, "api.idle_timeout_secs", DEFAULT_IDLE_TIMEOUT_SECS);
+    let max_connections = match &raw.api.max_connections {
+        Some(v) if *v.get_ref() == 0 => {
+            c.add(&v.span(), "api.max_connections", "0 would refuse every connection");
+            0
+        }
+        Some(v) => *v.get_ref(),
+        None => DEFAULT_MAX_CONNECTIONS,
+    };
 
     // VIPs.
     let mut vips = VipSet::new();
@@ -439,12 +491,20 @@ fn validate(c: &mut Checker<'_>, raw: RawConfig) -> Option<Config> {
     Some(Config {
         interfaces,
         xdp_mode: raw.xdp_mode,
+        reattach: raw.reattach,
         pin_dir: raw.pin_dir.unwrap_or_else(|| DEFAULT_PIN_DIR.into()),
         state_file: raw.state_file.unwrap_or_else(|| DEFAULT_STATE_FILE.into()),
         encap: Encap { source_v4: source_v4?, source_v6: source_v6?, mtu },
         gateway,
         limits,
-        api: Api { listen: listen?, token_file: raw.api.token_file, max_body_bytes },
+        api: Api {
+            listen: listen?,
+            token_file: raw.api.token_file,
+            max_body_bytes,
+            header_read_timeout,
+            idle_timeout,
+            max_connections,
+        },
         vips,
     })
 }

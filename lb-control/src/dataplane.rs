@@ -404,6 +404,11 @@ pub fn versioned_pin_dir(pin_dir: &Path) -> PathBuf {
     pin_dir.join(format!("v{}", lb_common::MAP_LAYOUT_VERSION))
 }
 
+/// Where the balancer's XDP link for `iface` is pinned.
+pub fn link_pin(pin_dir: &Path, iface: &str) -> PathBuf {
+    versioned_pin_dir(pin_dir).join(format!("link-{iface}"))
+}
+
 /// Checks maps already pinned under `dir` against the layout these limits
 /// need: aya would reuse them by name without looking.
 fn check_pins(dir: &Path, limits: &Limits) -> Result<bool, DataplaneError> {
@@ -540,7 +545,7 @@ impl Balancer {
     /// for it (a restart or upgrade), swaps this program into that link in
     /// one step (`bpf_link_update`): no packet goes unprocessed.
     pub fn attach(&mut self, iface: &str, mode: AttachMode, pin_dir: Option<&Path>) -> Result<(), DataplaneError> {
-        let pin = pin_dir.map(|d| versioned_pin_dir(d).join(format!("link-{iface}")));
+        let pin = pin_dir.map(|d| link_pin(d, iface));
         let Self { ebpf, links, .. } = self;
         attach_xdp(xdp_program(ebpf, BALANCER_PROGRAM), iface, mode, pin.as_deref(), links)
     }
@@ -884,7 +889,7 @@ impl Decap {
 
     /// Attaches decap to `iface` (see [`Balancer::attach`] for pinning).
     pub fn attach(&mut self, iface: &str, mode: AttachMode, pin_dir: Option<&Path>) -> Result<(), DataplaneError> {
-        let pin = pin_dir.map(|d| versioned_pin_dir(d).join(format!("link-{iface}")));
+        let pin = pin_dir.map(|d| link_pin(d, iface));
         let Self { ebpf, links, .. } = self;
         attach_xdp(xdp_program(ebpf, DECAP_PROGRAM), iface, mode, pin.as_deref(), links)
     }

@@ -1,4 +1,5 @@
 pub mod api;
+pub mod attachment;
 pub mod config;
 pub mod controller;
 pub mod dataplane;
@@ -10,4 +11,5 @@ pub mod model;
 pub mod netlink;
 pub mod netns;
 pub mod packet_builder;
+pub mod server;
 pub mod state;

@@ -14,7 +14,9 @@ use lb_control::{
     config::Config,
     controller::{self, Controller},
     dataplane::{detach_all, AttachMode, Decap},
+    attachment,
     lock::{LockError, PinDirLock},
+    server::{self, ServerLimits},
 };
 use sd_notify::NotifyState;
 use tokio::signal::unix::{signal, SignalKind};
@@ -165,6 +167,8 @@ async fn run(config_path: PathBuf) -> Result<()> {
     let mut int = signal(SignalKind::interrupt())?;
     let listen = config.api.listen;
     let max_body = config.api.max_body_bytes;
+    let mut server_limits = ServerLimits::from(&config.api);
+    server_limits.max_connections = server::fit_connections_to_fd_limit(server_limits.max_connections);
     let override_macs = (config.gateway.mac, config.gateway.interface_mac);
     let iface = config.interfaces[0].clone();
     let started = std::time::Instant::now();
@@ -180,7 +184,7 @@ async fn run(config_path: PathBuf) -> Result<()> {
         ctl.attach()?;
         Ok(ctl)
     })?;
-    let state = Arc::new(AppState { ctl: Mutex::new(ctl), token });
+    let state = Arc::new(AppState::new(ctl, token));
     tracing::info!(%listen, elapsed_ms = started.elapsed().as_millis() as u64, "API listening; ready");
     notify(&[NotifyState::Ready, NotifyState::Status("serving")]);
 
@@ -193,6 +197,31 @@ async fn run(config_path: PathBuf) -> Result<()> {
             }
         });
     }
+
+    // Detached behind our back? Noticed within a period; the controller
+    // logs it, answers not ready, and re-attaches if the config says so.
+    let lock = Arc::new(Mutex::new(lock));
+    let watcher = {
+        let s = state.clone();
+        let lock = lock.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(attachment::CHECK_PERIOD);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let (s, lock) = (s.clone(), lock.clone());
+                let checked = tokio::task::spawn_blocking(move || {
+                    let mut ctl = s.ctl.lock().unwrap_or_else(|p| p.into_inner());
+                    ctl.check_attachment(&mut lock.lock().unwrap_or_else(|p| p.into_inner()));
+                })
+                .await;
+                if let Err(e) = checked {
+                    tracing::error!(error = %e, "attachment check failed; no longer checking");
+                    return;
+                }
+            }
+        })
+    };
 
     // The gateway's MAC can change (failover, a new router): follow it.
     if override_macs.0.is_none() || override_macs.1.is_none() {
@@ -234,11 +263,10 @@ async fn run(config_path: PathBuf) -> Result<()> {
     let app = api::router(state.clone(), max_body);
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let mut server = tokio::spawn(async move {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async {
-                let _ = stop_rx.await;
-            })
-            .await
+        server::serve(listener, app, server_limits, async {
+            let _ = stop_rx.await;
+        })
+        .await
     });
 
     loop {
@@ -282,6 +310,8 @@ async fn run(config_path: PathBuf) -> Result<()> {
         server.abort();
     }
     tracing::info!("stopped; the balancer stays attached with its pinned maps");
+    watcher.abort();
+    // Held to the end: the pin directory is ours until the process exits.
     drop(lock);
     Ok(())
 }
