@@ -230,6 +230,11 @@ max_body_bytes = 4096
 
     /// Starts the daemon in the "lb" namespace and waits for `/readyz`.
     fn start(&mut self) {
+        self.start_with(|_| {});
+    }
+
+    /// [`Lab::start`], with `adjust` applied to the command first.
+    fn start_with(&mut self, adjust: impl FnOnce(&mut Command)) {
         assert!(self.daemon.is_none(), "the daemon is already running");
         let log = fs::OpenOptions::new().create(true).append(true).open(&self.log).unwrap();
         let mut cmd = self.lb.command(env!("CARGO_BIN_EXE_lb-control"));
@@ -252,6 +257,7 @@ max_body_bytes = 4096
                 Ok(())
             });
         }
+        adjust(&mut cmd);
         self.daemon = Some(cmd.spawn().expect("spawning lb-control"));
         self.wait_ready();
     }
@@ -1210,4 +1216,147 @@ fn a_second_daemon_on_the_same_pin_dir_changes_nothing() {
     assert!(!created, "maps were pinned before the API's port was bound");
     assert!(!other_state.exists(), "a state file was written before the API's port was bound");
     assert_eq!(lab.vips(), vips_before);
+}
+
+/// The soft and hard `RLIMIT_NOFILE` of this process.
+fn fd_limits() -> (u64, u64) {
+    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit writes into the struct we own.
+    assert_eq!(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) }, 0);
+    (lim.rlim_cur, lim.rlim_max)
+}
+
+/// Lets this (test) process open `needed` descriptors: raises its soft
+/// limit to the hard one, which must be enough.
+fn allow_fds(needed: u64) {
+    let (soft, hard) = fd_limits();
+    if soft < needed {
+        let lim = libc::rlimit { rlim_cur: hard, rlim_max: hard };
+        // SAFETY: setrlimit reads the struct we own.
+        assert_eq!(unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) }, 0);
+    }
+    assert!(fd_limits().0 >= needed, "this test needs {needed} file descriptors; the hard limit is {hard}");
+}
+
+/// Starts the lab's daemon with its soft descriptor limit at `soft` (as
+/// systemd's default 1024) and the hard one at `hard`.
+fn start_with_fd_limit(lab: &mut Lab, soft: u64, hard: u64) {
+    lab.start_with(move |cmd| {
+        // SAFETY: setrlimit is async-signal-safe; it only touches the child.
+        unsafe {
+            cmd.pre_exec(move || {
+                let lim = libc::rlimit { rlim_cur: soft, rlim_max: hard };
+                if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+    });
+}
+
+/// Opens `count` connections to the API from inside the lab; every other
+/// one sends half a request head, the rest send nothing.
+fn idle_connections(lab: &Lab, count: usize) -> Vec<std::net::TcpStream> {
+    use std::io::Write as _;
+    lab.lb
+        .run(move || {
+            let mut held = Vec::with_capacity(count);
+            for i in 0..count {
+                let mut s = std::net::TcpStream::connect_timeout(&"127.0.0.1:9780".parse()?, Duration::from_secs(5))?;
+                if i % 2 == 1 {
+                    // May fail on a connection the server already closed
+                    // (beyond its cap): that one is checked elsewhere.
+                    let _ = s.write_all(b"GET /v1/vips HTTP/1.1\r\nHost: lb\r\n");
+                }
+                held.push(s);
+            }
+            Ok(held)
+        })
+        .expect("opening connections to the API")
+}
+
+/// Whether the server closed this connection (EOF or reset) within `wait`.
+fn closed_by_server(s: &std::net::TcpStream, wait: Duration) -> bool {
+    use std::io::Read as _;
+    s.set_read_timeout(Some(wait)).unwrap();
+    let mut buf = [0u8; 256];
+    match (&*s).read(&mut buf) {
+        Ok(0) => true,
+        Ok(_) => false,
+        Err(e) => !matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut),
+    }
+}
+
+/// 1,100 idle and half-sent connections against a daemon started with a
+/// soft descriptor limit of 1024: `/healthz`, `/readyz` and the API keep
+/// answering while they are held.
+#[test]
+fn idle_and_half_sent_connections_do_not_starve_the_api() {
+    const HELD: usize = 1100;
+    allow_fds(HELD as u64 + 200);
+    let mut lab = Lab::new();
+    lab.stop();
+    let (_, hard) = fd_limits();
+    start_with_fd_limit(&mut lab, 1024, hard);
+
+    let held = idle_connections(&lab, HELD);
+    for _ in 0..20 {
+        let started = Instant::now();
+        let r = lab.http("GET", "/healthz", None, None);
+        assert_eq!((r.status, r.body.as_str()), (200, "ok\n"), "/healthz with {HELD} connections held");
+        assert!(started.elapsed() < Duration::from_secs(2), "/healthz took {:?}", started.elapsed());
+    }
+    assert_eq!(lab.get("/readyz").status, 200);
+    lab.call("PATCH", &format!("/v1/vips/{VIP_HTTP}/backends/10.1.0.2"), Some(&json!({"weight": 3})))
+        .ok(200, "PATCH with connections held");
+    lab.assert_running();
+    assert!(!lab.logs().contains("accepting an API connection failed"), "accept failed\n{}", lab.logs());
+    drop(held);
+}
+
+/// Connections beyond `api.max_connections` are closed at once (and
+/// logged); idle and half-sent ones are closed after the timeouts, which
+/// frees the API again.
+#[test]
+fn the_connection_cap_and_timeouts_free_the_api() {
+    const CAP: usize = 40;
+    allow_fds(200);
+    let mut lab = Lab::new();
+    lab.stop();
+    let text = fs::read_to_string(&lab.config).unwrap().replace(
+        "max_body_bytes = 4096",
+        &format!("max_body_bytes = 4096\nmax_connections = {CAP}\nheader_read_timeout_secs = 1\nidle_timeout_secs = 2"),
+    );
+    fs::write(&lab.config, text).unwrap();
+    lab.start();
+
+    // A keep-alive connection that sent one request and then idles.
+    let mut keep_alive = lab.lb.run(|| Ok(std::net::TcpStream::connect("127.0.0.1:9780")?)).unwrap();
+    {
+        use std::io::{Read as _, Write as _};
+        keep_alive.write_all(b"GET /healthz HTTP/1.1\r\nHost: lb\r\n\r\n").unwrap();
+        keep_alive.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut buf = [0u8; 512];
+        let n = keep_alive.read(&mut buf).unwrap();
+        assert!(buf[..n].starts_with(b"HTTP/1.1 200"), "{}", String::from_utf8_lossy(&buf[..n]));
+    }
+    let opened = Instant::now();
+    let held = idle_connections(&lab, CAP + 10);
+    // The cap holds the keep-alive one and CAP - 1 of these; at least the
+    // last ten are closed as soon as they are accepted.
+    let refused = held.iter().rev().take(10).filter(|s| closed_by_server(s, Duration::from_millis(300))).count();
+    assert_eq!(refused, 10, "connections beyond the cap were not closed at once");
+    assert!(opened.elapsed() < Duration::from_millis(900), "checking took too long to tell 'at once' from the timeout");
+    lab.wait_log("API connection limit reached", Duration::from_secs(5));
+
+    // Header-read timeout (1 s) for the idle and half-sent ones, idle
+    // timeout (2 s) for the keep-alive one: all closed, the API answers.
+    let first = &held[0];
+    assert!(closed_by_server(first, Duration::from_secs(5)), "an idle connection outlived the header-read timeout");
+    assert!(closed_by_server(&held[1], Duration::from_secs(5)), "a half-sent request outlived the header-read timeout");
+    assert!(closed_by_server(&keep_alive, Duration::from_secs(6)), "a keep-alive connection outlived the idle timeout");
+    let r = lab.http("GET", "/healthz", None, None);
+    assert_eq!(r.status, 200);
+    lab.assert_running();
 }
