@@ -34,7 +34,7 @@ use common::{frame4, frame6, run_prog, tcp4, udp6, CLIENT4, CLIENT6, XDP_PASS, X
 use lb_common::{addr_v4, ConnEntry, FlowKey, FAMILY_V4, IPPROTO_TCP};
 use lb_control::{
     config::Config,
-    dataplane::{detach_all, versioned_pin_dir, Balancer, Limits},
+    dataplane::{detach_all, link_pin, versioned_pin_dir, Balancer, Limits},
     netns::{unique_name, Netns},
     packet_builder as pb,
 };
@@ -1359,4 +1359,92 @@ fn the_connection_cap_and_timeouts_free_the_api() {
     let r = lab.http("GET", "/healthz", None, None);
     assert_eq!(r.status, 200);
     lab.assert_running();
+}
+
+/// `lb-control detach --force` against a live daemon: removes the pins,
+/// which detaches the program. Returns its output.
+fn force_detach(lab: &Lab) -> String {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_lb-control"));
+    cmd.env_remove("LB_CONFIG").arg("--config").arg(&lab.config).arg("detach").arg("--force");
+    let (status, out, err) = run_bounded(cmd, &lab.dir, "lb-control detach --force");
+    assert!(status.success(), "detach --force failed: {out}{err}");
+    assert!(out.contains("removed 13 pins"), "{out}");
+    out
+}
+
+/// The daemon's gauges from `/metrics`: (ready, attached).
+fn ready_and_attached(lab: &Lab) -> (String, String) {
+    let text = lab.get("/metrics").body;
+    let gauge = |name: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(&format!("{name} ")).map(str::to_string))
+            .unwrap_or_else(|| panic!("no {name} in /metrics:\n{text}"))
+    };
+    (gauge("xdp_lb_ready"), gauge("xdp_lb_attached"))
+}
+
+/// With the default `reattach = "auto"`, a detach behind the daemon's
+/// back is logged and undone within a few seconds: the daemon's program
+/// is on the interface again through a newly pinned link, and changes
+/// work.
+#[test]
+fn a_detached_balancer_is_reattached_by_default() {
+    let lab = Lab::new();
+    let prog = attached_prog_id(&lab.link()).expect("attached at start");
+    force_detach(&lab);
+    lab.wait_log("the balancer was detached behind the daemon's back", Duration::from_secs(5));
+    lab.wait_log("re-attached the balancer", Duration::from_secs(5));
+    assert_eq!(attached_prog_id(&lab.link()), Some(prog), "the daemon's program is attached again");
+    assert!(link_pin(&lab.pin_dir, LB_IF).exists(), "the link is pinned again");
+    assert_eq!(lab.get("/readyz").status, 200);
+    assert_eq!(ready_and_attached(&lab), ("1".into(), "1".into()));
+    lab.call("PATCH", &format!("/v1/vips/{VIP_HTTP}/backends/10.1.0.2"), Some(&json!({"weight": 3})))
+        .ok(200, "PATCH after re-attaching");
+    // Still locked: a second daemon is refused even though detach removed
+    // the pin directory.
+    let (status, _, err) = run_second_daemon(&lab, &lab.config);
+    assert!(!status.success() && err.contains(&format!("PID {}", lab.pid())), "stderr: {err}");
+}
+
+/// With `reattach = "never"` the daemon stays detached: `/readyz` answers
+/// 503 with the reason, changes answer 503, the gauges say 0, reads still
+/// work; a restart attaches again.
+#[test]
+fn with_reattach_never_a_detached_daemon_refuses_changes_until_restarted() {
+    let mut lab = Lab::new();
+    lab.stop();
+    let text = fs::read_to_string(&lab.config).unwrap().replace("xdp_mode = \"native\"", "xdp_mode = \"native\"\nreattach = \"never\"");
+    fs::write(&lab.config, text).unwrap();
+    lab.start();
+    let vips = lab.vips();
+    force_detach(&lab);
+
+    let start = Instant::now();
+    let reason = loop {
+        let r = lab.get("/readyz");
+        if r.status == 503 {
+            break r.error(503, "not_ready", "/readyz after detach");
+        }
+        assert!(start.elapsed() < Duration::from_secs(5), "/readyz still {} {} 5 s after detach", r.status, r.body);
+        std::thread::sleep(POLL);
+    };
+    assert!(reason.contains("detached") && reason.contains("never"), "{reason}");
+    lab.wait_log("the balancer was detached behind the daemon's back", Duration::from_secs(1));
+    assert!(!lab.link().contains("prog/xdp"), "still attached:\n{}", lab.link());
+    let msg = lab
+        .call("PATCH", &format!("/v1/vips/{VIP_HTTP}/backends/10.1.0.2"), Some(&json!({"weight": 3})))
+        .error(503, "not_attached", "PATCH while detached");
+    assert!(msg.contains("not attached"), "{msg}");
+    lab.call("DELETE", &format!("/v1/vips/{VIP_HTTP}"), None).error(503, "not_attached", "DELETE while detached");
+    assert_eq!(lab.vips(), vips, "reads still answer, and nothing changed");
+    assert_eq!(ready_and_attached(&lab), ("0".into(), "0".into()));
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(!lab.link().contains("prog/xdp"), "re-attached despite reattach = \"never\"");
+
+    lab.stop();
+    lab.start();
+    assert!(lab.link().contains("prog/xdp"), "a restart attaches again");
+    assert_eq!(lab.vips(), vips, "the state file kept the VIPs");
+    lab.call("PATCH", &format!("/v1/vips/{VIP_HTTP}/backends/10.1.0.2"), Some(&json!({"weight": 3})))
+        .ok(200, "PATCH after the restart");
 }
