@@ -1341,21 +1341,39 @@ fn the_connection_cap_and_timeouts_free_the_api() {
         let n = keep_alive.read(&mut buf).unwrap();
         assert!(buf[..n].starts_with(b"HTTP/1.1 200"), "{}", String::from_utf8_lossy(&buf[..n]));
     }
+    // A request whose body stalls after its head: only the idle timeout
+    // (no byte either way for 2 s) ends it.
+    let stalled_body = lab
+        .lb
+        .run(|| {
+            use std::io::Write as _;
+            let mut s = std::net::TcpStream::connect("127.0.0.1:9780")?;
+            let head = format!(
+                "POST /v1/vips HTTP/1.1\r\nHost: lb\r\nAuthorization: Bearer {TOKEN}\r\n\
+                 Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{{\"vip\":"
+            );
+            s.write_all(head.as_bytes())?;
+            Ok(s)
+        })
+        .unwrap();
     let opened = Instant::now();
     let held = idle_connections(&lab, CAP + 10);
-    // The cap holds the keep-alive one and CAP - 1 of these; at least the
-    // last ten are closed as soon as they are accepted.
+    // The cap holds the keep-alive and stalled ones and CAP - 2 of these;
+    // at least the last ten are closed as soon as they are accepted.
     let refused = held.iter().rev().take(10).filter(|s| closed_by_server(s, Duration::from_millis(300))).count();
     assert_eq!(refused, 10, "connections beyond the cap were not closed at once");
     assert!(opened.elapsed() < Duration::from_millis(900), "checking took too long to tell 'at once' from the timeout");
     lab.wait_log("API connection limit reached", Duration::from_secs(5));
 
-    // Header-read timeout (1 s) for the idle and half-sent ones, idle
-    // timeout (2 s) for the keep-alive one: all closed, the API answers.
+    // Header-read timeout (1 s) for the idle and half-sent ones and for the
+    // keep-alive one waiting for its next request; idle timeout (2 s) for
+    // the stalled body: all closed, the API answers.
     let first = &held[0];
     assert!(closed_by_server(first, Duration::from_secs(5)), "an idle connection outlived the header-read timeout");
     assert!(closed_by_server(&held[1], Duration::from_secs(5)), "a half-sent request outlived the header-read timeout");
-    assert!(closed_by_server(&keep_alive, Duration::from_secs(6)), "a keep-alive connection outlived the idle timeout");
+    assert!(closed_by_server(&keep_alive, Duration::from_secs(5)), "an idle keep-alive connection was kept");
+    assert!(closed_by_server(&stalled_body, Duration::from_secs(8)), "a stalled request body outlived the idle timeout");
+    assert_eq!(lab.vips(), base_vips_json(), "the stalled call changed nothing");
     let r = lab.http("GET", "/healthz", None, None);
     assert_eq!(r.status, 200);
     lab.assert_running();
