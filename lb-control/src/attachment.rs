@@ -82,22 +82,28 @@ fn parse_fdinfo(info: &str) -> Option<XdpLinkState> {
 }
 
 /// Why the balancer's program `program_id` is not attached to `iface`
-/// through its pinned link, or `None` if it is.
-pub fn problem(pin_dir: &Path, iface: &str, program_id: u32) -> Option<String> {
+/// through its pinned link: `Ok(None)` if it is, `Ok(Some(reason))` if it
+/// is not, `Err` if the kernel could not be asked (out of descriptors, …):
+/// that is no evidence of a detach.
+pub fn problem(pin_dir: &Path, iface: &str, program_id: u32) -> std::io::Result<Option<String>> {
     let pin = link_pin(pin_dir, iface);
-    let state = match xdp_link_state(&pin) {
-        Ok(Some(state)) => state,
-        Ok(None) => return Some(format!("{iface}: the XDP link's pin {} was removed", pin.display())),
-        Err(e) => return Some(format!("{iface}: reading the XDP link pinned at {}: {e}", pin.display())),
+    let Some(state) = xdp_link_state(&pin)? else {
+        return Ok(Some(format!("{iface}: the XDP link's pin {} was removed", pin.display())));
     };
-    let ifindex = crate::netlink::interface_index(iface).ok();
-    if state.ifindex == 0 || Some(state.ifindex) != ifindex {
-        return Some(format!("{iface}: the XDP link was detached from the interface"));
+    if state.ifindex == 0 {
+        return Ok(Some(format!("{iface}: the XDP link was detached from the interface")));
+    }
+    let ifindex = crate::netlink::interface_index(iface).map_err(std::io::Error::other)?;
+    if state.ifindex != ifindex {
+        return Ok(Some(format!("{iface}: the XDP link is on interface {} instead", state.ifindex)));
     }
     if state.program_id != program_id {
-        return Some(format!("{iface}: the XDP link runs program {}, not this daemon's {program_id}", state.program_id));
+        return Ok(Some(format!(
+            "{iface}: the XDP link runs program {}, not this daemon's {program_id}",
+            state.program_id
+        )));
     }
-    None
+    Ok(None)
 }
 
 #[cfg(test)]

@@ -137,6 +137,8 @@ pub struct Controller {
     program_id: Option<u32>,
     /// Set when the balancer was found detached behind the daemon's back.
     detached: Option<String>,
+    /// The last attachment check that could not be made (logged once).
+    check_failed: Option<String>,
     view: tokio::sync::watch::Sender<Arc<View>>,
 }
 
@@ -153,7 +155,7 @@ impl Controller {
         state::save(&config.state_file, &state)?;
         tracing::info!(adopted, ?report, vips = state.vips.len(), "data plane ready");
         let view = tokio::sync::watch::Sender::new(Arc::new(View::default()));
-        let ctl = Self { engine, state, config, forwarding, attached: false, program_id: None, detached: None, view };
+        let ctl = Self { engine, state, config, forwarding, attached: false, program_id: None, detached: None, check_failed: None, view };
         ctl.publish();
         Ok(ctl)
     }
@@ -190,12 +192,26 @@ impl Controller {
     pub fn check_attachment(&mut self, lock: &mut PinDirLock) {
         let Some(program_id) = self.program_id.filter(|_| self.attached) else { return };
         let pin_dir = self.config.pin_dir.clone();
-        let problems: Vec<String> = self
-            .config
-            .interfaces
-            .iter()
-            .filter_map(|iface| attachment::problem(&pin_dir, iface, program_id))
-            .collect();
+        let mut problems = Vec::new();
+        for iface in &self.config.interfaces {
+            match attachment::problem(&pin_dir, iface, program_id) {
+                Ok(Some(problem)) => problems.push(problem),
+                Ok(None) => {}
+                Err(e) => {
+                    // No evidence either way (e.g. out of descriptors): keep
+                    // the last verdict, try again next period.
+                    let error = format!("{iface}: {e}");
+                    if self.check_failed.as_deref() != Some(error.as_str()) {
+                        tracing::warn!(%error, "cannot check the XDP attachment; trying again");
+                        self.check_failed = Some(error);
+                    }
+                    return;
+                }
+            }
+        }
+        if self.check_failed.take().is_some() {
+            tracing::info!("the XDP attachment can be checked again");
+        }
         if problems.is_empty() {
             if self.detached.take().is_some() {
                 tracing::info!("the balancer is attached again");
@@ -244,7 +260,7 @@ impl Controller {
         let mode = attach_mode(self.config.xdp_mode);
         for iface in &self.config.interfaces {
             let Some(program_id) = self.program_id else { break };
-            if attachment::problem(&pin_dir, iface, program_id).is_none() {
+            if matches!(attachment::problem(&pin_dir, iface, program_id), Ok(None)) {
                 continue;
             }
             // A defunct link's pin would be reused by attach: drop it first.

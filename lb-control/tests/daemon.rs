@@ -1466,3 +1466,34 @@ fn with_reattach_never_a_detached_daemon_refuses_changes_until_restarted() {
     lab.call("PATCH", &format!("/v1/vips/{VIP_HTTP}/backends/10.1.0.2"), Some(&json!({"weight": 3})))
         .ok(200, "PATCH after the restart");
 }
+
+/// Out of descriptors (the daemon's limit lowered under it): accept errors
+/// are logged, the attachment check does not mistake its own failure for
+/// a detach, and the API answers again once the connections close.
+#[test]
+fn accept_errors_are_logged_and_the_api_recovers() {
+    allow_fds(200);
+    let mut lab = Lab::new();
+    let pid = lab.pid();
+    let open = fs::read_dir(format!("/proc/{pid}/fd")).unwrap().count() as u64;
+    let lim = libc::rlimit { rlim_cur: open + 8, rlim_max: open + 8 };
+    // SAFETY: prlimit on our own child, from a struct we own.
+    assert_eq!(unsafe { libc::prlimit(pid, libc::RLIMIT_NOFILE, &lim, std::ptr::null_mut()) }, 0);
+    let held = idle_connections(&lab, 40);
+    lab.wait_log("accepting an API connection failed", Duration::from_secs(10));
+    // Two attachment checks run out of descriptors meanwhile.
+    std::thread::sleep(Duration::from_millis(2_500));
+    lab.assert_running();
+    drop(held);
+
+    let start = Instant::now();
+    loop {
+        match lab.try_http("GET", "/readyz", None, None) {
+            Ok(r) if r.status == 200 => break,
+            Ok(r) => panic!("/readyz {}: {}\n{}", r.status, r.body, lab.logs()),
+            Err(e) => assert!(start.elapsed() < Duration::from_secs(10), "the API did not recover: {e:#}\n{}", lab.logs()),
+        }
+        std::thread::sleep(POLL);
+    }
+    assert!(!lab.logs().contains("detached behind"), "a failed check was taken for a detach\n{}", lab.logs());
+}
