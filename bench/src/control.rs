@@ -1,6 +1,7 @@
 //! Part 3: the control plane. Maglev build time; the real `lb-control`
 //! daemon in a network namespace: API call to data-plane visibility
-//! latency, API calls per second, start-up time with 512 VIPs.
+//! latency, API calls per second, the API under load (idle connections
+//! held open, changes alongside reads), start-up time with 512 VIPs.
 
 use std::{
     collections::HashMap,
@@ -47,6 +48,10 @@ pub struct Opts {
     pub concurrent_clients: usize,
     /// Cold starts (and as many restarts) with 512 VIPs.
     pub startup_runs: usize,
+    /// `/healthz` calls timed while idle connections are held open.
+    pub healthz_calls: usize,
+    /// Length of the reads-alongside-changes measurement.
+    pub read_under_writes_time: Duration,
 }
 
 impl Opts {
@@ -59,6 +64,8 @@ impl Opts {
             throughput_time: Duration::from_secs(3),
             concurrent_clients: 4,
             startup_runs: 5,
+            healthz_calls: 1_000,
+            read_under_writes_time: Duration::from_secs(10),
         }
     }
 
@@ -71,12 +78,14 @@ impl Opts {
             throughput_time: Duration::from_millis(500),
             concurrent_clients: 4,
             startup_runs: 1,
+            healthz_calls: 200,
+            read_under_writes_time: Duration::from_secs(2),
         }
     }
 }
 
 pub fn steps(opts: &Opts) -> u64 {
-    BUILD_SIZES.len() as u64 + 4 + 4 + 2 * opts.startup_runs as u64
+    BUILD_SIZES.len() as u64 + 4 + 4 + 2 + 2 * opts.startup_runs as u64
 }
 
 // ---- Maglev build time -----------------------------------------------------
@@ -510,6 +519,145 @@ pub fn api_throughput(d: &Daemon, opts: &Opts, progress: &Progress) -> Result<Ve
     Ok(rows)
 }
 
+// ---- the API under load -----------------------------------------------------
+
+/// Idle connections held open while `/healthz` is timed.
+pub const IDLE_CONNECTIONS: usize = 1_000;
+/// VIP add/remove calls per second while `GET /v1/vips` is timed.
+pub const CHANGES_PER_SECOND: u32 = 20;
+/// `[api]` settings of the daemon under load: timeouts longer than the
+/// measurement, so the idle connections stay open through it.
+const LOAD_API_SETTINGS: &str = "header_read_timeout_secs = 120\nidle_timeout_secs = 120\n";
+
+#[derive(Clone, Debug, Serialize)]
+pub struct LoadRow {
+    pub call: String,
+    pub alongside: String,
+    pub calls: usize,
+    pub errors: u64,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+    pub max_ms: f64,
+}
+
+fn load_row(call: &str, alongside: String, ms: &mut [f64], errors: u64) -> LoadRow {
+    ms.sort_by(|a, b| a.total_cmp(b));
+    LoadRow {
+        call: call.into(),
+        alongside,
+        calls: ms.len(),
+        errors,
+        p50_ms: sys::percentile(ms, 50.0),
+        p99_ms: sys::percentile(ms, 99.0),
+        max_ms: ms.last().copied().unwrap_or(f64::NAN),
+    }
+}
+
+/// `/healthz` (a new connection per call, as a health checker makes them)
+/// while [`IDLE_CONNECTIONS`] connections that sent nothing are held open.
+pub fn healthz_with_idle_connections(d: &Daemon, opts: &Opts, progress: &Progress) -> Result<LoadRow> {
+    progress.step(format!("control: /healthz with {IDLE_CONNECTIONS} idle connections held open"));
+    // This process holds them all: raise its own descriptor limit.
+    let fds = rlimit::increase_nofile_limit(u64::MAX).context("raising the file descriptor limit")?;
+    anyhow::ensure!(fds > IDLE_CONNECTIONS as u64 + 100, "a file descriptor limit of {fds} is too low");
+    let calls = opts.healthz_calls;
+    d.host.ns.run(move || {
+        let addr: std::net::SocketAddr = API.parse()?;
+        let held = (0..IDLE_CONNECTIONS)
+            .map(|_| std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5)))
+            .collect::<std::io::Result<Vec<_>>>()
+            .context("opening the idle connections")?;
+        let url = format!("http://{API}/healthz");
+        let (mut ms, mut errors) = (Vec::with_capacity(calls), 0);
+        for _ in 0..calls {
+            // A fresh agent: no pooled connection, every call is accepted anew.
+            let agent = agent(Duration::from_secs(5));
+            let t0 = Instant::now();
+            match agent.get(&url).call().and_then(|r| r.into_body().read_to_vec()) {
+                Ok(_) => ms.push(t0.elapsed().as_secs_f64() * 1e3),
+                Err(_) => errors += 1,
+            }
+        }
+        // They were held open throughout: the server closed none of them.
+        let closed = held
+            .iter()
+            .filter(|s| {
+                use std::io::Read as _;
+                let _ = s.set_nonblocking(true);
+                matches!((&**s).read(&mut [0u8; 1]), Ok(0))
+            })
+            .count();
+        anyhow::ensure!(closed == 0, "{closed} of the idle connections were closed during the measurement");
+        drop(held);
+        Ok(load_row("GET /healthz (new connection each)", format!("{IDLE_CONNECTIONS} idle connections held open"), &mut ms, errors))
+    })
+}
+
+/// `GET /v1/vips` on a keep-alive connection while another client adds and
+/// removes a VIP [`CHANGES_PER_SECOND`] times a second.
+pub fn reads_alongside_changes(d: &Daemon, opts: &Opts, progress: &Progress) -> Result<(LoadRow, LoadRow)> {
+    progress.step(format!("control: GET /v1/vips with {CHANGES_PER_SECOND} VIP add/remove calls per second alongside"));
+    let time = opts.read_under_writes_time;
+    d.host.ns.run(move || {
+        let stop = std::sync::atomic::AtomicBool::new(false);
+        let (stop_ref, start) = (&stop, Instant::now());
+        let body = json!({
+            "vip": LAT_VIP2,
+            "backends": (0..LAT_BACKENDS).map(|i| json!({ "address": lat_backend(i).to_string() })).collect::<Vec<_>>(),
+        });
+        std::thread::scope(|s| {
+            // Threads made here inherit this thread's namespace.
+            let writer = s.spawn(move || {
+                let agent = agent(Duration::from_secs(10));
+                let period = Duration::from_secs(1) / CHANGES_PER_SECOND;
+                let (mut ms, mut errors) = (Vec::new(), 0u64);
+                let mut next = Instant::now();
+                for i in 0u64.. {
+                    if stop_ref.load(Ordering::Relaxed) {
+                        break;
+                    }
+                    let t0 = Instant::now();
+                    let result = if i % 2 == 0 {
+                        agent.post(&format!("http://{API}/v1/vips")).send_json(&body)
+                    } else {
+                        agent.delete(&format!("http://{API}/v1/vips/{LAT_VIP2}")).call()
+                    };
+                    match result.and_then(|r| r.into_body().read_to_vec()) {
+                        Ok(_) => ms.push(t0.elapsed().as_secs_f64() * 1e3),
+                        Err(_) => errors += 1,
+                    }
+                    next += period;
+                    std::thread::sleep(next.saturating_duration_since(Instant::now()));
+                }
+                // Leave the VIP set as it was.
+                let _ = agent.delete(&format!("http://{API}/v1/vips/{LAT_VIP2}")).call();
+                (ms, errors)
+            });
+            let agent = agent(Duration::from_secs(10));
+            let url = format!("http://{API}/v1/vips");
+            let (mut ms, mut errors) = (Vec::new(), 0u64);
+            while start.elapsed() < time {
+                let t0 = Instant::now();
+                match agent.get(&url).call().and_then(|r| r.into_body().read_to_vec()) {
+                    Ok(_) => ms.push(t0.elapsed().as_secs_f64() * 1e3),
+                    Err(_) => errors += 1,
+                }
+            }
+            stop.store(true, Ordering::Relaxed);
+            let (mut wms, werrors) = writer.join().map_err(|_| anyhow::anyhow!("the writer thread panicked"))?;
+            let rate = wms.len() as f64 / start.elapsed().as_secs_f64();
+            let reads = load_row(
+                "GET /v1/vips (keep-alive)",
+                format!("{} VIP add/remove calls/s ({} made)", f(rate, 1), wms.len()),
+                &mut ms,
+                errors,
+            );
+            let writes = load_row("POST/DELETE VIP (8 backends)", "the reads above".into(), &mut wms, werrors);
+            Ok((reads, writes))
+        })
+    })
+}
+
 // ---- start-up with 512 VIPs ------------------------------------------------
 
 #[derive(Clone, Debug, Serialize)]
@@ -576,6 +724,7 @@ pub struct ControlReport {
     pub maglev_build: Vec<BuildRow>,
     pub api_latency: Vec<LatencyStats>,
     pub api_throughput: Vec<ThroughputRow>,
+    pub api_load: Vec<LoadRow>,
     pub startup: Option<Startup>,
     /// Sub-measurements that failed (the others are still reported).
     pub errors: Vec<String>,
@@ -586,6 +735,7 @@ pub fn run(opts: &Opts, progress: &Progress) -> Result<ControlReport> {
         maglev_build: maglev_build(opts, progress)?,
         api_latency: Vec::new(),
         api_throughput: Vec::new(),
+        api_load: Vec::new(),
         startup: None,
         errors: Vec::new(),
     };
@@ -605,6 +755,23 @@ pub fn run(opts: &Opts, progress: &Progress) -> Result<ControlReport> {
         }
         d.stop()
     })();
+    let load_part = (|| -> Result<()> {
+        progress.step("control: starting the daemon for the API under load");
+        let mut d = Daemon::new(&host, "api-load", latency_limits(), &format!("{LOAD_API_SETTINGS}{vips}"), None)?;
+        d.start()?;
+        match healthz_with_idle_connections(&d, opts, progress) {
+            Ok(r) => report.api_load.push(r),
+            Err(e) => report.errors.push(format!("/healthz with idle connections: {e:#}")),
+        }
+        match reads_alongside_changes(&d, opts, progress) {
+            Ok((reads, writes)) => report.api_load.extend([reads, writes]),
+            Err(e) => report.errors.push(format!("reads alongside changes: {e:#}")),
+        }
+        d.stop()
+    })();
+    if let Err(e) = load_part {
+        report.errors.push(format!("API load daemon: {e:#}"));
+    }
     if let Err(e) = daemon_part {
         report.errors.push(format!("API daemon: {e:#}"));
     }
@@ -649,6 +816,9 @@ impl Section for ControlReport {
         out.push(String::new());
         out.push("API calls per second (each client a thread with its own keep-alive connection):".into());
         out.extend(self.throughput_table().text());
+        out.push(String::new());
+        out.push("The API under load (a separate daemon; its header-read and idle timeouts outlast the run):".into());
+        out.extend(self.load_table().text());
         if let Some(s) = self.startup_line() {
             out.push(String::new());
             out.push(s);
@@ -667,6 +837,8 @@ impl Section for ControlReport {
         md += &self.latency_table().markdown();
         md += "\nAPI calls per second:\n\n";
         md += &self.throughput_table().markdown();
+        md += "\nThe API under load (a separate daemon; its header-read and idle timeouts outlast the run):\n\n";
+        md += &self.load_table().markdown();
         if let Some(s) = self.startup_line() {
             md += &format!("\n{s}.\n");
         }
@@ -729,6 +901,22 @@ impl ControlReport {
         t
     }
 
+    pub fn load_table(&self) -> Table {
+        let mut t = Table::new(&["call", "alongside", "calls", "errors", "p50", "p99", "max"], 2);
+        for r in &self.api_load {
+            t.row(vec![
+                r.call.clone(),
+                r.alongside.clone(),
+                r.calls.to_string(),
+                r.errors.to_string(),
+                format!("{} ms", f(r.p50_ms, 3)),
+                format!("{} ms", f(r.p99_ms, 3)),
+                format!("{} ms", f(r.max_ms, 3)),
+            ]);
+        }
+        t
+    }
+
     pub fn startup_line(&self) -> Option<String> {
         self.startup.as_ref().map(|s| {
             let list = |v: &[f64]| v.iter().map(|x| f(*x, 0)).collect::<Vec<_>>().join(", ");
@@ -770,6 +958,28 @@ impl ControlReport {
                 met: l.visible_p99_ms < 5.0,
             }),
             None => t.push(missing("API call to data plane p99", "< 5 ms")),
+        }
+        let healthz = format!("/healthz p99 with {IDLE_CONNECTIONS} idle connections held open");
+        match self.api_load.iter().find(|r| r.call.starts_with("GET /healthz")) {
+            Some(r) => t.push(Target {
+                part: "control",
+                name: healthz,
+                target: "< 50 ms".into(),
+                value: format!("{} ms ({} errors)", f(r.p99_ms, 3), r.errors),
+                met: r.p99_ms < 50.0 && r.errors == 0,
+            }),
+            None => t.push(missing(&healthz, "< 50 ms")),
+        }
+        let reads = format!("GET /v1/vips p99 with {CHANGES_PER_SECOND} VIP add/remove calls/s alongside");
+        match self.api_load.iter().find(|r| r.call.starts_with("GET /v1/vips")) {
+            Some(r) => t.push(Target {
+                part: "control",
+                name: reads,
+                target: "< 5 ms".into(),
+                value: format!("{} ms ({}; {} errors)", f(r.p99_ms, 3), r.alongside, r.errors),
+                met: r.p99_ms < 5.0 && r.errors == 0,
+            }),
+            None => t.push(missing(&reads, "< 5 ms")),
         }
         t
     }

@@ -355,6 +355,7 @@ fn run_all(quick: bool, out_dir: &std::path::Path, no_write: bool, skip: &[Part]
                 maglev_build: b,
                 api_latency: Vec::new(),
                 api_throughput: Vec::new(),
+                api_load: Vec::new(),
                 startup: None,
                 errors: vec![format!("daemon parts skipped: {e}")],
             }),

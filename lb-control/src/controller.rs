@@ -2,16 +2,18 @@
 //! config. The API, SIGHUP and the gateway watcher all change the data plane
 //! through it, one change at a time.
 
-use std::{collections::BTreeMap, net::IpAddr, path::Path, time::Duration};
+use std::{collections::BTreeMap, net::IpAddr, path::Path, sync::Arc, time::Duration};
 
 use lb_common::{Counter, LbConfig, Stat};
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    config::{Config, Prefix},
+    attachment,
+    config::{Config, Prefix, Reattach},
     dataplane::{Balancer, DataplaneError},
     engine::{ApplyReport, Engine, EngineError},
     model::{VipId, VipSet},
+    lock::{LockError, PinDirLock},
     netlink,
     state::{self, State, StateError},
 };
@@ -30,6 +32,10 @@ pub enum ControlError {
     Conflict(String),
     #[error("{0}")]
     Invalid(String),
+    #[error("the balancer is not attached ({0}); changes are refused until it is")]
+    Detached(String),
+    #[error(transparent)]
+    Lock(#[from] LockError),
     #[error("the new config cannot be applied while running: {0}")]
     NeedsRestart(String),
     #[error("discovering {what}: {source}")]
@@ -95,12 +101,28 @@ pub struct StatsSnapshot {
     pub backends: BTreeMap<String, Counter>,
 }
 
+/// What API readers see, published after every change: they never wait
+/// for a change in progress (its map writes, fsync or table swap).
+#[derive(Clone, Debug, Default)]
+pub struct View {
+    pub vips: VipSet,
+    /// Why the daemon is not ready (not attached yet, or detached).
+    pub not_ready: Option<String>,
+}
+
 pub struct Controller {
     engine: Engine,
     state: State,
     config: Config,
     forwarding: LbConfig,
     attached: bool,
+    /// The balancer's program id, known once attached.
+    program_id: Option<u32>,
+    /// Set when the balancer was found detached behind the daemon's back.
+    detached: Option<String>,
+    /// The last attachment check that could not be made (logged once).
+    check_failed: Option<String>,
+    view: tokio::sync::watch::Sender<Arc<View>>,
 }
 
 impl Controller {
@@ -115,7 +137,127 @@ impl Controller {
         let report = engine.apply(&state.vips, &forwarding)?;
         state::save(&config.state_file, &state)?;
         tracing::info!(adopted, ?report, vips = state.vips.len(), "data plane ready");
-        Ok(Self { engine, state, config, forwarding, attached: false })
+        let view = tokio::sync::watch::Sender::new(Arc::new(View::default()));
+        let ctl = Self { engine, state, config, forwarding, attached: false, program_id: None, detached: None, check_failed: None, view };
+        ctl.publish();
+        Ok(ctl)
+    }
+
+    /// The published [`View`], for readers that must not wait.
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<Arc<View>> {
+        self.view.subscribe()
+    }
+
+    fn not_ready(&self) -> Option<String> {
+        match (&self.detached, self.attached) {
+            (Some(reason), _) => Some(format!("detached: {reason}")),
+            (None, false) => Some("not attached yet".into()),
+            (None, true) => None,
+        }
+    }
+
+    fn publish(&self) {
+        self.view.send_replace(Arc::new(View { vips: self.state.vips.clone(), not_ready: self.not_ready() }));
+    }
+
+    fn refuse_if_detached(&self) -> Result<(), ControlError> {
+        match &self.detached {
+            Some(reason) => Err(ControlError::Detached(reason.clone())),
+            None => Ok(()),
+        }
+    }
+
+    /// Checks that every interface still runs this daemon's program through
+    /// its pinned link (see [`attachment`]). When not, the daemon is not
+    /// ready and refuses changes; with `reattach = "auto"` it attaches
+    /// again (after re-taking the pin directory's lock if the directory was
+    /// replaced). Logs each change of state once.
+    pub fn check_attachment(&mut self, lock: &mut PinDirLock) {
+        let Some(program_id) = self.program_id.filter(|_| self.attached) else { return };
+        let pin_dir = self.config.pin_dir.clone();
+        let mut problems = Vec::new();
+        for iface in &self.config.interfaces {
+            match attachment::problem(&pin_dir, iface, program_id) {
+                Ok(Some(problem)) => problems.push(problem),
+                Ok(None) => {}
+                Err(e) => {
+                    // No evidence either way (e.g. out of descriptors): keep
+                    // the last verdict, try again next period.
+                    let error = format!("{iface}: {e}");
+                    if self.check_failed.as_deref() != Some(error.as_str()) {
+                        tracing::warn!(%error, "cannot check the XDP attachment; trying again");
+                        self.check_failed = Some(error);
+                    }
+                    return;
+                }
+            }
+        }
+        if self.check_failed.take().is_some() {
+            tracing::info!("the XDP attachment can be checked again");
+        }
+        if problems.is_empty() {
+            if self.detached.take().is_some() {
+                tracing::info!("the balancer is attached again");
+                self.publish();
+            }
+            return;
+        }
+        let reason = problems.join("; ");
+        let first = self.detached.is_none();
+        if first {
+            tracing::error!(%reason, reattach = ?self.config.reattach, "the balancer was detached behind the daemon's back");
+        }
+        // Keep the pin directory ours even if it was removed and made anew,
+        // so no second daemon starts on it meanwhile.
+        let relocked = lock.renew().map_err(ControlError::from);
+        let outcome = match self.config.reattach {
+            Reattach::Never => match relocked {
+                Ok(_) => format!("{reason}; reattach = \"never\": restart the daemon to attach again"),
+                Err(e) => format!("{reason}; reattach = \"never\"; {e}"),
+            },
+            Reattach::Auto => match relocked.and_then(|_| self.reattach()) {
+                Ok(()) => {
+                    tracing::info!("re-attached the balancer (reattach = \"auto\")");
+                    self.detached = None;
+                    self.publish();
+                    return;
+                }
+                Err(e) => format!("{reason}; re-attaching failed: {e}"),
+            },
+        };
+        if self.detached.as_deref() != Some(outcome.as_str()) {
+            if !first {
+                tracing::error!(reason = %outcome, "the balancer is still detached");
+            }
+            self.detached = Some(outcome);
+            self.publish();
+        }
+    }
+
+    /// Attaches again to every interface whose link is gone or defunct.
+    fn reattach(&mut self) -> Result<(), ControlError> {
+        let pin_dir = self.config.pin_dir.clone();
+        // The maps first (their pins may be gone with the link's), so a
+        // later restart adopts them and the connections they track.
+        let repinned = self.engine.balancer().repin_maps(&pin_dir)?;
+        if repinned > 0 {
+            tracing::warn!(maps = repinned, "pinned the balancer's maps again");
+        }
+        let mode = self.config.xdp_mode;
+        for iface in &self.config.interfaces {
+            let Some(program_id) = self.program_id else { break };
+            if matches!(attachment::problem(&pin_dir, iface, program_id), Ok(None)) {
+                continue;
+            }
+            // A defunct link's pin would be reused by attach: drop it first.
+            let pin = crate::dataplane::link_pin(&pin_dir, iface);
+            if pin.exists() {
+                std::fs::remove_file(&pin)
+                    .map_err(|source| ControlError::Dataplane(DataplaneError::PinDir { path: pin.clone(), source }))?;
+            }
+            self.engine.balancer_mut().attach(iface, mode, Some(&pin_dir))?;
+        }
+        Ok(())
     }
 
     /// Attaches (or, after a restart, atomically re-attaches) the balancer
@@ -126,12 +268,20 @@ impl Controller {
             self.engine.balancer_mut().attach(iface, mode, Some(&self.config.pin_dir))?;
             tracing::info!(iface, ?mode, "attached");
         }
+        self.program_id = Some(self.engine.balancer_mut().program().info().map_err(DataplaneError::from)?.id());
         self.attached = true;
+        self.publish();
         Ok(())
     }
 
+    /// Attached to every interface, as far as the last check knows.
     pub fn ready(&self) -> bool {
-        self.attached
+        self.not_ready().is_none()
+    }
+
+    /// Attached (and not found detached since).
+    pub fn attached(&self) -> bool {
+        self.attached && self.detached.is_none()
     }
 
     pub fn config(&self) -> &Config {
@@ -153,6 +303,7 @@ impl Controller {
     where
         F: FnOnce(&mut VipSet) -> Result<(), ControlError>,
     {
+        self.refuse_if_detached()?;
         let mut next = self.state.vips.clone();
         edit(&mut next)?;
         self.engine.check(&next)?;
@@ -161,7 +312,7 @@ impl Controller {
             self.state.vips = previous;
             return Err(e.into());
         }
-        match self.engine.apply(&self.state.vips, &self.forwarding) {
+        let result = match self.engine.apply(&self.state.vips, &self.forwarding) {
             Ok(report) => Ok(report),
             Err(e) => {
                 tracing::error!(error = %e, "apply failed; restoring the previous state");
@@ -170,13 +321,16 @@ impl Controller {
                 let _ = self.engine.apply(&self.state.vips, &self.forwarding);
                 Err(e.into())
             }
-        }
+        };
+        self.publish();
+        result
     }
 
     /// Applies a changed config file (SIGHUP). Settings that fix the maps'
     /// layout or the attachment need a restart and are refused; VIPs the file
     /// changed are applied, API changes elsewhere are kept.
     pub fn reload(&mut self, new: Config, forwarding: LbConfig) -> Result<ApplyReport, ControlError> {
+        self.refuse_if_detached()?;
         let old = &self.config;
         let fixed = [
             ("limits", old.limits != new.limits),
@@ -195,7 +349,7 @@ impl Controller {
         let next = State { version: state::STATE_VERSION, config_vips: new.vips.clone(), vips };
         state::save(&new.state_file, &next)?;
         let previous = std::mem::replace(&mut self.state, next);
-        match self.engine.apply(&self.state.vips, &forwarding) {
+        let result = match self.engine.apply(&self.state.vips, &forwarding) {
             Ok(report) => {
                 self.config = new;
                 self.forwarding = forwarding;
@@ -207,7 +361,9 @@ impl Controller {
                 let _ = self.engine.apply(&self.state.vips, &self.forwarding);
                 Err(e.into())
             }
-        }
+        };
+        self.publish();
+        result
     }
 
     /// Updates the MACs (the gateway watcher's finding).

@@ -1,10 +1,13 @@
 pub mod api;
+pub mod attachment;
 pub mod config;
 pub mod controller;
 pub mod dataplane;
 pub mod engine;
+pub mod lock;
 pub mod maglev;
 pub mod metrics;
 pub mod model;
 pub mod netlink;
+pub mod server;
 pub mod state;

@@ -36,7 +36,7 @@ fn counters<'a, K: ToString + 'a>(
 }
 
 /// Encodes a snapshot.
-pub fn encode_snapshot(snap: &StatsSnapshot, vips: usize, backends: usize, ready: bool) -> String {
+pub fn encode_snapshot(snap: &StatsSnapshot, vips: usize, backends: usize, ready: bool, attached: bool) -> String {
     let mut registry = Registry::with_prefix("xdp_lb");
     counters(&mut registry, "reason", "Packets by the reason the balancer gave them", "reason", &snap.global);
     counters(&mut registry, "action", "Packets by final action", "action", &snap.actions);
@@ -46,6 +46,7 @@ pub fn encode_snapshot(snap: &StatsSnapshot, vips: usize, backends: usize, ready
         ("vips", "VIPs configured", vips as i64),
         ("backends", "Distinct backends in use", backends as i64),
         ("ready", "1 once the balancer is attached", ready as i64),
+        ("attached", "1 while the balancer is attached to every interface (0 once detached behind the daemon)", attached as i64),
     ] {
         let g = Gauge::<i64>::default();
         g.set(value);
@@ -70,11 +71,12 @@ mod tests {
         snap.actions.insert("tx".into(), C { packets: 5, bytes: 500 });
         snap.vips.insert("tcp:10.0.0.10:80".into(), C { packets: 5, bytes: 500 });
         snap.backends.insert("10.1.0.1".into(), C { packets: 3, bytes: 300 });
-        let text = encode_snapshot(&snap, 1, 1, true);
+        let text = encode_snapshot(&snap, 1, 1, true, true);
         assert!(text.contains("xdp_lb_reason_packets_total{reason=\"tx_encap\"} 5"), "{text}");
         assert!(text.contains("xdp_lb_vip_bytes_total{vip=\"tcp:10.0.0.10:80\"} 500"), "{text}");
         assert!(text.contains("xdp_lb_backend_packets_total{backend=\"10.1.0.1\"} 3"), "{text}");
         assert!(text.contains("xdp_lb_ready 1"), "{text}");
+        assert!(text.contains("xdp_lb_attached 1"), "{text}");
         assert!(text.ends_with("# EOF\n"));
     }
 }

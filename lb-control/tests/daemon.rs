@@ -34,7 +34,7 @@ use common::{frame4, frame6, run_prog, tcp4, udp6, CLIENT4, CLIENT6, XDP_PASS, X
 use lb_common::{addr_v4, ConnEntry, FlowKey, FAMILY_V4, IPPROTO_TCP};
 use lb_control::{
     config::Config,
-    dataplane::{detach_all, versioned_pin_dir, Balancer, Limits},
+    dataplane::{detach_all, link_pin, versioned_pin_dir, Balancer, Limits},
 };
 use lb_testkit::{
     netns::{unique_name, Netns},
@@ -232,6 +232,11 @@ max_body_bytes = 4096
 
     /// Starts the daemon in the "lb" namespace and waits for `/readyz`.
     fn start(&mut self) {
+        self.start_with(|_| {});
+    }
+
+    /// [`Lab::start`], with `adjust` applied to the command first.
+    fn start_with(&mut self, adjust: impl FnOnce(&mut Command)) {
         assert!(self.daemon.is_none(), "the daemon is already running");
         let log = fs::OpenOptions::new().create(true).append(true).open(&self.log).unwrap();
         let mut cmd = self.lb.command(env!("CARGO_BIN_EXE_lb-control"));
@@ -254,6 +259,7 @@ max_body_bytes = 4096
                 Ok(())
             });
         }
+        adjust(&mut cmd);
         self.daemon = Some(cmd.spawn().expect("spawning lb-control"));
         self.wait_ready();
     }
@@ -1457,4 +1463,362 @@ fn run_bounded_for(mut cmd: Command, dir: &Path, what: &str, limit: Duration) ->
         std::thread::sleep(POLL);
     };
     (status, fs::read_to_string(&out_path).unwrap(), fs::read_to_string(&err_path).unwrap())
+}
+
+// ---- control-plane safety (issue 10) -------------------------------------------------
+
+/// Runs `lb-control --config CONFIG run` inside the lab's namespace to
+/// completion (bounded): for daemons that must refuse to start.
+fn run_second_daemon(lab: &Lab, config: &Path) -> (ExitStatus, String, String) {
+    let mut cmd = lab.lb.command(env!("CARGO_BIN_EXE_lb-control"));
+    cmd.env_remove("LB_CONFIG")
+        .env_remove("NOTIFY_SOCKET")
+        .env("NO_COLOR", "1")
+        .arg("--config")
+        .arg(config)
+        .arg("run");
+    run_bounded(cmd, &lab.dir, "a second lb-control")
+}
+
+/// A second daemon on the same pin directory (another config, another API
+/// port) refuses to start, names the first one's PID and changes nothing;
+/// a daemon whose API port is taken exits before it creates a single map.
+#[test]
+fn a_second_daemon_on_the_same_pin_dir_changes_nothing() {
+    let mut lab = Lab::new();
+    let vips_before = lab.vips();
+    let maps_before = pinned_map_ids(&lab.pin_dir);
+    let dataplane_before = dataplane_snapshot(&lab.balancer());
+    let state_before = fs::read(&lab.state_file).unwrap();
+    let prog_before = attached_prog_id(&lab.link());
+
+    // Another config: only the IPv6 VIP, the API on another port.
+    let vip6_only = BASE_VIPS.split("[[vip]]").filter(|t| t.contains("fc00::10")).collect::<String>();
+    let other = lab.dir.join("other.toml");
+    let text = lab
+        .config_text(&format!("[[vip]]{vip6_only}"))
+        .replace("127.0.0.1:9780", "127.0.0.1:9781");
+    fs::write(&other, text).unwrap();
+    let (status, out, err) = run_second_daemon(&lab, &other);
+    assert!(!status.success(), "a second daemon started: {out}{err}");
+    let pid = lab.pid().to_string();
+    assert!(err.contains("in use by another lb-control") && err.contains(&format!("PID {pid}")), "stderr: {err}");
+
+    lab.assert_running();
+    assert_eq!(lab.vips(), vips_before, "the API's VIPs changed");
+    assert_eq!(pinned_map_ids(&lab.pin_dir), maps_before, "the pinned maps were replaced");
+    assert_eq!(dataplane_snapshot(&lab.balancer()), dataplane_before, "the data plane changed");
+    assert_eq!(fs::read(&lab.state_file).unwrap(), state_before, "the state file was rewritten");
+    assert_eq!(attached_prog_id(&lab.link()), prog_before, "the attached program changed");
+
+    // `detach` refuses too, naming the daemon; nothing is removed.
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_lb-control"));
+    cmd.env_remove("LB_CONFIG").arg("--config").arg(&lab.config).arg("detach");
+    let (status, out, err) = run_bounded(cmd, &lab.dir, "lb-control detach");
+    assert!(!status.success(), "detach ran under a live daemon: {out}");
+    assert!(err.contains(&format!("PID {pid}")) && err.contains("--force"), "stderr: {err}");
+    assert_eq!(pinned_map_ids(&lab.pin_dir), maps_before, "detach removed pins");
+
+    // Another pin directory, but the API's port is taken: no map is created.
+    let free_pins = PathBuf::from(format!("{}-second", lab.pin_dir.display()));
+    let other_state = lab.dir.join("other-state.json");
+    let text = lab
+        .config_text(BASE_VIPS)
+        .replace(&lab.pin_dir.display().to_string(), &free_pins.display().to_string())
+        .replace(&lab.state_file.display().to_string(), &other_state.display().to_string());
+    fs::write(&other, text).unwrap();
+    let (status, out, err) = run_second_daemon(&lab, &other);
+    let created = versioned_pin_dir(&free_pins).exists();
+    let _ = detach_all(&free_pins);
+    let _ = fs::remove_dir(&free_pins);
+    assert!(!status.success(), "a daemon started on a taken port: {out}{err}");
+    assert!(err.contains("binding the API to 127.0.0.1:9780"), "stderr: {err}");
+    assert!(!created, "maps were pinned before the API's port was bound");
+    assert!(!other_state.exists(), "a state file was written before the API's port was bound");
+    assert_eq!(lab.vips(), vips_before);
+}
+
+/// The soft and hard `RLIMIT_NOFILE` of this process.
+fn fd_limits() -> (u64, u64) {
+    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit writes into the struct we own.
+    assert_eq!(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) }, 0);
+    (lim.rlim_cur, lim.rlim_max)
+}
+
+/// Lets this (test) process open `needed` descriptors: raises its soft
+/// limit to the hard one, which must be enough.
+fn allow_fds(needed: u64) {
+    let (soft, hard) = fd_limits();
+    if soft < needed {
+        let lim = libc::rlimit { rlim_cur: hard, rlim_max: hard };
+        // SAFETY: setrlimit reads the struct we own.
+        assert_eq!(unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) }, 0);
+    }
+    assert!(fd_limits().0 >= needed, "this test needs {needed} file descriptors; the hard limit is {hard}");
+}
+
+/// Starts the lab's daemon with its soft descriptor limit at `soft` (as
+/// systemd's default 1024) and the hard one at `hard`.
+fn start_with_fd_limit(lab: &mut Lab, soft: u64, hard: u64) {
+    lab.start_with(move |cmd| {
+        // SAFETY: setrlimit is async-signal-safe; it only touches the child.
+        unsafe {
+            cmd.pre_exec(move || {
+                let lim = libc::rlimit { rlim_cur: soft, rlim_max: hard };
+                if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+    });
+}
+
+/// Opens `count` connections to the API from inside the lab; every other
+/// one sends half a request head, the rest send nothing.
+fn idle_connections(lab: &Lab, count: usize) -> Vec<std::net::TcpStream> {
+    use std::io::Write as _;
+    lab.lb
+        .run(move || {
+            let mut held = Vec::with_capacity(count);
+            for i in 0..count {
+                let mut s = std::net::TcpStream::connect_timeout(&"127.0.0.1:9780".parse()?, Duration::from_secs(5))?;
+                if i % 2 == 1 {
+                    // May fail on a connection the server already closed
+                    // (beyond its cap): that one is checked elsewhere.
+                    let _ = s.write_all(b"GET /v1/vips HTTP/1.1\r\nHost: lb\r\n");
+                }
+                held.push(s);
+            }
+            Ok(held)
+        })
+        .expect("opening connections to the API")
+}
+
+/// Whether the server closed this connection (EOF or reset) within `wait`.
+fn closed_by_server(s: &std::net::TcpStream, wait: Duration) -> bool {
+    use std::io::Read as _;
+    s.set_read_timeout(Some(wait)).unwrap();
+    let mut buf = [0u8; 256];
+    match (&*s).read(&mut buf) {
+        Ok(0) => true,
+        Ok(_) => false,
+        Err(e) => !matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut),
+    }
+}
+
+/// 1,100 idle and half-sent connections against a daemon started with a
+/// soft descriptor limit of 1024: `/healthz`, `/readyz` and the API keep
+/// answering while they are held.
+#[test]
+fn idle_and_half_sent_connections_do_not_starve_the_api() {
+    const HELD: usize = 1100;
+    allow_fds(HELD as u64 + 200);
+    let mut lab = Lab::new();
+    lab.stop();
+    let (_, hard) = fd_limits();
+    start_with_fd_limit(&mut lab, 1024, hard);
+
+    let held = idle_connections(&lab, HELD);
+    for _ in 0..20 {
+        let started = Instant::now();
+        let r = lab.http("GET", "/healthz", None, None);
+        assert_eq!((r.status, r.body.as_str()), (200, "ok\n"), "/healthz with {HELD} connections held");
+        assert!(started.elapsed() < Duration::from_secs(2), "/healthz took {:?}", started.elapsed());
+    }
+    assert_eq!(lab.get("/readyz").status, 200);
+    lab.call("PATCH", &format!("/v1/vips/{VIP_HTTP}/backends/10.1.0.2"), Some(&json!({"weight": 3})))
+        .ok(200, "PATCH with connections held");
+    lab.assert_running();
+    assert!(!lab.logs().contains("accepting an API connection failed"), "accept failed\n{}", lab.logs());
+    drop(held);
+}
+
+/// Connections beyond `api.max_connections` are closed at once (and
+/// logged); idle and half-sent ones are closed after the timeouts, which
+/// frees the API again.
+#[test]
+fn the_connection_cap_and_timeouts_free_the_api() {
+    const CAP: usize = 40;
+    allow_fds(200);
+    let mut lab = Lab::new();
+    lab.stop();
+    let text = fs::read_to_string(&lab.config).unwrap().replace(
+        "max_body_bytes = 4096",
+        &format!("max_body_bytes = 4096\nmax_connections = {CAP}\nheader_read_timeout_secs = 1\nidle_timeout_secs = 2"),
+    );
+    fs::write(&lab.config, text).unwrap();
+    lab.start();
+
+    // A keep-alive connection that sent one request and then idles.
+    let mut keep_alive = lab.lb.run(|| Ok(std::net::TcpStream::connect("127.0.0.1:9780")?)).unwrap();
+    {
+        use std::io::{Read as _, Write as _};
+        keep_alive.write_all(b"GET /healthz HTTP/1.1\r\nHost: lb\r\n\r\n").unwrap();
+        keep_alive.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut buf = [0u8; 512];
+        let n = keep_alive.read(&mut buf).unwrap();
+        assert!(buf[..n].starts_with(b"HTTP/1.1 200"), "{}", String::from_utf8_lossy(&buf[..n]));
+    }
+    // A request whose body stalls after its head: only the idle timeout
+    // (no byte either way for 2 s) ends it.
+    let stalled_body = lab
+        .lb
+        .run(|| {
+            use std::io::Write as _;
+            let mut s = std::net::TcpStream::connect("127.0.0.1:9780")?;
+            let head = format!(
+                "POST /v1/vips HTTP/1.1\r\nHost: lb\r\nAuthorization: Bearer {TOKEN}\r\n\
+                 Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{{\"vip\":"
+            );
+            s.write_all(head.as_bytes())?;
+            Ok(s)
+        })
+        .unwrap();
+    let opened = Instant::now();
+    let held = idle_connections(&lab, CAP + 10);
+    // The cap holds the keep-alive and stalled ones and CAP - 2 of these;
+    // at least the last ten are closed as soon as they are accepted.
+    let refused = held.iter().rev().take(10).filter(|s| closed_by_server(s, Duration::from_millis(300))).count();
+    assert_eq!(refused, 10, "connections beyond the cap were not closed at once");
+    assert!(opened.elapsed() < Duration::from_millis(900), "checking took too long to tell 'at once' from the timeout");
+    lab.wait_log("API connection limit reached", Duration::from_secs(5));
+
+    // Header-read timeout (1 s) for the idle and half-sent ones and for the
+    // keep-alive one waiting for its next request; idle timeout (2 s) for
+    // the stalled body: all closed, the API answers.
+    let first = &held[0];
+    assert!(closed_by_server(first, Duration::from_secs(5)), "an idle connection outlived the header-read timeout");
+    assert!(closed_by_server(&held[1], Duration::from_secs(5)), "a half-sent request outlived the header-read timeout");
+    assert!(closed_by_server(&keep_alive, Duration::from_secs(5)), "an idle keep-alive connection was kept");
+    assert!(closed_by_server(&stalled_body, Duration::from_secs(8)), "a stalled request body outlived the idle timeout");
+    assert_eq!(lab.vips(), base_vips_json(), "the stalled call changed nothing");
+    let r = lab.http("GET", "/healthz", None, None);
+    assert_eq!(r.status, 200);
+    lab.assert_running();
+}
+
+/// `lb-control detach --force` against a live daemon: removes the pins,
+/// which detaches the program. Returns its output.
+fn force_detach(lab: &Lab) -> String {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_lb-control"));
+    cmd.env_remove("LB_CONFIG").arg("--config").arg(&lab.config).arg("detach").arg("--force");
+    let (status, out, err) = run_bounded(cmd, &lab.dir, "lb-control detach --force");
+    assert!(status.success(), "detach --force failed: {out}{err}");
+    // Every map of the balancer, and its link on the one interface.
+    let pins = lb_common::map_names::BALANCER_MAPS.len() + 1;
+    assert!(out.contains(&format!("removed {pins} pins")), "{out}");
+    out
+}
+
+/// The daemon's gauges from `/metrics`: (ready, attached).
+fn ready_and_attached(lab: &Lab) -> (String, String) {
+    let text = lab.get("/metrics").body;
+    let gauge = |name: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(&format!("{name} ")).map(str::to_string))
+            .unwrap_or_else(|| panic!("no {name} in /metrics:\n{text}"))
+    };
+    (gauge("xdp_lb_ready"), gauge("xdp_lb_attached"))
+}
+
+/// With the default `reattach = "auto"`, a detach behind the daemon's
+/// back is logged and undone within a few seconds: the daemon's program
+/// is on the interface again through a newly pinned link, and changes
+/// work.
+#[test]
+fn a_detached_balancer_is_reattached_by_default() {
+    let lab = Lab::new();
+    let prog = attached_prog_id(&lab.link()).expect("attached at start");
+    force_detach(&lab);
+    lab.wait_log("the balancer was detached behind the daemon's back", Duration::from_secs(5));
+    lab.wait_log("re-attached the balancer", Duration::from_secs(5));
+    assert_eq!(attached_prog_id(&lab.link()), Some(prog), "the daemon's program is attached again");
+    assert!(link_pin(&lab.pin_dir, LB_IF).exists(), "the link is pinned again");
+    for name in lb_common::map_names::BALANCER_MAPS {
+        assert!(versioned_pin_dir(&lab.pin_dir).join(name).exists(), "map {name} is pinned again");
+    }
+    assert_eq!(lab.get("/readyz").status, 200);
+    assert_eq!(ready_and_attached(&lab), ("1".into(), "1".into()));
+    lab.call("PATCH", &format!("/v1/vips/{VIP_HTTP}/backends/10.1.0.2"), Some(&json!({"weight": 3})))
+        .ok(200, "PATCH after re-attaching");
+    // Still locked: a second daemon is refused even though detach removed
+    // the pin directory.
+    let (status, _, err) = run_second_daemon(&lab, &lab.config);
+    assert!(!status.success() && err.contains(&format!("PID {}", lab.pid())), "stderr: {err}");
+}
+
+/// With `reattach = "never"` the daemon stays detached: `/readyz` answers
+/// 503 with the reason, changes answer 503, the gauges say 0, reads still
+/// work; a restart attaches again.
+#[test]
+fn with_reattach_never_a_detached_daemon_refuses_changes_until_restarted() {
+    let mut lab = Lab::new();
+    lab.stop();
+    let text = fs::read_to_string(&lab.config).unwrap().replace("xdp_mode = \"native\"", "xdp_mode = \"native\"\nreattach = \"never\"");
+    fs::write(&lab.config, text).unwrap();
+    lab.start();
+    let vips = lab.vips();
+    force_detach(&lab);
+
+    let start = Instant::now();
+    let reason = loop {
+        let r = lab.get("/readyz");
+        if r.status == 503 {
+            break r.error(503, "not_ready", "/readyz after detach");
+        }
+        assert!(start.elapsed() < Duration::from_secs(5), "/readyz still {} {} 5 s after detach", r.status, r.body);
+        std::thread::sleep(POLL);
+    };
+    assert!(reason.contains("detached") && reason.contains("never"), "{reason}");
+    lab.wait_log("the balancer was detached behind the daemon's back", Duration::from_secs(1));
+    assert!(!lab.link().contains("prog/xdp"), "still attached:\n{}", lab.link());
+    let msg = lab
+        .call("PATCH", &format!("/v1/vips/{VIP_HTTP}/backends/10.1.0.2"), Some(&json!({"weight": 3})))
+        .error(503, "not_attached", "PATCH while detached");
+    assert!(msg.contains("not attached"), "{msg}");
+    lab.call("DELETE", &format!("/v1/vips/{VIP_HTTP}"), None).error(503, "not_attached", "DELETE while detached");
+    assert_eq!(lab.vips(), vips, "reads still answer, and nothing changed");
+    assert_eq!(ready_and_attached(&lab), ("0".into(), "0".into()));
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(!lab.link().contains("prog/xdp"), "re-attached despite reattach = \"never\"");
+
+    lab.stop();
+    lab.start();
+    assert!(lab.link().contains("prog/xdp"), "a restart attaches again");
+    assert_eq!(lab.vips(), vips, "the state file kept the VIPs");
+    lab.call("PATCH", &format!("/v1/vips/{VIP_HTTP}/backends/10.1.0.2"), Some(&json!({"weight": 3})))
+        .ok(200, "PATCH after the restart");
+}
+
+/// Out of descriptors (the daemon's limit lowered under it): accept errors
+/// are logged, the attachment check does not mistake its own failure for
+/// a detach, and the API answers again once the connections close.
+#[test]
+fn accept_errors_are_logged_and_the_api_recovers() {
+    allow_fds(200);
+    let mut lab = Lab::new();
+    let pid = lab.pid();
+    let open = fs::read_dir(format!("/proc/{pid}/fd")).unwrap().count() as u64;
+    let lim = libc::rlimit { rlim_cur: open + 8, rlim_max: open + 8 };
+    // SAFETY: prlimit on our own child, from a struct we own.
+    assert_eq!(unsafe { libc::prlimit(pid, libc::RLIMIT_NOFILE, &lim, std::ptr::null_mut()) }, 0);
+    let held = idle_connections(&lab, 40);
+    lab.wait_log("accepting an API connection failed", Duration::from_secs(10));
+    // Two attachment checks run out of descriptors meanwhile.
+    std::thread::sleep(Duration::from_millis(2_500));
+    lab.assert_running();
+    drop(held);
+
+    let start = Instant::now();
+    loop {
+        match lab.try_http("GET", "/readyz", None, None) {
+            Ok(r) if r.status == 200 => break,
+            Ok(r) => panic!("/readyz {}: {}\n{}", r.status, r.body, lab.logs()),
+            Err(e) => assert!(start.elapsed() < Duration::from_secs(10), "the API did not recover: {e:#}\n{}", lab.logs()),
+        }
+        std::thread::sleep(POLL);
+    }
+    assert!(!lab.logs().contains("detached behind"), "a failed check was taken for a detach\n{}", lab.logs());
 }

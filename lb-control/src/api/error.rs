@@ -77,6 +77,7 @@ impl From<ControlError> for ApiError {
             ControlError::NotFound(_) => ApiError::not_found(msg),
             ControlError::Conflict(_) => ApiError::new(StatusCode::CONFLICT, "conflict", msg),
             ControlError::Invalid(_) => ApiError::bad_request(msg),
+            ControlError::Detached(_) => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "not_attached", msg),
             ControlError::Engine(EngineError::Rejected(_)) => {
                 ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "rejected", msg)
             }

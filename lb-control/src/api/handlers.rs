@@ -11,7 +11,7 @@ use axum::{
 use super::{
     body::{backends_of, vip_body, Applied, BackendBody, BackendPatch, VipBody},
     error::{parse_backend, parse_vip, unknown_vip, ApiError, ApiJson, ApiPath, ErrorBody},
-    lock,
+    on_controller,
     schema::BackendAddr,
     Shared,
 };
@@ -27,8 +27,8 @@ const OPS: &str = "operations";
 
 #[utoipa::path(get, path = "/v1/vips", tag = VIPS, responses((status = 200, description = "every VIP", body = Vec<VipBody>)))]
 pub async fn list_vips(State(s): State<Shared>) -> Json<Vec<VipBody>> {
-    let ctl = lock(&s);
-    Json(ctl.vips().iter().map(|(id, spec)| vip_body(id, spec)).collect())
+    let view = s.view.borrow().clone();
+    Json(view.vips.iter().map(|(id, spec)| vip_body(id, spec)).collect())
 }
 
 #[utoipa::path(post, path = "/v1/vips", tag = VIPS, request_body = VipBody, security(("token" = [])),
@@ -40,6 +40,7 @@ pub async fn list_vips(State(s): State<Shared>) -> Json<Vec<VipBody>> {
         (status = 413, description = "body too large", body = ErrorBody),
         (status = 415, description = "not JSON", body = ErrorBody),
         (status = 422, description = "beyond the limits", body = ErrorBody),
+        (status = 503, description = "the balancer is detached: changes are refused", body = ErrorBody),
     ))]
 pub async fn create_vip(State(s): State<Shared>, ApiJson(body): ApiJson<VipBody>) -> Result<Response, ApiError> {
     crate::model::check_vip_addr(body.vip.addr)?;
@@ -49,13 +50,16 @@ pub async fn create_vip(State(s): State<Shared>, ApiJson(body): ApiJson<VipBody>
     flags.dedup();
     let spec = VipSpec { flags, backends };
     let id = body.vip;
-    let report = lock(&s).mutate(|vips| {
-        if vips.contains_key(&id) {
-            return Err(ControlError::Conflict(format!("VIP {id} exists")));
-        }
-        vips.insert(id, spec);
-        Ok(())
-    })?;
+    let report = on_controller(&s, move |ctl| {
+        ctl.mutate(|vips| {
+            if vips.contains_key(&id) {
+                return Err(ControlError::Conflict(format!("VIP {id} exists")));
+            }
+            vips.insert(id, spec);
+            Ok(())
+        })
+    })
+    .await?;
     tracing::info!(vip = %id, ?report, "VIP added");
     Ok((StatusCode::CREATED, Json(Applied { applied: report })).into_response())
 }
@@ -68,8 +72,8 @@ pub async fn create_vip(State(s): State<Shared>, ApiJson(body): ApiJson<VipBody>
     ))]
 pub async fn get_vip(State(s): State<Shared>, ApiPath(vip): ApiPath<String>) -> Result<Json<VipBody>, ApiError> {
     let id = parse_vip(&vip)?;
-    let ctl = lock(&s);
-    let spec = ctl.vip(&id).ok_or_else(|| unknown_vip(&id))?;
+    let view = s.view.borrow().clone();
+    let spec = view.vips.get(&id).ok_or_else(|| unknown_vip(&id))?;
     Ok(Json(vip_body(&id, spec)))
 }
 
@@ -79,10 +83,13 @@ pub async fn get_vip(State(s): State<Shared>, ApiPath(vip): ApiPath<String>) -> 
         (status = 400, description = "not a VIP", body = ErrorBody),
         (status = 401, description = "no or wrong token", body = ErrorBody),
         (status = 404, description = "no such VIP", body = ErrorBody),
+        (status = 503, description = "the balancer is detached: changes are refused", body = ErrorBody),
     ))]
 pub async fn delete_vip(State(s): State<Shared>, ApiPath(vip): ApiPath<String>) -> Result<Json<Applied>, ApiError> {
     let id = parse_vip(&vip)?;
-    let report = lock(&s).mutate(|vips| vips.remove(&id).map(|_| ()).ok_or_else(|| unknown_vip(&id)))?;
+    let report =
+        on_controller(&s, move |ctl| ctl.mutate(|vips| vips.remove(&id).map(|_| ()).ok_or_else(|| unknown_vip(&id))))
+            .await?;
     tracing::info!(vip = %id, ?report, "VIP removed");
     Ok(Json(Applied { applied: report }))
 }
@@ -98,8 +105,8 @@ pub async fn list_backends(
     ApiPath(vip): ApiPath<String>,
 ) -> Result<Json<Vec<BackendBody>>, ApiError> {
     let id = parse_vip(&vip)?;
-    let ctl = lock(&s);
-    let spec = ctl.vip(&id).ok_or_else(|| unknown_vip(&id))?;
+    let view = s.view.borrow().clone();
+    let spec = view.vips.get(&id).ok_or_else(|| unknown_vip(&id))?;
     Ok(Json(vip_body(&id, spec).backends))
 }
 
@@ -107,7 +114,12 @@ pub async fn list_backends(
 /// 404 whatever the body says.
 fn existing_vip(s: &Shared, vip: &str) -> Result<VipId, ApiError> {
     let id = parse_vip(vip)?;
-    lock(s).vip(&id).map(|_| id).ok_or_else(|| unknown_vip(&id).into())
+    let known = s.view.borrow().vips.contains_key(&id);
+    if known {
+        Ok(id)
+    } else {
+        Err(unknown_vip(&id).into())
+    }
 }
 
 #[utoipa::path(put, path = "/v1/vips/{vip}/backends", tag = BACKENDS, params(("vip" = VipId, Path)),
@@ -121,6 +133,7 @@ fn existing_vip(s: &Shared, vip: &str) -> Result<VipId, ApiError> {
         (status = 413, description = "body too large", body = ErrorBody),
         (status = 415, description = "not JSON", body = ErrorBody),
         (status = 422, description = "beyond the limits", body = ErrorBody),
+        (status = 503, description = "the balancer is detached: changes are refused", body = ErrorBody),
     ))]
 pub async fn replace_backends(
     State(s): State<Shared>,
@@ -129,11 +142,14 @@ pub async fn replace_backends(
 ) -> Result<Json<Applied>, ApiError> {
     let id = existing_vip(&s, &vip)?;
     let backends = backends_of(&id, &list)?;
-    let report = lock(&s).mutate(|vips| {
-        let spec = vips.get_mut(&id).ok_or_else(|| unknown_vip(&id))?;
-        spec.backends = backends;
-        Ok(())
-    })?;
+    let report = on_controller(&s, move |ctl| {
+        ctl.mutate(|vips| {
+            let spec = vips.get_mut(&id).ok_or_else(|| unknown_vip(&id))?;
+            spec.backends = backends;
+            Ok(())
+        })
+    })
+    .await?;
     tracing::info!(vip = %id, ?report, "backends replaced");
     Ok(Json(Applied { applied: report }))
 }
@@ -149,6 +165,7 @@ pub async fn replace_backends(
         (status = 413, description = "body too large", body = ErrorBody),
         (status = 415, description = "not JSON", body = ErrorBody),
         (status = 422, description = "beyond the limits", body = ErrorBody),
+        (status = 503, description = "the balancer is detached: changes are refused", body = ErrorBody),
     ))]
 pub async fn add_backend(
     State(s): State<Shared>,
@@ -157,24 +174,28 @@ pub async fn add_backend(
 ) -> Result<Response, ApiError> {
     let id = existing_vip(&s, &vip)?;
     let one = backends_of(&id, std::slice::from_ref(&body))?;
-    // Judged against the VIP's backends as they are when the change is made.
-    let mut twin: Option<AddressError> = None;
-    let report = lock(&s).mutate(|vips| {
-        let spec = vips.get_mut(&id).ok_or_else(|| unknown_vip(&id))?;
-        if spec.backends.contains_key(&body.address) {
-            return Err(ControlError::Conflict(format!("backend {} of {id} exists", body.address)));
-        }
-        spec.backends.extend(one);
-        check_backend_set(&id, spec.backends.keys()).map_err(|e| {
-            let msg = e.to_string();
-            twin = Some(e);
-            ControlError::Invalid(msg)
+    let address = body.address;
+    let report = on_controller(&s, move |ctl| {
+        // Judged against the VIP's backends as they are when the change is made.
+        let mut twin: Option<AddressError> = None;
+        let report = ctl.mutate(|vips| {
+            let spec = vips.get_mut(&id).ok_or_else(|| unknown_vip(&id))?;
+            if spec.backends.contains_key(&address) {
+                return Err(ControlError::Conflict(format!("backend {address} of {id} exists")));
+            }
+            spec.backends.extend(one);
+            check_backend_set(&id, spec.backends.keys()).map_err(|e| {
+                let msg = e.to_string();
+                twin = Some(e);
+                ControlError::Invalid(msg)
+            })
+        });
+        Ok(match (report, twin) {
+            (_, Some(e)) => Err(e),
+            (r, None) => Ok(r?),
         })
-    });
-    let report = match (report, twin) {
-        (_, Some(e)) => return Err(e.into()),
-        (r, None) => r?,
-    };
+    })
+    .await??;
     tracing::info!(vip = %id, backend = %body.address, ?report, "backend added");
     Ok((StatusCode::CREATED, Json(Applied { applied: report })).into_response())
 }
@@ -189,6 +210,7 @@ pub async fn add_backend(
         (status = 404, description = "no such VIP or backend", body = ErrorBody),
         (status = 413, description = "body too large", body = ErrorBody),
         (status = 415, description = "not JSON", body = ErrorBody),
+        (status = 503, description = "the balancer is detached: changes are refused", body = ErrorBody),
     ))]
 pub async fn patch_backend(
     State(s): State<Shared>,
@@ -198,15 +220,18 @@ pub async fn patch_backend(
     let id = parse_vip(&vip)?;
     let addr = parse_backend(&backend)?;
     let weight = patch.weight()?;
-    let report = lock(&s).mutate(|vips| {
-        let spec = vips.get_mut(&id).ok_or_else(|| unknown_vip(&id))?;
-        let b = spec
-            .backends
-            .get_mut(&addr)
-            .ok_or_else(|| ControlError::NotFound(format!("no backend {addr} in VIP {id}")))?;
-        b.weight = weight;
-        Ok(())
-    })?;
+    let report = on_controller(&s, move |ctl| {
+        ctl.mutate(|vips| {
+            let spec = vips.get_mut(&id).ok_or_else(|| unknown_vip(&id))?;
+            let b = spec
+                .backends
+                .get_mut(&addr)
+                .ok_or_else(|| ControlError::NotFound(format!("no backend {addr} in VIP {id}")))?;
+            b.weight = weight;
+            Ok(())
+        })
+    })
+    .await?;
     tracing::info!(vip = %id, backend = %addr, weight, ?report, "backend changed");
     Ok(Json(Applied { applied: report }))
 }
@@ -218,6 +243,7 @@ pub async fn patch_backend(
         (status = 400, description = "not a VIP or an address", body = ErrorBody),
         (status = 401, description = "no or wrong token", body = ErrorBody),
         (status = 404, description = "no such VIP or backend", body = ErrorBody),
+        (status = 503, description = "the balancer is detached: changes are refused", body = ErrorBody),
     ))]
 pub async fn delete_backend(
     State(s): State<Shared>,
@@ -225,13 +251,16 @@ pub async fn delete_backend(
 ) -> Result<Json<Applied>, ApiError> {
     let id = parse_vip(&vip)?;
     let addr = parse_backend(&backend)?;
-    let report = lock(&s).mutate(|vips| {
-        let spec = vips.get_mut(&id).ok_or_else(|| unknown_vip(&id))?;
-        spec.backends
-            .remove(&addr)
-            .map(|_| ())
-            .ok_or_else(|| ControlError::NotFound(format!("no backend {addr} in VIP {id}")))
-    })?;
+    let report = on_controller(&s, move |ctl| {
+        ctl.mutate(|vips| {
+            let spec = vips.get_mut(&id).ok_or_else(|| unknown_vip(&id))?;
+            spec.backends
+                .remove(&addr)
+                .map(|_| ())
+                .ok_or_else(|| ControlError::NotFound(format!("no backend {addr} in VIP {id}")))
+        })
+    })
+    .await?;
     tracing::info!(vip = %id, backend = %addr, ?report, "backend removed");
     Ok(Json(Applied { applied: report }))
 }
@@ -241,7 +270,7 @@ pub async fn delete_backend(
     (status = 500, description = "the maps could not be read", body = ErrorBody),
 ))]
 pub async fn stats(State(s): State<Shared>) -> Result<Response, ApiError> {
-    let snap = lock(&s).stats()?;
+    let snap = on_controller(&s, |ctl| ctl.stats()).await?;
     Ok(Json(snap).into_response())
 }
 
@@ -250,11 +279,11 @@ pub async fn stats(State(s): State<Shared>) -> Result<Response, ApiError> {
     (status = 500, description = "the maps could not be read", body = ErrorBody),
 ))]
 pub async fn metrics_text(State(s): State<Shared>) -> Result<Response, ApiError> {
-    let (snap, vips, backends, ready) = {
-        let ctl = lock(&s);
-        (ctl.stats()?, ctl.vips().len(), ctl.engine().backends().count(), ctl.ready())
-    };
-    let body = metrics::encode_snapshot(&snap, vips, backends, ready);
+    let (snap, vips, backends, ready, attached) = on_controller(&s, |ctl| {
+        Ok((ctl.stats()?, ctl.vips().len(), ctl.engine().backends().count(), ctl.ready(), ctl.attached()))
+    })
+    .await?;
+    let body = metrics::encode_snapshot(&snap, vips, backends, ready, attached);
     Ok(([(header::CONTENT_TYPE, metrics::CONTENT_TYPE)], body).into_response())
 }
 
@@ -270,10 +299,10 @@ pub async fn healthz() -> &'static str {
     (status = 503, description = "not serving, with the reason", body = ErrorBody),
 ))]
 pub async fn readyz(State(s): State<Shared>) -> Response {
-    if lock(&s).ready() {
-        (StatusCode::OK, "ready\n").into_response()
-    } else {
-        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "not_ready", "not attached yet").into_response()
+    let not_ready = s.view.borrow().not_ready.clone();
+    match not_ready {
+        None => (StatusCode::OK, "ready\n").into_response(),
+        Some(reason) => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "not_ready", reason).into_response(),
     }
 }
 

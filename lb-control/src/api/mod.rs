@@ -28,7 +28,7 @@ use utoipa_axum::{router::OpenApiRouter, routes};
 pub use body::{BackendBody, BackendPatch, VipBody};
 pub use error::ApiError;
 
-use crate::controller::Controller;
+use crate::controller::{ControlError, Controller, View};
 
 /// Where the generated document is committed (and what `lbctl`, clients
 /// and the fuzzer read); a test checks it is current.
@@ -57,6 +57,15 @@ pub struct AppState {
     pub ctl: Mutex<Controller>,
     /// Bearer token for mutating calls; `None` means no token is required.
     pub token: Option<String>,
+    /// The controller's published view: reads never wait for a change.
+    pub view: tokio::sync::watch::Receiver<Arc<View>>,
+}
+
+impl AppState {
+    pub fn new(ctl: Controller, token: Option<String>) -> Self {
+        let view = ctl.subscribe();
+        Self { ctl: Mutex::new(ctl), token, view }
+    }
 }
 
 pub type Shared = Arc<AppState>;
@@ -65,6 +74,23 @@ fn lock(state: &Shared) -> std::sync::MutexGuard<'_, Controller> {
     // A panic while holding the lock would be a bug; the controller's state
     // is still consistent (every change is validated before it is made).
     state.ctl.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Runs `f` on the controller on a blocking thread: map writes, the state
+/// file's fsync and the RCU wait of a VIP-table swap never hold one of the
+/// runtime's workers. A call whose client went away still finishes.
+async fn on_controller<T: Send + 'static>(
+    s: &Shared,
+    f: impl FnOnce(&mut Controller) -> Result<T, ControlError> + Send + 'static,
+) -> Result<T, ApiError> {
+    let s = s.clone();
+    match tokio::task::spawn_blocking(move || f(&mut lock(&s))).await {
+        Ok(result) => result.map_err(ApiError::from),
+        Err(e) => {
+            tracing::error!(error = %e, "controller task failed");
+            Err(ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", format!("controller task failed: {e}")))
+        }
+    }
 }
 
 #[derive(OpenApi)]

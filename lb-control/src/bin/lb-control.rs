@@ -7,14 +7,17 @@ use std::{
     time::Duration,
 };
 
-use anyhow::{Context as _, Result};
+use anyhow::{bail, Context as _, Result};
 use clap::{Parser, Subcommand};
 use lb_control::{
     api::{self, AppState},
     config::Config,
     controller::{self, Controller},
+    attachment,
     dataplane::{detach_all, Decap, XdpMode},
+    lock::{LockError, PinDirLock},
     netlink::MacWatch,
+    server::{self, ServerLimits},
 };
 use lb_common::format_mac;
 use sd_notify::NotifyState;
@@ -37,8 +40,15 @@ enum Command {
     /// Validate the config file and exit.
     Check,
     /// Detach the balancer and remove its pinned maps: drops every
-    /// connection the balancer tracks.
-    Detach,
+    /// connection the balancer tracks. Refused while a daemon runs on the
+    /// pin directory (stop it first).
+    Detach {
+        /// Detach even though a daemon holds the pin directory: that daemon
+        /// notices, and re-attaches or stays detached as its config's
+        /// `reattach` says.
+        #[arg(long)]
+        force: bool,
+    },
     /// Backends: attach the decap program, which strips the balancer's
     /// IP-in-IP header from packets to ADDRs and passes the inner packet up.
     Decap {
@@ -76,8 +86,20 @@ fn main() -> Result<()> {
             let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
             rt.block_on(run(cli.config))
         }
-        Command::Detach => {
+        Command::Detach { force } => {
             let config = load(&cli.config)?;
+            // Holding the lock keeps a daemon from starting mid-detach.
+            let _lock = match PinDirLock::acquire(&config.pin_dir) {
+                Ok(lock) => Some(lock),
+                Err(e @ (LockError::HeldBy { .. } | LockError::HeldByUnknown { .. })) if force => {
+                    tracing::warn!(error = %e, "detaching anyway (--force)");
+                    None
+                }
+                Err(e @ (LockError::HeldBy { .. } | LockError::HeldByUnknown { .. })) => {
+                    bail!("{e}, or pass --force to detach behind its back")
+                }
+                Err(e) => return Err(e.into()),
+            };
             let removed = detach_all(&config.pin_dir)?;
             println!("removed {} pins under {}", removed.len(), config.pin_dir.display());
             Ok(())
@@ -118,13 +140,6 @@ fn notify(state: &[NotifyState]) {
     }
 }
 
-fn monotonic_usec() -> i128 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-    // SAFETY: clock_gettime writes into the timespec we own.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    ts.tv_sec as i128 * 1_000_000 + ts.tv_nsec as i128 / 1_000
-}
-
 async fn run(config_path: PathBuf) -> Result<()> {
     let config = load(&config_path)?;
     let token = match &config.api.token_file {
@@ -138,9 +153,16 @@ async fn run(config_path: PathBuf) -> Result<()> {
     let mut int = signal(SignalKind::interrupt())?;
     let listen = config.api.listen;
     let max_body = config.api.max_body_bytes;
+    let mut server_limits = ServerLimits::from(&config.api);
+    server_limits.max_connections = server::fit_connections_to_fd_limit(server_limits.max_connections);
     let override_macs = (config.gateway.mac, config.gateway.interface_mac);
     let interfaces = config.interfaces.clone();
     let started = std::time::Instant::now();
+
+    // One daemon per pin directory, and nothing touched unless this one can
+    // serve: the lock, then the API's port, then the maps.
+    let lock = PinDirLock::acquire(&config.pin_dir).context("taking the pin directory")?;
+    let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("binding the API to {listen}"))?;
 
     let ctl = tokio::task::block_in_place(|| -> Result<Controller> {
         let forwarding = controller::forwarding(&config)?;
@@ -148,8 +170,7 @@ async fn run(config_path: PathBuf) -> Result<()> {
         ctl.attach()?;
         Ok(ctl)
     })?;
-    let state = Arc::new(AppState { ctl: Mutex::new(ctl), token });
-    let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("binding the API to {listen}"))?;
+    let state = Arc::new(AppState::new(ctl, token));
     tracing::info!(%listen, elapsed_ms = started.elapsed().as_millis() as u64, "API listening; ready");
     notify(&[NotifyState::Ready, NotifyState::Status("serving")]);
 
@@ -162,6 +183,31 @@ async fn run(config_path: PathBuf) -> Result<()> {
             }
         });
     }
+
+    // Detached behind our back? Noticed within a period; the controller
+    // logs it, answers not ready, and re-attaches if the config says so.
+    let lock = Arc::new(Mutex::new(lock));
+    let watcher = {
+        let s = state.clone();
+        let lock = lock.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(attachment::CHECK_PERIOD);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let (s, lock) = (s.clone(), lock.clone());
+                let checked = tokio::task::spawn_blocking(move || {
+                    let mut ctl = s.ctl.lock().unwrap_or_else(|p| p.into_inner());
+                    ctl.check_attachment(&mut lock.lock().unwrap_or_else(|p| p.into_inner()));
+                })
+                .await;
+                if let Err(e) = checked {
+                    tracing::error!(error = %e, "attachment check failed; no longer checking");
+                    return;
+                }
+            }
+        })
+    };
 
     // The MACs can change (failover, a new router, a new NIC): follow them on
     // every interface, driven by the kernel's netlink notifications.
@@ -196,17 +242,23 @@ async fn run(config_path: PathBuf) -> Result<()> {
     let app = api::router(state.clone(), max_body);
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let mut server = tokio::spawn(async move {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async {
-                let _ = stop_rx.await;
-            })
-            .await
+        server::serve(listener, app, server_limits, async {
+            let _ = stop_rx.await;
+        })
+        .await
     });
 
     loop {
         tokio::select! {
             _ = hup.recv() => {
-                notify(&[NotifyState::Reloading, NotifyState::MonotonicUsec(monotonic_usec())]);
+                // systemd wants RELOADING with the monotonic time of the request.
+                match NotifyState::monotonic_usec_now() {
+                    Ok(now) => notify(&[NotifyState::Reloading, now]),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "reading the monotonic clock for sd_notify");
+                        notify(&[NotifyState::Reloading]);
+                    }
+                }
                 let s = state.clone();
                 let path = config_path.clone();
                 let result = tokio::task::block_in_place(|| -> Result<_> {
@@ -237,6 +289,9 @@ async fn run(config_path: PathBuf) -> Result<()> {
         server.abort();
     }
     tracing::info!("stopped; the balancer stays attached with its pinned maps");
+    watcher.abort();
+    // Held to the end: the pin directory is ours until the process exits.
+    drop(lock);
     Ok(())
 }
 

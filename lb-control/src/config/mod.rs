@@ -14,6 +14,7 @@ use std::{
     fmt,
     net::{Ipv4Addr, Ipv6Addr, SocketAddr},
     path::{Path, PathBuf},
+    time::Duration,
 };
 
 use crate::{dataplane::Limits, model::VipSet};
@@ -72,6 +73,25 @@ pub struct Api {
     pub token_file: Option<PathBuf>,
     /// Largest request body accepted, in bytes.
     pub max_body_bytes: usize,
+    /// A connection that has not sent a whole request head within this is
+    /// closed.
+    pub header_read_timeout: Duration,
+    /// A connection with no bytes either way for this long is closed.
+    pub idle_timeout: Duration,
+    /// Connections served at once; more are closed as soon as accepted.
+    pub max_connections: usize,
+}
+
+/// What the daemon does when the balancer is detached behind its back
+/// (`lb-control detach --force`, `bpftool`, the interface going away).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Reattach {
+    /// Attach again at once (and again whenever it is removed).
+    #[default]
+    Auto,
+    /// Stay detached, not ready and refusing changes, until a restart.
+    Never,
 }
 
 /// A validated config.
@@ -79,6 +99,7 @@ pub struct Api {
 pub struct Config {
     pub interfaces: Vec<String>,
     pub xdp_mode: XdpMode,
+    pub reattach: Reattach,
     /// bpffs directory the program link and maps are pinned under.
     pub pin_dir: PathBuf,
     /// Where API changes are persisted.
@@ -93,6 +114,11 @@ pub struct Config {
 pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/xdp-lb";
 pub const DEFAULT_STATE_FILE: &str = "/var/lib/xdp-lb/state.json";
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:9780";
+pub const DEFAULT_HEADER_READ_TIMEOUT_SECS: u64 = 10;
+pub const DEFAULT_IDLE_TIMEOUT_SECS: u64 = 60;
+pub const DEFAULT_MAX_CONNECTIONS: usize = 4096;
+/// Longest API timeout accepted (a day): longer is a typo, not a choice.
+const MAX_TIMEOUT_SECS: u64 = 86_400;
 
 pub const DEFAULT_MAX_BODY_BYTES: usize = 1 << 20;
 

@@ -4,7 +4,7 @@
 use serde::Deserialize;
 use toml::Spanned;
 
-use super::XdpMode;
+use super::{Reattach, XdpMode};
 use crate::model::VipFlag;
 
 #[derive(Deserialize)]
@@ -13,6 +13,8 @@ pub(super) struct RawConfig {
     pub interfaces: Spanned<Vec<Spanned<String>>>,
     #[serde(default)]
     pub xdp_mode: XdpMode,
+    #[serde(default)]
+    pub reattach: Reattach,
     pub pin_dir: Option<Spanned<String>>,
     pub state_file: Option<Spanned<String>>,
     #[serde(default)]
@@ -57,6 +59,9 @@ pub(super) struct RawApi {
     pub listen: Option<Spanned<String>>,
     pub token_file: Option<Spanned<String>>,
     pub max_body_bytes: Option<Spanned<usize>>,
+    pub header_read_timeout_secs: Option<Spanned<u64>>,
+    pub idle_timeout_secs: Option<Spanned<u64>>,
+    pub max_connections: Option<Spanned<usize>>,
 }
 
 #[derive(Deserialize)]

@@ -6,6 +6,7 @@ use std::{
     collections::BTreeMap,
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
     path::{Path, PathBuf},
+    time::Duration,
 };
 
 use lb_common::MAX_REALS_LIMIT;
@@ -15,8 +16,8 @@ use super::{
     host, parse_mac, parse_prefix,
     problem::Checker,
     raw::{RawConfig, RawLimits},
-    Api, Config, Encap, Gateway, Prefix, DEFAULT_LISTEN, DEFAULT_MAX_BODY_BYTES, DEFAULT_PIN_DIR,
-    DEFAULT_STATE_FILE,
+    Api, Config, Encap, Gateway, Prefix, DEFAULT_HEADER_READ_TIMEOUT_SECS, DEFAULT_IDLE_TIMEOUT_SECS, DEFAULT_LISTEN,
+    DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_CONNECTIONS, DEFAULT_PIN_DIR, DEFAULT_STATE_FILE, MAX_TIMEOUT_SECS,
 };
 use crate::{
     dataplane::{Limits, MAX_RING_SIZE},
@@ -71,6 +72,7 @@ pub(super) fn validate(c: &mut Checker<'_>, raw: RawConfig) -> Option<Config> {
     Some(Config {
         interfaces,
         xdp_mode: raw.xdp_mode,
+        reattach: raw.reattach,
         pin_dir: pin_dir?,
         state_file: state_file?,
         encap: encap?,
@@ -192,7 +194,25 @@ fn api(c: &mut Checker<'_>, raw: &RawConfig) -> Option<Api> {
     if let Some(m) = raw.api.max_body_bytes.as_ref().filter(|_| max_body_bytes == 0) {
         c.add(&m.span(), "api.max_body_bytes", "0 refuses every body: give at least 1 (the default is 1048576)");
     }
-    Some(Api { listen: listen?, token_file, max_body_bytes })
+    let mut secs = |value: &Option<Spanned<u64>>, key: &str, default: u64| {
+        let Some(v) = value else { return Duration::from_secs(default) };
+        if !(1..=MAX_TIMEOUT_SECS).contains(v.get_ref()) {
+            c.add(&v.span(), key, format!("{} is not in 1..={MAX_TIMEOUT_SECS} seconds", v.get_ref()));
+        }
+        Duration::from_secs(*v.get_ref())
+    };
+    let header_read_timeout =
+        secs(&raw.api.header_read_timeout_secs, "api.header_read_timeout_secs", DEFAULT_HEADER_READ_TIMEOUT_SECS);
+    let idle_timeout = secs(&raw.api.idle_timeout_secs, "api.idle_timeout_secs", DEFAULT_IDLE_TIMEOUT_SECS);
+    let max_connections = match &raw.api.max_connections {
+        Some(v) if *v.get_ref() == 0 => {
+            c.add(&v.span(), "api.max_connections", "0 would refuse every connection");
+            0
+        }
+        Some(v) => *v.get_ref(),
+        None => DEFAULT_MAX_CONNECTIONS,
+    };
+    Some(Api { listen: listen?, token_file, max_body_bytes, header_read_timeout, idle_timeout, max_connections })
 }
 
 fn vips(c: &mut Checker<'_>, raw: &RawConfig, limits: &Limits) -> VipSet {

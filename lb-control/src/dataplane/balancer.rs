@@ -14,7 +14,7 @@ use lb_common::{map_names, ConnEntry, Counter, FlowKey, LbConfig, Real, Stat, Vi
 use super::{
     conn::ConnTable,
     counters::Counters,
-    load::{attach_xdp, link_pin, load_balancer, xdp_program, XdpMode},
+    load::{attach_xdp, link_pin, load_balancer, open_pinned, xdp_program, PinnedMaps, XdpMode},
     map_err,
     mmap::MmapArray,
     rings::RingPool,
@@ -40,6 +40,8 @@ pub struct Balancer {
     conn: ConnTable,
     config: Array<MapData, LbConfig>,
     counters: Counters,
+    /// Handles on the pinned maps (when pinned), to pin them again.
+    pinned: Option<PinnedMaps>,
 }
 
 /// Takes an mmapable array map out of the object and maps `entries` values.
@@ -69,6 +71,7 @@ impl Balancer {
     /// so a restarted daemon keeps the VIPs, backends and connections.
     pub fn open(limits: Limits, pin_dir: Option<&Path>) -> Result<Self, DataplaneError> {
         let (mut ebpf, adopted) = load_balancer(&limits, pin_dir)?;
+        let pinned = pin_dir.map(|dir| open_pinned(dir, &limits)).transpose()?;
         let (rings, _) = take_mmap(&mut ebpf, map_names::RINGS, limits.ring_slots())?;
         let (conn, _) = take_mmap(&mut ebpf, map_names::CONN_TABLE, limits.conn_slots())?;
         let copies = [
@@ -98,7 +101,16 @@ impl Balancer {
             },
             limits,
             ebpf,
+            pinned,
         })
+    }
+
+    /// Pins again the maps whose pins were removed while this balancer ran
+    /// (`lb-control detach --force`), so a later restart adopts them (and the
+    /// connections they track) instead of starting empty. Returns how many
+    /// it pinned; 0 for a balancer that was never pinned.
+    pub fn repin_maps(&self, pin_dir: &Path) -> Result<usize, DataplaneError> {
+        self.pinned.as_ref().map_or(Ok(0), |p| p.repin(pin_dir))
     }
 
     pub fn limits(&self) -> &Limits {

@@ -3,7 +3,7 @@
 use std::path::{Path, PathBuf};
 
 use aya::{
-    maps::MapInfo,
+    maps::{MapData, MapInfo},
     programs::{
         links::{FdLink, PinnedLink},
         xdp::XdpLink,
@@ -154,6 +154,40 @@ fn pinned_layout(limits: &Limits) -> [(&'static str, usize, usize, u32); 13] {
     ]
 }
 
+/// Handles on the maps pinned under `pin_dir` (versioned), opened from their
+/// pins: what [`PinnedMaps::repin`] pins again if the pins are removed
+/// while the daemon runs (`lb-control detach --force`).
+pub(super) fn open_pinned(pin_dir: &Path, limits: &Limits) -> Result<PinnedMaps, DataplaneError> {
+    let dir = versioned_pin_dir(pin_dir);
+    let maps = pinned_layout(limits)
+        .into_iter()
+        .map(|(name, ..)| MapData::from_pin(dir.join(name)).map(|m| (name, m)).map_err(map_err(name)))
+        .collect::<Result<_, _>>()?;
+    Ok(PinnedMaps { maps })
+}
+
+/// The balancer's pinned maps, by name.
+pub(super) struct PinnedMaps {
+    maps: Vec<(&'static str, MapData)>,
+}
+
+impl PinnedMaps {
+    /// Pins again every map whose pin is gone; returns how many it pinned.
+    pub(super) fn repin(&self, pin_dir: &Path) -> Result<usize, DataplaneError> {
+        let dir = versioned_pin_dir(pin_dir);
+        std::fs::create_dir_all(&dir).map_err(|source| DataplaneError::PinDir { path: dir.clone(), source })?;
+        let mut pinned = 0;
+        for (name, map) in &self.maps {
+            let path = dir.join(name);
+            if !path.exists() {
+                map.pin(&path).map_err(|e| DataplaneError::Pin { name, message: e.to_string() })?;
+                pinned += 1;
+            }
+        }
+        Ok(pinned)
+    }
+}
+
 /// Where a layout version's pins live under the configured pin directory.
 /// The version is part of the path so an upgrade that changes a map's
 /// layout never adopts maps written with the old one.
@@ -230,6 +264,6 @@ pub(super) fn load_balancer(limits: &Limits, pin_dir: Option<&Path>) -> Result<(
 }
 
 /// Where `iface`'s link is pinned under `pin_dir`.
-pub(super) fn link_pin(pin_dir: &Path, iface: &str) -> PathBuf {
+pub fn link_pin(pin_dir: &Path, iface: &str) -> PathBuf {
     versioned_pin_dir(pin_dir).join(format!("link-{iface}"))
 }

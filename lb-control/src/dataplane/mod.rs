@@ -37,7 +37,7 @@ pub use balancer::Balancer;
 pub use decap::Decap;
 pub use lb_common::{ip_to_addr, MAX_RING_SIZE};
 pub use limits::Limits;
-pub use load::{detach_all, versioned_pin_dir, AttachMode, XdpMode};
+pub use load::{detach_all, link_pin, versioned_pin_dir, AttachMode, XdpMode};
 pub use vip_table::build_vip_table;
 
 /// The balancer object, built from `lb-ebpf` by the build script.
@@ -87,6 +87,8 @@ pub enum DataplaneError {
         #[source]
         source: std::io::Error,
     },
+    #[error("pinning map {name} again: {message}")]
+    Pin { name: &'static str, message: String },
     #[error("attaching to {iface}: {source}")]
     Attach {
         iface: String,
