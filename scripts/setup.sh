@@ -7,7 +7,8 @@ set -euo pipefail
 NIGHTLY="${LB_NIGHTLY:-nightly}"
 # bpf-linker's rpath points into this prefix, so it must outlive the build.
 LLVM_PREFIX_DIR="${LB_LLVM_PREFIX:-/opt/xdp-lb/llvm}"
-DEB_PACKAGES=(netsniff-ng iproute2 ethtool procps)
+# bird2: the BGP daemon of the multi-balancer lab (and of production hosts).
+DEB_PACKAGES=(netsniff-ng iproute2 ethtool procps bird2)
 
 log() { printf '[setup] %s\n' "$*" >&2; }
 

@@ -112,6 +112,7 @@ pub struct Config {
     pub gateway: Gateway,
     pub limits: Limits,
     pub api: Api,
+    pub bgp: Bgp,
     pub vips: VipSet,
 }
 
@@ -137,6 +138,8 @@ struct RawConfig {
     limits: RawLimits,
     #[serde(default)]
     api: RawApi,
+    #[serde(default)]
+    bgp: RawBgp,
     #[serde(default, rename = "vip")]
     vips: Vec<Spanned<RawVip>>,
 }
@@ -445,9 +448,83 @@ fn validate(c: &mut Checker<'_>, raw: RawConfig) -> Option<Config> {
         gateway,
         limits,
         api: Api { listen: listen?, token_file: raw.api.token_file, max_body_bytes },
+        bgp: validate_bgp(c, &raw.bgp)?,
         vips,
     })
 }
+
+// ---- [bgp]: announcing VIPs through BIRD (see crate::bgp) -------------------
+
+/// `[bgp]`: announce the VIP addresses this host can serve through BIRD.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Bgp {
+    pub enabled: bool,
+    /// BIRD's control socket (`birdc -s`).
+    pub bird_socket: PathBuf,
+    /// The include file of generated static protocols BIRD's config reads.
+    pub include_file: PathBuf,
+    /// Backends up (weight > 0) a VIP needs for its address to be announced.
+    pub min_healthy: u32,
+    /// Communities attached to every announced route.
+    pub communities: Vec<crate::bgp::Community>,
+}
+
+pub const DEFAULT_BIRD_SOCKET: &str = "/run/bird/bird.ctl";
+pub const DEFAULT_BGP_INCLUDE_FILE: &str = "/run/xdp-lb/bird-vips.conf";
+
+impl Default for Bgp {
+    fn default() -> Self {
+        Bgp {
+            enabled: false,
+            bird_socket: DEFAULT_BIRD_SOCKET.into(),
+            include_file: DEFAULT_BGP_INCLUDE_FILE.into(),
+            min_healthy: 1,
+            communities: Vec::new(),
+        }
+    }
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawBgp {
+    enabled: Option<bool>,
+    bird_socket: Option<Spanned<PathBuf>>,
+    include_file: Option<Spanned<PathBuf>>,
+    min_healthy: Option<Spanned<u32>>,
+    #[serde(default)]
+    communities: Vec<Spanned<String>>,
+}
+
+fn validate_bgp(c: &mut Checker<'_>, raw: &RawBgp) -> Option<Bgp> {
+    let d = Bgp::default();
+    let mut path = |v: &Option<Spanned<PathBuf>>, key: &str, default: PathBuf| match v {
+        None => Some(default),
+        Some(p) if p.get_ref().is_absolute() && p.get_ref().file_name().is_some() => Some(p.get_ref().clone()),
+        Some(p) => {
+            c.add(&p.span(), key, format!("'{}' is not an absolute file path", p.get_ref().display()));
+            None
+        }
+    };
+    let bird_socket = path(&raw.bird_socket, "bgp.bird_socket", d.bird_socket);
+    let include_file = path(&raw.include_file, "bgp.include_file", d.include_file);
+    let mut communities = Vec::new();
+    for (i, s) in raw.communities.iter().enumerate() {
+        match s.get_ref().parse::<crate::bgp::Community>() {
+            Ok(x) if communities.contains(&x) => c.add(&s.span(), format!("bgp.communities[{i}]"), format!("{x} is listed twice")),
+            Ok(x) => communities.push(x),
+            Err(e) => c.add(&s.span(), format!("bgp.communities[{i}]"), e),
+        }
+    }
+    Some(Bgp {
+        enabled: raw.enabled.unwrap_or(d.enabled),
+        bird_socket: bird_socket?,
+        include_file: include_file?,
+        min_healthy: raw.min_healthy.as_ref().map_or(d.min_healthy, |m| *m.get_ref()),
+        communities,
+    })
+}
+
+// ---- [bgp] end ---------------------------------------------------------------
 
 pub fn is_prime(n: u32) -> bool {
     if n < 2 {
@@ -586,6 +663,25 @@ protocol = "udp"
     fn interfaces_are_required() {
         assert!(problems("[[vip]]\naddress = \"10.0.0.1\"\nport = 1\nprotocol = \"tcp\"\n")[0].message.contains("interfaces"));
         assert!(one("interfaces = []\n").message.contains("at least one"));
+    }
+
+    #[test]
+    fn bgp_table() {
+        let c = Config::parse(GOOD).unwrap();
+        assert_eq!(c.bgp, Bgp::default(), "absent: disabled, defaults");
+        let text = format!(
+            "{GOOD}\n[bgp]\nenabled = true\nbird_socket = \"/run/b.ctl\"\ninclude_file = \"/run/v.conf\"\nmin_healthy = 2\ncommunities = [\"65000:100\", \"65000:1:2\"]\n"
+        );
+        let b = Config::parse(&text).unwrap().bgp;
+        assert!(b.enabled);
+        assert_eq!((b.bird_socket.to_str(), b.include_file.to_str(), b.min_healthy), (Some("/run/b.ctl"), Some("/run/v.conf"), 2));
+        assert_eq!(b.communities.iter().map(|c| c.to_string()).collect::<Vec<_>>(), ["65000:100", "65000:1:2"]);
+        let p = one(&text.replace("\"65000:1:2\"", "\"65000:70000\""));
+        assert_eq!((p.key.as_str(), p.line), ("bgp.communities[1]", text.lines().count()));
+        assert!(one(&text.replace("\"65000:1:2\"", "\"65000:100\"")).message.contains("twice"));
+        assert_eq!(one(&text.replace("/run/v.conf", "v.conf")).key, "bgp.include_file");
+        assert_eq!(one(&text.replace("/run/b.ctl", "")).key, "bgp.bird_socket");
+        assert!(one(&text.replace("min_healthy = 2", "min_healty = 2")).message.contains("min_healty"));
     }
 
     #[test]

@@ -8,6 +8,7 @@ use lb_common::{Counter, LbConfig, Stat};
 use serde::Serialize;
 
 use crate::{
+    bgp,
     config::{Config, Prefix, XdpMode},
     dataplane::{AttachMode, Balancer, DataplaneError},
     engine::{ApplyReport, Engine, EngineError},
@@ -118,6 +119,8 @@ pub struct Controller {
     config: Config,
     forwarding: LbConfig,
     attached: bool,
+    /// Announces this host's VIP addresses through BIRD (`[bgp]` enabled).
+    announcer: Option<bgp::Announcer>,
 }
 
 impl Controller {
@@ -132,7 +135,7 @@ impl Controller {
         let report = engine.apply(&state.vips, &forwarding)?;
         state::save(&config.state_file, &state)?;
         tracing::info!(adopted, ?report, vips = state.vips.len(), "data plane ready");
-        Ok(Self { engine, state, config, forwarding, attached: false })
+        Ok(Self { engine, state, config, forwarding, attached: false, announcer: None })
     }
 
     /// Attaches (or, after a restart, atomically re-attaches) the balancer
@@ -143,12 +146,41 @@ impl Controller {
             self.engine.balancer_mut().attach(iface, mode, Some(&self.config.pin_dir))?;
             tracing::info!(iface, ?mode, "attached");
         }
-        self.attached = true;
+        self.set_ready(true);
         Ok(())
     }
 
     pub fn ready(&self) -> bool {
         self.attached
+    }
+
+    /// Marks the balancer as serving or not (attached, or found detached)
+    /// and announces or withdraws its VIPs accordingly.
+    pub fn set_ready(&mut self, ready: bool) {
+        self.attached = ready;
+        self.announce();
+    }
+
+    /// Announces through `announcer` from now on (the daemon does this once
+    /// at start, before attaching; until then nothing is rewritten, so a
+    /// restart withdraws nothing).
+    pub fn set_announcer(&mut self, announcer: bgp::Announcer) {
+        self.announcer = Some(announcer);
+        self.announce();
+    }
+
+    /// The one place BGP announcements are derived: called whenever the
+    /// readiness or the VIP set changes. Announces nothing before the first
+    /// attach: a daemon starting up leaves the previous announcements (and
+    /// the running data plane) alone.
+    pub fn announce(&self) {
+        let Some(announcer) = &self.announcer else { return };
+        if !self.attached && announcer.desired().is_none() {
+            // Never attached by this daemon: still starting up.
+            return;
+        }
+        let b = &self.config.bgp;
+        announcer.sync(&bgp::announced(&self.state.vips, self.attached, b.min_healthy), &b.communities);
     }
 
     pub fn config(&self) -> &Config {
@@ -179,7 +211,10 @@ impl Controller {
             return Err(e.into());
         }
         match self.engine.apply(&self.state.vips, &self.forwarding) {
-            Ok(report) => Ok(report),
+            Ok(report) => {
+                self.announce();
+                Ok(report)
+            }
             Err(e) => {
                 tracing::error!(error = %e, "apply failed; restoring the previous state");
                 self.state.vips = previous;
@@ -202,6 +237,12 @@ impl Controller {
             ("pin_dir", old.pin_dir != new.pin_dir),
             ("state_file", old.state_file != new.state_file),
             ("api", old.api != new.api),
+            // bgp.min_healthy and bgp.communities apply on reload.
+            (
+                "bgp",
+                (old.bgp.enabled, &old.bgp.bird_socket, &old.bgp.include_file)
+                    != (new.bgp.enabled, &new.bgp.bird_socket, &new.bgp.include_file),
+            ),
         ];
         let changed: Vec<_> = fixed.iter().filter(|(_, c)| *c).map(|(k, _)| *k).collect();
         if !changed.is_empty() {
@@ -216,6 +257,7 @@ impl Controller {
             Ok(report) => {
                 self.config = new;
                 self.forwarding = forwarding;
+                self.announce();
                 Ok(report)
             }
             Err(e) => {

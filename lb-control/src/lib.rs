@@ -1,4 +1,5 @@
 pub mod api;
+pub mod bgp;
 pub mod config;
 pub mod controller;
 pub mod dataplane;
