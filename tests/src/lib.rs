@@ -13,6 +13,7 @@
 //! gateway, the router; the backend decapsulates and answers the client
 //! directly (direct server return).
 
+pub mod bgp;
 pub mod client;
 pub mod servers;
 
@@ -274,7 +275,7 @@ impl Lab {
     /// Builds the topology and starts the backends' servers. The balancer
     /// daemons are configured ([`Lab::config`]) but not started.
     pub fn build(backends: usize, balancers: usize) -> Result<Lab> {
-        anyhow::ensure!((1..=8).contains(&backends) && (1..=2).contains(&balancers), "1-8 backends, 1-2 balancers");
+        anyhow::ensure!((1..=8).contains(&backends) && (1..=3).contains(&balancers), "1-8 backends, 1-3 balancers");
         let dir = std::env::temp_dir().join(netns::unique_name("xdp-lb-lab-"));
         std::fs::create_dir_all(&dir)?;
         let client = Netns::new(netns::unique_name("lbc"))?;
