@@ -242,6 +242,16 @@ impl BgpLab {
         Ok(bgp)
     }
 
+    /// Starts balancer `i`'s BIRD again (after [`Bird::kill`]), with the
+    /// same config, socket and include file.
+    pub fn restart_bird(&mut self, i: usize) -> Result<()> {
+        self.birds[i].kill();
+        let dir = Self::bird_dir_of(&self.lab, i);
+        let config = std::fs::read_to_string(dir.join("bird.conf"))?;
+        self.birds[i] = Bird::start(&self.lab.balancers[i].ns, &dir, &config)?;
+        Ok(())
+    }
+
     fn bird_dir_of(lab: &Lab, i: usize) -> PathBuf {
         lab.path(&format!("bird-lb{i}"))
     }

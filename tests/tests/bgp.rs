@@ -188,3 +188,31 @@ fn a_killed_balancer_resets_no_connection() -> Result<()> {
     ensure!(resets == 0 && failed == 0, "connections reset: {resets} established, {failed} opening");
     Ok(())
 }
+
+#[test]
+fn bird_being_down_is_not_fatal_and_announcements_follow_when_it_returns() -> Result<()> {
+    let mut bgp = BgpLab::build(1)?;
+    bgp.birds[0].kill();
+    bgp.lab.balancers[0].start()?;
+    // The daemon serves (ready, API answers) and keeps retrying.
+    let deadline = Instant::now() + CONVERGE;
+    while !bgp.lab.balancers[0].log().contains("applying BGP announcements failed") {
+        ensure!(Instant::now() < deadline, "no retry logged:\n{}", bgp.lab.balancers[0].log());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    ensure!(bgp.lab.balancers[0].api_get("/v1/vips")?.as_array().map(|a| a.len()) == Some(6), "the API serves");
+    ensure!(bgp.nexthops(false)?.is_empty(), "nothing announced without BIRD");
+    let text = std::fs::read_to_string(bgp.include_file(0))?;
+    ensure!(text.contains(&format!("route {VIP4}/32 blackhole")), "the include file is written anyway:\n{text}");
+
+    let back = Instant::now();
+    bgp.restart_bird(0)?;
+    let routed = bgp.wait_nexthops(&[0], CONVERGE)?;
+    println!("FIGURE BIRD down: the daemon kept serving and retrying; routes at the router {routed:?} after BIRD was back ({:?} in all)", back.elapsed());
+    let deadline = Instant::now() + Duration::from_secs(40);
+    while !bgp.lab.balancers[0].log().contains("BGP announcements applied") {
+        ensure!(Instant::now() < deadline, "the retry never succeeded:\n{}", bgp.lab.balancers[0].log());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    Ok(())
+}
