@@ -144,7 +144,7 @@ fn adding_and_removing_a_balancer_under_load_breaks_nothing() -> Result<()> {
     let child = bgp.begin_detach(0, 2)?;
     let left = bgp.wait_nexthops(&[1, 2], CONVERGE)?;
     finish_detach(child)?;
-    println!("FIGURE scale in: balancer 0 withdrawn {left:?} after the daemon stopped; detached after {:?}", start.elapsed());
+    println!("FIGURE scale in: balancer 0 withdrawn {left:?} after `lb-control detach` started; detached after {:?}", start.elapsed());
     std::thread::sleep(Duration::from_secs(2));
 
     let report = load.finish();
