@@ -186,8 +186,12 @@ impl Bird {
         stream.set_read_timeout(Some(BIRD_TIMEOUT)).map_err(io)?;
         stream.set_write_timeout(Some(BIRD_TIMEOUT)).map_err(io)?;
         let mut reader = BufReader::new(stream.try_clone().map_err(io)?);
-        // The greeting: "0001 BIRD 2.x ready."
-        read_reply(&mut reader).map_err(io)?;
+        // The greeting: "0001 BIRD 2.x ready.", or a refusal such as
+        // "8007 Access denied".
+        let (code, text) = read_reply(&mut reader).map_err(io)?;
+        if code >= 8000 {
+            return Err(BgpError::Refused { command: command.to_string(), code, message: text });
+        }
         (&stream).write_all(format!("{command}\n").as_bytes()).map_err(io)?;
         let (code, text) = read_reply(&mut reader).map_err(io)?;
         if code >= 8000 {
@@ -441,6 +445,23 @@ mod tests {
             Err(BgpError::Refused { code: 8002, message, .. }) => assert!(message.contains("syntax error"), "{message}"),
             other => panic!("expected a refusal, got {other:?}"),
         }
+        server.join().unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_refused_connection_is_an_error() {
+        let dir = std::env::temp_dir().join(format!("lb-bgp-denied-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let socket = dir.join("bird.ctl");
+        let _ = std::fs::remove_file(&socket);
+        let listener = UnixListener::bind(&socket).unwrap();
+        let server = std::thread::spawn(move || {
+            let (mut s, _) = listener.accept().unwrap();
+            s.write_all(b"8007 Access denied\n").unwrap();
+        });
+        let bird = Bird { socket };
+        assert!(matches!(bird.configure(), Err(BgpError::Refused { code: 8007, .. })));
         server.join().unwrap();
         std::fs::remove_dir_all(&dir).unwrap();
     }

@@ -1,4 +1,4 @@
-//! The end-to-end lab: a client, a router, one or two balancer hosts running
+//! The end-to-end lab: a client, a router, one to three balancer hosts running
 //! the real `lb-control` daemon with the balancer on their veth, and
 //! backends with the decap program, the VIPs on loopback and real servers.
 //!
