@@ -12,15 +12,23 @@ use std::time::{Duration, Instant};
 use anyhow::{ensure, Result};
 use lb_e2e::{
     bgp::{client_tcp_counters, echo_predictors, finish_detach, http_predictors, open_echo, BgpLab, Load, LoadReport},
-    client, vip_addr, VIP4, HTTP_PORT,
+    client, vip_addr, HTTP_PORT, VIP4,
 };
 
 /// Route changes the router must make within this time (BGP updates are
 /// sent at once; BFD declares a peer down after 3 × 100 ms).
 const CONVERGE: Duration = Duration::from_secs(10);
 
-fn counter_delta(before: &std::collections::HashMap<String, u64>, after: &std::collections::HashMap<String, u64>, name: &str) -> u64 {
-    after.get(name).copied().unwrap_or(0).saturating_sub(before.get(name).copied().unwrap_or(0))
+fn counter_delta(
+    before: &std::collections::HashMap<String, u64>,
+    after: &std::collections::HashMap<String, u64>,
+    name: &str,
+) -> u64 {
+    after
+        .get(name)
+        .copied()
+        .unwrap_or(0)
+        .saturating_sub(before.get(name).copied().unwrap_or(0))
 }
 
 fn check_load(what: &str, r: &LoadReport) -> Result<()> {
@@ -31,9 +39,22 @@ fn check_load(what: &str, r: &LoadReport) -> Result<()> {
         r.failures.len(),
         r.wrong_backend.len()
     );
-    ensure!(r.failures.is_empty(), "{what}: failures: {:#?}", &r.failures[..r.failures.len().min(20)]);
-    ensure!(r.wrong_backend.is_empty(), "{what}: wrong backends: {:#?}", &r.wrong_backend[..r.wrong_backend.len().min(20)]);
-    ensure!(r.requests > 50 && r.echo_rounds > 20, "{what}: the load ran ({} requests, {} rounds)", r.requests, r.echo_rounds);
+    ensure!(
+        r.failures.is_empty(),
+        "{what}: failures: {:#?}",
+        &r.failures[..r.failures.len().min(20)]
+    );
+    ensure!(
+        r.wrong_backend.is_empty(),
+        "{what}: wrong backends: {:#?}",
+        &r.wrong_backend[..r.wrong_backend.len().min(20)]
+    );
+    ensure!(
+        r.requests > 50 && r.echo_rounds > 20,
+        "{what}: the load ran ({} requests, {} rounds)",
+        r.requests,
+        r.echo_rounds
+    );
     Ok(())
 }
 
@@ -42,7 +63,10 @@ fn vips_are_announced_only_while_a_balancer_serves() -> Result<()> {
     let mut bgp = BgpLab::build(3)?;
     // Every session is up, no daemon runs: nothing is announced.
     std::thread::sleep(Duration::from_millis(500));
-    ensure!(bgp.nexthops(false)?.is_empty() && bgp.nexthops(true)?.is_empty(), "a VIP route before any balancer is ready");
+    ensure!(
+        bgp.nexthops(false)?.is_empty() && bgp.nexthops(true)?.is_empty(),
+        "a VIP route before any balancer is ready"
+    );
 
     let started = Instant::now();
     bgp.lab.balancers[0].start()?;
@@ -50,13 +74,23 @@ fn vips_are_announced_only_while_a_balancer_serves() -> Result<()> {
     let appeared = bgp.wait_nexthops(&[0], CONVERGE)?;
     println!("FIGURE announce: daemon ready in {ready:?}, VIP routes at the router {appeared:?} later");
     let shown = bgp.router_bird.command(&format!("show route {VIP4}/32 all"))?;
-    ensure!(shown.contains("(65000,100)"), "the route carries the configured community:\n{shown}");
+    ensure!(
+        shown.contains("(65000,100)"),
+        "the route carries the configured community:\n{shown}"
+    );
 
     bgp.lab.balancers[1].start()?;
     bgp.lab.balancers[2].start()?;
     bgp.wait_nexthops(&[0, 1, 2], CONVERGE)?;
-    let served = bgp.lab.in_client(|| (0..30).map(|i| client::http_get(vip_addr(i % 2 == 1, HTTP_PORT))).collect::<Result<Vec<_>>>())?;
-    println!("multipath route via balancers 0, 1, 2; {} requests served through it", served.len());
+    let served = bgp.lab.in_client(|| {
+        (0..30)
+            .map(|i| client::http_get(vip_addr(i % 2 == 1, HTTP_PORT)))
+            .collect::<Result<Vec<_>>>()
+    })?;
+    println!(
+        "multipath route via balancers 0, 1, 2; {} requests served through it",
+        served.len()
+    );
 
     // A daemon restart withdraws nothing and leaves the include file alone.
     let include = bgp.include_file(1);
@@ -70,14 +104,24 @@ fn vips_are_announced_only_while_a_balancer_serves() -> Result<()> {
         let until = Instant::now() + duration;
         while Instant::now() < until {
             let (v4, v6) = (bgp.nexthops(false)?, bgp.nexthops(true)?);
-            ensure!(v4.len() == 3 && v6.len() == 3, "daemon {what}: a route lost balancer 1: {v4:?} {v6:?}");
+            ensure!(
+                v4.len() == 3 && v6.len() == 3,
+                "daemon {what}: a route lost balancer 1: {v4:?} {v6:?}"
+            );
             polls += 1;
             std::thread::sleep(Duration::from_millis(10));
         }
     }
     println!("routes intact at {polls} checks while balancer 1's daemon was down and after it restarted");
-    ensure!(std::fs::metadata(&include)?.modified()? == written, "the restarted daemon rewrote an unchanged include file");
-    ensure!(bgp.lab.balancers[1].log().contains("BGP announcements applied"), "the restarted daemon re-applied:\n{}", bgp.lab.balancers[1].log());
+    ensure!(
+        std::fs::metadata(&include)?.modified()? == written,
+        "the restarted daemon rewrote an unchanged include file"
+    );
+    ensure!(
+        bgp.lab.balancers[1].log().contains("BGP announcements applied"),
+        "the restarted daemon re-applied:\n{}",
+        bgp.lab.balancers[1].log()
+    );
 
     // Removing every VIP of an address withdraws that address only.
     let removal = Instant::now();
@@ -101,13 +145,25 @@ fn vips_are_announced_only_while_a_balancer_serves() -> Result<()> {
     let killed = Instant::now();
     bgp.kill(0)?;
     let detected = bgp.wait_routes(&[], &[2], CONVERGE)?;
-    println!("FIGURE kill: the router removed the dead balancer {detected:?} after it died (BFD {} x {} ms)", lb_e2e::bgp::BFD_MULTIPLIER, lb_e2e::bgp::BFD_INTERVAL_MS);
-    ensure!(killed.elapsed() < Duration::from_secs(lb_e2e::bgp::HOLD_TIME), "BFD, not the hold timer, detected the failure");
-    ensure!(detected >= Duration::from_millis(lb_e2e::bgp::BFD_INTERVAL_MS), "faster than BFD can: the dead balancer told the router");
+    println!(
+        "FIGURE kill: the router removed the dead balancer {detected:?} after it died (BFD {} x {} ms)",
+        lb_e2e::bgp::BFD_MULTIPLIER,
+        lb_e2e::bgp::BFD_INTERVAL_MS
+    );
+    ensure!(
+        killed.elapsed() < Duration::from_secs(lb_e2e::bgp::HOLD_TIME),
+        "BFD, not the hold timer, detected the failure"
+    );
+    ensure!(
+        detected >= Duration::from_millis(lb_e2e::bgp::BFD_INTERVAL_MS),
+        "faster than BFD can: the dead balancer told the router"
+    );
     let sessions = bgp.router_bird.command("show bfd sessions")?;
     let dead = lb_e2e::balancer4(0).to_string();
     ensure!(
-        sessions.lines().any(|l| l.split_whitespace().next() == Some(dead.as_str()) && l.contains("Down")),
+        sessions
+            .lines()
+            .any(|l| l.split_whitespace().next() == Some(dead.as_str()) && l.contains("Down")),
         "the router's BFD session to the dead balancer is down:\n{sessions}"
     );
     Ok(())
@@ -121,7 +177,10 @@ fn adding_and_removing_a_balancer_under_load_breaks_nothing() -> Result<()> {
     bgp.wait_nexthops(&[0, 1], CONVERGE)?;
     let http = http_predictors(&bgp.lab, 0)?;
     let echo_p = echo_predictors(&bgp.lab, 0)?;
-    ensure!(http_predictors(&bgp.lab, 1)? == http, "balancers 0 and 1 hold the same Maglev table");
+    ensure!(
+        http_predictors(&bgp.lab, 1)? == http,
+        "balancers 0 and 1 hold the same Maglev table"
+    );
     let echo = open_echo(&bgp.lab, 24, &echo_p)?;
     let before = client_tcp_counters(&bgp.lab)?;
     let load = Load::start(&bgp.lab, 2, echo, http.clone())?;
@@ -133,7 +192,10 @@ fn adding_and_removing_a_balancer_under_load_breaks_nothing() -> Result<()> {
     let ready = start.elapsed();
     let joined = bgp.wait_nexthops(&[0, 1, 2], CONVERGE)?;
     println!("FIGURE scale out: balancer 2 ready in {ready:?}, in the router's multipath route {joined:?} later");
-    ensure!(http_predictors(&bgp.lab, 2)? == http && echo_predictors(&bgp.lab, 2)? == echo_p, "balancer 2 holds the same Maglev tables");
+    ensure!(
+        http_predictors(&bgp.lab, 2)? == http && echo_predictors(&bgp.lab, 2)? == echo_p,
+        "balancer 2 holds the same Maglev tables"
+    );
     std::thread::sleep(Duration::from_secs(3));
     let carried = bgp.lab.balancers[2].counter("tx_encap")?;
     println!("balancer 2 forwarded {carried} packets");
@@ -144,12 +206,18 @@ fn adding_and_removing_a_balancer_under_load_breaks_nothing() -> Result<()> {
     let child = bgp.begin_detach(0, 2)?;
     let left = bgp.wait_nexthops(&[1, 2], CONVERGE)?;
     finish_detach(child)?;
-    println!("FIGURE scale in: balancer 0 withdrawn {left:?} after `lb-control detach` started; detached after {:?}", start.elapsed());
+    println!(
+        "FIGURE scale in: balancer 0 withdrawn {left:?} after `lb-control detach` started; detached after {:?}",
+        start.elapsed()
+    );
     std::thread::sleep(Duration::from_secs(2));
 
     let report = load.finish();
     let after = client_tcp_counters(&bgp.lab)?;
-    let (retrans, resets) = (counter_delta(&before, &after, "RetransSegs"), counter_delta(&before, &after, "EstabResets"));
+    let (retrans, resets) = (
+        counter_delta(&before, &after, "RetransSegs"),
+        counter_delta(&before, &after, "EstabResets"),
+    );
     println!("client TCP: {retrans} segments retransmitted, {resets} established connections reset");
     check_load("scale out and in", &report)?;
     ensure!(resets == 0, "{resets} connections reset");
@@ -185,7 +253,10 @@ fn a_killed_balancer_resets_no_connection() -> Result<()> {
     );
     println!("FIGURE kill under load: client retransmitted {retrans} segments; {resets} established and {failed} opening connections reset");
     check_load("kill", &report)?;
-    ensure!(resets == 0 && failed == 0, "connections reset: {resets} established, {failed} opening");
+    ensure!(
+        resets == 0 && failed == 0,
+        "connections reset: {resets} established, {failed} opening"
+    );
     Ok(())
 }
 
@@ -197,13 +268,23 @@ fn bird_being_down_is_not_fatal_and_announcements_follow_when_it_returns() -> Re
     // The daemon serves (ready, API answers) and keeps retrying.
     let deadline = Instant::now() + CONVERGE;
     while !bgp.lab.balancers[0].log().contains("applying BGP announcements failed") {
-        ensure!(Instant::now() < deadline, "no retry logged:\n{}", bgp.lab.balancers[0].log());
+        ensure!(
+            Instant::now() < deadline,
+            "no retry logged:\n{}",
+            bgp.lab.balancers[0].log()
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
-    ensure!(bgp.lab.balancers[0].api_get("/v1/vips")?.as_array().map(|a| a.len()) == Some(6), "the API serves");
+    ensure!(
+        bgp.lab.balancers[0].api_get("/v1/vips")?.as_array().map(|a| a.len()) == Some(6),
+        "the API serves"
+    );
     ensure!(bgp.nexthops(false)?.is_empty(), "nothing announced without BIRD");
     let text = std::fs::read_to_string(bgp.include_file(0))?;
-    ensure!(text.contains(&format!("route {VIP4}/32 blackhole")), "the include file is written anyway:\n{text}");
+    ensure!(
+        text.contains(&format!("route {VIP4}/32 blackhole")),
+        "the include file is written anyway:\n{text}"
+    );
 
     let back = Instant::now();
     bgp.restart_bird(0)?;
@@ -211,7 +292,11 @@ fn bird_being_down_is_not_fatal_and_announcements_follow_when_it_returns() -> Re
     println!("FIGURE BIRD down: the daemon kept serving and retrying; routes at the router {routed:?} after BIRD was back ({:?} in all)", back.elapsed());
     let deadline = Instant::now() + Duration::from_secs(40);
     while !bgp.lab.balancers[0].log().contains("BGP announcements applied") {
-        ensure!(Instant::now() < deadline, "the retry never succeeded:\n{}", bgp.lab.balancers[0].log());
+        ensure!(
+            Instant::now() < deadline,
+            "the retry never succeeded:\n{}",
+            bgp.lab.balancers[0].log()
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
     Ok(())
