@@ -510,7 +510,9 @@ fn validate_bgp(c: &mut Checker<'_>, raw: &RawBgp) -> Option<Bgp> {
     let mut communities = Vec::new();
     for (i, s) in raw.communities.iter().enumerate() {
         match s.get_ref().parse::<crate::bgp::Community>() {
-            Ok(x) if communities.contains(&x) => c.add(&s.span(), format!("bgp.communities[{i}]"), format!("{x} is listed twice")),
+            Ok(x) if communities.contains(&x) => {
+                c.add(&s.span(), format!("bgp.communities[{i}]"), format!("{x} is listed twice"))
+            }
             Ok(x) => communities.push(x),
             Err(e) => c.add(&s.span(), format!("bgp.communities[{i}]"), e),
         }
@@ -670,11 +672,15 @@ protocol = "udp"
         let c = Config::parse(GOOD).unwrap();
         assert_eq!(c.bgp, Bgp::default(), "absent: disabled, defaults");
         let text = format!(
-            "{GOOD}\n[bgp]\nenabled = true\nbird_socket = \"/run/b.ctl\"\ninclude_file = \"/run/v.conf\"\nmin_healthy = 2\ncommunities = [\"65000:100\", \"65000:1:2\"]\n"
+            "{GOOD}\n[bgp]\nenabled = true\nbird_socket = \"/run/b.ctl\"\ninclude_file = \"/run/v.conf\"\n\
+             min_healthy = 2\ncommunities = [\"65000:100\", \"65000:1:2\"]\n"
         );
         let b = Config::parse(&text).unwrap().bgp;
         assert!(b.enabled);
-        assert_eq!((b.bird_socket.to_str(), b.include_file.to_str(), b.min_healthy), (Some("/run/b.ctl"), Some("/run/v.conf"), 2));
+        assert_eq!(
+            (b.bird_socket.to_str(), b.include_file.to_str(), b.min_healthy),
+            (Some("/run/b.ctl"), Some("/run/v.conf"), 2)
+        );
         assert_eq!(b.communities.iter().map(|c| c.to_string()).collect::<Vec<_>>(), ["65000:100", "65000:1:2"]);
         let p = one(&text.replace("\"65000:1:2\"", "\"65000:70000\""));
         assert_eq!((p.key.as_str(), p.line), ("bgp.communities[1]", text.lines().count()));

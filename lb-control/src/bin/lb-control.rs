@@ -99,7 +99,9 @@ fn main() -> Result<()> {
                         println!("VIPs withdrawn through BIRD; waiting {withdraw_wait} s before detaching");
                         std::thread::sleep(Duration::from_secs(withdraw_wait));
                     }
-                    Err(e) if force => tracing::error!(error = %e, "withdrawal not confirmed; detaching anyway (--force)"),
+                    Err(e) if force => {
+                        tracing::error!(error = %e, "withdrawal not confirmed; detaching anyway (--force)")
+                    }
                     Err(e) => bail!("{e}; the balancer stays attached (fix BIRD, or pass --force)"),
                 }
             }
