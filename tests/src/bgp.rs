@@ -50,6 +50,16 @@ pub const BFD_MULTIPLIER: u64 = 3;
 /// BGP timers (seconds); BIRD's minimum hold time is 3.
 pub const HOLD_TIME: u64 = 3;
 
+/// BIRD's binary: Debian installs it in /usr/sbin, which a test's PATH may
+/// lack.
+fn bird_binary() -> &'static str {
+    if Path::new("/usr/sbin/bird").exists() {
+        "/usr/sbin/bird"
+    } else {
+        "bird"
+    }
+}
+
 /// One BIRD process.
 pub struct Bird {
     child: Option<Child>,
@@ -68,7 +78,7 @@ impl Bird {
         let socket = dir.join("bird.ctl");
         let out = std::fs::File::create(dir.join("bird.out"))?;
         let child = ns
-            .command("bird")
+            .command(bird_binary())
             .arg("-f")
             .arg("-c")
             .arg(&conf)
