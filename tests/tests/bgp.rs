@@ -1,6 +1,6 @@
 //! Several balancers behind a router that learns the VIPs over BGP (BIRD on
 //! every host, BFD, ECMP multipath in the router's kernel): announcements
-//! follow readiness, detach and VIP removal; flows keep their backend when
+//! follow readiness, backends up, detach and VIP removal; flows keep their backend when
 //! balancers are added, removed gracefully, or killed; real TCP throughout.
 //! Each test builds its own lab (unique namespaces, temporary directory,
 //! BIRD processes; all removed on drop, also on failure). Needs root and
@@ -11,9 +11,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Result};
 use lb_e2e::{
+    backend6,
     bgp::{client_tcp_counters, echo_predictors, finish_detach, http_predictors, open_echo, BgpLab, Load, LoadReport},
-    client, vip_addr, HTTP_PORT, VIP4,
+    client, vip_addr, HTTP_PORT, VIP4, VIP6,
 };
+use serde_json::json;
 
 /// Route changes the router must make within this time (BGP updates are
 /// sent at once; BFD declares a peer down after 3 × 100 ms).
@@ -132,6 +134,27 @@ fn vips_are_announced_only_while_a_balancer_serves() -> Result<()> {
     let api = removal.elapsed();
     let gone = bgp.wait_routes(&[0, 1], &[0, 1, 2], CONVERGE)?;
     println!("FIGURE VIP removal: the API calls took {api:?}; the router dropped balancer 2 from the IPv4 route {gone:?} after they returned");
+
+    // An address whose VIPs all lack a backend up (min_healthy = 1) is
+    // withdrawn; one VIP with one backend up announces it again.
+    let vips6 = [
+        format!("tcp:[{VIP6}]:80"),
+        format!("tcp:[{VIP6}]:7"),
+        format!("udp:[{VIP6}]:53"),
+    ];
+    for vip in &vips6 {
+        for j in 0..3 {
+            let path = format!("/v1/vips/{vip}/backends/{}", backend6(j));
+            bgp.lab.balancers[2].api_send("PATCH", &path, Some(json!({"drain": true})))?;
+        }
+    }
+    bgp.wait_routes(&[0, 1], &[0, 1], CONVERGE)?;
+    let path = format!("/v1/vips/{}/backends/{}", vips6[2], backend6(1));
+    bgp.lab.balancers[2].api_send("PATCH", &path, Some(json!({"weight": 1})))?;
+    bgp.wait_routes(&[0, 1], &[0, 1, 2], CONVERGE)?;
+    println!(
+        "every IPv6 VIP drained on balancer 2: IPv6 address withdrawn; one backend of one VIP back: announced again"
+    );
 
     // Graceful detach of balancer 1: withdrawn by a BGP update.
     let detach = Instant::now();
