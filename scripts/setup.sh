@@ -11,7 +11,8 @@ LLVM_PREFIX_DIR="${LB_LLVM_PREFIX:-/opt/xdp-lb/llvm}"
 # The API fuzz test's virtualenv and its pinned packages.
 VENV_DIR="${LB_VENV:-/opt/xdp-lb/venv}"
 FUZZ_REQUIREMENTS="$(cd "$(dirname "$0")" && pwd)/fuzz/requirements.txt"
-DEB_PACKAGES=(netsniff-ng iproute2 ethtool procps python3 python3-venv)
+# bird2: the BGP daemon of the multi-balancer lab (and of production hosts).
+DEB_PACKAGES=(netsniff-ng iproute2 ethtool procps python3 python3-venv bird2)
 
 log() { printf '[setup] %s\n' "$*" >&2; }
 

@@ -8,7 +8,7 @@ use lb_common::{Counter, LbConfig, Stat};
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    attachment,
+    attachment, bgp,
     config::{Config, Prefix, Reattach},
     dataplane::{Balancer, DataplaneError},
     engine::{ApplyReport, Engine, EngineError},
@@ -123,6 +123,8 @@ pub struct Controller {
     /// The last attachment check that could not be made (logged once).
     check_failed: Option<String>,
     view: tokio::sync::watch::Sender<Arc<View>>,
+    /// Announces this host's VIP addresses through BIRD (`[bgp]` enabled).
+    announcer: Option<bgp::Announcer>,
 }
 
 impl Controller {
@@ -138,7 +140,7 @@ impl Controller {
         state::save(&config.state_file, &state)?;
         tracing::info!(adopted, ?report, vips = state.vips.len(), "data plane ready");
         let view = tokio::sync::watch::Sender::new(Arc::new(View::default()));
-        let ctl = Self { engine, state, config, forwarding, attached: false, program_id: None, detached: None, check_failed: None, view };
+        let ctl = Self { engine, state, config, forwarding, attached: false, program_id: None, detached: None, check_failed: None, view, announcer: None };
         ctl.publish();
         Ok(ctl)
     }
@@ -156,8 +158,11 @@ impl Controller {
         }
     }
 
+    /// Tells readers (the API's view) and routers (BGP) what changed: the
+    /// one place every change of the VIP set or of readiness goes through.
     fn publish(&self) {
         self.view.send_replace(Arc::new(View { vips: self.state.vips.clone(), not_ready: self.not_ready() }));
+        self.announce();
     }
 
     fn refuse_if_detached(&self) -> Result<(), ControlError> {
@@ -284,6 +289,30 @@ impl Controller {
         self.attached && self.detached.is_none()
     }
 
+    /// Announces through `announcer` from now on (the daemon does this once
+    /// at start, before attaching; until then nothing is rewritten, so a
+    /// restart withdraws nothing).
+    pub fn set_announcer(&mut self, announcer: bgp::Announcer) {
+        self.announcer = Some(announcer);
+        self.announce();
+    }
+
+    /// The one place BGP announcements are derived (from [`Self::publish`]:
+    /// whenever readiness or the VIP set changes). Serving means attached and
+    /// not found detached since, so a detach behind the daemon's back
+    /// withdraws. Announces nothing before the first attach: a daemon
+    /// starting up leaves the previous announcements (and the running data
+    /// plane) alone.
+    fn announce(&self) {
+        let Some(announcer) = &self.announcer else { return };
+        if !self.attached && announcer.desired().is_none() {
+            // Never attached by this daemon: still starting up.
+            return;
+        }
+        let b = &self.config.bgp;
+        announcer.sync(&bgp::announced(&self.state.vips, self.ready(), b.min_healthy), &b.communities);
+    }
+
     pub fn config(&self) -> &Config {
         &self.config
     }
@@ -339,6 +368,12 @@ impl Controller {
             ("pin_dir", old.pin_dir != new.pin_dir),
             ("state_file", old.state_file != new.state_file),
             ("api", old.api != new.api),
+            // bgp.min_healthy and bgp.communities apply on reload.
+            (
+                "bgp",
+                (old.bgp.enabled, &old.bgp.bird_socket, &old.bgp.include_file)
+                    != (new.bgp.enabled, &new.bgp.bird_socket, &new.bgp.include_file),
+            ),
         ];
         let changed: Vec<_> = fixed.iter().filter(|(_, c)| *c).map(|(k, _)| *k).collect();
         if !changed.is_empty() {

@@ -1,5 +1,6 @@
 pub mod api;
 pub mod attachment;
+pub mod bgp;
 pub mod config;
 pub mod controller;
 pub mod dataplane;

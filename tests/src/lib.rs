@@ -1,4 +1,4 @@
-//! The end-to-end lab: a client, a router, one or two balancer hosts running
+//! The end-to-end lab: a client, a router, one to three balancer hosts running
 //! the real `lb-control` daemon with the balancer on their veth, and
 //! backends with the decap program, the VIPs on loopback and real servers.
 //!
@@ -13,6 +13,7 @@
 //! gateway, the router; the backend decapsulates and answers the client
 //! directly (direct server return).
 
+pub mod bgp;
 pub mod client;
 pub mod servers;
 
@@ -24,7 +25,7 @@ use std::{
 };
 
 use anyhow::{bail, Context as _, Result};
-use lb_control::dataplane::{detach_all, AttachMode, Decap};
+use lb_control::dataplane::{detach_all, Decap, XdpMode};
 use lb_testkit::netns::{self, veth, Netns};
 
 pub const VIP4: Ipv4Addr = Ipv4Addr::new(10, 100, 0, 10);
@@ -272,7 +273,7 @@ impl Lab {
     /// Builds the topology and starts the backends' servers. The balancer
     /// daemons are configured ([`Lab::config`]) but not started.
     pub fn build(backends: usize, balancers: usize) -> Result<Lab> {
-        anyhow::ensure!((1..=8).contains(&backends) && (1..=2).contains(&balancers), "1-8 backends, 1-2 balancers");
+        anyhow::ensure!((1..=8).contains(&backends) && (1..=3).contains(&balancers), "1-8 backends, 1-3 balancers");
         let dir = std::env::temp_dir().join(netns::unique_name("xdp-lb-lab-"));
         std::fs::create_dir_all(&dir)?;
         let client = Netns::new(netns::unique_name("lbc"))?;
@@ -314,7 +315,7 @@ impl Lab {
             let r_if2 = r_if.clone();
             router_xdp.push(router.run(move || {
                 let mut d = Decap::load()?;
-                d.attach(&r_if2, AttachMode::Native, None)?;
+                d.attach(&r_if2, XdpMode::Native, None)?;
                 Ok(d)
             })?);
             let pin_dir = PathBuf::from(format!("/sys/fs/bpf/{}", netns::unique_name("xdp-lb-lab")));
@@ -348,7 +349,7 @@ impl Lab {
                 let mut d = Decap::load()?;
                 d.add_addr(IpAddr::V4(backend4(j)))?;
                 d.add_addr(IpAddr::V6(backend6(j)))?;
-                d.attach("b0", AttachMode::Native, None)?;
+                d.attach("b0", XdpMode::Native, None)?;
                 Ok(d)
             })?;
             be_list.push(Backend { ns, index: j, _decap: decap });

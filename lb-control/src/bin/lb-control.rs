@@ -41,11 +41,17 @@ enum Command {
     Check,
     /// Detach the balancer and remove its pinned maps: drops every
     /// connection the balancer tracks. Refused while a daemon runs on the
-    /// pin directory (stop it first).
+    /// pin directory (stop it first). With `[bgp]` enabled, first withdraws
+    /// the VIPs through BIRD and waits for the router to move the flows to
+    /// the other balancers.
     Detach {
-        /// Detach even though a daemon holds the pin directory: that daemon
-        /// notices, and re-attaches or stays detached as its config's
-        /// `reattach` says.
+        /// Seconds between the withdrawal and the detach (BGP propagation).
+        #[arg(long, default_value_t = 3)]
+        withdraw_wait: u64,
+        /// Detach even though a daemon holds the pin directory (it notices,
+        /// and re-attaches or stays detached as its config's `reattach`
+        /// says), or BIRD does not confirm the withdrawal (flows the router
+        /// still sends here are then lost until BGP or BFD notices).
         #[arg(long)]
         force: bool,
     },
@@ -86,7 +92,7 @@ fn main() -> Result<()> {
             let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
             rt.block_on(run(cli.config))
         }
-        Command::Detach { force } => {
+        Command::Detach { withdraw_wait, force } => {
             let config = load(&cli.config)?;
             // Holding the lock keeps a daemon from starting mid-detach.
             let _lock = match PinDirLock::acquire(&config.pin_dir) {
@@ -100,6 +106,18 @@ fn main() -> Result<()> {
                 }
                 Err(e) => return Err(e.into()),
             };
+            if config.bgp.enabled {
+                match withdraw(&config.bgp) {
+                    Ok(()) => {
+                        println!("VIPs withdrawn through BIRD; waiting {withdraw_wait} s before detaching");
+                        std::thread::sleep(Duration::from_secs(withdraw_wait));
+                    }
+                    Err(e) if force => {
+                        tracing::error!(error = %e, "withdrawal not confirmed; detaching anyway (--force)")
+                    }
+                    Err(e) => bail!("{e}; the balancer stays attached (fix BIRD, or pass --force)"),
+                }
+            }
             let removed = detach_all(&config.pin_dir)?;
             println!("removed {} pins under {}", removed.len(), config.pin_dir.display());
             Ok(())
@@ -120,6 +138,29 @@ fn main() -> Result<()> {
         }
     }
 }
+
+/// Withdraws every VIP address through BIRD: the include file without
+/// routes, then `configure`, a few attempts.
+fn withdraw(bgp: &lb_control::config::Bgp) -> Result<()> {
+    let text = lb_control::bgp::render(&Default::default(), &bgp.communities);
+    let bird = lb_control::bgp::Bird { socket: bgp.bird_socket.clone() };
+    let mut last = None;
+    for attempt in 0..WITHDRAW_ATTEMPTS {
+        if attempt > 0 {
+            std::thread::sleep(lb_control::bgp::RETRY_MIN * attempt);
+        }
+        match lb_control::bgp::apply(&bgp.include_file, &bird, &text) {
+            Ok(_) => return Ok(()),
+            Err(e) => {
+                tracing::warn!(error = %e, attempt, "withdrawing through BIRD failed");
+                last = Some(e);
+            }
+        }
+    }
+    Err(anyhow::anyhow!("BIRD did not confirm the withdrawal: {}", last.expect("at least one attempt")))
+}
+
+const WITHDRAW_ATTEMPTS: u32 = 4;
 
 /// The one validation path of `check`, start-up and SIGHUP; its errors
 /// name the file, line, column and key.
@@ -166,7 +207,13 @@ async fn run(config_path: PathBuf) -> Result<()> {
 
     let ctl = tokio::task::block_in_place(|| -> Result<Controller> {
         let forwarding = controller::forwarding(&config)?;
+        let bgp = config.bgp.clone();
         let mut ctl = Controller::open(config, forwarding)?;
+        if bgp.enabled {
+            // Announces once attached (and on every change after that).
+            let bird = lb_control::bgp::Bird { socket: bgp.bird_socket };
+            ctl.set_announcer(lb_control::bgp::Announcer::spawn(bgp.include_file, bird));
+        }
         ctl.attach()?;
         Ok(ctl)
     })?;

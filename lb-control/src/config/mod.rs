@@ -2,11 +2,13 @@
 //! a [`Config`] (`validate`, `host`). Every error names the file, the line,
 //! the column and the key (`problem`).
 
+mod bgp;
 mod host;
 mod problem;
 mod raw;
 mod validate;
 
+pub use bgp::{Bgp, DEFAULT_BGP_INCLUDE_FILE, DEFAULT_BIRD_SOCKET};
 pub use host::{check_pin_dir, read_token};
 pub use problem::{ConfigError, Problem};
 
@@ -108,6 +110,7 @@ pub struct Config {
     pub gateway: Gateway,
     pub limits: Limits,
     pub api: Api,
+    pub bgp: Bgp,
     pub vips: VipSet,
 }
 

@@ -25,6 +25,8 @@ pub(super) struct RawConfig {
     pub limits: RawLimits,
     #[serde(default)]
     pub api: RawApi,
+    #[serde(default)]
+    pub bgp: super::bgp::RawBgp,
     #[serde(default, rename = "vip")]
     pub vips: Vec<Spanned<RawVip>>,
 }

@@ -266,3 +266,26 @@ fn load_checks_the_host_and_names_the_file() {
     }
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn bgp_table() {
+    let c = Config::parse(GOOD).unwrap();
+    assert_eq!(c.bgp, Bgp::default(), "absent: disabled, defaults");
+    let text = format!(
+        "{GOOD}\n[bgp]\nenabled = true\nbird_socket = \"/run/b.ctl\"\ninclude_file = \"/run/v.conf\"\n\
+         min_healthy = 2\ncommunities = [\"65000:100\", \"65000:1:2\"]\n"
+    );
+    let b = Config::parse(&text).unwrap().bgp;
+    assert!(b.enabled);
+    assert_eq!(
+        (b.bird_socket.to_str(), b.include_file.to_str(), b.min_healthy),
+        (Some("/run/b.ctl"), Some("/run/v.conf"), 2)
+    );
+    assert_eq!(b.communities.iter().map(|c| c.to_string()).collect::<Vec<_>>(), ["65000:100", "65000:1:2"]);
+    let p = one(&text.replace("\"65000:1:2\"", "\"65000:70000\""));
+    assert_eq!((p.key.as_str(), p.line), ("bgp.communities[1]", text.lines().count()));
+    assert!(one(&text.replace("\"65000:1:2\"", "\"65000:100\"")).message.contains("twice"));
+    assert_eq!(one(&text.replace("/run/v.conf", "v.conf")).key, "bgp.include_file");
+    assert_eq!(one(&text.replace("/run/b.ctl", "")).key, "bgp.bird_socket");
+    assert!(one(&text.replace("min_healthy = 2", "min_healty = 2")).message.contains("min_healty"));
+}

@@ -79,6 +79,7 @@ pub(super) fn validate(c: &mut Checker<'_>, raw: RawConfig) -> Option<Config> {
         gateway,
         limits,
         api: api?,
+        bgp: super::bgp::validate_bgp(c, &raw.bgp)?,
         vips,
     })
 }

@@ -29,9 +29,6 @@ pub enum XdpMode {
     Auto,
 }
 
-/// The earlier name of [`XdpMode`], kept so callers' paths keep working.
-pub type AttachMode = XdpMode;
-
 impl XdpMode {
     /// aya's attach modes to try, in order.
     fn aya_modes(self) -> &'static [aya::programs::XdpMode] {

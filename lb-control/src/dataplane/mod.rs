@@ -37,7 +37,7 @@ pub use balancer::Balancer;
 pub use decap::Decap;
 pub use lb_common::{ip_to_addr, MAX_RING_SIZE};
 pub use limits::Limits;
-pub use load::{detach_all, link_pin, versioned_pin_dir, AttachMode, XdpMode};
+pub use load::{detach_all, link_pin, versioned_pin_dir, XdpMode};
 pub use vip_table::build_vip_table;
 
 /// The balancer object, built from `lb-ebpf` by the build script.

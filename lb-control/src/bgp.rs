@@ -1,0 +1,552 @@
+//! Announcing VIPs over BGP through BIRD 2. The daemon does not speak BGP:
+//! it keeps a BIRD include file holding two static protocols (one per
+//! family) with a `/32` or `/128` route for every VIP address this host can
+//! serve, and asks BIRD to reload its config over BIRD's control socket (what
+//! `birdc -s SOCKET configure` sends). BIRD's BGP sessions announce those
+//! routes; the router spreads flows over every balancer that announces them.
+//!
+//! An address is announced while this host is attached and ready and at
+//! least one VIP on that address has `bgp.min_healthy` backends up (weight >
+//! 0 until health checks exist). Several VIPs (ports, protocols) share one
+//! route, so one dead service does not withdraw the healthy ones next to it:
+//! every balancer runs the same VIP set, and withdrawing the address
+//! everywhere would turn one dead port into an outage of the whole address.
+//!
+//! A daemon restart does not withdraw: the data plane keeps forwarding while
+//! the daemon is down, the file is left alone until the restarted daemon is
+//! ready, and then rewritten only if its content changes. Errors talking to
+//! BIRD are logged and retried with backoff; they never stop the daemon.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    fmt,
+    io::{BufReader, Write as _},
+    net::IpAddr,
+    os::unix::net::UnixStream,
+    path::{Path, PathBuf},
+    str::FromStr,
+    time::Duration,
+};
+
+use tokio::sync::watch;
+
+use crate::model::VipSet;
+
+/// Names of the generated static protocols (a BGP export filter can select
+/// them with `proto = "..."`).
+pub const PROTOCOL_V4: &str = "xdp_lb_vips4";
+pub const PROTOCOL_V6: &str = "xdp_lb_vips6";
+
+/// How long one exchange with BIRD's control socket may take.
+pub const BIRD_TIMEOUT: Duration = Duration::from_secs(10);
+/// Backoff between failed attempts to apply the include file.
+pub const RETRY_MIN: Duration = Duration::from_millis(500);
+pub const RETRY_MAX: Duration = Duration::from_secs(30);
+
+/// A BGP community attached to every announced route: standard
+/// (`65000:100`) or large (`65000:1:2`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Community {
+    Standard(u16, u16),
+    Large(u32, u32, u32),
+}
+
+impl FromStr for Community {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let parts: Vec<&str> = s.split(':').collect();
+        let bad = || format!("'{s}' is not a BGP community (ASN:VALUE, each 0..=65535, or ASN:X:Y for a large one)");
+        match parts.as_slice() {
+            [a, b] => Ok(Community::Standard(
+                a.parse().map_err(|_| bad())?,
+                b.parse().map_err(|_| bad())?,
+            )),
+            [a, b, c] => Ok(Community::Large(
+                a.parse().map_err(|_| bad())?,
+                b.parse().map_err(|_| bad())?,
+                c.parse().map_err(|_| bad())?,
+            )),
+            _ => Err(bad()),
+        }
+    }
+}
+
+impl fmt::Display for Community {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Community::Standard(a, b) => write!(f, "{a}:{b}"),
+            Community::Large(a, b, c) => write!(f, "{a}:{b}:{c}"),
+        }
+    }
+}
+
+impl Community {
+    /// The BIRD filter statement that adds this community to a route.
+    fn bird_statement(&self) -> String {
+        match self {
+            Community::Standard(a, b) => format!("bgp_community.add(({a},{b}));"),
+            Community::Large(a, b, c) => format!("bgp_large_community.add(({a},{b},{c}));"),
+        }
+    }
+}
+
+/// The addresses to announce: none unless `serving`; else every address
+/// with at least one VIP that has `min_healthy` backends of weight > 0.
+pub fn announced(vips: &VipSet, serving: bool, min_healthy: u32) -> BTreeSet<IpAddr> {
+    if !serving {
+        return BTreeSet::new();
+    }
+    let mut best: BTreeMap<IpAddr, usize> = BTreeMap::new();
+    for (id, spec) in vips {
+        let up = spec.backends.values().filter(|b| b.weight > 0).count();
+        let entry = best.entry(id.addr).or_default();
+        *entry = (*entry).max(up);
+    }
+    best.into_iter()
+        .filter(|&(_, up)| up >= min_healthy as usize)
+        .map(|(addr, _)| addr)
+        .collect()
+}
+
+/// The include file's text: both static protocols, always present (empty
+/// when nothing is announced), one blackhole route per address. The routes
+/// exist only in BIRD's tables (the balancer's BIRD exports them to BGP
+/// only); BGP sends this host's own address as the next hop.
+pub fn render(routes: &BTreeSet<IpAddr>, communities: &[Community]) -> String {
+    let attrs = if communities.is_empty() {
+        String::new()
+    } else {
+        let s: Vec<String> = communities.iter().map(Community::bird_statement).collect();
+        format!(" {{ {} }}", s.join(" "))
+    };
+    let mut out = String::from(
+        "# Generated by lb-control: the VIP addresses this balancer can serve.\n\
+         # Rewritten atomically on every change; do not edit.\n",
+    );
+    for (name, family, v6) in [(PROTOCOL_V4, "ipv4", false), (PROTOCOL_V6, "ipv6", true)] {
+        out += &format!("protocol static {name} {{\n  {family};\n");
+        for addr in routes.iter().filter(|a| a.is_ipv6() == v6) {
+            let len = if v6 { 128 } else { 32 };
+            out += &format!("  route {addr}/{len} blackhole{attrs};\n");
+        }
+        out += "}\n";
+    }
+    out
+}
+
+#[derive(thiserror::Error, Debug)]
+pub enum BgpError {
+    #[error("writing {path}: {source}")]
+    Write {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("BIRD control socket {path}: {source}")]
+    Socket {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("BIRD refused `{command}` (code {code}): {message}")]
+    Refused {
+        command: String,
+        code: u16,
+        message: String,
+    },
+}
+
+/// Writes `text` to `path` unless the file already holds exactly that:
+/// a temporary file in the same directory, fsync, rename, fsync of the
+/// directory. Returns whether it wrote.
+pub fn write_if_changed(path: &Path, text: &str) -> Result<bool, BgpError> {
+    if std::fs::read(path).is_ok_and(|old| old == text.as_bytes()) {
+        return Ok(false);
+    }
+    let err = |source| BgpError::Write {
+        path: path.to_owned(),
+        source,
+    };
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let name = path
+        .file_name()
+        .ok_or_else(|| err(std::io::Error::other("not a file name")))?;
+    let tmp = dir.join(format!(".{}.tmp.{}", name.to_string_lossy(), std::process::id()));
+    let result = (|| {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(text.as_bytes())?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)?;
+        std::fs::File::open(dir)?.sync_all()
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result.map(|()| true).map_err(err)
+}
+
+/// BIRD's control socket.
+#[derive(Clone, Debug)]
+pub struct Bird {
+    pub socket: PathBuf,
+}
+
+impl Bird {
+    /// Sends one command and returns BIRD's reply text. Reply lines are
+    /// `NNNN-text` (more follows), ` text` (continuation) or `NNNN text`
+    /// (last); codes 8000 and above are errors.
+    pub fn command(&self, command: &str) -> Result<String, BgpError> {
+        let io = |source| BgpError::Socket {
+            path: self.socket.clone(),
+            source,
+        };
+        let stream = UnixStream::connect(&self.socket).map_err(io)?;
+        stream.set_read_timeout(Some(BIRD_TIMEOUT)).map_err(io)?;
+        stream.set_write_timeout(Some(BIRD_TIMEOUT)).map_err(io)?;
+        let mut reader = BufReader::new(stream.try_clone().map_err(io)?);
+        // The greeting: "0001 BIRD 2.x ready.", or a refusal such as
+        // "8007 Access denied".
+        let (code, text) = read_reply(&mut reader).map_err(io)?;
+        if code >= 8000 {
+            return Err(BgpError::Refused {
+                command: command.to_string(),
+                code,
+                message: text,
+            });
+        }
+        (&stream).write_all(format!("{command}\n").as_bytes()).map_err(io)?;
+        let (code, text) = read_reply(&mut reader).map_err(io)?;
+        if code >= 8000 {
+            return Err(BgpError::Refused {
+                command: command.to_string(),
+                code,
+                message: text,
+            });
+        }
+        Ok(text)
+    }
+
+    /// `configure`: BIRD re-reads its config (and so the include file);
+    /// protocols whose config did not change keep running untouched.
+    pub fn configure(&self) -> Result<String, BgpError> {
+        self.command("configure")
+    }
+}
+
+/// Reads one reply: its final code and every line's text.
+fn read_reply(reader: &mut impl std::io::BufRead) -> std::io::Result<(u16, String)> {
+    let mut text = Vec::new();
+    // BIRD's replies to `configure` are a few lines; bound the loop anyway.
+    for _ in 0..10_000 {
+        let mut line = String::new();
+        if reader.read_line(&mut line)? == 0 {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "BIRD closed the socket mid-reply",
+            ));
+        }
+        let line = line.trim_end_matches(['\r', '\n']);
+        let code = line.get(..4).and_then(|c| c.parse::<u16>().ok());
+        match (code, line.as_bytes().get(4)) {
+            (Some(code), Some(b' ')) | (Some(code), None) => {
+                text.push(line.get(5..).unwrap_or("").to_string());
+                return Ok((code, text.join("\n")));
+            }
+            (Some(_), Some(b'-')) => text.push(line[5..].to_string()),
+            _ => text.push(line.trim_start().to_string()),
+        }
+    }
+    Err(std::io::Error::new(
+        std::io::ErrorKind::InvalidData,
+        "BIRD's reply does not end",
+    ))
+}
+
+/// Writes the include file (if changed) and has BIRD apply it.
+pub fn apply(include_file: &Path, bird: &Bird, text: &str) -> Result<bool, BgpError> {
+    let wrote = write_if_changed(include_file, text)?;
+    bird.configure()?;
+    Ok(wrote)
+}
+
+/// The handle the controller announces through: it hands over the include
+/// file's desired text; a background task writes it and tells BIRD,
+/// retrying with backoff. Only the latest text matters.
+#[derive(Clone, Debug)]
+pub struct Announcer {
+    desired: watch::Sender<Option<String>>,
+}
+
+impl Announcer {
+    /// Starts the task that applies what [`Announcer::sync`] hands over.
+    /// Must be called inside a tokio runtime.
+    pub fn spawn(include_file: PathBuf, bird: Bird) -> Announcer {
+        let (desired, rx) = watch::channel(None);
+        tokio::spawn(apply_loop(rx, include_file, bird));
+        Announcer { desired }
+    }
+
+    /// An announcer whose task is not running (for tests of its users):
+    /// [`Announcer::desired`] shows what was handed over.
+    pub fn detached() -> Announcer {
+        Announcer {
+            desired: watch::channel(None).0,
+        }
+    }
+
+    /// Hands over the routes to announce. Cheap; never blocks.
+    pub fn sync(&self, routes: &BTreeSet<IpAddr>, communities: &[Community]) {
+        let text = render(routes, communities);
+        self.desired.send_if_modified(|cur| {
+            if cur.as_deref() == Some(text.as_str()) {
+                return false;
+            }
+            *cur = Some(text);
+            true
+        });
+    }
+
+    /// The include file's text last handed over.
+    pub fn desired(&self) -> Option<String> {
+        self.desired.borrow().clone()
+    }
+}
+
+async fn apply_loop(mut rx: watch::Receiver<Option<String>>, include_file: PathBuf, bird: Bird) {
+    // What BIRD has confirmed. At start nothing is: the first text is
+    // applied (written only if it differs from the file; `configure` of an
+    // unchanged config changes nothing in BIRD).
+    let mut applied: Option<String> = None;
+    let mut backoff = RETRY_MIN;
+    loop {
+        let desired = rx.borrow_and_update().clone();
+        let Some(text) = desired.filter(|t| Some(t) != applied.as_ref()) else {
+            if rx.changed().await.is_err() {
+                return;
+            }
+            continue;
+        };
+        let (path, b, t) = (include_file.clone(), bird.clone(), text.clone());
+        let result = tokio::task::spawn_blocking(move || apply(&path, &b, &t)).await;
+        match result {
+            Ok(Ok(wrote)) => {
+                let routes = text.lines().filter(|l| l.trim_start().starts_with("route ")).count();
+                tracing::info!(routes, wrote, file = %include_file.display(), "BGP announcements applied by BIRD");
+                applied = Some(text);
+                backoff = RETRY_MIN;
+            }
+            failed => {
+                let error = match failed {
+                    Ok(Err(e)) => e.to_string(),
+                    Err(e) => format!("the apply task failed: {e}"),
+                    Ok(Ok(_)) => unreachable!("matched above"),
+                };
+                tracing::warn!(%error, retry_in = ?backoff, "applying BGP announcements failed; the data plane is unaffected");
+                // Retry after the backoff, or at once when the routes change.
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff) => {}
+                    changed = rx.changed() => if changed.is_err() { return },
+                }
+                backoff = (backoff * 2).min(RETRY_MAX);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{io::BufRead as _, os::unix::net::UnixListener};
+
+    use super::*;
+    use crate::model::{Backend, VipId, VipSpec};
+
+    fn vip_set(entries: &[(&str, &[u32])]) -> VipSet {
+        let mut set = VipSet::new();
+        for (id, weights) in entries {
+            let id: VipId = id.parse().unwrap();
+            let backends = weights
+                .iter()
+                .enumerate()
+                .map(|(i, &w)| {
+                    let addr: IpAddr = if id.addr.is_ipv4() {
+                        format!("10.1.0.{}", i + 1).parse().unwrap()
+                    } else {
+                        format!("fd00:1::{}", i + 1).parse().unwrap()
+                    };
+                    (addr, Backend { weight: w })
+                })
+                .collect();
+            set.insert(
+                id,
+                VipSpec {
+                    flags: vec![],
+                    backends,
+                },
+            );
+        }
+        set
+    }
+
+    fn addrs(list: &[&str]) -> BTreeSet<IpAddr> {
+        list.iter().map(|a| a.parse().unwrap()).collect()
+    }
+
+    #[test]
+    fn an_address_is_announced_while_one_of_its_vips_has_enough_backends() {
+        let vips = vip_set(&[
+            ("tcp:10.0.0.1:80", &[1, 1]),
+            ("udp:10.0.0.1:53", &[0, 0]),
+            ("tcp:10.0.0.2:80", &[1, 0]),
+            ("tcp:[fd00::1]:443", &[3, 2, 0]),
+            ("tcp:10.0.0.3:80", &[]),
+        ]);
+        assert_eq!(announced(&vips, true, 1), addrs(&["10.0.0.1", "10.0.0.2", "fd00::1"]));
+        assert_eq!(announced(&vips, true, 2), addrs(&["10.0.0.1", "fd00::1"]));
+        assert_eq!(announced(&vips, true, 3), addrs(&[]));
+        assert_eq!(
+            announced(&vips, true, 0),
+            addrs(&["10.0.0.1", "10.0.0.2", "10.0.0.3", "fd00::1"])
+        );
+        assert_eq!(announced(&vips, false, 1), addrs(&[]), "nothing while not serving");
+    }
+
+    #[test]
+    fn render_is_exact() {
+        let text = render(
+            &addrs(&["10.0.0.2", "fd00::1", "10.0.0.1"]),
+            &["65000:100".parse().unwrap(), "65000:1:2".parse().unwrap()],
+        );
+        let expected = "# Generated by lb-control: the VIP addresses this balancer can serve.\n\
+            # Rewritten atomically on every change; do not edit.\n\
+            protocol static xdp_lb_vips4 {\n  ipv4;\n\
+            \x20 route 10.0.0.1/32 blackhole { bgp_community.add((65000,100)); bgp_large_community.add((65000,1,2)); };\n\
+            \x20 route 10.0.0.2/32 blackhole { bgp_community.add((65000,100)); bgp_large_community.add((65000,1,2)); };\n\
+            }\n\
+            protocol static xdp_lb_vips6 {\n  ipv6;\n\
+            \x20 route fd00::1/128 blackhole { bgp_community.add((65000,100)); bgp_large_community.add((65000,1,2)); };\n\
+            }\n";
+        assert_eq!(text, expected);
+        let empty = render(&addrs(&[]), &[]);
+        assert!(
+            empty.ends_with("protocol static xdp_lb_vips4 {\n  ipv4;\n}\nprotocol static xdp_lb_vips6 {\n  ipv6;\n}\n")
+        );
+        assert_eq!(
+            render(&addrs(&["10.0.0.1"]), &[]).lines().nth(4),
+            Some("  route 10.0.0.1/32 blackhole;")
+        );
+    }
+
+    #[test]
+    fn communities_parse_and_print() {
+        assert_eq!("65000:100".parse::<Community>(), Ok(Community::Standard(65000, 100)));
+        assert_eq!(
+            "4200000000:1:2".parse::<Community>(),
+            Ok(Community::Large(4_200_000_000, 1, 2))
+        );
+        for bad in ["65536:1", "1", "a:b", "1:2:3:4", "", "-1:2"] {
+            assert!(bad.parse::<Community>().is_err(), "{bad}");
+        }
+        assert_eq!(Community::Large(1, 2, 3).to_string(), "1:2:3");
+    }
+
+    #[test]
+    fn the_file_is_rewritten_only_when_it_changes() {
+        let dir = std::env::temp_dir().join(format!("lb-bgp-unit-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("vips.conf");
+        assert!(write_if_changed(&path, "a\n").unwrap());
+        let before = std::fs::metadata(&path).unwrap().modified().unwrap();
+        assert!(!write_if_changed(&path, "a\n").unwrap());
+        assert_eq!(std::fs::metadata(&path).unwrap().modified().unwrap(), before);
+        assert!(write_if_changed(&path, "b\n").unwrap());
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "b\n");
+        assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 1, "no temporary file left");
+        assert!(matches!(
+            write_if_changed(&dir.join("no/such/dir"), "x"),
+            Err(BgpError::Write { .. })
+        ));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// A fake BIRD control socket answering one command with `reply`.
+    fn fake_bird(reply: &'static str) -> (Bird, std::thread::JoinHandle<String>, PathBuf) {
+        let dir = std::env::temp_dir().join(format!("lb-bgp-sock-{}-{}", std::process::id(), reply.len()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let socket = dir.join("bird.ctl");
+        let _ = std::fs::remove_file(&socket);
+        let listener = UnixListener::bind(&socket).unwrap();
+        let server = std::thread::spawn(move || {
+            let (mut s, _) = listener.accept().unwrap();
+            s.write_all(b"0001 BIRD 2.0.12 ready.\n").unwrap();
+            let mut line = String::new();
+            BufReader::new(s.try_clone().unwrap()).read_line(&mut line).unwrap();
+            s.write_all(reply.as_bytes()).unwrap();
+            line
+        });
+        (Bird { socket }, server, dir)
+    }
+
+    #[test]
+    fn configure_reads_bird_replies() {
+        let (bird, server, dir) = fake_bird("0002-Reading configuration from /etc/bird/bird.conf\n0003 Reconfigured\n");
+        assert_eq!(
+            bird.configure().unwrap(),
+            "Reading configuration from /etc/bird/bird.conf\nReconfigured"
+        );
+        assert_eq!(server.join().unwrap(), "configure\n");
+        std::fs::remove_dir_all(&dir).unwrap();
+
+        let (bird, server, dir) =
+            fake_bird("0002-Reading configuration from /x\n8002 /x:3:1 syntax error, unexpected CF_SYM_UNDEFINED\n");
+        match bird.configure() {
+            Err(BgpError::Refused {
+                code: 8002, message, ..
+            }) => assert!(message.contains("syntax error"), "{message}"),
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+        server.join().unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_refused_connection_is_an_error() {
+        let dir = std::env::temp_dir().join(format!("lb-bgp-denied-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let socket = dir.join("bird.ctl");
+        let _ = std::fs::remove_file(&socket);
+        let listener = UnixListener::bind(&socket).unwrap();
+        let server = std::thread::spawn(move || {
+            let (mut s, _) = listener.accept().unwrap();
+            s.write_all(b"8007 Access denied\n").unwrap();
+        });
+        let bird = Bird { socket };
+        assert!(matches!(bird.configure(), Err(BgpError::Refused { code: 8007, .. })));
+        server.join().unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_missing_socket_is_an_error_not_a_panic() {
+        let bird = Bird {
+            socket: PathBuf::from("/nonexistent/bird.ctl"),
+        };
+        assert!(matches!(bird.configure(), Err(BgpError::Socket { .. })));
+    }
+
+    #[test]
+    fn sync_hands_over_only_changes() {
+        let a = Announcer::detached();
+        assert_eq!(a.desired(), None);
+        a.sync(&addrs(&["10.0.0.1"]), &[]);
+        assert_eq!(a.desired(), Some(render(&addrs(&["10.0.0.1"]), &[])));
+        let mut rx = a.desired.subscribe();
+        rx.mark_unchanged();
+        a.sync(&addrs(&["10.0.0.1"]), &[]);
+        assert!(!rx.has_changed().unwrap(), "the same routes are not handed over again");
+        a.sync(&addrs(&[]), &[]);
+        assert!(rx.has_changed().unwrap());
+    }
+}
