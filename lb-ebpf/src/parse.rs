@@ -158,6 +158,14 @@ pub fn parse_ipv6(ctx: &XdpContext, l3_off: usize) -> Result<L3, ParseError> {
             return Err(ParseError::BadTotalLen);
         }
     }
+    // A fragment header right after the last header walked still makes the
+    // packet a fragment: the counter says so, not "unsupported protocol".
+    if !fragment && next == IPV6_EXT_FRAGMENT {
+        let ext: Ipv6ExtHdr = read(ctx, off).ok_or(ParseError::Truncated)?;
+        next = ext.next_hdr;
+        off += 8;
+        fragment = true;
+    }
     if !fragment
         && matches!(next, IPV6_EXT_HOP_BY_HOP | IPV6_EXT_ROUTING | IPV6_EXT_DEST_OPTS)
     {
@@ -273,9 +281,11 @@ pub struct QuotedFlow {
 }
 
 /// Reads the IP header and the first 4 bytes (ports) of the TCP or UDP
-/// packet quoted by an ICMP error whose header starts at `icmp_off`.
+/// packet quoted by an ICMP error whose header starts at `icmp_off`. Only
+/// bytes inside the ICMP error's IP packet (up to `ip_end`) count: a quote
+/// that a trailer would complete is no quote.
 #[inline(always)]
-pub fn parse_quoted(ctx: &XdpContext, family: u8, icmp_off: usize) -> Option<QuotedFlow> {
+pub fn parse_quoted(ctx: &XdpContext, family: u8, icmp_off: usize, ip_end: usize) -> Option<QuotedFlow> {
     let inner = icmp_off + ICMP_HLEN;
     let (vip, client, proto, l4_off) = if family == FAMILY_V4 {
         let ip: Ipv4Hdr = read(ctx, inner)?;
@@ -294,6 +304,30 @@ pub fn parse_quoted(ctx: &XdpContext, family: u8, icmp_off: usize) -> Option<Quo
     if proto != IPPROTO_TCP && proto != IPPROTO_UDP {
         return None;
     }
+    // The ports are the last bytes read: inside the IP packet, the headers
+    // before them are too.
+    if l4_off + 4 > ip_end {
+        return None;
+    }
     let ports: [u16; 2] = read(ctx, l4_off)?;
     Some(QuotedFlow { vip, vip_port: ports[0], client, client_port: ports[1], proto })
+}
+
+/// The destination of an IP header whose fixed part is in the frame and
+/// whose version matches the ethertype, whatever else is wrong with it: a
+/// malformed packet is the balancer's business only when it is to a VIP
+/// address.
+#[inline(always)]
+pub fn ip_dst(ctx: &XdpContext, l2: &L2) -> Option<(u8, Addr)> {
+    match l2.ether_type {
+        ETH_P_IP => {
+            let ip: Ipv4Hdr = read(ctx, l2.l3_off)?;
+            (ip.version_ihl >> 4 == 4).then_some((FAMILY_V4, [ip.dst, 0, 0, 0]))
+        }
+        ETH_P_IPV6 => {
+            let ip: Ipv6Hdr = read(ctx, l2.l3_off)?;
+            (u32::from_be(ip.vtc_flow) >> 28 == 6).then_some((FAMILY_V6, ip.dst))
+        }
+        _ => None,
+    }
 }

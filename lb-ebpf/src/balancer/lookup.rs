@@ -3,8 +3,8 @@
 
 use lb_common::{
     flow_hash, ring_slot, same_vip_key, vip_filter_bit, vip_key_hash, Addr, FlowKey, LbConfig, Real, Stat, VipKey, VipMeta,
-    conn_slot, CFG_F_HAS_PORT0_VIPS, CONN_FINGERPRINT_MASK, CONN_REAL_MASK, CONN_REFERENCED, CONN_WAYS, FAMILY_NONE, IPPROTO_UDP, REAL_NONE, VIP_F_HASH_NO_SRC_PORT,
-    VIP_F_NO_CONN_TABLE, VIP_F_UDP_NO_CONN_TABLE,
+    conn_slot, CFG_F_HAS_PORT0_VIPS, CONN_FINGERPRINT_MASK, CONN_REAL_MASK, CONN_REFERENCED, CONN_WAYS, FAMILY_NONE, FAMILY_V4, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_UDP, REAL_NONE, VIP_F_HASH_NO_SRC_PORT,
+    VIP_F_ICMP_ECHO, VIP_F_NO_CONN_TABLE, VIP_F_UDP_NO_CONN_TABLE,
 };
 
 use crate::{
@@ -54,6 +54,23 @@ pub fn find_vip(cfg: &LbConfig, family: u8, addr: Addr, port: u16, proto: u8) ->
     }
     key.port = 0;
     lookup_vip(&key)
+}
+
+/// Whether `addr` is exactly a VIP address: the control plane marks each
+/// one with its `(address, 0, ICMP)` echo marker. The filter only says
+/// "certainly not"; packets that are not plain TCP/UDP to a VIP port (ICMP,
+/// fragments, other protocols, malformed headers) ask this before they are
+/// treated as VIP traffic.
+#[inline(always)]
+pub fn is_vip_address(family: u8, addr: Addr) -> bool {
+    if !maybe_vip(&addr) {
+        return false;
+    }
+    let proto = if family == FAMILY_V4 { IPPROTO_ICMP } else { IPPROTO_ICMPV6 };
+    match lookup_vip(&VipKey { addr, port: 0, proto, family }) {
+        Some(marker) => marker.flags & VIP_F_ICMP_ECHO != 0,
+        None => false,
+    }
 }
 
 /// A chosen backend.
