@@ -89,10 +89,23 @@ pub struct L3 {
 
 #[inline(always)]
 pub fn parse_ipv4(ctx: &XdpContext, l3_off: usize) -> Result<L3, ParseError> {
+    let ip = ipv4_fixed(ctx, l3_off)?;
+    check_ipv4(ctx, l3_off, &ip)
+}
+
+/// The fixed 20 bytes of an IPv4 header, version checked.
+#[inline(always)]
+pub fn ipv4_fixed(ctx: &XdpContext, l3_off: usize) -> Result<Ipv4Hdr, ParseError> {
     let ip: Ipv4Hdr = read(ctx, l3_off).ok_or(ParseError::Truncated)?;
     if ip.version_ihl >> 4 != 4 {
         return Err(ParseError::BadVersion);
     }
+    Ok(ip)
+}
+
+/// The rest of [`parse_ipv4`], from the fixed header already read.
+#[inline(always)]
+pub fn check_ipv4(ctx: &XdpContext, l3_off: usize, ip: &Ipv4Hdr) -> Result<L3, ParseError> {
     let hdr_len = ((ip.version_ihl & 0x0f) as usize) * 4;
     if hdr_len < IPV4_HLEN {
         return Err(ParseError::BadIhl);
@@ -121,11 +134,25 @@ pub fn parse_ipv4(ctx: &XdpContext, l3_off: usize) -> Result<L3, ParseError> {
 
 #[inline(always)]
 pub fn parse_ipv6(ctx: &XdpContext, l3_off: usize) -> Result<L3, ParseError> {
+    let ip = ipv6_fixed(ctx, l3_off)?;
+    check_ipv6(ctx, l3_off, &ip)
+}
+
+/// The fixed 40 bytes of an IPv6 header, version checked.
+#[inline(always)]
+pub fn ipv6_fixed(ctx: &XdpContext, l3_off: usize) -> Result<Ipv6Hdr, ParseError> {
     let ip: Ipv6Hdr = read(ctx, l3_off).ok_or(ParseError::Truncated)?;
-    let vtc = u32::from_be(ip.vtc_flow);
-    if vtc >> 28 != 6 {
+    if u32::from_be(ip.vtc_flow) >> 28 != 6 {
         return Err(ParseError::BadVersion);
     }
+    Ok(ip)
+}
+
+/// The rest of [`parse_ipv6`] (lengths, extension headers), from the fixed
+/// header already read.
+#[inline(always)]
+pub fn check_ipv6(ctx: &XdpContext, l3_off: usize, ip: &Ipv6Hdr) -> Result<L3, ParseError> {
+    let vtc = u32::from_be(ip.vtc_flow);
     let payload_len = u16::from_be(ip.payload_len) as usize;
     // Zero means a jumbogram (hop-by-hop option), which no Ethernet frame
     // carries: treat it as a length error.
@@ -311,23 +338,4 @@ pub fn parse_quoted(ctx: &XdpContext, family: u8, icmp_off: usize, ip_end: usize
     }
     let ports: [u16; 2] = read(ctx, l4_off)?;
     Some(QuotedFlow { vip, vip_port: ports[0], client, client_port: ports[1], proto })
-}
-
-/// The destination of an IP header whose fixed part is in the frame and
-/// whose version matches the ethertype, whatever else is wrong with it: a
-/// malformed packet is the balancer's business only when it is to a VIP
-/// address.
-#[inline(always)]
-pub fn ip_dst(ctx: &XdpContext, l2: &L2) -> Option<(u8, Addr)> {
-    match l2.ether_type {
-        ETH_P_IP => {
-            let ip: Ipv4Hdr = read(ctx, l2.l3_off)?;
-            (ip.version_ihl >> 4 == 4).then_some((FAMILY_V4, [ip.dst, 0, 0, 0]))
-        }
-        ETH_P_IPV6 => {
-            let ip: Ipv6Hdr = read(ctx, l2.l3_off)?;
-            (u32::from_be(ip.vtc_flow) >> 28 == 6).then_some((FAMILY_V6, ip.dst))
-        }
-        _ => None,
-    }
 }

@@ -12,7 +12,7 @@ mod stats;
 
 use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
 use lb_common::{
-    flow_hash64, Action, Addr, FlowKey, LbConfig, Stat, CFG_F_READY, FAMILY_V4, IPPROTO_ICMP, IPPROTO_ICMPV6,
+    flow_hash64, Action, Addr, FlowKey, LbConfig, Stat, CFG_F_READY, FAMILY_V4, FAMILY_V6, IPPROTO_ICMP, IPPROTO_ICMPV6,
     VIP_F_ICMP_ECHO,
 };
 use lb_ebpf::{
@@ -68,17 +68,6 @@ fn if_vip_address(family: u8, dst: Addr, stat: Stat) -> Stat {
     }
 }
 
-/// An IP header that failed its checks: the failure's counter when the
-/// packet is to a VIP address (or its destination cannot be read at all),
-/// `pass_non_vip` otherwise.
-#[inline(always)]
-fn bad_l3(ctx: &XdpContext, l2: &L2, e: ParseError) -> Stat {
-    match parse::ip_dst(ctx, l2) {
-        Some((family, dst)) => if_vip_address(family, dst, parse_error(e)),
-        None => parse_error(e),
-    }
-}
-
 #[inline(always)]
 fn process(ctx: &XdpContext, bytes: usize) -> Result<Stat, Stat> {
     let cfg = match CONFIG.get(0) {
@@ -86,16 +75,27 @@ fn process(ctx: &XdpContext, bytes: usize) -> Result<Stat, Stat> {
         _ => return Ok(Stat::PassNotReady),
     };
     let l2 = parse::parse_eth(ctx).map_err(parse_error)?;
-    let l3 = match l2.ether_type {
-        ETH_P_IP => parse::parse_ipv4(ctx, l2.l3_off),
-        ETH_P_IPV6 => parse::parse_ipv6(ctx, l2.l3_off),
-        _ => return Ok(Stat::PassNonIp),
+    if l2.ether_type != ETH_P_IP && l2.ether_type != ETH_P_IPV6 {
+        return Ok(Stat::PassNonIp);
     }
-    .map_err(|e| bad_l3(ctx, &l2, e))?;
-    // Most traffic that is not for a VIP leaves here, without a map lookup.
-    if !maybe_vip(&l3.dst) {
-        return Ok(Stat::PassNonVip);
-    }
+    // The destination decides first: most traffic that is not for a VIP
+    // leaves here, without a map lookup and without checking the rest of
+    // its headers (that is the kernel's business). Each family reads its
+    // fixed header once.
+    let l3 = if l2.ether_type == ETH_P_IP {
+        let ip = parse::ipv4_fixed(ctx, l2.l3_off).map_err(parse_error)?;
+        let dst = [ip.dst, 0, 0, 0];
+        if !maybe_vip(&dst) {
+            return Ok(Stat::PassNonVip);
+        }
+        parse::check_ipv4(ctx, l2.l3_off, &ip).map_err(|e| if_vip_address(FAMILY_V4, dst, parse_error(e)))?
+    } else {
+        let ip = parse::ipv6_fixed(ctx, l2.l3_off).map_err(parse_error)?;
+        if !maybe_vip(&ip.dst) {
+            return Ok(Stat::PassNonVip);
+        }
+        parse::check_ipv6(ctx, l2.l3_off, &ip).map_err(|e| if_vip_address(FAMILY_V6, ip.dst, parse_error(e)))?
+    };
     if l3.fragment {
         return Err(if_vip_address(l3.family, l3.dst, Stat::PassFragment));
     }
