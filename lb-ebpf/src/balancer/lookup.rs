@@ -61,15 +61,38 @@ pub fn find_vip(cfg: &LbConfig, family: u8, addr: Addr, port: u16, proto: u8) ->
 /// "certainly not"; packets that are not plain TCP/UDP to a VIP port (ICMP,
 /// fragments, other protocols, malformed headers) ask this before they are
 /// treated as VIP traffic.
-#[inline(always)]
-pub fn is_vip_address(family: u8, addr: Addr) -> bool {
-    if !maybe_vip(&addr) {
+///
+/// Not inlined: only rare paths ask, and one out-of-line copy keeps the
+/// hot path's code small (inlined at every caller, it slowed forwarding).
+#[inline(never)]
+pub fn is_vip_address(family: u8, addr: &Addr) -> bool {
+    if !maybe_vip(addr) {
         return false;
     }
     let proto = if family == FAMILY_V4 { IPPROTO_ICMP } else { IPPROTO_ICMPV6 };
-    match lookup_vip(&VipKey { addr, port: 0, proto, family }) {
-        Some(marker) => marker.flags & VIP_F_ICMP_ECHO != 0,
-        None => false,
+    vip_flags(&VipKey { addr: *addr, port: 0, proto, family }) & VIP_F_ICMP_ECHO != 0
+}
+
+/// [`lookup_vip`]'s flags only, 0 when there is no such entry. (Not an
+/// `Option<VipMeta>`: LLVM reads an absent value's undefined flags before
+/// it looks at the discriminant, which the verifier refuses.)
+#[inline(always)]
+fn vip_flags(key: &VipKey) -> u32 {
+    let index = vip_key_hash(key) & vip_buckets().wrapping_sub(1);
+    if let Some(bucket) = VIP_TABLES.get_value(0, &index) {
+        for slot in &bucket.slots {
+            if same_vip_key(&slot.key, key) {
+                return slot.meta.flags;
+            }
+        }
+        if bucket.overflow == 0 {
+            return 0;
+        }
+    }
+    // SAFETY: read at once; a concurrent update replaces the element whole.
+    match unsafe { VIPS.get(key) } {
+        Some(meta) => meta.flags,
+        None => 0,
     }
 }
 

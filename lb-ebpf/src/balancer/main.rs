@@ -61,7 +61,7 @@ fn parse_error(e: ParseError) -> Stat {
 /// only: fragments, other protocols, ICMP, malformed headers).
 #[inline(always)]
 fn if_vip_address(family: u8, dst: Addr, stat: Stat) -> Stat {
-    if is_vip_address(family, dst) {
+    if is_vip_address(family, &dst) {
         stat
     } else {
         Stat::PassNonVip
