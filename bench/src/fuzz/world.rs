@@ -6,8 +6,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use anyhow::{Context as _, Result};
 use lb_common::{
-    addr_v4, addr_v6, vip_filter_bit, LbConfig, Real, VipKey, VipMeta, CFG_F_HAS_PORT0_VIPS, CFG_F_READY, FAMILY_V4,
-    FAMILY_V6, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP, VIP_F_ICMP_ECHO,
+    addr_v6, vip_filter_bit, LbConfig, Real, VipKey, VipMeta, CFG_F_HAS_PORT0_VIPS, CFG_F_READY, FAMILY_V4, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP, VIP_F_ICMP_ECHO,
 };
 use lb_control::{
     dataplane::{ip_to_addr, Balancer, Decap, Limits},
@@ -127,6 +126,7 @@ pub fn load() -> Result<(World, Balancer, Decap)> {
     }
     // Every VIP address has its echo marker, as the control plane makes them.
     let mut addrs: Vec<IpAddr> = vips.iter().map(|v| v.addr).collect();
+    addrs.sort();
     addrs.dedup();
     for (i, addr) in addrs.iter().enumerate() {
         let (a, family) = ip_to_addr(*addr);
@@ -166,6 +166,5 @@ fn twins(addrs: &[IpAddr]) -> Vec<IpAddr> {
             }
         }
     }
-    let _ = (addr_v4, FAMILY_V6);
     out
 }
