@@ -89,6 +89,16 @@ enum Command {
         #[arg(long)]
         quick: bool,
     },
+    /// Not a benchmark: the invariant fuzzer (generated and mutated frames,
+    /// every output checked against the README's table; see bench/README.md).
+    Fuzz {
+        /// Frames to run.
+        #[arg(long, default_value_t = 1_000_000)]
+        packets: u64,
+        /// Replays a run (printed by every run); default: a fresh seed.
+        #[arg(long)]
+        seed: Option<u64>,
+    },
     /// 5. End to end: trafgen through the veth lab, CPU time per packet.
     Trafgen {
         #[arg(long)]
@@ -246,6 +256,17 @@ fn main() -> Result<()> {
             print_lines(&p, q.lines());
             p.println("");
             print_lines(&p, targets_table(&q.targets()).text());
+        }
+        Command::Fuzz { packets, seed } => {
+            let seed = seed.unwrap_or_else(lb_bench::fuzz::fresh_seed);
+            println!("fuzz: seed {seed} (replay with --seed {seed})");
+            let opts = lb_bench::fuzz::Options { packets, seed, keep: 10 };
+            let report = lb_bench::fuzz::run(&opts, |n| eprint!("\r{n} / {packets} frames"))?;
+            eprintln!();
+            print!("{}", report.render());
+            if report.total_violations() > 0 {
+                bail!("{} violations", report.total_violations());
+            }
         }
         Command::Trafgen { quick, count, timeout, backends, config } => {
             let opts = trafgen_opts(quick, count, timeout, backends, config);

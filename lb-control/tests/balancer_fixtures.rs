@@ -60,11 +60,10 @@ fn big_tcp4(ip_len: usize, df: bool) -> Vec<u8> {
 }
 
 /// The ICMP "fragmentation needed" the balancer must answer `orig` (an IPv4
-/// packet from the client) with: from the VIP, quoting the IP header and 8
-/// bytes, next-hop MTU as given.
+/// packet from the client) with: from the VIP, quoting as much of the
+/// packet as a 576-byte reply holds (in whole words), next-hop MTU as given.
 fn expect_frag_needed(orig: &[u8], mtu: u16) -> Vec<u8> {
-    let ihl = (orig[0] & 0x0f) as usize * 4;
-    let quote = &orig[..ihl + 8];
+    let quote = &orig[..orig.len().min(576 - 28) & !3];
     let mut rest = [0u8; 4];
     rest[2..].copy_from_slice(&mtu.to_be_bytes());
     let icmp = pb::icmp4(3, 4, rest, quote);
@@ -113,8 +112,8 @@ fn fixtures() -> Vec<Fixture> {
     let ip = tcp4(CLIENT4, VIP4, CLIENT_PORT, PORT_HTTP, pb::TCP_ACK, &[]);
     let mut padded = frame4(&ip);
     padded.resize(60, 0);
-    let mut want = expect_ipip4(&ip, REAL1, h4tcp());
-    want.extend_from_slice(&[0u8; 6]);
+    // The padding is not part of the IP packet: it stays behind.
+    let want = expect_ipip4(&ip, REAL1, h4tcp());
     v.push(fx("v4 minimum frame with ethernet padding", padded, Tx(want), Stat::TxEncap));
 
     // --- Forwarding: IPv6-in-IPv6 and IPv4-in-IPv6 ----------------------
@@ -179,7 +178,7 @@ fn fixtures() -> Vec<Fixture> {
     v.push(fx("v4 too big without DF is dropped", frame4(&ip), Drop, Stat::DropTooBig));
     let seg = pb::tcp(CLIENT6.into(), VIP6.into(), CLIENT_PORT, PORT_HTTP, pb::TCP_ACK, &vec![0xcd; 1440]);
     let ip = pb::ipv6(CLIENT6, VIP6, IPPROTO_TCP, &seg, 0);
-    v.push(fx("v6 1500 bytes: packet-too-big back, mtu 1460", frame6(&ip), Tx(expect_pkt_too_big(&ip, VIP6, 1460, 48)), Stat::TxIcmpTooBig));
+    v.push(fx("v6 1500 bytes: packet-too-big back, mtu 1460", frame6(&ip), Tx(expect_pkt_too_big(&ip, VIP6, 1460, 1280 - 48)), Stat::TxIcmpTooBig));
 
     // --- Passed to the kernel ---------------------------------------------
     let ip = tcp4(CLIENT4, OTHER4, CLIENT_PORT, 22, pb::TCP_SYN, &[]);

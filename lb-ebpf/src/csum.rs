@@ -36,9 +36,14 @@ pub fn ipv4_header(hdr: &crate::hdr::Ipv4Hdr) -> u16 {
 }
 
 /// Incrementally updates checksum `check` when a 16-bit field changes from
-/// `old` to `new` (all three raw network-order values), per RFC 1624.
+/// `old` to `new` (all three raw network-order values), per RFC 1624 eqn. 4:
+/// `HC' = HC + m + ~m'` in one's complement. Unlike eqn. 3
+/// (`~(~HC + ~m + m')`), this never yields 0x0000, which would be wrong for
+/// a message whose other words are all zero (its checksum is 0xffff); where
+/// 0x0000 would also be right, 0xffff verifies as well.
 #[inline(always)]
 pub fn replace16(check: u16, old: u16, new: u16) -> u16 {
-    let sum = (!check) as u64 + (!old) as u64 + new as u64;
-    fold(sum)
+    let sum = check as u64 + old as u64 + (!new) as u64;
+    // `fold` complements; undo that to keep the sum itself.
+    !fold(sum)
 }

@@ -89,10 +89,23 @@ pub struct L3 {
 
 #[inline(always)]
 pub fn parse_ipv4(ctx: &XdpContext, l3_off: usize) -> Result<L3, ParseError> {
+    let ip = ipv4_fixed(ctx, l3_off)?;
+    check_ipv4(ctx, l3_off, &ip)
+}
+
+/// The fixed 20 bytes of an IPv4 header, version checked.
+#[inline(always)]
+pub fn ipv4_fixed(ctx: &XdpContext, l3_off: usize) -> Result<Ipv4Hdr, ParseError> {
     let ip: Ipv4Hdr = read(ctx, l3_off).ok_or(ParseError::Truncated)?;
     if ip.version_ihl >> 4 != 4 {
         return Err(ParseError::BadVersion);
     }
+    Ok(ip)
+}
+
+/// The rest of [`parse_ipv4`], from the fixed header already read.
+#[inline(always)]
+pub fn check_ipv4(ctx: &XdpContext, l3_off: usize, ip: &Ipv4Hdr) -> Result<L3, ParseError> {
     let hdr_len = ((ip.version_ihl & 0x0f) as usize) * 4;
     if hdr_len < IPV4_HLEN {
         return Err(ParseError::BadIhl);
@@ -121,11 +134,25 @@ pub fn parse_ipv4(ctx: &XdpContext, l3_off: usize) -> Result<L3, ParseError> {
 
 #[inline(always)]
 pub fn parse_ipv6(ctx: &XdpContext, l3_off: usize) -> Result<L3, ParseError> {
+    let ip = ipv6_fixed(ctx, l3_off)?;
+    check_ipv6(ctx, l3_off, &ip)
+}
+
+/// The fixed 40 bytes of an IPv6 header, version checked.
+#[inline(always)]
+pub fn ipv6_fixed(ctx: &XdpContext, l3_off: usize) -> Result<Ipv6Hdr, ParseError> {
     let ip: Ipv6Hdr = read(ctx, l3_off).ok_or(ParseError::Truncated)?;
-    let vtc = u32::from_be(ip.vtc_flow);
-    if vtc >> 28 != 6 {
+    if u32::from_be(ip.vtc_flow) >> 28 != 6 {
         return Err(ParseError::BadVersion);
     }
+    Ok(ip)
+}
+
+/// The rest of [`parse_ipv6`] (lengths, extension headers), from the fixed
+/// header already read.
+#[inline(always)]
+pub fn check_ipv6(ctx: &XdpContext, l3_off: usize, ip: &Ipv6Hdr) -> Result<L3, ParseError> {
+    let vtc = u32::from_be(ip.vtc_flow);
     let payload_len = u16::from_be(ip.payload_len) as usize;
     // Zero means a jumbogram (hop-by-hop option), which no Ethernet frame
     // carries: treat it as a length error.
@@ -157,6 +184,14 @@ pub fn parse_ipv6(ctx: &XdpContext, l3_off: usize) -> Result<L3, ParseError> {
         if off > end {
             return Err(ParseError::BadTotalLen);
         }
+    }
+    // A fragment header right after the last header walked still makes the
+    // packet a fragment: the counter says so, not "unsupported protocol".
+    if !fragment && next == IPV6_EXT_FRAGMENT {
+        let ext: Ipv6ExtHdr = read(ctx, off).ok_or(ParseError::Truncated)?;
+        next = ext.next_hdr;
+        off += 8;
+        fragment = true;
     }
     if !fragment
         && matches!(next, IPV6_EXT_HOP_BY_HOP | IPV6_EXT_ROUTING | IPV6_EXT_DEST_OPTS)
@@ -273,9 +308,11 @@ pub struct QuotedFlow {
 }
 
 /// Reads the IP header and the first 4 bytes (ports) of the TCP or UDP
-/// packet quoted by an ICMP error whose header starts at `icmp_off`.
+/// packet quoted by an ICMP error whose header starts at `icmp_off`. Only
+/// bytes inside the ICMP error's IP packet (up to `ip_end`) count: a quote
+/// that a trailer would complete is no quote.
 #[inline(always)]
-pub fn parse_quoted(ctx: &XdpContext, family: u8, icmp_off: usize) -> Option<QuotedFlow> {
+pub fn parse_quoted(ctx: &XdpContext, family: u8, icmp_off: usize, ip_end: usize) -> Option<QuotedFlow> {
     let inner = icmp_off + ICMP_HLEN;
     let (vip, client, proto, l4_off) = if family == FAMILY_V4 {
         let ip: Ipv4Hdr = read(ctx, inner)?;
@@ -292,6 +329,11 @@ pub fn parse_quoted(ctx: &XdpContext, family: u8, icmp_off: usize) -> Option<Quo
         (ip.src, ip.dst, ip.next_hdr, inner + IPV6_HLEN)
     };
     if proto != IPPROTO_TCP && proto != IPPROTO_UDP {
+        return None;
+    }
+    // The ports are the last bytes read: inside the IP packet, the headers
+    // before them are too.
+    if l4_off + 4 > ip_end {
         return None;
     }
     let ports: [u16; 2] = read(ctx, l4_off)?;

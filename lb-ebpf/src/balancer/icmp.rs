@@ -11,10 +11,15 @@ use lb_ebpf::{
     parse::{L2, L3},
 };
 
-/// Largest slice of the offending packet quoted in a "too big" error: its
-/// IP headers and the first 8 bytes of the transport header are what the
-/// client's stack needs to find the socket.
-const MAX_QUOTE: usize = 128;
+/// Largest ICMP error, IP header included, that every host must accept:
+/// RFC 1812 4.3.2.3 (IPv4, 576 bytes) and RFC 4443 2.4(c) (IPv6, the
+/// minimum MTU, 1280). The error quotes as much of the offending packet as
+/// fits, so the sender's stack finds the socket even behind long IPv6
+/// extension-header chains.
+const MAX_ICMP4_ERROR: usize = 576;
+const MAX_ICMP6_ERROR: usize = 1280;
+/// The longest quote, in 4-byte words (bounds the checksum loop).
+const MAX_QUOTE_WORDS: usize = (MAX_ICMP6_ERROR - IPV6_HLEN - ICMP_HLEN) / 4;
 
 /// Turns an echo request into the reply, in place, and sends it back.
 #[inline(always)]
@@ -53,7 +58,8 @@ pub fn echo_reply(ctx: &XdpContext, l2: &L2, l3: &L3) -> Result<Stat, Stat> {
 /// Replaces a packet that is too big to forward with the ICMP error telling
 /// its sender the largest size that fits (`mtu`), quoting its headers, and
 /// sends it back. IPv4 packets without DF cannot be fragmented here and are
-/// dropped. `bytes` is the frame's length on entry.
+/// dropped. `bytes` is the frame's length on entry (trailer included: the
+/// reply is cut to its own length).
 #[inline(always)]
 pub fn too_big(ctx: &XdpContext, l2: &L2, l3: &L3, mtu: u32, bytes: usize) -> Result<Stat, Stat> {
     if !l3.dont_fragment {
@@ -64,10 +70,11 @@ pub fn too_big(ctx: &XdpContext, l2: &L2, l3: &L3, mtu: u32, bytes: usize) -> Re
     let ip_len = if v4 { IPV4_HLEN } else { IPV6_HLEN };
     // The quoted headers start where the original IP header is: the new IP
     // and ICMP headers go in front of it.
-    let mut quote_len = l3.l4_off - l2.l3_off + 8;
-    if quote_len > MAX_QUOTE {
-        quote_len = MAX_QUOTE;
-    }
+    // As much of the packet as the limit allows, in whole 4-byte words (the
+    // headers and the 8 transport bytes always are: IP headers are whole
+    // words and the transport header was checked to be in the packet).
+    let limit = if v4 { MAX_ICMP4_ERROR } else { MAX_ICMP6_ERROR } - ip_len - ICMP_HLEN;
+    let quote_len = if l3.total_len < limit { l3.total_len } else { limit } & !3;
     let (client, vip) = (l3.src, l3.dst);
     let push = (ip_len + ICMP_HLEN) as i32;
     adjust_head(ctx, -push).ok_or(Stat::DropHeadroom)?;
@@ -122,7 +129,7 @@ pub fn too_big(ctx: &XdpContext, l2: &L2, l3: &L3, mtu: u32, bytes: usize) -> Re
     sum = csum::add32(sum, u32::from_ne_bytes([kind, code, 0, 0]));
     sum = csum::add32(sum, rest);
     let quote_off = icmp_off + ICMP_HLEN;
-    for i in 0..MAX_QUOTE / 4 {
+    for i in 0..MAX_QUOTE_WORDS {
         if i * 4 >= quote_len {
             break;
         }

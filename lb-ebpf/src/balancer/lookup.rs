@@ -3,8 +3,8 @@
 
 use lb_common::{
     flow_hash, ring_slot, same_vip_key, vip_filter_bit, vip_key_hash, Addr, FlowKey, LbConfig, Real, Stat, VipKey, VipMeta,
-    conn_slot, CFG_F_HAS_PORT0_VIPS, CONN_FINGERPRINT_MASK, CONN_REAL_MASK, CONN_REFERENCED, CONN_WAYS, FAMILY_NONE, IPPROTO_UDP, REAL_NONE, VIP_F_HASH_NO_SRC_PORT,
-    VIP_F_NO_CONN_TABLE, VIP_F_UDP_NO_CONN_TABLE,
+    conn_slot, CFG_F_HAS_PORT0_VIPS, CONN_FINGERPRINT_MASK, CONN_REAL_MASK, CONN_REFERENCED, CONN_WAYS, FAMILY_NONE, FAMILY_V4, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_UDP, REAL_NONE, VIP_F_HASH_NO_SRC_PORT,
+    VIP_F_ICMP_ECHO, VIP_F_NO_CONN_TABLE, VIP_F_UDP_NO_CONN_TABLE,
 };
 
 use crate::{
@@ -54,6 +54,46 @@ pub fn find_vip(cfg: &LbConfig, family: u8, addr: Addr, port: u16, proto: u8) ->
     }
     key.port = 0;
     lookup_vip(&key)
+}
+
+/// Whether `addr` is exactly a VIP address: the control plane marks each
+/// one with its `(address, 0, ICMP)` echo marker. The filter only says
+/// "certainly not"; packets that are not plain TCP/UDP to a VIP port (ICMP,
+/// fragments, other protocols, malformed headers) ask this before they are
+/// treated as VIP traffic.
+///
+/// Not inlined: only rare paths ask, and one out-of-line copy keeps the
+/// hot path's code small (inlined at every caller, it slowed forwarding).
+#[inline(never)]
+pub fn is_vip_address(family: u8, addr: &Addr) -> bool {
+    if !maybe_vip(addr) {
+        return false;
+    }
+    let proto = if family == FAMILY_V4 { IPPROTO_ICMP } else { IPPROTO_ICMPV6 };
+    vip_flags(&VipKey { addr: *addr, port: 0, proto, family }) & VIP_F_ICMP_ECHO != 0
+}
+
+/// [`lookup_vip`]'s flags only, 0 when there is no such entry. (Not an
+/// `Option<VipMeta>`: LLVM reads an absent value's undefined flags before
+/// it looks at the discriminant, which the verifier refuses.)
+#[inline(always)]
+fn vip_flags(key: &VipKey) -> u32 {
+    let index = vip_key_hash(key) & vip_buckets().wrapping_sub(1);
+    if let Some(bucket) = VIP_TABLES.get_value(0, &index) {
+        for slot in &bucket.slots {
+            if same_vip_key(&slot.key, key) {
+                return slot.meta.flags;
+            }
+        }
+        if bucket.overflow == 0 {
+            return 0;
+        }
+    }
+    // SAFETY: read at once; a concurrent update replaces the element whole.
+    match unsafe { VIPS.get(key) } {
+        Some(meta) => meta.flags,
+        None => 0,
+    }
 }
 
 /// A chosen backend.

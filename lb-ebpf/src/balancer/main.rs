@@ -12,18 +12,18 @@ mod stats;
 
 use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
 use lb_common::{
-    flow_hash64, Action, FlowKey, LbConfig, Stat, CFG_F_READY, FAMILY_V4, IPPROTO_ICMP, IPPROTO_ICMPV6,
+    flow_hash64, Action, Addr, FlowKey, LbConfig, Stat, CFG_F_READY, FAMILY_V4, FAMILY_V6, IPPROTO_ICMP, IPPROTO_ICMPV6,
     VIP_F_ICMP_ECHO,
 };
 use lb_ebpf::{
     hdr::*,
-    packet::len,
+    packet::{adjust_tail, len},
     parse::{self, ParseError, L2, L3, L4},
 };
 
 use crate::{
     encap::Plan,
-    lookup::{choose_real, conn_use, find_vip, maybe_vip, touch_conn_set, ConnUse},
+    lookup::{choose_real, conn_use, find_vip, is_vip_address, maybe_vip, touch_conn_set, ConnUse},
     maps::CONFIG,
     stats::{count, count_real, count_vip},
 };
@@ -55,6 +55,19 @@ fn parse_error(e: ParseError) -> Stat {
     }
 }
 
+/// `stat` if the destination is exactly a VIP address, else `pass_non_vip`:
+/// the VIP filter may only short-cut the negative answer, so every path
+/// that has not found its VIP by an exact lookup asks here (rare paths
+/// only: fragments, other protocols, ICMP, malformed headers).
+#[inline(always)]
+fn if_vip_address(family: u8, dst: Addr, stat: Stat) -> Stat {
+    if is_vip_address(family, &dst) {
+        stat
+    } else {
+        Stat::PassNonVip
+    }
+}
+
 #[inline(always)]
 fn process(ctx: &XdpContext, bytes: usize) -> Result<Stat, Stat> {
     let cfg = match CONFIG.get(0) {
@@ -62,22 +75,34 @@ fn process(ctx: &XdpContext, bytes: usize) -> Result<Stat, Stat> {
         _ => return Ok(Stat::PassNotReady),
     };
     let l2 = parse::parse_eth(ctx).map_err(parse_error)?;
-    let l3 = match l2.ether_type {
-        ETH_P_IP => parse::parse_ipv4(ctx, l2.l3_off),
-        ETH_P_IPV6 => parse::parse_ipv6(ctx, l2.l3_off),
-        _ => Err(ParseError::NonIp),
+    if l2.ether_type != ETH_P_IP && l2.ether_type != ETH_P_IPV6 {
+        return Ok(Stat::PassNonIp);
     }
-    .map_err(parse_error)?;
-    // Most traffic that is not for a VIP leaves here, without a map lookup.
-    if !maybe_vip(&l3.dst) {
-        return Ok(Stat::PassNonVip);
-    }
+    // The destination decides first: most traffic that is not for a VIP
+    // leaves here, without a map lookup and without checking the rest of
+    // its headers (that is the kernel's business). Each family reads its
+    // fixed header once.
+    let l3 = if l2.ether_type == ETH_P_IP {
+        let ip = parse::ipv4_fixed(ctx, l2.l3_off).map_err(parse_error)?;
+        let dst = [ip.dst, 0, 0, 0];
+        if !maybe_vip(&dst) {
+            return Ok(Stat::PassNonVip);
+        }
+        parse::check_ipv4(ctx, l2.l3_off, &ip).map_err(|e| if_vip_address(FAMILY_V4, dst, parse_error(e)))?
+    } else {
+        let ip = parse::ipv6_fixed(ctx, l2.l3_off).map_err(parse_error)?;
+        if !maybe_vip(&ip.dst) {
+            return Ok(Stat::PassNonVip);
+        }
+        parse::check_ipv6(ctx, l2.l3_off, &ip).map_err(|e| if_vip_address(FAMILY_V6, ip.dst, parse_error(e)))?
+    };
     if l3.fragment {
-        return Ok(Stat::PassFragment);
+        return Err(if_vip_address(l3.family, l3.dst, Stat::PassFragment));
     }
     let l4 = match parse::parse_l4(ctx, &l3, l2.l3_off) {
-        Some(l4) => l4.map_err(parse_error)?,
-        None => return Ok(Stat::PassUnsupportedProto),
+        Some(Ok(l4)) => l4,
+        Some(Err(e)) => return Err(if_vip_address(l3.family, l3.dst, parse_error(e))),
+        None => return Err(if_vip_address(l3.family, l3.dst, Stat::PassUnsupportedProto)),
     };
     if l3.proto == IPPROTO_ICMP || l3.proto == IPPROTO_ICMPV6 {
         return handle_icmp(ctx, cfg, &l2, &l3, &l4, bytes);
@@ -90,9 +115,24 @@ fn process(ctx: &XdpContext, bytes: usize) -> Result<Stat, Stat> {
     count_vip(vip.vip_num, bytes);
     let choice = choose_real(&vip, &flow, hash64, conn_use(&vip, l3.proto, l4.is_syn()))?;
     count_real(choice.index, bytes);
-    forward(ctx, cfg, &l2, &l3, &choice.real, hash64 as u32, bytes)
+    forward(ctx, cfg, &l2, &l3, &choice.real, hash64 as u32, bytes, false)
 }
 
+/// Cuts what follows the IP packet (Ethernet padding, trailers): it is not
+/// part of the packet, must not travel into the tunnel or a reply, and
+/// must not count against the MTU. Returns the frame's new length.
+#[inline(always)]
+fn trim_to_ip(ctx: &XdpContext, l2: &L2, l3: &L3, bytes: usize) -> Result<usize, Stat> {
+    let ip_end = l2.l3_off + l3.total_len;
+    if bytes > ip_end {
+        adjust_tail(ctx, ip_end as i32 - bytes as i32).ok_or(Stat::DropTruncated)?;
+    }
+    Ok(ip_end)
+}
+
+/// Encapsulates towards `real`, or answers "too big". An ICMP error is
+/// never answered with an ICMP error (RFC 1122 3.2.2, RFC 4443 2.4(e)): if
+/// it does not fit, it is dropped.
 #[inline(always)]
 fn forward(
     ctx: &XdpContext,
@@ -102,19 +142,23 @@ fn forward(
     real: &lb_common::Real,
     hash: u32,
     bytes: usize,
+    icmp_error: bool,
 ) -> Result<Stat, Stat> {
     match encap::plan(cfg, l3, real) {
         Plan::Encap { outer_family, overhead } => {
+            trim_to_ip(ctx, l2, l3, bytes)?;
             encap::encapsulate(ctx, cfg, l2, l3, real, hash, outer_family, overhead)
         }
+        Plan::TooBig { .. } if icmp_error => Err(Stat::DropTooBig),
         Plan::TooBig { mtu } => icmp::too_big(ctx, l2, l3, mtu, bytes),
         Plan::Refuse(stat) => Err(stat),
     }
 }
 
 /// Echo requests to a VIP address are answered here; errors about a VIP's
-/// flow (unreachable, fragmentation needed, packet too big) follow that flow
-/// to its backend; the rest (neighbour discovery, ...) is the kernel's.
+/// flow (unreachable, fragmentation needed, packet too big), sent to that
+/// VIP's address, follow that flow to its backend; the rest (neighbour
+/// discovery, ...) is the kernel's.
 #[inline(always)]
 fn handle_icmp(
     ctx: &XdpContext,
@@ -139,12 +183,22 @@ fn handle_icmp(
             return Err(Stat::PassNonVip);
         }
         count_vip(marker.vip_num, bytes);
+        trim_to_ip(ctx, l2, l3, bytes)?;
         return icmp::echo_reply(ctx, l2, l3);
     }
     if !error {
-        return Ok(Stat::PassIcmpOther);
+        return Err(if_vip_address(l3.family, l3.dst, Stat::PassIcmpOther));
     }
-    let quoted = parse::parse_quoted(ctx, l3.family, l3.l4_off).ok_or(Stat::PassIcmpOther)?;
+    let ip_end = l2.l3_off + l3.total_len;
+    let Some(quoted) = parse::parse_quoted(ctx, l3.family, l3.l4_off, ip_end) else {
+        return Err(if_vip_address(l3.family, l3.dst, Stat::PassIcmpOther));
+    };
+    // The quoted packet went from the VIP to the client, so the error about
+    // it is addressed to the VIP itself; an error to another address (one
+    // that shares the VIP's filter bit, say) is not ours.
+    if quoted.vip != l3.dst {
+        return Err(Stat::PassNonVip);
+    }
     let vip = find_vip(cfg, l3.family, quoted.vip, quoted.vip_port, quoted.proto)
         .ok_or(Stat::PassNonVip)?;
     count_vip(vip.vip_num, bytes);
@@ -157,6 +211,7 @@ fn handle_icmp(
     };
     let choice = choose_real(&vip, &flow, hash64, conn)?;
     count_real(choice.index, bytes);
+    let stat = forward(ctx, cfg, l2, l3, &choice.real, hash64 as u32, bytes, true)?;
     count(Stat::IcmpErrorForwarded, bytes);
-    forward(ctx, cfg, l2, l3, &choice.real, hash64 as u32, bytes)
+    Ok(stat)
 }

@@ -15,7 +15,7 @@ use lb_common::{
 };
 use lb_ebpf::{
     hdr::*,
-    packet::{adjust_head, len, read, write_eth},
+    packet::{adjust_head, len, read, write},
     parse::{self, ParseError},
 };
 
@@ -50,20 +50,53 @@ pub fn decap(ctx: XdpContext) -> u32 {
 fn parse_error(e: ParseError) -> DecapStat {
     match e {
         ParseError::Truncated => DecapStat::DropTruncated,
-        ParseError::NonIp | ParseError::Ipv6ExtUnsupported => DecapStat::PassNotEncap,
         _ => DecapStat::DropMalformed,
     }
 }
 
+/// Whether this host decapsulates for `addr`.
+#[inline(always)]
+fn is_local(family: u8, addr: lb_common::Addr) -> bool {
+    let key = DecapAddr { addr, family, _pad: [0; 3] };
+    // SAFETY: only checked for presence.
+    unsafe { DECAP_ADDRS.get(&key) }.is_some()
+}
+
+/// An outer header that failed its checks: dropped only when it is
+/// recognisably a tunnel to this host (fixed header readable, IP-in-IP
+/// protocol, local destination); anything else is not ours to judge and
+/// goes to the kernel.
+#[inline(always)]
+fn bad_outer(ctx: &XdpContext, l2: &parse::L2, e: ParseError) -> DecapStat {
+    let (family, dst, proto) = match l2.ether_type {
+        ETH_P_IP => match read::<Ipv4Hdr>(ctx, l2.l3_off) {
+            Some(ip) if ip.version_ihl >> 4 == 4 => (FAMILY_V4, [ip.dst, 0, 0, 0], ip.proto),
+            _ => return DecapStat::PassNotEncap,
+        },
+        _ => match read::<Ipv6Hdr>(ctx, l2.l3_off) {
+            Some(ip) if u32::from_be(ip.vtc_flow) >> 28 == 6 => (FAMILY_V6, ip.dst, ip.next_hdr),
+            _ => return DecapStat::PassNotEncap,
+        },
+    };
+    if proto != IPPROTO_IPIP && proto != IPPROTO_IPV6 {
+        return DecapStat::PassNotEncap;
+    }
+    if !is_local(family, dst) {
+        return DecapStat::PassNotLocal;
+    }
+    parse_error(e)
+}
+
 #[inline(always)]
 fn process(ctx: &XdpContext) -> Result<DecapStat, DecapStat> {
-    let l2 = parse::parse_eth(ctx).map_err(parse_error)?;
+    // A frame too short for Ethernet, or not IP, is no tunnel.
+    let l2 = parse::parse_eth(ctx).map_err(|_| DecapStat::PassNotEncap)?;
     let outer = match l2.ether_type {
         ETH_P_IP => parse::parse_ipv4(ctx, l2.l3_off),
         ETH_P_IPV6 => parse::parse_ipv6(ctx, l2.l3_off),
         _ => return Ok(DecapStat::PassNotEncap),
     }
-    .map_err(parse_error)?;
+    .map_err(|e| bad_outer(ctx, &l2, e))?;
     let inner_family = match outer.proto {
         IPPROTO_IPIP => FAMILY_V4,
         IPPROTO_IPV6 => FAMILY_V6,
@@ -72,29 +105,53 @@ fn process(ctx: &XdpContext) -> Result<DecapStat, DecapStat> {
     if outer.fragment {
         return Ok(DecapStat::PassFragment);
     }
-    let key = DecapAddr { addr: outer.dst, family: outer.family, _pad: [0; 3] };
-    // SAFETY: only checked for presence.
-    if unsafe { DECAP_ADDRS.get(&key) }.is_none() {
+    if !is_local(outer.family, outer.dst) {
         return Ok(DecapStat::PassNotLocal);
     }
-    // The inner header must be there and match what the outer one says.
-    // (Read whole headers: a 1-byte bounds check compiles to a form the
-    // verifier cannot use.)
+    // The inner header must be there, be what the outer one says, and
+    // fill the outer packet exactly. (Read whole headers: a 1-byte bounds
+    // check compiles to a form the verifier cannot use.)
     let inner_off = outer.l4_off;
-    let (version, ether_type) = if inner_family == FAMILY_V4 {
+    let outer_payload = l2.l3_off + outer.total_len - inner_off;
+    let ether_type = if inner_family == FAMILY_V4 {
         let ip: Ipv4Hdr = read(ctx, inner_off).ok_or(DecapStat::DropTruncated)?;
-        (ip.version_ihl >> 4, ETH_P_IP)
+        let hdr_len = ((ip.version_ihl & 0x0f) as usize) * 4;
+        if ip.version_ihl >> 4 != 4 || hdr_len < IPV4_HLEN {
+            return Err(DecapStat::DropMalformed);
+        }
+        let total_len = u16::from_be(ip.tot_len) as usize;
+        // Options cut by the inner length, or an inner length that is not
+        // the outer payload's.
+        if total_len != outer_payload || hdr_len > total_len {
+            return Err(DecapStat::DropMalformed);
+        }
+        ETH_P_IP
     } else {
         let ip: Ipv6Hdr = read(ctx, inner_off).ok_or(DecapStat::DropTruncated)?;
-        ((u32::from_be(ip.vtc_flow) >> 28) as u8, ETH_P_IPV6)
+        if u32::from_be(ip.vtc_flow) >> 28 != 6 {
+            return Err(DecapStat::DropMalformed);
+        }
+        if IPV6_HLEN + u16::from_be(ip.payload_len) as usize != outer_payload {
+            return Err(DecapStat::DropMalformed);
+        }
+        ETH_P_IPV6
     };
-    let want = if inner_family == FAMILY_V4 { 4 } else { 6 };
-    if version != want {
-        return Err(DecapStat::DropMalformed);
-    }
+    // The Ethernet header (and tag) moves in front of the inner packet.
+    // Read from the packet rather than taken from `l2.vlan`: LLVM leaves an
+    // absent tag's fields undefined, and the verifier refuses to copy them.
     let eth: EthHdr = read(ctx, 0).ok_or(DecapStat::DropTruncated)?;
+    let tag: VlanHdr = if l2.vlan.is_some() {
+        read(ctx, ETH_HLEN).ok_or(DecapStat::DropTruncated)?
+    } else {
+        VlanHdr { tci: 0, proto: 0 }
+    };
     let outer_len = inner_off - l2.l3_off;
     adjust_head(ctx, outer_len as i32).ok_or(DecapStat::DropHeadroom)?;
-    write_eth(ctx, eth.dst, eth.src, l2.vlan, ether_type).ok_or(DecapStat::DropTruncated)?;
+    if l2.vlan.is_some() {
+        write(ctx, 0, eth).ok_or(DecapStat::DropTruncated)?;
+        write(ctx, ETH_HLEN, VlanHdr { tci: tag.tci, proto: ether_type.to_be() }).ok_or(DecapStat::DropTruncated)?;
+    } else {
+        write(ctx, 0, EthHdr { proto: ether_type.to_be(), ..eth }).ok_or(DecapStat::DropTruncated)?;
+    }
     Ok(if outer.family == FAMILY_V4 { DecapStat::DecapV4 } else { DecapStat::DecapV6 })
 }

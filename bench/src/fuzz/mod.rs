@@ -1,0 +1,253 @@
+//! The invariant fuzzer: generated and mutated frames through the balancer
+//! (BPF_PROG_TEST_RUN, one packet per call), every output checked against
+//! an independent model of the README's input → action → counter table,
+//! every encapsulated packet run through the decap program back to the
+//! original. Seeded: a failure replays with `--seed`.
+
+mod gen;
+mod model;
+mod world;
+
+use std::{collections::HashMap, time::Instant};
+
+use anyhow::Result;
+use aya::programs::{TestRun, TestRunOptions, Xdp};
+use lb_common::{Action, Counter, Stat};
+
+use self::model::Expect;
+
+const XDP_DROP: u32 = 1;
+const XDP_PASS: u32 = 2;
+const XDP_TX: u32 = 3;
+
+/// What each run checks; a violation names one of these.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Invariant {
+    /// The XDP action is the model's.
+    Action,
+    /// Exactly one reason counter moved, the model's, by the frame's size.
+    OneCounter,
+    /// A passed frame leaves unchanged.
+    PassUnchanged,
+    /// The outer Ethernet and IP headers of an encapsulated packet.
+    EncapOuter,
+    /// The inner packet, byte-identical to what arrived (trailer trimmed).
+    EncapInner,
+    /// The backend is the VIP's ring choice for the flow.
+    EncapBackend,
+    /// A flow always reaches the same backend.
+    OneFlowOneBackend,
+    /// Echo and too-big replies: right bytes, valid checksums, back to the
+    /// source.
+    Reply,
+    /// The decap program turns an encapsulated packet back into the
+    /// original.
+    DecapRoundTrip,
+}
+
+/// One broken invariant, with the frame that broke it.
+pub struct Violation {
+    pub invariant: Invariant,
+    pub index: u64,
+    pub detail: String,
+    pub frame: Vec<u8>,
+}
+
+pub struct Options {
+    pub packets: u64,
+    pub seed: u64,
+    /// Violations kept with their frames.
+    pub keep: usize,
+}
+
+#[derive(Default)]
+pub struct Report {
+    pub seed: u64,
+    pub packets: u64,
+    pub per_action: HashMap<&'static str, u64>,
+    pub per_counter: HashMap<&'static str, u64>,
+    pub violations: HashMap<Invariant, u64>,
+    pub first: Vec<Violation>,
+    pub decapsulated: u64,
+    pub seconds: f64,
+}
+
+impl Report {
+    pub fn total_violations(&self) -> u64 {
+        self.violations.values().sum()
+    }
+
+    /// A human-readable summary: frames per action and counter,
+    /// violations per invariant, the first violations with their frames.
+    pub fn render(&self) -> String {
+        let mut s = format!(
+            "fuzz: seed {} ({:#x}), {} frames in {:.1} s, {} encapsulated frames decapsulated\n",
+            self.seed, self.seed, self.packets, self.seconds, self.decapsulated
+        );
+        let mut actions: Vec<_> = self.per_action.iter().collect();
+        actions.sort();
+        s += "frames per action:";
+        for (a, n) in actions {
+            s += &format!(" {a} {n}");
+        }
+        let mut counters: Vec<_> = self.per_counter.iter().collect();
+        counters.sort();
+        s += "\nframes per counter:\n";
+        for (c, n) in counters {
+            s += &format!("  {c:<28} {n}\n");
+        }
+        s += &format!("violations: {}\n", self.total_violations());
+        let mut v: Vec<_> = self.violations.iter().collect();
+        v.sort();
+        for (inv, n) in v {
+            s += &format!("  {inv:?}: {n}\n");
+        }
+        for v in &self.first {
+            s += &format!(
+                "violation {:?} at frame {}: {}\n  frame {}\n",
+                v.invariant,
+                v.index,
+                v.detail,
+                hex(&v.frame)
+            );
+        }
+        if self.total_violations() > 0 {
+            s += &format!("replay: lb-bench fuzz --packets {} --seed {}\n", self.packets, self.seed);
+        }
+        s
+    }
+}
+
+pub fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// A seed from the clock and the process id: a fresh one each run.
+pub fn fresh_seed() -> u64 {
+    let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    let mut r = gen::Rng::new(t.as_nanos() as u64 ^ ((std::process::id() as u64) << 32));
+    r.next()
+}
+
+fn run_prog(prog: &mut Xdp, input: &[u8]) -> Result<(u32, Vec<u8>)> {
+    let mut out = vec![0u8; input.len() + 512];
+    let opts = TestRunOptions { data_in: Some(input), data_out: Some(&mut out), ..TestRunOptions::new() };
+    let r = prog.test_run(opts)?;
+    out.truncate(r.data_size_out as usize);
+    Ok((r.return_value, out))
+}
+
+/// The reason counters that moved between two snapshots.
+fn moved(before: &[(Stat, Counter)], after: &[(Stat, Counter)]) -> Vec<(Stat, u64, u64)> {
+    before
+        .iter()
+        .zip(after)
+        .filter(|(b, a)| b.1 != a.1 && b.0.action() != Action::Event)
+        .map(|(b, a)| (b.0, a.1.packets - b.1.packets, a.1.bytes - b.1.bytes))
+        .collect()
+}
+
+/// Runs the fuzzer; `progress` is called every 10,000 frames.
+pub fn run(opts: &Options, mut progress: impl FnMut(u64)) -> Result<Report> {
+    let (world, mut bal, mut decap) = world::load()?;
+    let mut rng = gen::Rng::new(opts.seed);
+    let mut report = Report { seed: opts.seed, packets: opts.packets, ..Report::default() };
+    let mut flows: HashMap<lb_common::FlowKey, u32> = HashMap::new();
+    let mut before = bal.all_stats()?;
+    let started = Instant::now();
+    for index in 0..opts.packets {
+        if index % 10_000 == 0 {
+            progress(index);
+        }
+        let frame = gen::frame_for(&mut rng, &world);
+        let want = model::expect(&world, &frame);
+        let (action, out) = run_prog(bal.program(), &frame)?;
+        let after = bal.all_stats()?;
+        let mut broke = |invariant: Invariant, detail: String| {
+            *report.violations.entry(invariant).or_default() += 1;
+            if report.first.len() < opts.keep {
+                report.first.push(Violation { invariant, index, detail, frame: frame.clone() });
+            }
+        };
+        let stat = want.stat();
+        let want_action = match stat.action() {
+            Action::Tx => XDP_TX,
+            Action::Drop => XDP_DROP,
+            _ => XDP_PASS,
+        };
+        *report.per_action.entry(stat.action().name()).or_default() += 1;
+        *report.per_counter.entry(stat.name()).or_default() += 1;
+        let counters = moved(&before, &after);
+        if counters != [(stat, 1, frame.len() as u64)] {
+            broke(Invariant::OneCounter, format!("counters moved {counters:?}, model says {}", stat.name()));
+        }
+        before = after;
+        if action != want_action {
+            broke(Invariant::Action, format!("action {action}, model says {want_action} ({})", stat.name()));
+            continue;
+        }
+        match want {
+            Expect::Pass(_) => {
+                if out != frame {
+                    broke(Invariant::PassUnchanged, format!("output differs: {}", hex(&out)));
+                }
+            }
+            Expect::Drop(_) => {}
+            Expect::Encap { real, flow, bytes, l3, outer_len, inner } => {
+                let l2_len = l3 + outer_len;
+                let dst_len = if outer_len == 20 { 4 } else { 16 };
+                if *flows.entry(flow).or_insert(real) != real {
+                    broke(Invariant::OneFlowOneBackend, format!("flow now at backend {real}"));
+                }
+                if out != bytes {
+                    let (inv, what) = if out.len() != bytes.len() || out[l2_len..] != inner[..] {
+                        (Invariant::EncapInner, "inner packet")
+                    } else if out[l2_len - dst_len..l2_len] != bytes[l2_len - dst_len..l2_len] {
+                        (Invariant::EncapBackend, "outer destination (backend)")
+                    } else {
+                        (Invariant::EncapOuter, "outer headers")
+                    };
+                    broke(inv, format!("{what} differs: got {} want {}", hex(&out), hex(&bytes)));
+                    continue;
+                }
+                // Through the decap program: back to the original packet.
+                report.decapsulated += 1;
+                let (d_action, d_out) = run_prog(decap.program(), &out)?;
+                let mut want_d = out[..l3].to_vec();
+                let et: u16 = if inner[0] >> 4 == 4 { 0x0800 } else { 0x86DD };
+                want_d[l3 - 2..l3].copy_from_slice(&et.to_be_bytes());
+                want_d.extend_from_slice(&inner);
+                if d_action != XDP_PASS || d_out != want_d {
+                    broke(
+                        Invariant::DecapRoundTrip,
+                        format!("decap action {d_action}, got {} want {}", hex(&d_out), hex(&want_d)),
+                    );
+                }
+            }
+            Expect::EchoReply { mut bytes, l3, l4, v4, checks_valid } => {
+                let mut got = out.clone();
+                let same_len = got.len() == bytes.len();
+                if same_len {
+                    // Checksums are checked by verifying, not by value.
+                    for at in [Some(l4 + 2), v4.then_some(l3 + 10)].into_iter().flatten() {
+                        got[at..at + 2].fill(0);
+                        bytes[at..at + 2].fill(0);
+                    }
+                }
+                if !same_len || got != bytes {
+                    broke(Invariant::Reply, format!("echo reply differs: got {}", hex(&out)));
+                } else if checks_valid && !model::echo_checksums_verify(&out, l3, l4, v4) {
+                    broke(Invariant::Reply, format!("echo reply checksum does not verify: {}", hex(&out)));
+                }
+            }
+            Expect::TooBig { bytes } => {
+                if out != bytes {
+                    broke(Invariant::Reply, format!("too-big reply differs: got {} want {}", hex(&out), hex(&bytes)));
+                }
+            }
+        }
+    }
+    progress(opts.packets);
+    report.seconds = started.elapsed().as_secs_f64();
+    Ok(report)
+}
