@@ -41,6 +41,18 @@ install_rust_src() {
   fi
 }
 
+# The gates in test.sh: rustfmt and clippy on the stable toolchain.
+install_rust_gates() {
+  local have
+  have="$(rustup component list --installed 2>/dev/null)"
+  for c in rustfmt clippy; do
+    if ! grep -q "^$c" <<<"$have"; then
+      log "adding $c to the stable toolchain"
+      rustup component add "$c"
+    fi
+  done
+}
+
 install_bpf_linker() {
   local sysroot llvm_lib
   sysroot="$(rustc +"$NIGHTLY" --print sysroot)"
@@ -84,6 +96,7 @@ mount_bpffs() {
 need_root
 install_debs
 install_rust_src
+install_rust_gates
 install_bpf_linker
 install_schemathesis
 mount_bpffs

@@ -7,6 +7,11 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 export PATH="$HOME/.cargo/bin:$PATH"
+# Gates: one format for both workspaces (rustfmt.toml), no lint warnings
+# (the [workspace.lints] table in Cargo.toml, clippy's defaults).
+cargo fmt --all --check
+(cd lb-ebpf && cargo fmt --all --check)
+cargo clippy --workspace --all-targets --locked -- -D warnings
 # The end-to-end tests start the daemon and lbctl binaries.
 cargo build --workspace --bins --locked
 cargo test --workspace --locked "$@"

@@ -125,7 +125,14 @@ pub fn maglev_build(opts: &Opts, progress: &Progress) -> Result<Vec<BuildRow>> {
         }
         let (min, max) = us.iter().fold((f64::MAX, 0f64), |(lo, hi), &x| (lo.min(x), hi.max(x)));
         let runs = us.len();
-        rows.push(BuildRow { backends: n, ring_size: RING, runs, median_us: sys::median(&mut us), min_us: min, max_us: max });
+        rows.push(BuildRow {
+            backends: n,
+            ring_size: RING,
+            runs,
+            median_us: sys::median(&mut us),
+            min_us: min,
+            max_us: max,
+        });
     }
     Ok(rows)
 }
@@ -253,7 +260,9 @@ impl<'a> Daemon<'a> {
         let Some(mut child) = self.child.take() else { return Ok(()) };
         // SAFETY: signalling our own child.
         unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-        if sys::wait_until(Duration::from_secs(15), Duration::from_millis(20), || child.try_wait().ok().flatten().is_some()) {
+        if sys::wait_until(Duration::from_secs(15), Duration::from_millis(20), || {
+            child.try_wait().ok().flatten().is_some()
+        }) {
             return Ok(());
         }
         let _ = child.kill();
@@ -267,7 +276,9 @@ impl Drop for Daemon<'_> {
         if let Some(mut c) = self.child.take() {
             // SAFETY: signalling our own child.
             unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
-            if !sys::wait_until(Duration::from_secs(10), Duration::from_millis(20), || c.try_wait().ok().flatten().is_some()) {
+            if !sys::wait_until(Duration::from_secs(10), Duration::from_millis(20), || {
+                c.try_wait().ok().flatten().is_some()
+            }) {
                 let _ = c.kill();
                 let _ = c.wait();
             }
@@ -328,7 +339,11 @@ fn expected_table(index: &HashMap<Ipv4Addr, u32>, weight0: u32) -> Result<Vec<u3
     let list: Vec<MaglevBackend> = (0..LAT_BACKENDS)
         .map(|i| {
             let a = lat_backend(i);
-            Ok(MaglevBackend::new(*index.get(&a).context("backend not in REALS")?, a.octets().to_vec(), if i == 0 { weight0 } else { 1 }))
+            Ok(MaglevBackend::new(
+                *index.get(&a).context("backend not in REALS")?,
+                a.octets().to_vec(),
+                if i == 0 { weight0 } else { 1 },
+            ))
         })
         .collect::<Result<_>>()?;
     Ok(maglev::build(&list, RING)?)
@@ -362,7 +377,10 @@ fn verify(check: impl Fn() -> Result<bool>) -> Result<bool> {
 pub fn api_latency(d: &Daemon, opts: &Opts, where_state: &str, progress: &Progress) -> Result<Vec<LatencyStats>> {
     let limits = d.limits;
     let pin_dir = d.pin_dir.clone();
-    progress.step(format!("control: API -> data plane latency, {} PATCH calls, state file on {where_state}", opts.latency_calls));
+    progress.step(format!(
+        "control: API -> data plane latency, {} PATCH calls, state file on {where_state}",
+        opts.latency_calls
+    ));
     let calls = opts.latency_calls;
     let pairs = opts.vip_pairs;
     d.host.ns.run(move || {
@@ -396,7 +414,8 @@ pub fn api_latency(d: &Daemon, opts: &Opts, where_state: &str, progress: &Progre
             }
             vis.push(t0.elapsed().as_secs_f64() * 1e3);
         }
-        let patch = latency_stats(&format!("PATCH backend weight, state on {where_state}"), &mut call, &mut vis, at_return);
+        let patch =
+            latency_stats(&format!("PATCH backend weight, state on {where_state}"), &mut call, &mut vis, at_return);
 
         // POST a VIP, then DELETE it: the entry (and its table) appear and go.
         let id2: VipId = LAT_VIP2.parse().map_err(anyhow::Error::msg)?;
@@ -589,7 +608,12 @@ pub fn healthz_with_idle_connections(d: &Daemon, opts: &Opts, progress: &Progres
             .count();
         anyhow::ensure!(closed == 0, "{closed} of the idle connections were closed during the measurement");
         drop(held);
-        Ok(load_row("GET /healthz (new connection each)", format!("{IDLE_CONNECTIONS} idle connections held open"), &mut ms, errors))
+        Ok(load_row(
+            "GET /healthz (new connection each)",
+            format!("{IDLE_CONNECTIONS} idle connections held open"),
+            &mut ms,
+            errors,
+        ))
     })
 }
 
@@ -695,7 +719,11 @@ pub fn startup(host: &DaemonHost, opts: &Opts, progress: &Progress) -> Result<St
     let limits = Limits::default();
     let (mut cold, mut restart) = (Vec::new(), Vec::new());
     for run in 0..opts.startup_runs {
-        progress.step(format!("control: start-up with {STARTUP_VIPS} VIPs, cold start {}/{}", run + 1, opts.startup_runs));
+        progress.step(format!(
+            "control: start-up with {STARTUP_VIPS} VIPs, cold start {}/{}",
+            run + 1,
+            opts.startup_runs
+        ));
         let mut d = Daemon::new(host, &format!("startup{run}"), limits, &sections, None)?;
         cold.push(d.start()?.as_secs_f64() * 1e3);
         d.stop()?;
@@ -867,7 +895,17 @@ impl ControlReport {
 
     pub fn latency_table(&self) -> Table {
         let mut t = Table::new(
-            &["call", "calls", "call p50", "call p99", "call max", "visible p50", "visible p99", "visible max", "visible at return"],
+            &[
+                "call",
+                "calls",
+                "call p50",
+                "call p99",
+                "call max",
+                "visible p50",
+                "visible p99",
+                "visible max",
+                "visible at return",
+            ],
             1,
         );
         for l in &self.api_latency {

@@ -17,8 +17,8 @@ use aya::{
     Ebpf,
 };
 use lb_common::{
-    addr_v4, addr_v6, LbConfig, Real, Stat, VipMeta, CFG_F_READY, FAMILY_V4, FAMILY_V6,
-    IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, VIP_F_ICMP_ECHO,
+    addr_v4, addr_v6, LbConfig, Real, Stat, VipMeta, CFG_F_READY, FAMILY_V4, FAMILY_V6, IPPROTO_ICMP, IPPROTO_TCP,
+    IPPROTO_UDP, VIP_F_ICMP_ECHO,
 };
 use lb_control::{
     dataplane::{ip_to_addr, Balancer, Limits, XDP_TX_ELF, XDP_TX_PROGRAM},
@@ -101,7 +101,9 @@ pub fn mixes(distinct: u32) -> Vec<Mix> {
         },
         Mix {
             name: "ipv4 tcp syn (new flows)",
-            frames: (0..distinct).map(|i| tcp4(client4(i), 1024 + (i % 60000) as u16, VIP4, pb::TCP_SYN, &[])).collect(),
+            frames: (0..distinct)
+                .map(|i| tcp4(client4(i), 1024 + (i % 60000) as u16, VIP4, pb::TCP_SYN, &[]))
+                .collect(),
             path: Stat::TxEncap,
             warm: false,
         },
@@ -243,7 +245,6 @@ pub fn time_calls(prog: &mut Xdp, frames: &[Vec<u8>], calls: u32, cursor: &mut u
     Ok(total_ns as f64 / calls as f64)
 }
 
-
 /// Times one mix: `rounds` rounds of `calls` packets, balancer and floor
 /// interleaved in every round.
 pub fn run_mix(bal: &mut Balancer, floor: &mut Floor, mix: &Mix, rounds: u32, calls: u32) -> Result<MixResult> {
@@ -318,7 +319,10 @@ impl DataplaneReport {
     }
 
     fn table(&self) -> Table {
-        let mut t = Table::new(&["mix", "ns/pkt", "spread", "Mpps", "floor ns", "floor Mpps", "ratio", "ratio spread", "path"], 1);
+        let mut t = Table::new(
+            &["mix", "ns/pkt", "spread", "Mpps", "floor ns", "floor Mpps", "ratio", "ratio spread", "path"],
+            1,
+        );
         for m in &self.mixes {
             t.row(vec![
                 m.name.clone(),

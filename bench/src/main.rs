@@ -159,7 +159,8 @@ fn ensure_daemon_built(progress: &Progress) -> Result<()> {
     let exe = std::env::current_exe()?;
     let release = exe.components().any(|c| c.as_os_str() == "release");
     let mut cmd = std::process::Command::new(&cargo);
-    cmd.args(["build", "--quiet", "-p", "lb-control", "--bins"]).current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."));
+    cmd.args(["build", "--quiet", "-p", "lb-control", "--bins"])
+        .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."));
     if release {
         cmd.arg("--release");
     }
@@ -206,7 +207,13 @@ impl Plan {
     }
 }
 
-fn trafgen_opts(quick: bool, count: Option<u64>, timeout: Option<u64>, backends: usize, config: PathBuf) -> trafgen::Opts {
+fn trafgen_opts(
+    quick: bool,
+    count: Option<u64>,
+    timeout: Option<u64>,
+    backends: usize,
+    config: PathBuf,
+) -> trafgen::Opts {
     trafgen::Opts {
         count: count.unwrap_or(if quick { 300_000 } else { 1_500_000 }),
         warmup: 20_000,
@@ -329,7 +336,11 @@ fn run_all(quick: bool, out_dir: &std::path::Path, no_write: bool, skip: &[Part]
         report.host.cpu_model,
         report.host.memory_gib
     ));
-    let daemon = if on(Part::Control) || on(Part::Trafgen) { ensure_daemon_built(&p).map_err(|e| format!("{e:#}")) } else { Ok(()) };
+    let daemon = if on(Part::Control) || on(Part::Trafgen) {
+        ensure_daemon_built(&p).map_err(|e| format!("{e:#}"))
+    } else {
+        Ok(())
+    };
     let fail = |report: &mut Report, part: &'static str, e: String| {
         p.println(format!("FAILED: {part}: {e}"));
         report.errors.push(PartError { part, error: e });
@@ -432,7 +443,12 @@ fn run_all(quick: bool, out_dir: &std::path::Path, no_write: bool, skip: &[Part]
     header(&p, "Targets");
     print_lines(&p, targets_table(&report.targets).text());
     let met = report.targets.iter().filter(|t| t.met).count();
-    p.println(format!("{met} of {} targets met; {} part(s) failed; {:.0} s", report.targets.len(), report.errors.len(), report.duration_s));
+    p.println(format!(
+        "{met} of {} targets met; {} part(s) failed; {:.0} s",
+        report.targets.len(),
+        report.errors.len(),
+        report.duration_s
+    ));
     if !no_write {
         for path in report.write(out_dir)? {
             p.println(format!("wrote {}", path.display()));

@@ -20,12 +20,9 @@ pub fn mix_chart(path: &Path, title: &str, mixes: &[MixRow]) -> Result<()> {
     let n = mixes.len().max(1);
     let root = SVGBackend::new(path, (980, 190 + 64 * n as u32)).into_drawing_area();
     root.fill(&WHITE)?;
-    let max = mixes
-        .iter()
-        .map(|m| m.floor_mpps.max(1_000.0 / m.ns_min))
-        .filter(|x| x.is_finite())
-        .fold(1.0f64, f64::max)
-        * 1.25;
+    let max =
+        mixes.iter().map(|m| m.floor_mpps.max(1_000.0 / m.ns_min)).filter(|x| x.is_finite()).fold(1.0f64, f64::max)
+            * 1.25;
     let mut chart = ChartBuilder::on(&root)
         .caption(format!("{title}: Mpps per traffic mix (one core, BPF_PROG_TEST_RUN)"), ("sans-serif", 18))
         .margin(16)
@@ -68,11 +65,19 @@ pub fn mix_chart(path: &Path, title: &str, mixes: &[MixRow]) -> Result<()> {
         let y = y_of(i) + 0.21;
         let x = (1_000.0 / m.ns_min).max(m.mpps) + max * 0.01;
         let path = if m.path_verified { "" } else { ", WRONG PATH" };
-        Text::new(format!("{:.2} Mpps, {:.0} ns, {:.2}x floor{path}", m.mpps, m.ns, m.ratio), (x, y), value_style.clone())
+        Text::new(
+            format!("{:.2} Mpps, {:.0} ns, {:.2}x floor{path}", m.mpps, m.ns, m.ratio),
+            (x, y),
+            value_style.clone(),
+        )
     }))?;
     chart.draw_series(mixes.iter().enumerate().map(|(i, m)| {
         let y = y_of(i) - 0.21;
-        Text::new(format!("{:.2} Mpps, {:.0} ns", m.floor_mpps, m.floor_ns), (m.floor_mpps + max * 0.01, y), value_style.clone())
+        Text::new(
+            format!("{:.2} Mpps, {:.0} ns", m.floor_mpps, m.floor_ns),
+            (m.floor_mpps + max * 0.01, y),
+            value_style.clone(),
+        )
     }))?;
     chart
         .configure_series_labels()

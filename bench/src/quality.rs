@@ -88,7 +88,8 @@ pub fn run(opts: &Opts, progress: &Progress) -> Result<QualityReport> {
         let mut removed = Vec::new();
         for s in 0..k {
             let victim = s * n as usize / k;
-            let rest: Vec<MaglevBackend> = list.iter().enumerate().filter(|(i, _)| *i != victim).map(|(_, b)| b.clone()).collect();
+            let rest: Vec<MaglevBackend> =
+                list.iter().enumerate().filter(|(i, _)| *i != victim).map(|(_, b)| b.clone()).collect();
             let after = maglev::build(&rest, RING)?;
             removed.push((maglev::moved_slots(&table, &after), counts[victim]));
         }
@@ -151,7 +152,16 @@ impl QualityReport {
 
     fn table(&self) -> Table {
         let mut t = Table::new(
-            &["N", "ideal M/N", "largest", "smallest", "remove: moved (ideal 1/N)", "beyond own mean / max", "add: moved (ideal 1/(N+1))", "beyond own mean / max"],
+            &[
+                "N",
+                "ideal M/N",
+                "largest",
+                "smallest",
+                "remove: moved (ideal 1/N)",
+                "beyond own mean / max",
+                "add: moved (ideal 1/(N+1))",
+                "beyond own mean / max",
+            ],
             0,
         );
         for r in &self.rows {
@@ -183,7 +193,10 @@ impl QualityReport {
         for r in &self.rows {
             t.push(Target {
                 part: "maglev",
-                name: format!("Maglev removal, moved beyond own slots, N = {} (worst of {})", r.backends, r.remove.samples),
+                name: format!(
+                    "Maglev removal, moved beyond own slots, N = {} (worst of {})",
+                    r.backends, r.remove.samples
+                ),
                 target: "<= 0.6% of table".into(),
                 value: pct(r.remove.beyond_own_max),
                 met: r.remove.beyond_own_max <= 0.006,

@@ -11,8 +11,7 @@ use std::net::Ipv4Addr;
 
 use anyhow::{Context as _, Result};
 use lb_common::{
-    addr_v4, ConnEntry, FlowKey, Real, Stat, VipKey, VipMeta,
-    DEFAULT_CONN_TABLE_SIZE, FAMILY_V4, IPPROTO_TCP,
+    addr_v4, ConnEntry, FlowKey, Real, Stat, VipKey, VipMeta, DEFAULT_CONN_TABLE_SIZE, FAMILY_V4, IPPROTO_TCP,
 };
 use lb_control::{
     dataplane::{Balancer, Limits},
@@ -135,7 +134,9 @@ pub fn mixes(vips: u32, new_flows: u32) -> [Mix; 2] {
         Mix {
             name: "tcp established (4096 flows)",
             frames: (0..ESTABLISHED_FLOWS)
-                .map(|i| tcp4(client(i), 1024 + (i % 60_000) as u16, vip(i % vips), pb::TCP_ACK | pb::TCP_PSH, &payload))
+                .map(|i| {
+                    tcp4(client(i), 1024 + (i % 60_000) as u16, vip(i % vips), pb::TCP_ACK | pb::TCP_PSH, &payload)
+                })
                 .collect(),
             path: Stat::TxEncap,
             warm: true,
@@ -219,14 +220,19 @@ pub fn run(opts: Opts, floor: &mut Floor, progress: &Progress) -> Result<Scaling
     let new_flows = opts.rounds * opts.calls;
     let mut rows: Vec<ScalingRow> = Vec::new();
     for &(case, vips, backends, full) in CONFIGS {
-        if let Some(done) = rows.iter().find(|r| r.vips == vips && r.backends == backends && r.fill.is_none() && !full) {
+        if let Some(done) = rows.iter().find(|r| r.vips == vips && r.backends == backends && r.fill.is_none() && !full)
+        {
             let mut again = done.clone();
             again.case = case.into();
             rows.push(again);
             continue;
         }
         let conn = DEFAULT_CONN_TABLE_SIZE;
-        progress.step(format!("scaling: {} x {backends} backends{}: loading", plural(vips, "VIP"), if full { ", full connection table" } else { "" }));
+        progress.step(format!(
+            "scaling: {} x {backends} backends{}: loading",
+            plural(vips, "VIP"),
+            if full { ", full connection table" } else { "" }
+        ));
         let mut bal = setup(vips, backends, conn)?;
         let fill = if full { Some(fill_conn_table(&mut bal, backends, progress)?) } else { None };
         let [est, syn] = mixes(vips, new_flows);
@@ -298,7 +304,21 @@ impl ScalingReport {
 
     fn table(&self) -> Table {
         let mut t = Table::new(
-            &["varies", "VIPs", "backends", "conn table", "est ns", "est Mpps", "est ratio", "SYN ns", "SYN Mpps", "SYN ratio", "SYN evictions", "floor ns", "path"],
+            &[
+                "varies",
+                "VIPs",
+                "backends",
+                "conn table",
+                "est ns",
+                "est Mpps",
+                "est ratio",
+                "SYN ns",
+                "SYN Mpps",
+                "SYN ratio",
+                "SYN evictions",
+                "floor ns",
+                "path",
+            ],
             1,
         );
         for r in &self.rows {
@@ -310,13 +330,22 @@ impl ScalingReport {
                 r.fill.as_ref().map_or("-".into(), |x| format!("{} of {}", x.flows_held, x.capacity)),
                 format!("{} ({}-{})", f(r.established.ns, 1), f(r.established.ns_min, 0), f(r.established.ns_max, 0)),
                 f(r.established.mpps, 2),
-                format!("{} ({}-{})", f(r.established.ratio, 2), f(r.established.ratio_min, 2), f(r.established.ratio_max, 2)),
+                format!(
+                    "{} ({}-{})",
+                    f(r.established.ratio, 2),
+                    f(r.established.ratio_min, 2),
+                    f(r.established.ratio_max, 2)
+                ),
                 format!("{} ({}-{})", f(r.syn.ns, 1), f(r.syn.ns_min, 0), f(r.syn.ns_max, 0)),
                 f(r.syn.mpps, 2),
                 format!("{} ({}-{})", f(r.syn.ratio, 2), f(r.syn.ratio_min, 2), f(r.syn.ratio_max, 2)),
                 r.syn_evictions.map_or("-".into(), |n| n.to_string()),
                 f(floor, 1),
-                if r.established.path_verified && r.syn.path_verified { "verified".into() } else { "WRONG PATH".into() },
+                if r.established.path_verified && r.syn.path_verified {
+                    "verified".into()
+                } else {
+                    "WRONG PATH".into()
+                },
             ]);
         }
         t

@@ -100,9 +100,7 @@ pub fn prog_stats(prog_id: u32) -> Result<ProgStats> {
     unsafe { libc::close(fd) };
     let text = text.context("reading the program's fdinfo")?;
     let field = |name: &str| -> u64 {
-        text.lines()
-            .find_map(|l| l.strip_prefix(name).map(|v| v.trim().parse().unwrap_or(0)))
-            .unwrap_or(0)
+        text.lines().find_map(|l| l.strip_prefix(name).map(|v| v.trim().parse().unwrap_or(0))).unwrap_or(0)
     };
     Ok(ProgStats { run_time_ns: field("run_time_ns:"), run_cnt: field("run_cnt:") })
 }

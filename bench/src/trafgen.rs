@@ -19,8 +19,8 @@ use std::{
 };
 
 use anyhow::{bail, Context as _, Result};
-use lb_testkit::netns::Netns;
 use lb_e2e::{backend4, Lab, CLIENT4, VIP4};
+use lb_testkit::netns::Netns;
 use serde::Serialize;
 use serde_json::Value;
 
@@ -232,7 +232,9 @@ fn trafgen(lab: &Lab, opts: &Opts, router_mac: &str, count: u64, timeout: Durati
             // SIGINT: trafgen stops and prints its counts.
             // SAFETY: signalling our own child.
             unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
-            if !sys::wait_until(Duration::from_secs(3), Duration::from_millis(20), || child.try_wait().ok().flatten().is_some()) {
+            if !sys::wait_until(Duration::from_secs(3), Duration::from_millis(20), || {
+                child.try_wait().ok().flatten().is_some()
+            }) {
                 let _ = child.kill();
             }
             break child.wait()?;
@@ -309,7 +311,12 @@ pub fn run(opts: &Opts, progress: &Progress) -> Result<TrafgenReport> {
             udp_no_ports: udp(&after, "NoPorts") - udp(&before, "NoPorts"),
         });
     }
-    let udp_err = |s: &Snapshot| -> u64 { s.udp.iter().map(|m| m.get("InErrors").copied().unwrap_or(0) + m.get("InCsumErrors").copied().unwrap_or(0)).sum() };
+    let udp_err = |s: &Snapshot| -> u64 {
+        s.udp
+            .iter()
+            .map(|m| m.get("InErrors").copied().unwrap_or(0) + m.get("InCsumErrors").copied().unwrap_or(0))
+            .sum()
+    };
     let hz = sys::ticks_per_second() as f64;
     let ms = |ticks: u64| ticks as f64 * 1e3 / hz;
     let mut cpus = Vec::new();
@@ -322,7 +329,13 @@ pub fn run(opts: &Opts, progress: &Progress) -> Result<TrafgenReport> {
             busiest = *cpu;
             kernel_ticks = dt.softirq + dt.system;
         }
-        cpus.push(CpuRow { cpu: *cpu, user_ms: ms(dt.user), system_ms: ms(dt.system), softirq_ms: ms(dt.softirq), idle_ms: ms(dt.idle) });
+        cpus.push(CpuRow {
+            cpu: *cpu,
+            user_ms: ms(dt.user),
+            system_ms: ms(dt.system),
+            softirq_ms: ms(dt.softirq),
+            idle_ms: ms(dt.idle),
+        });
     }
     let runs = after.prog.run_cnt - before.prog.run_cnt;
     let prog_ns = (after.prog.run_time_ns - before.prog.run_time_ns) as f64 / runs.max(1) as f64;
@@ -393,7 +406,12 @@ impl TrafgenReport {
     fn backend_table(&self) -> Table {
         let mut t = Table::new(&["backend", "balancer forwarded", "interface rx", "UDP taken in"], 1);
         for b in &self.backends {
-            t.row(vec![b.address.clone(), b.forwarded.to_string(), b.rx_packets.to_string(), b.udp_no_ports.to_string()]);
+            t.row(vec![
+                b.address.clone(),
+                b.forwarded.to_string(),
+                b.rx_packets.to_string(),
+                b.udp_no_ports.to_string(),
+            ]);
         }
         t
     }

@@ -14,7 +14,9 @@ fn fuzz_200k_frames_without_a_violation() {
     println!("{}", report.render());
     assert_eq!(report.total_violations(), 0, "{}", report.render());
     // The run must have reached every kind of outcome, or it proves little.
-    for counter in ["tx_encap", "tx_icmp_echo_reply", "tx_icmp_too_big", "pass_non_vip", "pass_fragment", "drop_truncated"] {
+    for counter in
+        ["tx_encap", "tx_icmp_echo_reply", "tx_icmp_too_big", "pass_non_vip", "pass_fragment", "drop_truncated"]
+    {
         assert!(report.per_counter.get(counter).copied().unwrap_or(0) > 0, "no frame reached {counter}");
     }
 }

@@ -73,11 +73,7 @@ mod user {
     impl From<IpAddr> for Real {
         fn from(ip: IpAddr) -> Self {
             let (addr, family) = ip_to_addr(ip);
-            Real {
-                addr,
-                family,
-                _pad: [0; 3],
-            }
+            Real { addr, family, _pad: [0; 3] }
         }
     }
 
@@ -91,11 +87,7 @@ mod user {
     impl From<IpAddr> for DecapAddr {
         fn from(ip: IpAddr) -> Self {
             let (addr, family) = ip_to_addr(ip);
-            DecapAddr {
-                addr,
-                family,
-                _pad: [0; 3],
-            }
+            DecapAddr { addr, family, _pad: [0; 3] }
         }
     }
 
@@ -132,11 +124,7 @@ mod user {
         impl fmt::Display for Show<'_> {
             fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
                 let m = self.0;
-                write!(
-                    f,
-                    "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
-                    m[0], m[1], m[2], m[3], m[4], m[5]
-                )
+                write!(f, "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}", m[0], m[1], m[2], m[3], m[4], m[5])
             }
         }
         Show(mac)
@@ -157,20 +145,14 @@ mod user {
                 assert_eq!(addr_to_ip(&addr, family), Some(ip));
                 assert_eq!(Real::from(ip).ip(), Some(ip));
             }
-            assert_eq!(
-                ip_to_addr("192.0.2.7".parse().unwrap()),
-                (addr_v4([192, 0, 2, 7]), FAMILY_V4)
-            );
+            assert_eq!(ip_to_addr("192.0.2.7".parse().unwrap()), (addr_v4([192, 0, 2, 7]), FAMILY_V4));
             assert_eq!(Real::default().ip(), None);
         }
 
         #[test]
         fn macs_parse_strictly() {
             assert_eq!(parse_mac("02:00:00:aa:BB:0c"), Ok([2, 0, 0, 0xaa, 0xbb, 0x0c]));
-            assert_eq!(
-                format_mac(&[2, 0, 0, 0xaa, 0xbb, 0x0c]).to_string(),
-                "02:00:00:aa:bb:0c"
-            );
+            assert_eq!(format_mac(&[2, 0, 0, 0xaa, 0xbb, 0x0c]).to_string(), "02:00:00:aa:bb:0c");
             for bad in [
                 "+2:00:00:00:00:01",
                 "2:00:00:00:00:01",

@@ -21,15 +21,7 @@ impl FlowKey {
     /// The flow `src:src_port → dst:dst_port` (ports in network order).
     #[inline(always)]
     pub const fn new(family: u8, proto: u8, src: Addr, src_port: u16, dst: Addr, dst_port: u16) -> Self {
-        FlowKey {
-            src,
-            dst,
-            src_port,
-            dst_port,
-            proto,
-            family,
-            _pad: [0; 2],
-        }
+        FlowKey { src, dst, src_port, dst_port, proto, family, _pad: [0; 2] }
     }
 }
 
@@ -90,5 +82,6 @@ mod pod {
     use super::*;
     // SAFETY: repr(C), Copy, explicit padding: every bit pattern is valid.
     unsafe impl aya::Pod for FlowKey {}
+    // SAFETY: as above.
     unsafe impl aya::Pod for ConnEntry {}
 }

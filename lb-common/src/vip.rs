@@ -19,9 +19,7 @@ pub const VIP_FILTER_WORDS: u32 = 64;
 
 impl Default for VipFilter {
     fn default() -> Self {
-        Self {
-            words: [0; VIP_FILTER_WORDS as usize],
-        }
+        Self { words: [0; VIP_FILTER_WORDS as usize] }
     }
 }
 
@@ -88,10 +86,7 @@ pub const fn vip_key_hash(key: &VipKey) -> u32 {
     h = mix(h, key.addr[1]);
     h = mix(h, key.addr[2]);
     h = mix(h, key.addr[3]);
-    h = mix(
-        h,
-        ((key.port as u32) << 16) | ((key.proto as u32) << 8) | key.family as u32,
-    );
+    h = mix(h, ((key.port as u32) << 16) | ((key.proto as u32) << 8) | key.family as u32);
     finish(h)
 }
 
@@ -101,6 +96,7 @@ pub const fn vip_key_hash(key: &VipKey) -> u32 {
 pub fn same_vip_key(a: &VipKey, b: &VipKey) -> bool {
     // SAFETY: VipKey is 20 bytes of plain data with no padding.
     let a: [u32; 5] = unsafe { core::mem::transmute(*a) };
+    // SAFETY: as above.
     let b: [u32; 5] = unsafe { core::mem::transmute(*b) };
     a[0] == b[0] && a[1] == b[1] && a[2] == b[2] && a[3] == b[3] && a[4] == b[4]
 }
@@ -158,9 +154,13 @@ mod pod {
     // SAFETY: repr(C), Copy, no implicit padding (padding is explicit), so
     // every bit pattern is a valid value.
     unsafe impl aya::Pod for VipKey {}
+    // SAFETY: as above.
     unsafe impl aya::Pod for VipMeta {}
+    // SAFETY: as above.
     unsafe impl aya::Pod for Real {}
+    // SAFETY: as above.
     unsafe impl aya::Pod for VipFilter {}
+    // SAFETY: as above.
     unsafe impl aya::Pod for VipBucket {}
 }
 
@@ -179,9 +179,7 @@ mod filter_tests {
             assert!(f.contains(&addr_v4((0x0a00_0000 + i).to_be_bytes())));
         }
         // 64 of 4096 bits set: about 1.6% of other addresses collide.
-        let false_hits = (1000..11_000u32)
-            .filter(|i| f.contains(&addr_v4((0x0b00_0000 + i).to_be_bytes())))
-            .count();
+        let false_hits = (1000..11_000u32).filter(|i| f.contains(&addr_v4((0x0b00_0000 + i).to_be_bytes()))).count();
         assert!(false_hits < 400, "{false_hits} false hits in 10000");
         let v6 = addr_v6([0xfc, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x10]);
         assert!(!VipFilter::default().contains(&v6));

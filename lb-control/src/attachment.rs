@@ -72,9 +72,7 @@ pub fn xdp_link_state(pin: &Path) -> std::io::Result<Option<XdpLinkState>> {
 }
 
 fn parse_fdinfo(info: &str) -> Option<XdpLinkState> {
-    let field = |name: &str| {
-        info.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(':').map(str::trim))
-    };
+    let field = |name: &str| info.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(':').map(str::trim));
     if field("link_type")? != "xdp" {
         return None;
     }

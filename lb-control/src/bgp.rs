@@ -57,10 +57,7 @@ impl FromStr for Community {
         let parts: Vec<&str> = s.split(':').collect();
         let bad = || format!("'{s}' is not a BGP community (ASN:VALUE, each 0..=65535, or ASN:X:Y for a large one)");
         match parts.as_slice() {
-            [a, b] => Ok(Community::Standard(
-                a.parse().map_err(|_| bad())?,
-                b.parse().map_err(|_| bad())?,
-            )),
+            [a, b] => Ok(Community::Standard(a.parse().map_err(|_| bad())?, b.parse().map_err(|_| bad())?)),
             [a, b, c] => Ok(Community::Large(
                 a.parse().map_err(|_| bad())?,
                 b.parse().map_err(|_| bad())?,
@@ -102,10 +99,7 @@ pub fn announced(vips: &VipSet, serving: bool, min_healthy: u32) -> BTreeSet<IpA
         let entry = best.entry(id.addr).or_default();
         *entry = (*entry).max(up);
     }
-    best.into_iter()
-        .filter(|&(_, up)| up >= min_healthy as usize)
-        .map(|(addr, _)| addr)
-        .collect()
+    best.into_iter().filter(|&(_, up)| up >= min_healthy as usize).map(|(addr, _)| addr).collect()
 }
 
 /// The include file's text: both static protocols, always present (empty
@@ -149,11 +143,7 @@ pub enum BgpError {
         source: std::io::Error,
     },
     #[error("BIRD refused `{command}` (code {code}): {message}")]
-    Refused {
-        command: String,
-        code: u16,
-        message: String,
-    },
+    Refused { command: String, code: u16, message: String },
 }
 
 /// Writes `text` to `path` unless the file already holds exactly that:
@@ -163,17 +153,9 @@ pub fn write_if_changed(path: &Path, text: &str) -> Result<bool, BgpError> {
     if std::fs::read(path).is_ok_and(|old| old == text.as_bytes()) {
         return Ok(false);
     }
-    let err = |source| BgpError::Write {
-        path: path.to_owned(),
-        source,
-    };
-    let dir = path
-        .parent()
-        .filter(|d| !d.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let name = path
-        .file_name()
-        .ok_or_else(|| err(std::io::Error::other("not a file name")))?;
+    let err = |source| BgpError::Write { path: path.to_owned(), source };
+    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let name = path.file_name().ok_or_else(|| err(std::io::Error::other("not a file name")))?;
     let tmp = dir.join(format!(".{}.tmp.{}", name.to_string_lossy(), std::process::id()));
     let result = (|| {
         let mut f = std::fs::File::create(&tmp)?;
@@ -199,10 +181,7 @@ impl Bird {
     /// `NNNN-text` (more follows), ` text` (continuation) or `NNNN text`
     /// (last); codes 8000 and above are errors.
     pub fn command(&self, command: &str) -> Result<String, BgpError> {
-        let io = |source| BgpError::Socket {
-            path: self.socket.clone(),
-            source,
-        };
+        let io = |source| BgpError::Socket { path: self.socket.clone(), source };
         let stream = UnixStream::connect(&self.socket).map_err(io)?;
         stream.set_read_timeout(Some(BIRD_TIMEOUT)).map_err(io)?;
         stream.set_write_timeout(Some(BIRD_TIMEOUT)).map_err(io)?;
@@ -211,20 +190,12 @@ impl Bird {
         // "8007 Access denied".
         let (code, text) = read_reply(&mut reader).map_err(io)?;
         if code >= 8000 {
-            return Err(BgpError::Refused {
-                command: command.to_string(),
-                code,
-                message: text,
-            });
+            return Err(BgpError::Refused { command: command.to_string(), code, message: text });
         }
         (&stream).write_all(format!("{command}\n").as_bytes()).map_err(io)?;
         let (code, text) = read_reply(&mut reader).map_err(io)?;
         if code >= 8000 {
-            return Err(BgpError::Refused {
-                command: command.to_string(),
-                code,
-                message: text,
-            });
+            return Err(BgpError::Refused { command: command.to_string(), code, message: text });
         }
         Ok(text)
     }
@@ -243,10 +214,7 @@ fn read_reply(reader: &mut impl std::io::BufRead) -> std::io::Result<(u16, Strin
     for _ in 0..10_000 {
         let mut line = String::new();
         if reader.read_line(&mut line)? == 0 {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::UnexpectedEof,
-                "BIRD closed the socket mid-reply",
-            ));
+            return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "BIRD closed the socket mid-reply"));
         }
         let line = line.trim_end_matches(['\r', '\n']);
         let code = line.get(..4).and_then(|c| c.parse::<u16>().ok());
@@ -259,10 +227,7 @@ fn read_reply(reader: &mut impl std::io::BufRead) -> std::io::Result<(u16, Strin
             _ => text.push(line.trim_start().to_string()),
         }
     }
-    Err(std::io::Error::new(
-        std::io::ErrorKind::InvalidData,
-        "BIRD's reply does not end",
-    ))
+    Err(std::io::Error::new(std::io::ErrorKind::InvalidData, "BIRD's reply does not end"))
 }
 
 /// Writes the include file (if changed) and has BIRD apply it.
@@ -292,9 +257,7 @@ impl Announcer {
     /// An announcer whose task is not running (for tests of its users):
     /// [`Announcer::desired`] shows what was handed over.
     pub fn detached() -> Announcer {
-        Announcer {
-            desired: watch::channel(None).0,
-        }
+        Announcer { desired: watch::channel(None).0 }
     }
 
     /// Hands over the routes to announce. Cheap; never blocks.
@@ -379,13 +342,7 @@ mod tests {
                     (addr, Backend { weight: w })
                 })
                 .collect();
-            set.insert(
-                id,
-                VipSpec {
-                    flags: vec![],
-                    backends,
-                },
-            );
+            set.insert(id, VipSpec { flags: vec![], backends });
         }
         set
     }
@@ -406,10 +363,7 @@ mod tests {
         assert_eq!(announced(&vips, true, 1), addrs(&["10.0.0.1", "10.0.0.2", "fd00::1"]));
         assert_eq!(announced(&vips, true, 2), addrs(&["10.0.0.1", "fd00::1"]));
         assert_eq!(announced(&vips, true, 3), addrs(&[]));
-        assert_eq!(
-            announced(&vips, true, 0),
-            addrs(&["10.0.0.1", "10.0.0.2", "10.0.0.3", "fd00::1"])
-        );
+        assert_eq!(announced(&vips, true, 0), addrs(&["10.0.0.1", "10.0.0.2", "10.0.0.3", "fd00::1"]));
         assert_eq!(announced(&vips, false, 1), addrs(&[]), "nothing while not serving");
     }
 
@@ -433,19 +387,13 @@ mod tests {
         assert!(
             empty.ends_with("protocol static xdp_lb_vips4 {\n  ipv4;\n}\nprotocol static xdp_lb_vips6 {\n  ipv6;\n}\n")
         );
-        assert_eq!(
-            render(&addrs(&["10.0.0.1"]), &[]).lines().nth(4),
-            Some("  route 10.0.0.1/32 blackhole;")
-        );
+        assert_eq!(render(&addrs(&["10.0.0.1"]), &[]).lines().nth(4), Some("  route 10.0.0.1/32 blackhole;"));
     }
 
     #[test]
     fn communities_parse_and_print() {
         assert_eq!("65000:100".parse::<Community>(), Ok(Community::Standard(65000, 100)));
-        assert_eq!(
-            "4200000000:1:2".parse::<Community>(),
-            Ok(Community::Large(4_200_000_000, 1, 2))
-        );
+        assert_eq!("4200000000:1:2".parse::<Community>(), Ok(Community::Large(4_200_000_000, 1, 2)));
         for bad in ["65536:1", "1", "a:b", "1:2:3:4", "", "-1:2"] {
             assert!(bad.parse::<Community>().is_err(), "{bad}");
         }
@@ -464,10 +412,7 @@ mod tests {
         assert!(write_if_changed(&path, "b\n").unwrap());
         assert_eq!(std::fs::read_to_string(&path).unwrap(), "b\n");
         assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 1, "no temporary file left");
-        assert!(matches!(
-            write_if_changed(&dir.join("no/such/dir"), "x"),
-            Err(BgpError::Write { .. })
-        ));
+        assert!(matches!(write_if_changed(&dir.join("no/such/dir"), "x"), Err(BgpError::Write { .. })));
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
@@ -492,19 +437,16 @@ mod tests {
     #[test]
     fn configure_reads_bird_replies() {
         let (bird, server, dir) = fake_bird("0002-Reading configuration from /etc/bird/bird.conf\n0003 Reconfigured\n");
-        assert_eq!(
-            bird.configure().unwrap(),
-            "Reading configuration from /etc/bird/bird.conf\nReconfigured"
-        );
+        assert_eq!(bird.configure().unwrap(), "Reading configuration from /etc/bird/bird.conf\nReconfigured");
         assert_eq!(server.join().unwrap(), "configure\n");
         std::fs::remove_dir_all(&dir).unwrap();
 
         let (bird, server, dir) =
             fake_bird("0002-Reading configuration from /x\n8002 /x:3:1 syntax error, unexpected CF_SYM_UNDEFINED\n");
         match bird.configure() {
-            Err(BgpError::Refused {
-                code: 8002, message, ..
-            }) => assert!(message.contains("syntax error"), "{message}"),
+            Err(BgpError::Refused { code: 8002, message, .. }) => {
+                assert!(message.contains("syntax error"), "{message}")
+            }
             other => panic!("expected a refusal, got {other:?}"),
         }
         server.join().unwrap();
@@ -530,9 +472,7 @@ mod tests {
 
     #[test]
     fn a_missing_socket_is_an_error_not_a_panic() {
-        let bird = Bird {
-            socket: PathBuf::from("/nonexistent/bird.ctl"),
-        };
+        let bird = Bird { socket: PathBuf::from("/nonexistent/bird.ctl") };
         assert!(matches!(bird.configure(), Err(BgpError::Socket { .. })));
     }
 

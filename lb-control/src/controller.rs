@@ -12,8 +12,8 @@ use crate::{
     config::{Config, Prefix, Reattach},
     dataplane::{Balancer, DataplaneError},
     engine::{ApplyReport, Engine, EngineError},
-    model::{VipId, VipSet},
     lock::{LockError, PinDirLock},
+    model::{VipId, VipSet},
     netlink,
     state::{self, State, StateError},
 };
@@ -140,7 +140,18 @@ impl Controller {
         state::save(&config.state_file, &state)?;
         tracing::info!(adopted, ?report, vips = state.vips.len(), "data plane ready");
         let view = tokio::sync::watch::Sender::new(Arc::new(View::default()));
-        let ctl = Self { engine, state, config, forwarding, attached: false, program_id: None, detached: None, check_failed: None, view, announcer: None };
+        let ctl = Self {
+            engine,
+            state,
+            config,
+            forwarding,
+            attached: false,
+            program_id: None,
+            detached: None,
+            check_failed: None,
+            view,
+            announcer: None,
+        };
         ctl.publish();
         Ok(ctl)
     }

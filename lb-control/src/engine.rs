@@ -188,8 +188,11 @@ impl Engine {
         let free_reals = SlotPool::new("backend slot", "limits.max_backends", free_reals);
         let free_vip_nums =
             SlotPool::new("VIP number", "limits.max_vips", (0..limits.max_vips).filter(|n| !used_nums.contains(n)));
-        let free_rings =
-            SlotPool::new("Maglev ring", "limits.max_vips", (0..limits.ring_count()).filter(|r| !used_rings.contains(r)));
+        let free_rings = SlotPool::new(
+            "Maglev ring",
+            "limits.max_vips",
+            (0..limits.ring_count()).filter(|r| !used_rings.contains(r)),
+        );
         Ok(Self {
             free_vip_nums,
             free_rings,
@@ -248,7 +251,11 @@ impl Engine {
                 pairs += 1;
             }
             if spec.backends.len() > limits.ring_size as usize {
-                return reject(format!("VIP {id}: {} backends do not fit a ring of {}", spec.backends.len(), limits.ring_size));
+                return reject(format!(
+                    "VIP {id}: {} backends do not fit a ring of {}",
+                    spec.backends.len(),
+                    limits.ring_size
+                ));
             }
         }
         if pairs >= limits.max_reals as usize {
@@ -273,8 +280,7 @@ impl Engine {
                 weight: b.weight,
             })
             .collect();
-        maglev::build(&backends, self.bal.limits().ring_size)
-            .map_err(|source| EngineError::Maglev { vip: *id, source })
+        maglev::build(&backends, self.bal.limits().ring_size).map_err(|source| EngineError::Maglev { vip: *id, source })
     }
 
     /// Makes the data plane serve exactly `desired`. The VIP table is
@@ -425,7 +431,8 @@ impl Engine {
         });
         for (addr, vip_num) in &addrs {
             if self.echo_markers.get(addr) != Some(vip_num) {
-                self.bal.set_vip(&marker_key(*addr), &VipMeta { flags: VIP_F_ICMP_ECHO, vip_num: *vip_num, ring: 0 })?;
+                self.bal
+                    .set_vip(&marker_key(*addr), &VipMeta { flags: VIP_F_ICMP_ECHO, vip_num: *vip_num, ring: 0 })?;
                 self.echo_markers.insert(*addr, *vip_num);
             }
         }

@@ -61,11 +61,7 @@ pub struct MaglevBackend {
 impl MaglevBackend {
     /// A backend with the given table id, identity bytes and weight.
     pub fn new(id: u32, key: impl Into<Vec<u8>>, weight: u32) -> Self {
-        Self {
-            id,
-            key: key.into(),
-            weight,
-        }
+        Self { id, key: key.into(), weight }
     }
 }
 
@@ -127,38 +123,28 @@ pub fn build(backends: &[MaglevBackend], ring_size: u32) -> Result<Vec<u32>, Mag
         return Err(MaglevError::ZeroId { key: b.key.clone() });
     }
     if let Some(w) = sorted.windows(2).find(|w| w[0].key == w[1].key) {
-        return Err(MaglevError::DuplicateKey {
-            key: w[0].key.clone(),
-        });
+        return Err(MaglevError::DuplicateKey { key: w[0].key.clone() });
     }
     let mut ids: Vec<u32> = sorted.iter().map(|b| b.id).collect();
     ids.sort_unstable();
     if let Some(w) = ids.windows(2).find(|w| w[0] == w[1]) {
         return Err(MaglevError::DuplicateId { id: w[0] });
     }
-    sorted
-        .iter()
-        .try_fold(0u32, |sum, b| sum.checked_add(b.weight))
-        .ok_or(MaglevError::WeightOverflow)?;
+    sorted.iter().try_fold(0u32, |sum, b| sum.checked_add(b.weight)).ok_or(MaglevError::WeightOverflow)?;
 
     sorted.retain(|b| b.weight > 0);
     if sorted.is_empty() {
         return Ok(vec![EMPTY; ring_size as usize]);
     }
     if sorted.len() > ring_size as usize {
-        return Err(MaglevError::TooManyBackends {
-            ring_size,
-            backends: sorted.len(),
-        });
+        return Err(MaglevError::TooManyBackends { ring_size, backends: sorted.len() });
     }
 
     let m = u64::from(ring_size);
     let mut cursors: Vec<Cursor> = sorted.iter().map(|b| Cursor::new(b, m)).collect();
     let weights: Vec<u32> = sorted.iter().map(|b| b.weight).collect();
     let mut filler = Filler::new(ring_size);
-    schedule(&weights, ring_size as usize, |turns| {
-        filler.claim_all(turns, &mut cursors)
-    });
+    schedule(&weights, ring_size as usize, |turns| filler.claim_all(turns, &mut cursors));
     debug_assert_eq!(filler.left, 0);
     Ok(filler.table)
 }
@@ -189,10 +175,7 @@ fn validate_ring_size(ring_size: u32) -> Result<(), MaglevError> {
         return Err(MaglevError::RingSizeTooSmall(ring_size));
     }
     if ring_size > MAX_RING_SIZE {
-        return Err(MaglevError::RingSizeTooLarge {
-            ring_size,
-            max: MAX_RING_SIZE,
-        });
+        return Err(MaglevError::RingSizeTooLarge { ring_size, max: MAX_RING_SIZE });
     }
     if !is_prime(ring_size) {
         return Err(MaglevError::RingSizeNotPrime(ring_size));
@@ -238,12 +221,7 @@ impl Cursor {
         for k in 1..GROUP {
             step[k] = wrap(m, u64::from(step[k - 1]) + skip) as u32;
         }
-        Self {
-            pos: (xxh64(&b.key, OFFSET_SEED) % m) as u32,
-            step,
-            inv: 0,
-            id: b.id,
-        }
+        Self { pos: (xxh64(&b.key, OFFSET_SEED) % m) as u32, step, inv: 0, id: b.id }
     }
 
     fn skip(&self) -> u64 {

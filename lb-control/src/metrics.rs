@@ -46,7 +46,11 @@ pub fn encode_snapshot(snap: &StatsSnapshot, vips: usize, backends: usize, ready
         ("vips", "VIPs configured", vips as i64),
         ("backends", "Distinct backends in use", backends as i64),
         ("ready", "1 once the balancer is attached", ready as i64),
-        ("attached", "1 while the balancer is attached to every interface (0 once detached behind the daemon)", attached as i64),
+        (
+            "attached",
+            "1 while the balancer is attached to every interface (0 once detached behind the daemon)",
+            attached as i64,
+        ),
     ] {
         let g = Gauge::<i64>::default();
         g.set(value);
@@ -56,8 +60,6 @@ pub fn encode_snapshot(snap: &StatsSnapshot, vips: usize, backends: usize, ready
     encode(&mut out, &registry).expect("writing to a String cannot fail");
     out
 }
-
-
 
 #[cfg(test)]
 mod tests {

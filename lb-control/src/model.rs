@@ -81,9 +81,8 @@ impl FromStr for VipId {
         let (proto, sock) = s
             .split_once(':')
             .ok_or_else(|| format!("'{s}' is not a VIP: expected PROTOCOL:ADDRESS:PORT, e.g. tcp:10.0.0.10:80"))?;
-        let sock: SocketAddr = sock
-            .parse()
-            .map_err(|_| format!("'{sock}' is not ADDRESS:PORT (IPv6 in brackets: [fc00::1]:80)"))?;
+        let sock: SocketAddr =
+            sock.parse().map_err(|_| format!("'{sock}' is not ADDRESS:PORT (IPv6 in brackets: [fc00::1]:80)"))?;
         Ok(VipId { addr: sock.ip(), port: sock.port(), proto: proto.parse()? })
     }
 }
@@ -160,9 +159,7 @@ pub type VipSet = BTreeMap<VipId, VipSpec>;
 /// Checks a VIP/backend combination the data plane can carry.
 pub fn check_backend_family(vip: &VipId, backend: IpAddr) -> Result<(), String> {
     if vip.addr.is_ipv6() && backend.is_ipv4() {
-        return Err(format!(
-            "backend {backend} is IPv4 but VIP {vip} is IPv6: IPv6 cannot be carried inside IPv4"
-        ));
+        return Err(format!("backend {backend} is IPv4 but VIP {vip} is IPv6: IPv6 cannot be carried inside IPv4"));
     }
     Ok(())
 }

@@ -170,7 +170,8 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("lb-state-test-{}", std::process::id()));
         let path = dir.join("sub/state.json");
         let a = id("tcp:[fc00::1]:443");
-        let state = State { version: STATE_VERSION, config_vips: VipSet::new(), vips: [(a, spec(&[("fc00:1::1", 3)]))].into() };
+        let state =
+            State { version: STATE_VERSION, config_vips: VipSet::new(), vips: [(a, spec(&[("fc00:1::1", 3)]))].into() };
         save(&path, &state).unwrap();
         assert_eq!(load(&path).unwrap(), Some(state));
         let names: Vec<_> = fs::read_dir(path.parent().unwrap()).unwrap().map(|e| e.unwrap().file_name()).collect();

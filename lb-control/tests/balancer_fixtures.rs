@@ -12,8 +12,8 @@ use std::net::{Ipv4Addr, Ipv6Addr};
 use common::*;
 use lb_common::{Stat, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP};
 use lb_control::dataplane::Balancer;
-use libtest_mimic::{Arguments, Trial};
 use lb_testkit::packet_builder as pb;
+use libtest_mimic::{Arguments, Trial};
 
 /// What a fixture expects.
 enum Expect {
@@ -90,25 +90,60 @@ fn fixtures() -> Vec<Fixture> {
 
     // --- Forwarding: IPv4-in-IPv4 -------------------------------------
     let ip = syn4();
-    v.push(fx("v4 tcp syn to vip: ipip to its backend", frame4(&ip), Tx(expect_ipip4(&ip, REAL1, h4tcp())), Stat::TxEncap));
+    v.push(fx(
+        "v4 tcp syn to vip: ipip to its backend",
+        frame4(&ip),
+        Tx(expect_ipip4(&ip, REAL1, h4tcp())),
+        Stat::TxEncap,
+    ));
     let ip = tcp4(CLIENT4, VIP4, CLIENT_PORT, PORT_HTTP, pb::TCP_ACK | pb::TCP_PSH, PAYLOAD);
-    v.push(fx("v4 tcp data to vip (connection-table miss)", frame4(&ip), Tx(expect_ipip4(&ip, REAL1, h4tcp())), Stat::TxEncap));
+    v.push(fx(
+        "v4 tcp data to vip (connection-table miss)",
+        frame4(&ip),
+        Tx(expect_ipip4(&ip, REAL1, h4tcp())),
+        Stat::TxEncap,
+    ));
     let ip = udp4(CLIENT4, VIP4, 5353, PORT_DNS, b"dns query");
-    v.push(fx("v4 udp to vip", frame4(&ip), Tx(expect_ipip4(&ip, REAL2, encap_hash(CLIENT4.into(), 5353, VIP4.into(), PORT_DNS, IPPROTO_UDP))), Stat::TxEncap));
+    v.push(fx(
+        "v4 udp to vip",
+        frame4(&ip),
+        Tx(expect_ipip4(&ip, REAL2, encap_hash(CLIENT4.into(), 5353, VIP4.into(), PORT_DNS, IPPROTO_UDP))),
+        Stat::TxEncap,
+    ));
     let seg = pb::tcp(CLIENT4.into(), VIP4.into(), CLIENT_PORT, PORT_HTTP, pb::TCP_ACK, PAYLOAD);
     let ip = pb::ipv4(CLIENT4, VIP4, IPPROTO_TCP, &seg, &pb::V4 { tos: 0xb8, ..pb::V4::default() });
-    v.push(fx("v4 tos is carried to the outer header", frame4(&ip), Tx(expect_ipip4(&ip, REAL1, h4tcp())), Stat::TxEncap));
+    v.push(fx(
+        "v4 tos is carried to the outer header",
+        frame4(&ip),
+        Tx(expect_ipip4(&ip, REAL1, h4tcp())),
+        Stat::TxEncap,
+    ));
     let ip = pb::ipv4(CLIENT4, VIP4, IPPROTO_TCP, &seg, &pb::V4 { dont_fragment: false, ..pb::V4::default() });
     v.push(fx("v4 without DF: outer without DF", frame4(&ip), Tx(expect_ipip4(&ip, REAL1, h4tcp())), Stat::TxEncap));
     let opts = vec![0x07, 0x07, 0x04, 0, 0, 0, 0, 0x01]; // record route (7 bytes) + NOP
     let ip = pb::ipv4(CLIENT4, VIP4, IPPROTO_TCP, &seg, &pb::V4 { options: opts, ..pb::V4::default() });
-    v.push(fx("v4 with options (IHL 7) is forwarded whole", frame4(&ip), Tx(expect_ipip4(&ip, REAL1, h4tcp())), Stat::TxEncap));
+    v.push(fx(
+        "v4 with options (IHL 7) is forwarded whole",
+        frame4(&ip),
+        Tx(expect_ipip4(&ip, REAL1, h4tcp())),
+        Stat::TxEncap,
+    ));
     let ip = syn4();
     let mut want = expect_ipip4(&ip, REAL1, h4tcp());
     want = pb::eth_vlan(GW_MAC, IF_MAC, 0x0064, 0x0800, &want[14..]);
-    v.push(fx("v4 behind an 802.1Q tag: tag kept", pb::eth_vlan(IF_MAC, ROUTER_MAC, 0x0064, 0x0800, &ip), Tx(want), Stat::TxEncap));
+    v.push(fx(
+        "v4 behind an 802.1Q tag: tag kept",
+        pb::eth_vlan(IF_MAC, ROUTER_MAC, 0x0064, 0x0800, &ip),
+        Tx(want),
+        Stat::TxEncap,
+    ));
     let ip = tcp4(CLIENT4, VIP4_ANYPORT, CLIENT_PORT, 8443, pb::TCP_SYN, &[]);
-    v.push(fx("v4 to an every-port vip", frame4(&ip), Tx(expect_ipip4(&ip, REAL3, encap_hash(CLIENT4.into(), CLIENT_PORT, VIP4_ANYPORT.into(), 8443, IPPROTO_TCP))), Stat::TxEncap));
+    v.push(fx(
+        "v4 to an every-port vip",
+        frame4(&ip),
+        Tx(expect_ipip4(&ip, REAL3, encap_hash(CLIENT4.into(), CLIENT_PORT, VIP4_ANYPORT.into(), 8443, IPPROTO_TCP))),
+        Stat::TxEncap,
+    ));
     let ip = tcp4(CLIENT4, VIP4, CLIENT_PORT, PORT_HTTP, pb::TCP_ACK, &[]);
     let mut padded = frame4(&ip);
     padded.resize(60, 0);
@@ -120,17 +155,37 @@ fn fixtures() -> Vec<Fixture> {
     let ip = tcp6(CLIENT6, VIP6, CLIENT_PORT, PORT_HTTP, pb::TCP_SYN, &[]);
     v.push(fx("v6 tcp syn to vip: ip6ip6", frame6(&ip), Tx(expect_ip6tnl(&ip, REAL6_4, h6tcp())), Stat::TxEncap));
     let ip = udp6(CLIENT6, VIP6, 5353, PORT_DNS, b"dns query");
-    v.push(fx("v6 udp to vip", frame6(&ip), Tx(expect_ip6tnl(&ip, REAL6_5, encap_hash(CLIENT6.into(), 5353, VIP6.into(), PORT_DNS, IPPROTO_UDP))), Stat::TxEncap));
+    v.push(fx(
+        "v6 udp to vip",
+        frame6(&ip),
+        Tx(expect_ip6tnl(&ip, REAL6_5, encap_hash(CLIENT6.into(), 5353, VIP6.into(), PORT_DNS, IPPROTO_UDP))),
+        Stat::TxEncap,
+    ));
     let seg = pb::tcp(CLIENT6.into(), VIP6.into(), CLIENT_PORT, PORT_HTTP, pb::TCP_ACK, PAYLOAD);
     let ip = pb::ipv6(CLIENT6, VIP6, IPPROTO_TCP, &seg, 0x2e);
-    v.push(fx("v6 traffic class is carried to the outer header", frame6(&ip), Tx(expect_ip6tnl(&ip, REAL6_4, h6tcp())), Stat::TxEncap));
+    v.push(fx(
+        "v6 traffic class is carried to the outer header",
+        frame6(&ip),
+        Tx(expect_ip6tnl(&ip, REAL6_4, h6tcp())),
+        Stat::TxEncap,
+    ));
     let ip = pb::ipv6(CLIENT6, VIP6, 0, &pb::ipv6_ext(IPPROTO_TCP, 0, &seg), 0);
     v.push(fx("v6 with hop-by-hop header", frame6(&ip), Tx(expect_ip6tnl(&ip, REAL6_4, h6tcp())), Stat::TxEncap));
     let ip = pb::ipv6(CLIENT6, VIP6, 60, &pb::ipv6_ext(43, 1, &pb::ipv6_ext(IPPROTO_TCP, 0, &seg)), 0);
-    v.push(fx("v6 with destination-options and routing headers", frame6(&ip), Tx(expect_ip6tnl(&ip, REAL6_4, h6tcp())), Stat::TxEncap));
+    v.push(fx(
+        "v6 with destination-options and routing headers",
+        frame6(&ip),
+        Tx(expect_ip6tnl(&ip, REAL6_4, h6tcp())),
+        Stat::TxEncap,
+    ));
     let ip = tcp6(CLIENT6, VIP6, CLIENT_PORT, PORT_HTTP, pb::TCP_SYN, &[]);
     let want = expect_ip6tnl(&ip, REAL6_4, h6tcp());
-    v.push(fx("v6 behind an 802.1Q tag", pb::eth_vlan(IF_MAC, ROUTER_MAC, 0x0fff, 0x86DD, &ip), Tx(pb::eth_vlan(GW_MAC, IF_MAC, 0x0fff, 0x86DD, &want[14..])), Stat::TxEncap));
+    v.push(fx(
+        "v6 behind an 802.1Q tag",
+        pb::eth_vlan(IF_MAC, ROUTER_MAC, 0x0fff, 0x86DD, &ip),
+        Tx(pb::eth_vlan(GW_MAC, IF_MAC, 0x0fff, 0x86DD, &want[14..])),
+        Stat::TxEncap,
+    ));
     let ip = tcp4(CLIENT4, VIP4_V6REAL, CLIENT_PORT, PORT_HTTP, pb::TCP_SYN, &[]);
     let h = encap_hash(CLIENT4.into(), CLIENT_PORT, VIP4_V6REAL.into(), PORT_HTTP, IPPROTO_TCP);
     v.push(fx("v4 vip with v6 backend: ipip6", frame4(&ip), Tx(expect_ip6tnl(&ip, REAL6_4, h)), Stat::TxEncap));
@@ -138,21 +193,47 @@ fn fixtures() -> Vec<Fixture> {
     // --- ICMP ----------------------------------------------------------
     let echo = pb::icmp4(8, 0, [0x12, 0x34, 0, 1], b"ping payload");
     let ip = pb::ipv4(CLIENT4, VIP4, IPPROTO_ICMP, &echo, &pb::V4 { ttl: 63, ..pb::V4::default() });
-    let reply = pb::ipv4(VIP4, CLIENT4, IPPROTO_ICMP, &pb::icmp4(0, 0, [0x12, 0x34, 0, 1], b"ping payload"), &pb::V4::default());
-    v.push(fx("v4 echo request to vip is answered", frame4(&ip), Tx(pb::eth(ROUTER_MAC, IF_MAC, 0x0800, &reply)), Stat::TxIcmpEchoReply));
+    let reply = pb::ipv4(
+        VIP4,
+        CLIENT4,
+        IPPROTO_ICMP,
+        &pb::icmp4(0, 0, [0x12, 0x34, 0, 1], b"ping payload"),
+        &pb::V4::default(),
+    );
+    v.push(fx(
+        "v4 echo request to vip is answered",
+        frame4(&ip),
+        Tx(pb::eth(ROUTER_MAC, IF_MAC, 0x0800, &reply)),
+        Stat::TxIcmpEchoReply,
+    ));
     let echo = pb::icmp6(CLIENT6, VIP6, 128, 0, [0, 7, 0, 1], b"ping6");
     let ip = pb::ipv6(CLIENT6, VIP6, IPPROTO_ICMPV6, &echo, 0);
     let reply = pb::ipv6(VIP6, CLIENT6, IPPROTO_ICMPV6, &pb::icmp6(VIP6, CLIENT6, 129, 0, [0, 7, 0, 1], b"ping6"), 0);
-    v.push(fx("v6 echo request to vip is answered", frame6(&ip), Tx(pb::eth(ROUTER_MAC, IF_MAC, 0x86DD, &reply)), Stat::TxIcmpEchoReply));
+    v.push(fx(
+        "v6 echo request to vip is answered",
+        frame6(&ip),
+        Tx(pb::eth(ROUTER_MAC, IF_MAC, 0x86DD, &reply)),
+        Stat::TxIcmpEchoReply,
+    ));
     let ip = pb::ipv4(CLIENT4, OTHER4, IPPROTO_ICMP, &pb::icmp4(8, 0, [0, 1, 0, 1], b"x"), &pb::V4::default());
     v.push(fx("v4 echo request to a non-vip is passed", frame4(&ip), Pass, Stat::PassNonVip));
     // The backend answered from VIP4:80 to the client; a router says the
     // path needs smaller packets. The error must reach the same backend.
     let from_backend = tcp4(VIP4, CLIENT4, PORT_HTTP, CLIENT_PORT, pb::TCP_ACK, &[0u8; 8]);
     let ip = icmp4_error_about(3, 4, [0, 0, 0x05, 0x00], &from_backend[..28]);
-    v.push(fx("v4 frag-needed about a vip flow follows the flow", frame4(&ip), Tx(expect_ipip4(&ip, REAL1, h4tcp())), Stat::TxEncap));
+    v.push(fx(
+        "v4 frag-needed about a vip flow follows the flow",
+        frame4(&ip),
+        Tx(expect_ipip4(&ip, REAL1, h4tcp())),
+        Stat::TxEncap,
+    ));
     let ip = icmp4_error_about(3, 3, [0; 4], &from_backend[..28]);
-    v.push(fx("v4 port-unreachable about a vip flow follows the flow", frame4(&ip), Tx(expect_ipip4(&ip, REAL1, h4tcp())), Stat::TxEncap));
+    v.push(fx(
+        "v4 port-unreachable about a vip flow follows the flow",
+        frame4(&ip),
+        Tx(expect_ipip4(&ip, REAL1, h4tcp())),
+        Stat::TxEncap,
+    ));
     let not_vip = tcp4(OTHER4, CLIENT4, PORT_HTTP, CLIENT_PORT, pb::TCP_ACK, &[]);
     let ip = icmp4_error_about(3, 4, [0, 0, 0x05, 0x00], &not_vip[..28]);
     v.push(fx("v4 icmp error about a non-vip flow is passed", frame4(&ip), Pass, Stat::PassNonVip));
@@ -162,23 +243,48 @@ fn fixtures() -> Vec<Fixture> {
     let router6 = Ipv6Addr::new(0x2001, 0xdb8, 0xff, 0, 0, 0, 0, 1);
     let icmp = pb::icmp6(router6, VIP6, 2, 0, 1280u32.to_be_bytes(), &from_backend6[..48]);
     let ip = pb::ipv6(router6, VIP6, IPPROTO_ICMPV6, &icmp, 0);
-    v.push(fx("v6 packet-too-big about a vip flow follows the flow", frame6(&ip), Tx(expect_ip6tnl(&ip, REAL6_4, h6tcp())), Stat::TxEncap));
+    v.push(fx(
+        "v6 packet-too-big about a vip flow follows the flow",
+        frame6(&ip),
+        Tx(expect_ip6tnl(&ip, REAL6_4, h6tcp())),
+        Stat::TxEncap,
+    ));
     let ns = pb::icmp6(CLIENT6, VIP6, 135, 0, [0; 4], &VIP6.octets());
     let ip = pb::ipv6(CLIENT6, VIP6, IPPROTO_ICMPV6, &ns, 0);
     v.push(fx("v6 neighbour solicitation is left to the kernel", frame6(&ip), Pass, Stat::PassIcmpOther));
 
     // --- Too big once encapsulated ---------------------------------------
     let ip = big_tcp4(1500, true);
-    v.push(fx("v4 1500 bytes with DF: frag-needed back, mtu 1480", frame4(&ip), Tx(expect_frag_needed(&ip, 1480)), Stat::TxIcmpTooBig));
+    v.push(fx(
+        "v4 1500 bytes with DF: frag-needed back, mtu 1480",
+        frame4(&ip),
+        Tx(expect_frag_needed(&ip, 1480)),
+        Stat::TxIcmpTooBig,
+    ));
     let ip = big_tcp4(1481, true);
-    v.push(fx("v4 one byte over: frag-needed back", frame4(&ip), Tx(expect_frag_needed(&ip, 1480)), Stat::TxIcmpTooBig));
+    v.push(fx(
+        "v4 one byte over: frag-needed back",
+        frame4(&ip),
+        Tx(expect_frag_needed(&ip, 1480)),
+        Stat::TxIcmpTooBig,
+    ));
     let ip = big_tcp4(1480, true);
-    v.push(fx("v4 exactly the largest size that fits is forwarded", frame4(&ip), Tx(expect_ipip4(&ip, REAL1, h4tcp())), Stat::TxEncap));
+    v.push(fx(
+        "v4 exactly the largest size that fits is forwarded",
+        frame4(&ip),
+        Tx(expect_ipip4(&ip, REAL1, h4tcp())),
+        Stat::TxEncap,
+    ));
     let ip = big_tcp4(1500, false);
     v.push(fx("v4 too big without DF is dropped", frame4(&ip), Drop, Stat::DropTooBig));
     let seg = pb::tcp(CLIENT6.into(), VIP6.into(), CLIENT_PORT, PORT_HTTP, pb::TCP_ACK, &vec![0xcd; 1440]);
     let ip = pb::ipv6(CLIENT6, VIP6, IPPROTO_TCP, &seg, 0);
-    v.push(fx("v6 1500 bytes: packet-too-big back, mtu 1460", frame6(&ip), Tx(expect_pkt_too_big(&ip, VIP6, 1460, 1280 - 48)), Stat::TxIcmpTooBig));
+    v.push(fx(
+        "v6 1500 bytes: packet-too-big back, mtu 1460",
+        frame6(&ip),
+        Tx(expect_pkt_too_big(&ip, VIP6, 1460, 1280 - 48)),
+        Stat::TxIcmpTooBig,
+    ));
 
     // --- Passed to the kernel ---------------------------------------------
     let ip = tcp4(CLIENT4, OTHER4, CLIENT_PORT, 22, pb::TCP_SYN, &[]);
@@ -206,14 +312,31 @@ fn fixtures() -> Vec<Fixture> {
         a
     };
     v.push(fx("arp is passed", pb::eth([0xff; 6], ROUTER_MAC, 0x0806, &arp), Pass, Stat::PassNonIp));
-    v.push(fx("lldp is passed", pb::eth([0x01, 0x80, 0xc2, 0, 0, 0x0e], ROUTER_MAC, 0x88cc, &[0u8; 46]), Pass, Stat::PassNonIp));
+    v.push(fx(
+        "lldp is passed",
+        pb::eth([0x01, 0x80, 0xc2, 0, 0, 0x0e], ROUTER_MAC, 0x88cc, &[0u8; 46]),
+        Pass,
+        Stat::PassNonIp,
+    ));
     let ip = syn4();
     let inner_tag = pb::eth_vlan(IF_MAC, ROUTER_MAC, 0x0064, 0x8100, &[&[0x00u8, 0x65, 0x08, 0x00][..], &ip].concat());
     v.push(fx("double-tagged (q-in-q) frame is passed", inner_tag, Pass, Stat::PassNonIp));
     let seg = pb::tcp(CLIENT4.into(), VIP4.into(), CLIENT_PORT, PORT_HTTP, pb::TCP_ACK, PAYLOAD);
-    let ip = pb::ipv4(CLIENT4, VIP4, IPPROTO_TCP, &seg, &pb::V4 { dont_fragment: false, more_fragments: true, ..pb::V4::default() });
+    let ip = pb::ipv4(
+        CLIENT4,
+        VIP4,
+        IPPROTO_TCP,
+        &seg,
+        &pb::V4 { dont_fragment: false, more_fragments: true, ..pb::V4::default() },
+    );
     v.push(fx("v4 first fragment is passed", frame4(&ip), Pass, Stat::PassFragment));
-    let ip = pb::ipv4(CLIENT4, VIP4, IPPROTO_TCP, &seg[8..], &pb::V4 { dont_fragment: false, fragment_offset: 1, ..pb::V4::default() });
+    let ip = pb::ipv4(
+        CLIENT4,
+        VIP4,
+        IPPROTO_TCP,
+        &seg[8..],
+        &pb::V4 { dont_fragment: false, fragment_offset: 1, ..pb::V4::default() },
+    );
     v.push(fx("v4 later fragment is passed", frame4(&ip), Pass, Stat::PassFragment));
     let seg6 = pb::tcp(CLIENT6.into(), VIP6.into(), CLIENT_PORT, PORT_HTTP, pb::TCP_ACK, PAYLOAD);
     let ip = pb::ipv6(CLIENT6, VIP6, 44, &pb::ipv6_frag(IPPROTO_TCP, 0, true, 77, &seg6), 0);

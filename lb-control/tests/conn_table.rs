@@ -7,8 +7,8 @@ use std::net::Ipv4Addr;
 
 use common::*;
 use lb_common::{
-    addr_v4, ring_slot, ConnEntry, FlowKey, Stat, VipMeta, FAMILY_V4, IPPROTO_ICMP, IPPROTO_TCP,
-    IPPROTO_UDP, VIP_F_HASH_NO_SRC_PORT, VIP_F_NO_CONN_TABLE, VIP_F_UDP_NO_CONN_TABLE,
+    addr_v4, ring_slot, ConnEntry, FlowKey, Stat, VipMeta, FAMILY_V4, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP,
+    VIP_F_HASH_NO_SRC_PORT, VIP_F_NO_CONN_TABLE, VIP_F_UDP_NO_CONN_TABLE,
 };
 use lb_control::dataplane::Balancer;
 use lb_testkit::packet_builder as pb;
@@ -193,7 +193,9 @@ fn a_full_set_evicts_one_packet_flows_before_established_ones() {
     let sets = bal.limits().conn_sets();
     let want = lb_common::flow_hash64(&flow4(CLIENT4, 1000, VIP4, PORT_HTTP, IPPROTO_TCP)) as u32 & (sets - 1);
     let same_set: Vec<u16> = (1000u16..60000)
-        .filter(|&p| lb_common::flow_hash64(&flow4(CLIENT4, p, VIP4, PORT_HTTP, IPPROTO_TCP)) as u32 & (sets - 1) == want)
+        .filter(|&p| {
+            lb_common::flow_hash64(&flow4(CLIENT4, p, VIP4, PORT_HTTP, IPPROTO_TCP)) as u32 & (sets - 1) == want
+        })
         .take(16)
         .collect();
     assert_eq!(same_set.len(), 16);

@@ -175,8 +175,23 @@ impl Lab {
     fn network(&self) {
         let (lb, gw) = (&self.lb, &self.gw);
         let (lb_mac, gw_mac) = (mac_str(&LB_MAC), mac_str(&GW_MAC));
-        lb.ip(&["link", "add", LB_IF, "address", &lb_mac, "type", "veth", "peer", "name", GW_IF, "address", &gw_mac, "netns", gw.name()])
-            .unwrap();
+        lb.ip(&[
+            "link",
+            "add",
+            LB_IF,
+            "address",
+            &lb_mac,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            GW_IF,
+            "address",
+            &gw_mac,
+            "netns",
+            gw.name(),
+        ])
+        .unwrap();
         gw.ip(&["addr", "add", "10.99.0.1/24", "dev", GW_IF]).unwrap();
         gw.ip(&["addr", "add", "fd99::1/64", "dev", GW_IF, "nodad"]).unwrap();
         gw.ip(&["link", "set", GW_IF, "up"]).unwrap();
@@ -324,7 +339,13 @@ max_body_bytes = 4096
     // ---- HTTP ----------------------------------------------------------
 
     /// One HTTP request to the daemon, made from inside the namespace.
-    fn try_http(&self, method: &str, path: &str, body: Option<(&str, Vec<u8>)>, auth: Option<&str>) -> anyhow::Result<Resp> {
+    fn try_http(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<(&str, Vec<u8>)>,
+        auth: Option<&str>,
+    ) -> anyhow::Result<Resp> {
         let url = format!("{API}{path}");
         let method = method.to_string();
         let auth = auth.map(str::to_string);
@@ -348,20 +369,15 @@ max_body_bytes = 4096
             };
             let mut resp = resp.with_context(|| format!("{method} {url}"))?;
             let status = resp.status().as_u16();
-            let content_type = resp
-                .headers()
-                .get("content-type")
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or("")
-                .to_string();
+            let content_type =
+                resp.headers().get("content-type").and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
             let body = resp.body_mut().read_to_string()?;
             Ok(Resp { status, content_type, body })
         })
     }
 
     fn http(&self, method: &str, path: &str, body: Option<(&str, Vec<u8>)>, auth: Option<&str>) -> Resp {
-        self.try_http(method, path, body, auth)
-            .unwrap_or_else(|e| panic!("{method} {path}: {e:#}\n{}", self.logs()))
+        self.try_http(method, path, body, auth).unwrap_or_else(|e| panic!("{method} {path}: {e:#}\n{}", self.logs()))
     }
 
     /// A GET without a token.
@@ -421,9 +437,7 @@ max_body_bytes = 4096
 fn run_bounded(mut cmd: Command, dir: &Path, what: &str) -> (ExitStatus, String, String) {
     let n = unique_name("out");
     let (out_path, err_path) = (dir.join(format!("{n}.stdout")), dir.join(format!("{n}.stderr")));
-    cmd.stdin(Stdio::null())
-        .stdout(fs::File::create(&out_path).unwrap())
-        .stderr(fs::File::create(&err_path).unwrap());
+    cmd.stdin(Stdio::null()).stdout(fs::File::create(&out_path).unwrap()).stderr(fs::File::create(&err_path).unwrap());
     let mut child = cmd.spawn().unwrap_or_else(|e| panic!("spawning {what}: {e}"));
     let start = Instant::now();
     let status = loop {
@@ -575,7 +589,8 @@ fn pinned_map_ids(pin_dir: &Path) -> BTreeMap<String, u32> {
     lb_common::map_names::BALANCER_MAPS
         .iter()
         .map(|name| {
-            let info = aya::maps::MapInfo::from_pin(dir.join(name)).unwrap_or_else(|e| panic!("pinned map {name}: {e}"));
+            let info =
+                aya::maps::MapInfo::from_pin(dir.join(name)).unwrap_or_else(|e| panic!("pinned map {name}: {e}"));
             (name.to_string(), info.id())
         })
         .collect()
@@ -597,7 +612,10 @@ fn every_endpoint_answers_as_documented() {
     let doc = lab.get("/v1/openapi.json").ok(200, "openapi");
     let paths = doc["paths"].as_object().expect("\"paths\" is an object");
     for (method, path) in lb_control::api::ROUTES {
-        assert!(paths.get(*path).and_then(|p| p.get(method.to_lowercase())).is_some(), "{method} {path} not documented");
+        assert!(
+            paths.get(*path).and_then(|p| p.get(method.to_lowercase())).is_some(),
+            "{method} {path} not documented"
+        );
     }
 
     // The config's VIPs.
@@ -608,7 +626,11 @@ fn every_endpoint_answers_as_documented() {
 
     // POST a VIP; the weight defaults to 1; flags are kept.
     let new = "tcp:10.0.0.20:443";
-    let r = lab.call("POST", "/v1/vips", Some(&json!({"vip": new, "flags": ["hash-no-src-port"], "backends": [{"address": "10.1.0.3"}]})));
+    let r = lab.call(
+        "POST",
+        "/v1/vips",
+        Some(&json!({"vip": new, "flags": ["hash-no-src-port"], "backends": [{"address": "10.1.0.3"}]})),
+    );
     let applied = r.ok(201, "POST /v1/vips");
     assert_eq!(applied["applied"]["vips_added"], 1, "{applied}");
     assert_eq!(applied["applied"]["backends_added"], 1, "{applied}");
@@ -620,14 +642,23 @@ fn every_endpoint_answers_as_documented() {
     let backends = format!("/v1/vips/{new}/backends");
     assert_eq!(lab.get_json(&backends), json!([{"address": "10.1.0.3", "weight": 1}]));
     lab.call("POST", &backends, Some(&json!({"address": "10.1.0.4", "weight": 5}))).ok(201, "POST backend");
-    assert_eq!(lab.get_json(&backends), json!([{"address": "10.1.0.3", "weight": 1}, {"address": "10.1.0.4", "weight": 5}]));
+    assert_eq!(
+        lab.get_json(&backends),
+        json!([{"address": "10.1.0.3", "weight": 1}, {"address": "10.1.0.4", "weight": 5}])
+    );
     let r = lab.call("PUT", &backends, Some(&json!([{"address": "10.1.0.5", "weight": 2}, {"address": "10.1.0.6"}])));
     let applied = r.ok(200, "PUT backends");
     assert_eq!(applied["applied"]["tables_written"], 1, "{applied}");
-    assert_eq!(lab.get_json(&backends), json!([{"address": "10.1.0.5", "weight": 2}, {"address": "10.1.0.6", "weight": 1}]));
+    assert_eq!(
+        lab.get_json(&backends),
+        json!([{"address": "10.1.0.5", "weight": 2}, {"address": "10.1.0.6", "weight": 1}])
+    );
     lab.call("PATCH", &format!("{backends}/10.1.0.5"), Some(&json!({"weight": 7}))).ok(200, "PATCH weight");
     lab.call("PATCH", &format!("{backends}/10.1.0.6"), Some(&json!({"drain": true}))).ok(200, "PATCH drain");
-    assert_eq!(lab.get_json(&backends), json!([{"address": "10.1.0.5", "weight": 7}, {"address": "10.1.0.6", "weight": 0}]));
+    assert_eq!(
+        lab.get_json(&backends),
+        json!([{"address": "10.1.0.5", "weight": 7}, {"address": "10.1.0.6", "weight": 0}])
+    );
     lab.call("DELETE", &format!("{backends}/10.1.0.6"), None).ok(200, "DELETE backend");
     assert_eq!(lab.get_json(&backends), json!([{"address": "10.1.0.5", "weight": 7}]));
 
@@ -657,7 +688,13 @@ fn every_endpoint_answers_as_documented() {
     assert!(r.content_type.starts_with("application/openmetrics-text"), "{}", r.content_type);
     assert!(r.body.ends_with("# EOF\n"), "{}", r.body);
     let vip_line = format!("xdp_lb_vip_packets_total{{vip=\"{VIP_HTTP}\"}} {}", packets(&after, &["vips", VIP_HTTP]));
-    for want in [vip_line.as_str(), "xdp_lb_ready 1", "xdp_lb_vips 3", "xdp_lb_reason_packets_total{reason=", "xdp_lb_backend_packets_total{backend=\"10.1.0.5\"}"] {
+    for want in [
+        vip_line.as_str(),
+        "xdp_lb_ready 1",
+        "xdp_lb_vips 3",
+        "xdp_lb_reason_packets_total{reason=",
+        "xdp_lb_backend_packets_total{backend=\"10.1.0.5\"}",
+    ] {
         assert!(r.body.contains(want), "/metrics lacks {want:?}:\n{}", r.body);
     }
 
@@ -686,7 +723,8 @@ fn bad_requests_are_refused_with_the_right_error_and_change_nothing() {
     let basic = format!("Basic {TOKEN}");
     let json_ct = "application/json";
 
-    let big_backends: Vec<Value> = (0..200).map(|i| json!({"address": format!("10.2.{}.{}", i / 250, i % 250 + 1), "weight": 1})).collect();
+    let big_backends: Vec<Value> =
+        (0..200).map(|i| json!({"address": format!("10.2.{}.{}", i / 250, i % 250 + 1), "weight": 1})).collect();
     let big = serde_json::to_vec(&json!({"vip": "tcp:10.0.0.50:80", "backends": big_backends})).unwrap();
     assert!(big.len() > 4096, "the oversized body must exceed api.max_body_bytes");
     // 64 new backends + the IPv6 VIP's one: more than limits.max_backends,
@@ -701,48 +739,390 @@ fn bad_requests_are_refused_with_the_right_error_and_change_nothing() {
     #[allow(clippy::type_complexity)]
     let cases: Vec<(&str, &str, String, Option<(&str, Vec<u8>)>, Option<&str>, u16, &str, &str)> = vec![
         // (what, method, path, body, auth, status, code, message contains)
-        ("malformed JSON", "POST", "/v1/vips".into(), body(r#"{"vip": "tcp:10.0.0.50:80", "#), Some(&bearer), 400, "invalid_json", ""),
-        ("wrong content type", "POST", "/v1/vips".into(), Some(("text/plain", br#"{"vip": "tcp:10.0.0.50:80"}"#.to_vec())), Some(&bearer), 415, "unsupported_media_type", "Content-Type"),
-        ("no content type", "POST", "/v1/vips".into(), Some(("", br#"{"vip": "tcp:10.0.0.50:80"}"#.to_vec())), Some(&bearer), 415, "unsupported_media_type", ""),
-        ("oversized body", "POST", "/v1/vips".into(), Some((json_ct, big.clone())), Some(&bearer), 413, "payload_too_large", ""),
-        ("unknown field in a VIP", "POST", "/v1/vips".into(), body(r#"{"vip": "tcp:10.0.0.50:80", "bogus": 1}"#), Some(&bearer), 400, "invalid_json", "bogus"),
-        ("unknown field in a backend", "POST", http_backends.clone(), body(r#"{"address": "10.1.0.9", "wieght": 2}"#), Some(&bearer), 400, "invalid_json", "wieght"),
-        ("unknown field in a patch", "PATCH", format!("{http_backends}/10.1.0.1"), body(r#"{"weight": 3, "colour": "red"}"#), Some(&bearer), 400, "invalid_json", "colour"),
-        ("unknown VIP: GET", "GET", "/v1/vips/tcp:10.0.0.99:80".into(), None, None, 404, "not_found", "tcp:10.0.0.99:80"),
-        ("unknown VIP: DELETE", "DELETE", "/v1/vips/tcp:10.0.0.99:80".into(), None, Some(&bearer), 404, "not_found", "tcp:10.0.0.99:80"),
-        ("unknown VIP: GET backends", "GET", "/v1/vips/tcp:10.0.0.99:80/backends".into(), None, None, 404, "not_found", ""),
-        ("unknown VIP: POST backend", "POST", "/v1/vips/tcp:10.0.0.99:80/backends".into(), body(r#"{"address": "10.1.0.9"}"#), Some(&bearer), 404, "not_found", ""),
-        ("unknown VIP: PUT backends", "PUT", "/v1/vips/tcp:10.0.0.99:80/backends".into(), body(r#"[{"address": "10.1.0.9"}]"#), Some(&bearer), 404, "not_found", ""),
-        ("unknown VIP: PATCH backend", "PATCH", "/v1/vips/tcp:10.0.0.99:80/backends/10.1.0.1".into(), body(r#"{"drain": true}"#), Some(&bearer), 404, "not_found", ""),
+        (
+            "malformed JSON",
+            "POST",
+            "/v1/vips".into(),
+            body(r#"{"vip": "tcp:10.0.0.50:80", "#),
+            Some(&bearer),
+            400,
+            "invalid_json",
+            "",
+        ),
+        (
+            "wrong content type",
+            "POST",
+            "/v1/vips".into(),
+            Some(("text/plain", br#"{"vip": "tcp:10.0.0.50:80"}"#.to_vec())),
+            Some(&bearer),
+            415,
+            "unsupported_media_type",
+            "Content-Type",
+        ),
+        (
+            "no content type",
+            "POST",
+            "/v1/vips".into(),
+            Some(("", br#"{"vip": "tcp:10.0.0.50:80"}"#.to_vec())),
+            Some(&bearer),
+            415,
+            "unsupported_media_type",
+            "",
+        ),
+        (
+            "oversized body",
+            "POST",
+            "/v1/vips".into(),
+            Some((json_ct, big.clone())),
+            Some(&bearer),
+            413,
+            "payload_too_large",
+            "",
+        ),
+        (
+            "unknown field in a VIP",
+            "POST",
+            "/v1/vips".into(),
+            body(r#"{"vip": "tcp:10.0.0.50:80", "bogus": 1}"#),
+            Some(&bearer),
+            400,
+            "invalid_json",
+            "bogus",
+        ),
+        (
+            "unknown field in a backend",
+            "POST",
+            http_backends.clone(),
+            body(r#"{"address": "10.1.0.9", "wieght": 2}"#),
+            Some(&bearer),
+            400,
+            "invalid_json",
+            "wieght",
+        ),
+        (
+            "unknown field in a patch",
+            "PATCH",
+            format!("{http_backends}/10.1.0.1"),
+            body(r#"{"weight": 3, "colour": "red"}"#),
+            Some(&bearer),
+            400,
+            "invalid_json",
+            "colour",
+        ),
+        (
+            "unknown VIP: GET",
+            "GET",
+            "/v1/vips/tcp:10.0.0.99:80".into(),
+            None,
+            None,
+            404,
+            "not_found",
+            "tcp:10.0.0.99:80",
+        ),
+        (
+            "unknown VIP: DELETE",
+            "DELETE",
+            "/v1/vips/tcp:10.0.0.99:80".into(),
+            None,
+            Some(&bearer),
+            404,
+            "not_found",
+            "tcp:10.0.0.99:80",
+        ),
+        (
+            "unknown VIP: GET backends",
+            "GET",
+            "/v1/vips/tcp:10.0.0.99:80/backends".into(),
+            None,
+            None,
+            404,
+            "not_found",
+            "",
+        ),
+        (
+            "unknown VIP: POST backend",
+            "POST",
+            "/v1/vips/tcp:10.0.0.99:80/backends".into(),
+            body(r#"{"address": "10.1.0.9"}"#),
+            Some(&bearer),
+            404,
+            "not_found",
+            "",
+        ),
+        (
+            "unknown VIP: PUT backends",
+            "PUT",
+            "/v1/vips/tcp:10.0.0.99:80/backends".into(),
+            body(r#"[{"address": "10.1.0.9"}]"#),
+            Some(&bearer),
+            404,
+            "not_found",
+            "",
+        ),
+        (
+            "unknown VIP: PATCH backend",
+            "PATCH",
+            "/v1/vips/tcp:10.0.0.99:80/backends/10.1.0.1".into(),
+            body(r#"{"drain": true}"#),
+            Some(&bearer),
+            404,
+            "not_found",
+            "",
+        ),
         ("same address, other protocol", "GET", "/v1/vips/udp:10.0.0.10:80".into(), None, None, 404, "not_found", ""),
-        ("unknown backend: PATCH", "PATCH", format!("{http_backends}/10.1.0.99"), body(r#"{"weight": 3}"#), Some(&bearer), 404, "not_found", "10.1.0.99"),
-        ("unknown backend: DELETE", "DELETE", format!("{http_backends}/10.1.0.99"), None, Some(&bearer), 404, "not_found", "10.1.0.99"),
+        (
+            "unknown backend: PATCH",
+            "PATCH",
+            format!("{http_backends}/10.1.0.99"),
+            body(r#"{"weight": 3}"#),
+            Some(&bearer),
+            404,
+            "not_found",
+            "10.1.0.99",
+        ),
+        (
+            "unknown backend: DELETE",
+            "DELETE",
+            format!("{http_backends}/10.1.0.99"),
+            None,
+            Some(&bearer),
+            404,
+            "not_found",
+            "10.1.0.99",
+        ),
         ("bad VIP syntax: GET", "GET", "/v1/vips/not-a-vip".into(), None, None, 400, "bad_request", "not-a-vip"),
-        ("bad VIP syntax: no port", "DELETE", "/v1/vips/tcp:10.0.0.10".into(), None, Some(&bearer), 400, "bad_request", ""),
-        ("bad VIP syntax: protocol", "GET", "/v1/vips/sctp:10.0.0.10:80/backends".into(), None, None, 400, "bad_request", "sctp"),
-        ("bad VIP syntax: IPv6 without brackets", "GET", "/v1/vips/udp:fc00::10:53".into(), None, None, 400, "bad_request", "brackets"),
-        ("bad VIP syntax in a body", "POST", "/v1/vips".into(), body(r#"{"vip": "sctp:10.0.0.50:80"}"#), Some(&bearer), 400, "invalid_json", "sctp"),
-        ("bad backend syntax", "PATCH", format!("{http_backends}/not-an-ip"), body(r#"{"weight": 3}"#), Some(&bearer), 400, "bad_request", "not-an-ip"),
-        ("duplicate VIP", "POST", "/v1/vips".into(), body(&json!({"vip": VIP_HTTP, "backends": [{"address": "10.1.0.9"}]}).to_string()), Some(&bearer), 409, "conflict", VIP_HTTP),
-        ("duplicate backend", "POST", http_backends.clone(), body(r#"{"address": "10.1.0.1", "weight": 4}"#), Some(&bearer), 409, "conflict", "10.1.0.1"),
-        ("a backend listed twice", "PUT", http_backends.clone(), body(r#"[{"address": "10.1.0.7"}, {"address": "10.1.0.7", "weight": 2}]"#), Some(&bearer), 400, "duplicate_backend", "twice"),
-        ("IPv4 backend of an IPv6 VIP: POST backend", "POST", dns_backends.clone(), body(r#"{"address": "10.1.0.9"}"#), Some(&bearer), 400, "family_mismatch", "IPv6"),
-        ("IPv4 backend of an IPv6 VIP: PUT", "PUT", dns_backends.clone(), body(r#"[{"address": "fc00:1::2"}, {"address": "10.1.0.9"}]"#), Some(&bearer), 400, "family_mismatch", "IPv6"),
-        ("IPv4 backend of an IPv6 VIP: POST VIP", "POST", "/v1/vips".into(), body(r#"{"vip": "tcp:[fc00::50]:80", "backends": [{"address": "10.1.0.9"}]}"#), Some(&bearer), 400, "family_mismatch", "IPv6"),
-        ("weight out of range: POST", "POST", http_backends.clone(), body(r#"{"address": "10.1.0.9", "weight": 10001}"#), Some(&bearer), 400, "bad_request", "10001"),
-        ("weight out of range: PATCH", "PATCH", format!("{http_backends}/10.1.0.1"), body(r#"{"weight": 10001}"#), Some(&bearer), 400, "bad_request", "10001"),
-        ("weight out of range: PUT", "PUT", http_backends.clone(), body(r#"[{"address": "10.1.0.1", "weight": 4294967295}]"#), Some(&bearer), 400, "bad_request", "out of range"),
-        ("negative weight", "PATCH", format!("{http_backends}/10.1.0.1"), body(r#"{"weight": -1}"#), Some(&bearer), 400, "invalid_json", ""),
-        ("weight and drain", "PATCH", format!("{http_backends}/10.1.0.1"), body(r#"{"weight": 3, "drain": true}"#), Some(&bearer), 400, "bad_request", ""),
-        ("an empty patch", "PATCH", format!("{http_backends}/10.1.0.1"), body("{}"), Some(&bearer), 400, "bad_request", ""),
-        ("more backends than the limit", "PUT", http_backends.clone(), Some((json_ct, crowd.clone())), Some(&bearer), 422, "rejected", "exceed"),
-        ("missing token: POST", "POST", "/v1/vips".into(), body(r#"{"vip": "tcp:10.0.0.50:80"}"#), None, 401, "unauthorized", "Bearer"),
+        (
+            "bad VIP syntax: no port",
+            "DELETE",
+            "/v1/vips/tcp:10.0.0.10".into(),
+            None,
+            Some(&bearer),
+            400,
+            "bad_request",
+            "",
+        ),
+        (
+            "bad VIP syntax: protocol",
+            "GET",
+            "/v1/vips/sctp:10.0.0.10:80/backends".into(),
+            None,
+            None,
+            400,
+            "bad_request",
+            "sctp",
+        ),
+        (
+            "bad VIP syntax: IPv6 without brackets",
+            "GET",
+            "/v1/vips/udp:fc00::10:53".into(),
+            None,
+            None,
+            400,
+            "bad_request",
+            "brackets",
+        ),
+        (
+            "bad VIP syntax in a body",
+            "POST",
+            "/v1/vips".into(),
+            body(r#"{"vip": "sctp:10.0.0.50:80"}"#),
+            Some(&bearer),
+            400,
+            "invalid_json",
+            "sctp",
+        ),
+        (
+            "bad backend syntax",
+            "PATCH",
+            format!("{http_backends}/not-an-ip"),
+            body(r#"{"weight": 3}"#),
+            Some(&bearer),
+            400,
+            "bad_request",
+            "not-an-ip",
+        ),
+        (
+            "duplicate VIP",
+            "POST",
+            "/v1/vips".into(),
+            body(&json!({"vip": VIP_HTTP, "backends": [{"address": "10.1.0.9"}]}).to_string()),
+            Some(&bearer),
+            409,
+            "conflict",
+            VIP_HTTP,
+        ),
+        (
+            "duplicate backend",
+            "POST",
+            http_backends.clone(),
+            body(r#"{"address": "10.1.0.1", "weight": 4}"#),
+            Some(&bearer),
+            409,
+            "conflict",
+            "10.1.0.1",
+        ),
+        (
+            "a backend listed twice",
+            "PUT",
+            http_backends.clone(),
+            body(r#"[{"address": "10.1.0.7"}, {"address": "10.1.0.7", "weight": 2}]"#),
+            Some(&bearer),
+            400,
+            "duplicate_backend",
+            "twice",
+        ),
+        (
+            "IPv4 backend of an IPv6 VIP: POST backend",
+            "POST",
+            dns_backends.clone(),
+            body(r#"{"address": "10.1.0.9"}"#),
+            Some(&bearer),
+            400,
+            "family_mismatch",
+            "IPv6",
+        ),
+        (
+            "IPv4 backend of an IPv6 VIP: PUT",
+            "PUT",
+            dns_backends.clone(),
+            body(r#"[{"address": "fc00:1::2"}, {"address": "10.1.0.9"}]"#),
+            Some(&bearer),
+            400,
+            "family_mismatch",
+            "IPv6",
+        ),
+        (
+            "IPv4 backend of an IPv6 VIP: POST VIP",
+            "POST",
+            "/v1/vips".into(),
+            body(r#"{"vip": "tcp:[fc00::50]:80", "backends": [{"address": "10.1.0.9"}]}"#),
+            Some(&bearer),
+            400,
+            "family_mismatch",
+            "IPv6",
+        ),
+        (
+            "weight out of range: POST",
+            "POST",
+            http_backends.clone(),
+            body(r#"{"address": "10.1.0.9", "weight": 10001}"#),
+            Some(&bearer),
+            400,
+            "bad_request",
+            "10001",
+        ),
+        (
+            "weight out of range: PATCH",
+            "PATCH",
+            format!("{http_backends}/10.1.0.1"),
+            body(r#"{"weight": 10001}"#),
+            Some(&bearer),
+            400,
+            "bad_request",
+            "10001",
+        ),
+        (
+            "weight out of range: PUT",
+            "PUT",
+            http_backends.clone(),
+            body(r#"[{"address": "10.1.0.1", "weight": 4294967295}]"#),
+            Some(&bearer),
+            400,
+            "bad_request",
+            "out of range",
+        ),
+        (
+            "negative weight",
+            "PATCH",
+            format!("{http_backends}/10.1.0.1"),
+            body(r#"{"weight": -1}"#),
+            Some(&bearer),
+            400,
+            "invalid_json",
+            "",
+        ),
+        (
+            "weight and drain",
+            "PATCH",
+            format!("{http_backends}/10.1.0.1"),
+            body(r#"{"weight": 3, "drain": true}"#),
+            Some(&bearer),
+            400,
+            "bad_request",
+            "",
+        ),
+        (
+            "an empty patch",
+            "PATCH",
+            format!("{http_backends}/10.1.0.1"),
+            body("{}"),
+            Some(&bearer),
+            400,
+            "bad_request",
+            "",
+        ),
+        (
+            "more backends than the limit",
+            "PUT",
+            http_backends.clone(),
+            Some((json_ct, crowd.clone())),
+            Some(&bearer),
+            422,
+            "rejected",
+            "exceed",
+        ),
+        (
+            "missing token: POST",
+            "POST",
+            "/v1/vips".into(),
+            body(r#"{"vip": "tcp:10.0.0.50:80"}"#),
+            None,
+            401,
+            "unauthorized",
+            "Bearer",
+        ),
         ("missing token: DELETE", "DELETE", format!("/v1/vips/{VIP_HTTP}"), None, None, 401, "unauthorized", ""),
-        ("missing token: PATCH", "PATCH", format!("{http_backends}/10.1.0.1"), body(r#"{"drain": true}"#), None, 401, "unauthorized", ""),
-        ("wrong token", "DELETE", format!("/v1/vips/{VIP_HTTP}"), None, Some("Bearer daemon-test-token-5f0c1f"), 401, "unauthorized", "wrong token"),
-        ("wrong token length", "PUT", http_backends.clone(), body(r#"[]"#), Some("Bearer x"), 401, "unauthorized", "wrong token"),
+        (
+            "missing token: PATCH",
+            "PATCH",
+            format!("{http_backends}/10.1.0.1"),
+            body(r#"{"drain": true}"#),
+            None,
+            401,
+            "unauthorized",
+            "",
+        ),
+        (
+            "wrong token",
+            "DELETE",
+            format!("/v1/vips/{VIP_HTTP}"),
+            None,
+            Some("Bearer daemon-test-token-5f0c1f"),
+            401,
+            "unauthorized",
+            "wrong token",
+        ),
+        (
+            "wrong token length",
+            "PUT",
+            http_backends.clone(),
+            body(r#"[]"#),
+            Some("Bearer x"),
+            401,
+            "unauthorized",
+            "wrong token",
+        ),
         ("token without Bearer", "DELETE", format!("/v1/vips/{VIP_HTTP}"), None, Some(TOKEN), 401, "unauthorized", ""),
-        ("wrong scheme", "POST", "/v1/vips".into(), body(r#"{"vip": "tcp:10.0.0.50:80"}"#), Some(&basic), 401, "unauthorized", ""),
+        (
+            "wrong scheme",
+            "POST",
+            "/v1/vips".into(),
+            body(r#"{"vip": "tcp:10.0.0.50:80"}"#),
+            Some(&basic),
+            401,
+            "unauthorized",
+            "",
+        ),
     ];
     for (what, method, path, body, auth, status, code, contains) in cases {
         let r = lab.http(method, &path, body, auth);
@@ -759,7 +1139,8 @@ fn bad_requests_are_refused_with_the_right_error_and_change_nothing() {
     assert_eq!(lab.get("/v1/stats").status, 200);
     assert_eq!(lab.get("/metrics").status, 200);
     // And the right token works after all that.
-    lab.call("PATCH", &format!("{http_backends}/10.1.0.1"), Some(&json!({"weight": 3}))).ok(200, "PATCH with the token");
+    lab.call("PATCH", &format!("{http_backends}/10.1.0.1"), Some(&json!({"weight": 3})))
+        .ok(200, "PATCH with the token");
     assert_eq!(lab.get_json(&http_backends)[0], json!({"address": "10.1.0.1", "weight": 3}));
     assert_ne!(fs::read(&lab.state_file).unwrap(), state_before, "a good change is persisted");
 }
@@ -774,11 +1155,20 @@ fn api_changes_are_in_the_data_plane_when_the_call_returns() {
     let mut bal = lab.balancer();
     let vip = Ipv4Addr::new(10, 0, 0, 30);
     let id = "tcp:10.0.0.30:8080";
-    let (b7, b8, b9, b10) = (Ipv4Addr::new(10, 1, 0, 7), Ipv4Addr::new(10, 1, 0, 8), Ipv4Addr::new(10, 1, 0, 9), Ipv4Addr::new(10, 1, 0, 10));
+    let (b7, b8, b9, b10) = (
+        Ipv4Addr::new(10, 1, 0, 7),
+        Ipv4Addr::new(10, 1, 0, 8),
+        Ipv4Addr::new(10, 1, 0, 9),
+        Ipv4Addr::new(10, 1, 0, 10),
+    );
     assert_eq!(syn4(&mut bal, vip, 8080, 20000), None, "not a VIP yet");
 
-    lab.call("POST", "/v1/vips", Some(&json!({"vip": id, "backends": [{"address": "10.1.0.7"}, {"address": "10.1.0.8"}]})))
-        .ok(201, "POST VIP");
+    lab.call(
+        "POST",
+        "/v1/vips",
+        Some(&json!({"vip": id, "backends": [{"address": "10.1.0.7"}, {"address": "10.1.0.8"}]})),
+    )
+    .ok(201, "POST VIP");
     let first = syn4(&mut bal, vip, 8080, 20000);
     assert!(matches!(first, Some(b) if b == b7 || b == b8), "right after POST the SYN went to {first:?}");
     let seen = spread4(&mut bal, vip, 8080, 20100);
@@ -787,11 +1177,16 @@ fn api_changes_are_in_the_data_plane_when_the_call_returns() {
     lab.call("PUT", &format!("/v1/vips/{id}/backends"), Some(&json!([{"address": "10.1.0.9"}]))).ok(200, "PUT");
     assert_eq!(spread4(&mut bal, vip, 8080, 20200).keys().copied().collect::<Vec<_>>(), [b9]);
 
-    lab.call("POST", &format!("/v1/vips/{id}/backends"), Some(&json!({"address": "10.1.0.10"}))).ok(201, "POST backend");
+    lab.call("POST", &format!("/v1/vips/{id}/backends"), Some(&json!({"address": "10.1.0.10"})))
+        .ok(201, "POST backend");
     assert_eq!(spread4(&mut bal, vip, 8080, 20300).keys().copied().collect::<Vec<_>>(), [b9, b10]);
 
     lab.call("PATCH", &format!("/v1/vips/{id}/backends/10.1.0.9"), Some(&json!({"drain": true}))).ok(200, "drain");
-    assert_eq!(spread4(&mut bal, vip, 8080, 20400).keys().copied().collect::<Vec<_>>(), [b10], "no new flows to a drained backend");
+    assert_eq!(
+        spread4(&mut bal, vip, 8080, 20400).keys().copied().collect::<Vec<_>>(),
+        [b10],
+        "no new flows to a drained backend"
+    );
 
     lab.call("PATCH", &format!("/v1/vips/{id}/backends/10.1.0.9"), Some(&json!({"weight": 1}))).ok(200, "undrain");
     lab.call("DELETE", &format!("/v1/vips/{id}/backends/10.1.0.10"), None).ok(200, "DELETE backend");
@@ -805,7 +1200,8 @@ fn api_changes_are_in_the_data_plane_when_the_call_returns() {
     let vip6 = Ipv6Addr::new(0xfc00, 0, 0, 0, 0, 0, 0, 0x30);
     let real6 = Ipv6Addr::new(0xfc00, 1, 0, 0, 0, 0, 0, 5);
     assert_eq!(udp6_route(&mut bal, vip6, 5353, 1000), None);
-    lab.call("POST", "/v1/vips", Some(&json!({"vip": "udp:[fc00::30]:5353", "backends": [{"address": real6}]}))).ok(201, "POST VIP6");
+    lab.call("POST", "/v1/vips", Some(&json!({"vip": "udp:[fc00::30]:5353", "backends": [{"address": real6}]})))
+        .ok(201, "POST VIP6");
     assert_eq!(udp6_route(&mut bal, vip6, 5353, 1000), Some(real6));
     lab.call("DELETE", "/v1/vips/udp:[fc00::30]:5353", None).ok(200, "DELETE VIP6");
     assert_eq!(udp6_route(&mut bal, vip6, 5353, 1000), None);
@@ -839,7 +1235,12 @@ fn sighup_reloads_the_config_and_a_bad_config_is_rejected() {
     let start = Instant::now();
     while lab.vips() != want {
         lab.assert_running();
-        assert!(start.elapsed() < RELOAD_TIMEOUT, "the reload was not applied within {RELOAD_TIMEOUT:?}: {}\n{}", lab.vips(), lab.logs());
+        assert!(
+            start.elapsed() < RELOAD_TIMEOUT,
+            "the reload was not applied within {RELOAD_TIMEOUT:?}: {}\n{}",
+            lab.vips(),
+            lab.logs()
+        );
         std::thread::sleep(POLL);
     }
     lab.wait_log("config reloaded", RELOAD_TIMEOUT);
@@ -865,7 +1266,8 @@ fn sighup_reloads_the_config_and_a_bad_config_is_rejected() {
     assert_eq!(fs::read(&lab.state_file).unwrap(), state_before);
 
     // A valid file that changes what needs a restart (the limits): refused too.
-    fs::write(&lab.config, good_text.replace("max_vips = 16", "max_vips = 32").replace("weight = 3", "weight = 4")).unwrap();
+    fs::write(&lab.config, good_text.replace("max_vips = 16", "max_vips = 32").replace("weight = 3", "weight = 4"))
+        .unwrap();
     lab.signal(libc::SIGHUP);
     let log = lab.wait_log("changed: limits", RELOAD_TIMEOUT);
     assert_eq!(log.matches("config reload rejected").count(), 2, "{}", lab.logs());
@@ -910,7 +1312,11 @@ fn a_restarted_daemon_adopts_the_pinned_maps_and_keeps_connections() {
     assert_eq!(attached_prog_id(&link), Some(prog_before));
     {
         let mut bal = lab.balancer();
-        assert_eq!(route4(&mut bal, HTTP4, 80, sport, pb::TCP_ACK), Some(backend), "the flow keeps its backend while the daemon is down");
+        assert_eq!(
+            route4(&mut bal, HTTP4, 80, sport, pb::TCP_ACK),
+            Some(backend),
+            "the flow keeps its backend while the daemon is down"
+        );
         assert_eq!(bal.conn(&flow), Some(entry));
     }
 
@@ -919,7 +1325,8 @@ fn a_restarted_daemon_adopts_the_pinned_maps_and_keeps_connections() {
     assert!(lab.logs().contains("adopted=true"), "the daemon says it adopted the maps\n{}", lab.logs());
     assert_eq!(pinned_map_ids(&lab.pin_dir), maps_before, "the same maps, not new ones");
     let link = lab.link();
-    let prog_after = attached_prog_id(&link).unwrap_or_else(|| panic!("no program attached after the restart:\n{link}"));
+    let prog_after =
+        attached_prog_id(&link).unwrap_or_else(|| panic!("no program attached after the restart:\n{link}"));
     assert_ne!(prog_after, prog_before, "the restarted daemon swapped its program into the pinned link");
     assert_eq!(lab.vips(), base_vips_json(), "the restart changed no VIP");
 
@@ -928,7 +1335,8 @@ fn a_restarted_daemon_adopts_the_pinned_maps_and_keeps_connections() {
     assert_eq!(route4(&mut bal, HTTP4, 80, sport, pb::TCP_ACK), Some(backend));
     // Drain that backend now: new connections avoid it, the old one stays
     // on it (through the adopted connection table).
-    lab.call("PATCH", &format!("/v1/vips/{VIP_HTTP}/backends/{backend}"), Some(&json!({"drain": true}))).ok(200, "drain");
+    lab.call("PATCH", &format!("/v1/vips/{VIP_HTTP}/backends/{backend}"), Some(&json!({"drain": true})))
+        .ok(200, "drain");
     assert_eq!(route4(&mut bal, HTTP4, 80, sport, pb::TCP_ACK), Some(backend), "the established flow stays");
     let seen = spread4(&mut bal, HTTP4, 80, 42000);
     assert!(!seen.contains_key(&backend), "new flows avoid the drained backend: {seen:?}");
@@ -941,7 +1349,8 @@ fn a_restarted_daemon_adopts_the_pinned_maps_and_keeps_connections() {
 fn api_changes_survive_a_restart_and_the_config_file_is_untouched() {
     let mut lab = Lab::new();
     let config_before = fs::read(&lab.config).unwrap();
-    lab.call("PATCH", &format!("/v1/vips/{VIP_HTTP}/backends/10.1.0.2"), Some(&json!({"drain": true}))).ok(200, "drain");
+    lab.call("PATCH", &format!("/v1/vips/{VIP_HTTP}/backends/10.1.0.2"), Some(&json!({"drain": true})))
+        .ok(200, "drain");
     lab.call("POST", "/v1/vips", Some(&json!({"vip": "tcp:10.0.0.40:8443", "flags": ["no-conn-table"], "backends": [{"address": "10.1.0.11", "weight": 9}]})))
         .ok(201, "POST VIP");
     lab.call("DELETE", &format!("/v1/vips/{VIP_DNS6}"), None).ok(200, "DELETE config VIP");
@@ -961,7 +1370,11 @@ fn api_changes_survive_a_restart_and_the_config_file_is_untouched() {
     assert_eq!(fs::read(&lab.config).unwrap(), config_before, "the config file is byte for byte the same");
 
     let mut bal = lab.balancer();
-    assert_eq!(spread4(&mut bal, HTTP4, 80, 43000).keys().copied().collect::<Vec<_>>(), [REAL1], "the drained backend gets no new flows");
+    assert_eq!(
+        spread4(&mut bal, HTTP4, 80, 43000).keys().copied().collect::<Vec<_>>(),
+        [REAL1],
+        "the drained backend gets no new flows"
+    );
     assert_eq!(syn4(&mut bal, Ipv4Addr::new(10, 0, 0, 40), 8443, 43000), Some(Ipv4Addr::new(10, 1, 0, 11)));
     assert_eq!(udp6_route(&mut bal, DNS6, 53, 1000), None, "the VIP deleted through the API stays deleted");
 
@@ -1000,7 +1413,8 @@ fn lbctl_drives_the_daemon() {
     assert!(row.contains("hash-no-src-port") && row.contains("10.1.0.21=1") && row.contains("10.1.0.22=3"), "{row}");
     assert!(table.lines().any(|l| l.starts_with(VIP_DNS6) && l.contains("fc00:1::1=1")), "{table}");
     assert_eq!(table.lines().count(), 4, "a header and three VIPs:\n{table}");
-    let listed: Value = serde_json::from_str(&ok(false, &["vip", "list", "-o", "json"])).expect("vip list -o json is JSON");
+    let listed: Value =
+        serde_json::from_str(&ok(false, &["vip", "list", "-o", "json"])).expect("vip list -o json is JSON");
     assert_eq!(listed, lab.vips());
     let shown = ok(false, &["vip", "show", VIP_DNS6]);
     assert!(shown.contains("fc00:1::1=1"), "{shown}");
@@ -1037,7 +1451,10 @@ fn lbctl_drives_the_daemon() {
     // Errors: a non-zero exit and the API's message on stderr.
     let (status, out, err) = lab.lbctl(true, &["backend", "drain", "tcp:10.0.0.99:80", "10.1.0.21"]);
     assert!(!status.success(), "draining a backend of an unknown VIP succeeded: {out}");
-    assert!(err.contains("no VIP tcp:10.0.0.99:80") && err.contains("not_found") && err.contains("404"), "stderr: {err}");
+    assert!(
+        err.contains("no VIP tcp:10.0.0.99:80") && err.contains("not_found") && err.contains("404"),
+        "stderr: {err}"
+    );
     let (status, _, err) = lab.lbctl(false, &["vip", "remove", id]);
     assert!(!status.success(), "a change without the token succeeded");
     assert!(err.contains("Authorization: Bearer") && err.contains("401"), "stderr: {err}");
@@ -1143,9 +1560,14 @@ fn a_new_backend_starts_with_zero_counters() {
     lab.call("DELETE", &format!("/v1/vips/{VIP_HTTP}/backends/10.1.0.1"), None).ok(200, "DELETE backend");
     lab.stop();
     lab.start();
-    lab.call("POST", &format!("/v1/vips/{VIP_HTTP}/backends"), Some(&json!({"address": "10.1.0.50"}))).ok(201, "POST backend");
+    lab.call("POST", &format!("/v1/vips/{VIP_HTTP}/backends"), Some(&json!({"address": "10.1.0.50"})))
+        .ok(201, "POST backend");
     let stats = lab.get_json("/v1/stats");
-    assert_eq!(stats["backends"]["10.1.0.50"]["packets"], 0, "a backend that never got a packet: {}", stats["backends"]);
+    assert_eq!(
+        stats["backends"]["10.1.0.50"]["packets"], 0,
+        "a backend that never got a packet: {}",
+        stats["backends"]
+    );
 }
 
 /// Issue 10 item 4, through the API: a backend removed from one VIP while
@@ -1156,8 +1578,12 @@ fn removing_a_shared_backend_from_one_vip_leaves_the_other_vips_flows() {
     let lab = Lab::new();
     let mut bal = lab.balancer();
     let (other, other_id) = (Ipv4Addr::new(10, 0, 0, 40), "tcp:10.0.0.40:80");
-    lab.call("POST", "/v1/vips", Some(&json!({"vip": other_id, "backends": [{"address": "10.1.0.1"}, {"address": "10.1.0.2"}]})))
-        .ok(201, "POST a VIP sharing both backends");
+    lab.call(
+        "POST",
+        "/v1/vips",
+        Some(&json!({"vip": other_id, "backends": [{"address": "10.1.0.1"}, {"address": "10.1.0.2"}]})),
+    )
+    .ok(201, "POST a VIP sharing both backends");
     // An established flow on REAL1 for each VIP.
     let on_real1 = |bal: &mut Balancer, vip: Ipv4Addr| {
         (30000..31000u16).find(|&p| syn4(bal, vip, 80, p) == Some(REAL1)).expect("a flow lands on 10.1.0.1")
@@ -1168,7 +1594,8 @@ fn removing_a_shared_backend_from_one_vip_leaves_the_other_vips_flows() {
     let count = |lab: &Lab| lab.get_json("/v1/stats")["backends"]["10.1.0.1"]["packets"].as_u64().unwrap();
     let before = count(&lab);
 
-    lab.call("DELETE", &format!("/v1/vips/{VIP_HTTP}/backends/10.1.0.1"), None).ok(200, "DELETE the backend from one VIP");
+    lab.call("DELETE", &format!("/v1/vips/{VIP_HTTP}/backends/10.1.0.1"), None)
+        .ok(200, "DELETE the backend from one VIP");
     assert_eq!(route4(&mut bal, HTTP4, 80, http_port, pb::TCP_ACK), Some(REAL2), "that VIP's flow re-hashes");
     assert_eq!(route4(&mut bal, other, 80, other_port, pb::TCP_ACK), Some(REAL1), "the other VIP's flow stays");
     assert_eq!(count(&lab), before + 1, "10.1.0.1 keeps what it counted for {VIP_HTTP}");
@@ -1188,7 +1615,11 @@ fn a_new_gateway_mac_reaches_the_data_plane_within_a_second() {
     lab.lb.ip(&["neigh", "replace", "10.99.0.1", "lladdr", &new_mac, "dev", LB_IF, "nud", "permanent"]).unwrap();
     let start = Instant::now();
     while bal.config().unwrap().gw_mac != NEW_GW_MAC {
-        assert!(start.elapsed() < PROMPTLY, "the new gateway MAC is not in the data plane after {PROMPTLY:?}\n{}", lab.logs());
+        assert!(
+            start.elapsed() < PROMPTLY,
+            "the new gateway MAC is not in the data plane after {PROMPTLY:?}\n{}",
+            lab.logs()
+        );
         std::thread::sleep(POLL);
     }
     println!("new gateway MAC in the data plane after {:?}", start.elapsed());
@@ -1210,15 +1641,31 @@ fn check_refuses_what_start_refuses_with_the_same_located_error() {
     let not_bpffs = format!("pin_dir = \"{}\"", lab.dir.join("pins").display());
     let cases: Vec<(&str, String, &str)> = vec![
         // (what, config text, "key: ..." the error names)
-        ("max_vips overflowing the ring count", good.replace("max_vips = 16", "max_vips = 4294967295"), "limits.max_vips: "),
+        (
+            "max_vips overflowing the ring count",
+            good.replace("max_vips = 16", "max_vips = 4294967295"),
+            "limits.max_vips: ",
+        ),
         ("an empty state_file", good.replace(&state, "state_file = \"\""), "state_file: "),
         ("a relative pin_dir", good.replace(&pin, "pin_dir = \"xdp-lb\""), "pin_dir: "),
         ("a pin_dir outside bpffs", good.replace(&pin, &not_bpffs), "pin_dir: "),
-        ("a public listen address without a token", good.replace(&token, "").replace("127.0.0.1:9780", "0.0.0.0:9780"), "api.listen: "),
+        (
+            "a public listen address without a token",
+            good.replace(&token, "").replace("127.0.0.1:9780", "0.0.0.0:9780"),
+            "api.listen: ",
+        ),
         ("max_body_bytes = 0", good.replace("max_body_bytes = 4096", "max_body_bytes = 0"), "api.max_body_bytes: "),
         ("an empty file", String::new(), "interfaces: missing field"),
-        ("more VIPs than max_vips", good.replace("max_vips = 16", "max_vips = 1"), "vip[1]: 2 VIPs exceed limits.max_vips = 1"),
-        ("a backend that is the VIP", good.replace("address = \"10.1.0.2\"", "address = \"10.0.0.10\""), "vip[0].backend[1].address: "),
+        (
+            "more VIPs than max_vips",
+            good.replace("max_vips = 16", "max_vips = 1"),
+            "vip[1]: 2 VIPs exceed limits.max_vips = 1",
+        ),
+        (
+            "a backend that is the VIP",
+            good.replace("address = \"10.1.0.2\"", "address = \"10.0.0.10\""),
+            "vip[0].backend[1].address: ",
+        ),
     ];
     let bad = lab.dir.join("bad.toml");
     let state_before = fs::read(&lab.state_file).unwrap();
@@ -1272,12 +1719,42 @@ fn addresses_that_can_never_be_right_are_refused() {
         ("backend 224.0.0.1", "POST", http_backends.clone(), json!({"address": "224.0.0.1"}), "multicast"),
         ("backend ff02::1", "POST", dns_backends.clone(), json!({"address": "ff02::1"}), "multicast"),
         ("backend loopback", "POST", http_backends.clone(), json!({"address": "127.0.0.1"}), "loopback"),
-        ("backend = the VIP", "POST", http_backends.clone(), json!({"address": "10.0.0.10"}), "VIP tcp:10.0.0.10:80 itself"),
+        (
+            "backend = the VIP",
+            "POST",
+            http_backends.clone(),
+            json!({"address": "10.0.0.10"}),
+            "VIP tcp:10.0.0.10:80 itself",
+        ),
         ("backend = the IPv6 VIP", "PUT", dns_backends.clone(), json!([{"address": "fc00::10"}]), "itself"),
-        ("mapped twin of a backend", "POST", http_backends.clone(), json!({"address": "::ffff:10.1.0.1"}), "IPv4-mapped"),
-        ("mapped twin in a list", "PUT", http_backends.clone(), json!([{"address": "10.1.0.7"}, {"address": "::ffff:10.1.0.7"}]), "IPv4-mapped"),
-        ("mapped twin in a new VIP", "POST", "/v1/vips".into(), json!({"vip": "tcp:10.0.0.60:80", "backends": [{"address": "::ffff:10.1.0.7"}, {"address": "10.1.0.7"}]}), "IPv4-mapped"),
-        ("a reserved backend in a new VIP", "POST", "/v1/vips".into(), json!({"vip": "tcp:10.0.0.60:80", "backends": [{"address": "0.0.0.0"}]}), "unspecified"),
+        (
+            "mapped twin of a backend",
+            "POST",
+            http_backends.clone(),
+            json!({"address": "::ffff:10.1.0.1"}),
+            "IPv4-mapped",
+        ),
+        (
+            "mapped twin in a list",
+            "PUT",
+            http_backends.clone(),
+            json!([{"address": "10.1.0.7"}, {"address": "::ffff:10.1.0.7"}]),
+            "IPv4-mapped",
+        ),
+        (
+            "mapped twin in a new VIP",
+            "POST",
+            "/v1/vips".into(),
+            json!({"vip": "tcp:10.0.0.60:80", "backends": [{"address": "::ffff:10.1.0.7"}, {"address": "10.1.0.7"}]}),
+            "IPv4-mapped",
+        ),
+        (
+            "a reserved backend in a new VIP",
+            "POST",
+            "/v1/vips".into(),
+            json!({"vip": "tcp:10.0.0.60:80", "backends": [{"address": "0.0.0.0"}]}),
+            "unspecified",
+        ),
     ];
     for (what, method, path, body, contains) in cases {
         let code = match contains {
@@ -1362,7 +1839,9 @@ fn assert_api_state_and_maps_agree(lab: &Lab) {
                     .keys()
                     .copied()
                     .find(|a| lb_control::dataplane::ip_to_addr(*a) == (real.addr, real.family))
-                    .unwrap_or_else(|| panic!("VIP {id}'s ring names backend slot {i} ({real:?}), not one of its backends"))
+                    .unwrap_or_else(|| {
+                        panic!("VIP {id}'s ring names backend slot {i} ({real:?}), not one of its backends")
+                    })
             })
             .collect();
         // A backend of small weight may own no slot of a small ring; every
@@ -1439,9 +1918,7 @@ fn schemathesis_finds_nothing_and_state_files_and_maps_agree() {
 fn run_bounded_for(mut cmd: Command, dir: &Path, what: &str, limit: Duration) -> (ExitStatus, String, String) {
     let n = unique_name("out");
     let (out_path, err_path) = (dir.join(format!("{n}.stdout")), dir.join(format!("{n}.stderr")));
-    cmd.stdin(Stdio::null())
-        .stdout(fs::File::create(&out_path).unwrap())
-        .stderr(fs::File::create(&err_path).unwrap());
+    cmd.stdin(Stdio::null()).stdout(fs::File::create(&out_path).unwrap()).stderr(fs::File::create(&err_path).unwrap());
     // SAFETY: prctl is async-signal-safe; the child dies with the test.
     unsafe {
         cmd.pre_exec(|| {
@@ -1471,12 +1948,7 @@ fn run_bounded_for(mut cmd: Command, dir: &Path, what: &str, limit: Duration) ->
 /// completion (bounded): for daemons that must refuse to start.
 fn run_second_daemon(lab: &Lab, config: &Path) -> (ExitStatus, String, String) {
     let mut cmd = lab.lb.command(env!("CARGO_BIN_EXE_lb-control"));
-    cmd.env_remove("LB_CONFIG")
-        .env_remove("NOTIFY_SOCKET")
-        .env("NO_COLOR", "1")
-        .arg("--config")
-        .arg(config)
-        .arg("run");
+    cmd.env_remove("LB_CONFIG").env_remove("NOTIFY_SOCKET").env("NO_COLOR", "1").arg("--config").arg(config).arg("run");
     run_bounded(cmd, &lab.dir, "a second lb-control")
 }
 
@@ -1495,9 +1967,7 @@ fn a_second_daemon_on_the_same_pin_dir_changes_nothing() {
     // Another config: only the IPv6 VIP, the API on another port.
     let vip6_only = BASE_VIPS.split("[[vip]]").filter(|t| t.contains("fc00::10")).collect::<String>();
     let other = lab.dir.join("other.toml");
-    let text = lab
-        .config_text(&format!("[[vip]]{vip6_only}"))
-        .replace("127.0.0.1:9780", "127.0.0.1:9781");
+    let text = lab.config_text(&format!("[[vip]]{vip6_only}")).replace("127.0.0.1:9780", "127.0.0.1:9781");
     fs::write(&other, text).unwrap();
     let (status, out, err) = run_second_daemon(&lab, &other);
     assert!(!status.success(), "a second daemon started: {out}{err}");
@@ -1692,7 +2162,10 @@ fn the_connection_cap_and_timeouts_free_the_api() {
     assert!(closed_by_server(first, Duration::from_secs(5)), "an idle connection outlived the header-read timeout");
     assert!(closed_by_server(&held[1], Duration::from_secs(5)), "a half-sent request outlived the header-read timeout");
     assert!(closed_by_server(&keep_alive, Duration::from_secs(5)), "an idle keep-alive connection was kept");
-    assert!(closed_by_server(&stalled_body, Duration::from_secs(8)), "a stalled request body outlived the idle timeout");
+    assert!(
+        closed_by_server(&stalled_body, Duration::from_secs(8)),
+        "a stalled request body outlived the idle timeout"
+    );
     assert_eq!(lab.vips(), base_vips_json(), "the stalled call changed nothing");
     let r = lab.http("GET", "/healthz", None, None);
     assert_eq!(r.status, 200);
@@ -1756,7 +2229,9 @@ fn a_detached_balancer_is_reattached_by_default() {
 fn with_reattach_never_a_detached_daemon_refuses_changes_until_restarted() {
     let mut lab = Lab::new();
     lab.stop();
-    let text = fs::read_to_string(&lab.config).unwrap().replace("xdp_mode = \"native\"", "xdp_mode = \"native\"\nreattach = \"never\"");
+    let text = fs::read_to_string(&lab.config)
+        .unwrap()
+        .replace("xdp_mode = \"native\"", "xdp_mode = \"native\"\nreattach = \"never\"");
     fs::write(&lab.config, text).unwrap();
     lab.start();
     let vips = lab.vips();
@@ -1774,9 +2249,11 @@ fn with_reattach_never_a_detached_daemon_refuses_changes_until_restarted() {
     assert!(reason.contains("detached") && reason.contains("never"), "{reason}");
     lab.wait_log("the balancer was detached behind the daemon's back", Duration::from_secs(1));
     assert!(!lab.link().contains("prog/xdp"), "still attached:\n{}", lab.link());
-    let msg = lab
-        .call("PATCH", &format!("/v1/vips/{VIP_HTTP}/backends/10.1.0.2"), Some(&json!({"weight": 3})))
-        .error(503, "not_attached", "PATCH while detached");
+    let msg = lab.call("PATCH", &format!("/v1/vips/{VIP_HTTP}/backends/10.1.0.2"), Some(&json!({"weight": 3}))).error(
+        503,
+        "not_attached",
+        "PATCH while detached",
+    );
     assert!(msg.contains("not attached"), "{msg}");
     lab.call("DELETE", &format!("/v1/vips/{VIP_HTTP}"), None).error(503, "not_attached", "DELETE while detached");
     assert_eq!(lab.vips(), vips, "reads still answer, and nothing changed");
@@ -1816,7 +2293,9 @@ fn accept_errors_are_logged_and_the_api_recovers() {
         match lab.try_http("GET", "/readyz", None, None) {
             Ok(r) if r.status == 200 => break,
             Ok(r) => panic!("/readyz {}: {}\n{}", r.status, r.body, lab.logs()),
-            Err(e) => assert!(start.elapsed() < Duration::from_secs(10), "the API did not recover: {e:#}\n{}", lab.logs()),
+            Err(e) => {
+                assert!(start.elapsed() < Duration::from_secs(10), "the API did not recover: {e:#}\n{}", lab.logs())
+            }
         }
         std::thread::sleep(POLL);
     }

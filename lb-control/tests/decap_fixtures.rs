@@ -8,8 +8,8 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use common::*;
 use lb_common::{Counter, DecapStat};
 use lb_control::dataplane::Decap;
-use libtest_mimic::{Arguments, Trial};
 use lb_testkit::packet_builder as pb;
+use libtest_mimic::{Arguments, Trial};
 
 /// The backend's own addresses: outer destinations it decapsulates for.
 const HOST4: Ipv4Addr = REAL1;
@@ -183,12 +183,8 @@ fn check(c: &Case) -> Result<(), String> {
     let (action, out, _) = run_prog(d.program(), &c.input);
     let want = c.output.as_deref().unwrap_or(&c.input);
     let after = counters(&d);
-    let moved: Vec<_> = before
-        .iter()
-        .zip(&after)
-        .filter(|(b, a)| b.1 != a.1)
-        .map(|(b, a)| (b.0, a.1.packets - b.1.packets))
-        .collect();
+    let moved: Vec<_> =
+        before.iter().zip(&after).filter(|(b, a)| b.1 != a.1).map(|(b, a)| (b.0, a.1.packets - b.1.packets)).collect();
     if action != c.action {
         Err(format!("action {action}, want {}", c.action))
     } else if action == XDP_PASS && out != want {

@@ -70,7 +70,13 @@ fn filter_twin_icmp_error_quoting_a_vip_flow_is_passed() {
 fn filter_twin_fragment_is_passed_as_non_vip() {
     assert_twin();
     let seg = pb::tcp(CLIENT4.into(), TWIN4.into(), CLIENT_PORT, PORT_HTTP, pb::TCP_ACK, b"data");
-    let ip = pb::ipv4(CLIENT4, TWIN4, IPPROTO_TCP, &seg, &pb::V4 { more_fragments: true, dont_fragment: false, ..Default::default() });
+    let ip = pb::ipv4(
+        CLIENT4,
+        TWIN4,
+        IPPROTO_TCP,
+        &seg,
+        &pb::V4 { more_fragments: true, dont_fragment: false, ..Default::default() },
+    );
     check(&frame4(&ip), Want::Pass, Stat::PassNonVip);
 }
 
@@ -175,7 +181,8 @@ fn v4_too_big_reply_is_576_bytes() {
     let seg = pb::tcp(CLIENT4.into(), VIP4.into(), CLIENT_PORT, PORT_HTTP, pb::TCP_ACK, &[0xab; 1460]);
     let ip = pb::ipv4(CLIENT4, VIP4, IPPROTO_TCP, &seg, &pb::V4::default());
     let icmp = pb::icmp4(3, 4, [0, 0, 0x05, 0xc8], &ip[..576 - 28]);
-    let reply = pb::ipv4(VIP4, CLIENT4, IPPROTO_ICMP, &icmp, &pb::V4 { id: 0, dont_fragment: false, ..Default::default() });
+    let reply =
+        pb::ipv4(VIP4, CLIENT4, IPPROTO_ICMP, &icmp, &pb::V4 { id: 0, dont_fragment: false, ..Default::default() });
     assert_eq!(reply.len(), 576);
     check(&frame4(&ip), Want::Tx(pb::eth(ROUTER_MAC, IF_MAC, 0x0800, &reply)), Stat::TxIcmpTooBig);
 }

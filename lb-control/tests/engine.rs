@@ -23,7 +23,10 @@ fn id(s: &str) -> VipId {
 }
 
 fn spec(backends: &[(Ipv4Addr, u32)]) -> VipSpec {
-    VipSpec { flags: vec![], backends: backends.iter().map(|(a, w)| (IpAddr::V4(*a), Backend { weight: *w })).collect() }
+    VipSpec {
+        flags: vec![],
+        backends: backends.iter().map(|(a, w)| (IpAddr::V4(*a), Backend { weight: *w })).collect(),
+    }
 }
 
 fn vip_http() -> VipId {
@@ -121,7 +124,8 @@ fn a_rejected_change_leaves_no_trace() {
     let too_many: VipSet = (0..17u8).map(|i| (id(&format!("tcp:10.9.0.{i}:80")), spec(&[(REAL1, 1)]))).collect();
     assert!(matches!(e.apply(&too_many, &config()), Err(EngineError::Rejected(m)) if m.contains("exceed")));
     // More backends than slots (16, index 0 reserved).
-    let crowd: VipSet = [(vip_http(), spec(&(1..=16).map(|i| (Ipv4Addr::new(10, 2, 0, i), 1)).collect::<Vec<_>>()))].into();
+    let crowd: VipSet =
+        [(vip_http(), spec(&(1..=16).map(|i| (Ipv4Addr::new(10, 2, 0, i), 1)).collect::<Vec<_>>()))].into();
     assert!(matches!(e.apply(&crowd, &config()), Err(EngineError::Rejected(m)) if m.contains("backends exceed")));
 
     assert_eq!(e.balancer().ring(0).unwrap(), ring_before.as_slice());
@@ -215,12 +219,12 @@ fn conn_real(engine: &Engine, vip: Ipv4Addr, port: u16) -> Option<u32> {
 fn removing_a_shared_backend_from_one_vip_rehashes_only_that_vips_flows() {
     const VIP_B: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 11);
     let vip_b = id("tcp:10.0.0.11:80");
-    let both = |a: &[(Ipv4Addr, u32)]| -> VipSet {
-        [(vip_http(), spec(a)), (vip_b, spec(&[(REAL1, 1), (REAL2, 1)]))].into()
-    };
+    let both =
+        |a: &[(Ipv4Addr, u32)]| -> VipSet { [(vip_http(), spec(a)), (vip_b, spec(&[(REAL1, 1), (REAL2, 1)]))].into() };
     let mut e = fresh();
     e.apply(&both(&[(REAL1, 1), (REAL2, 1), (REAL3, 1)]), &config()).unwrap();
-    let (a_real, b_real) = (e.real_index(&vip_http(), &REAL1.into()).unwrap(), e.real_index(&vip_b, &REAL1.into()).unwrap());
+    let (a_real, b_real) =
+        (e.real_index(&vip_http(), &REAL1.into()).unwrap(), e.real_index(&vip_b, &REAL1.into()).unwrap());
     assert_ne!(a_real, b_real, "each (VIP, backend) pair has a real of its own");
 
     // Established flows to REAL1 on both VIPs.

@@ -27,29 +27,15 @@ fn names(list: &[&str]) -> BTreeSet<String> {
 #[test]
 fn balancer_maps_are_the_lb_common_names() {
     let maps = object_maps(BALANCER_ELF);
-    assert_eq!(
-        maps,
-        names(&map_names::BALANCER_MAPS),
-        "maps of the balancer object vs lb_common::map_names"
-    );
+    assert_eq!(maps, names(&map_names::BALANCER_MAPS), "maps of the balancer object vs lb_common::map_names");
     for global in global_names::BALANCER_GLOBALS {
-        assert!(
-            has_symbol(BALANCER_ELF, global),
-            "the balancer object has no global {global}"
-        );
+        assert!(has_symbol(BALANCER_ELF, global), "the balancer object has no global {global}");
     }
-    assert!(
-        !has_symbol(BALANCER_ELF, "NO_SUCH_GLOBAL"),
-        "the symbol search finds what is not there"
-    );
+    assert!(!has_symbol(BALANCER_ELF, "NO_SUCH_GLOBAL"), "the symbol search finds what is not there");
 }
 
 #[test]
 fn decap_maps_are_the_lb_common_names() {
     let maps = object_maps(DECAP_ELF);
-    assert_eq!(
-        maps,
-        names(&map_names::DECAP_MAPS),
-        "maps of the decap object vs lb_common::map_names"
-    );
+    assert_eq!(maps, names(&map_names::DECAP_MAPS), "maps of the decap object vs lb_common::map_names");
 }

@@ -17,8 +17,8 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use lb_control::netlink::{
-    default_route, gateway_mac, interface_index, interface_mac, neighbour_mac, resolve_neighbour,
-    route_to, Family, LinkMacs, Mac, MacWatch, NetlinkError, Route,
+    default_route, gateway_mac, interface_index, interface_mac, neighbour_mac, resolve_neighbour, route_to, Family,
+    LinkMacs, Mac, MacWatch, NetlinkError, Route,
 };
 
 const HOST_IF: &str = "lbh0";
@@ -46,10 +46,7 @@ const RESOLVE_TIMEOUT: Duration = Duration::from_secs(5);
 static NEXT_ID: AtomicU32 = AtomicU32::new(0);
 
 fn mac_str(mac: Mac) -> String {
-    mac.iter()
-        .map(|b| format!("{b:02x}"))
-        .collect::<Vec<_>>()
-        .join(":")
+    mac.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
 }
 
 /// Runs `ip` with the whitespace-separated arguments of `command`, panicking
@@ -127,18 +124,10 @@ impl Topology {
         ip(&format!("-n {h} addr add {HOST_V6}/64 dev {HOST_IF} nodad"));
         ip(&format!("-n {g} addr add {GW_V4}/24 dev {GW_IF}"));
         ip(&format!("-n {g} addr add {GW_V6}/64 dev {GW_IF} nodad"));
-        ip(&format!(
-            "-n {h} -4 route add default via {GW_V4} dev {HOST_IF}"
-        ));
-        ip(&format!(
-            "-n {h} -4 route add default via {BACKUP_GW_V4} dev {HOST_IF} metric 100"
-        ));
-        ip(&format!(
-            "-n {h} -6 route add default via {GW_V6} dev {HOST_IF}"
-        ));
-        ip(&format!(
-            "-n {h} -6 route add default via {BACKUP_GW_V6} dev {HOST_IF} metric 2048"
-        ));
+        ip(&format!("-n {h} -4 route add default via {GW_V4} dev {HOST_IF}"));
+        ip(&format!("-n {h} -4 route add default via {BACKUP_GW_V4} dev {HOST_IF} metric 100"));
+        ip(&format!("-n {h} -6 route add default via {GW_V6} dev {HOST_IF}"));
+        ip(&format!("-n {h} -6 route add default via {BACKUP_GW_V6} dev {HOST_IF} metric 2048"));
         topo
     }
 
@@ -155,9 +144,7 @@ impl Topology {
                 assert_eq!(rc, 0, "setns({path}): {}", std::io::Error::last_os_error());
                 f()
             });
-            handle
-                .join()
-                .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+            handle.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic))
         })
     }
 
@@ -189,13 +176,7 @@ impl Topology {
 fn interface_mac_and_index_match_the_configuration() {
     let topo = Topology::new();
     let expected_index = topo.host_ifindex();
-    let (mac, index, lo) = topo.in_host(|| {
-        (
-            interface_mac(HOST_IF),
-            interface_index(HOST_IF),
-            interface_index("lo"),
-        )
-    });
+    let (mac, index, lo) = topo.in_host(|| (interface_mac(HOST_IF), interface_index(HOST_IF), interface_index("lo")));
     assert_eq!(mac.unwrap(), HOST_MAC);
     assert_eq!(index.unwrap(), expected_index);
     assert_eq!(lo.unwrap(), 1);
@@ -211,9 +192,7 @@ fn lookups_work_from_async_code_in_the_callers_namespace() {
     let topo = Topology::new();
     let (mac, gateway) = topo.in_host(|| {
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-        runtime.block_on(async {
-            (interface_mac(HOST_IF), gateway_mac(HOST_IF, Family::V4, RESOLVE_TIMEOUT))
-        })
+        runtime.block_on(async { (interface_mac(HOST_IF), gateway_mac(HOST_IF, Family::V4, RESOLVE_TIMEOUT)) })
     });
     assert_eq!(mac.unwrap(), HOST_MAC);
     assert_eq!(gateway.unwrap(), (IpAddr::V4(GW_V4), GW_MAC));
@@ -222,31 +201,18 @@ fn lookups_work_from_async_code_in_the_callers_namespace() {
 #[test]
 fn missing_interface_is_reported_by_name() {
     let topo = Topology::new();
-    let (mac, index, too_long) = topo.in_host(|| {
-        (
-            interface_mac("nosuch0"),
-            interface_index("nosuch0"),
-            interface_mac("a-name-far-too-long"),
-        )
-    });
+    let (mac, index, too_long) =
+        topo.in_host(|| (interface_mac("nosuch0"), interface_index("nosuch0"), interface_mac("a-name-far-too-long")));
     match mac {
         Err(NetlinkError::InterfaceNotFound { ref name }) if name == "nosuch0" => {}
         other => panic!("expected InterfaceNotFound(nosuch0), got {other:?}"),
     }
     assert!(mac.unwrap_err().to_string().contains("\"nosuch0\""));
-    assert!(
-        matches!(index, Err(NetlinkError::InterfaceNotFound { ref name }) if name == "nosuch0")
-    );
-    assert!(
-        matches!(too_long, Err(NetlinkError::InterfaceNotFound { .. })),
-        "{too_long:?}"
-    );
+    assert!(matches!(index, Err(NetlinkError::InterfaceNotFound { ref name }) if name == "nosuch0"));
+    assert!(matches!(too_long, Err(NetlinkError::InterfaceNotFound { .. })), "{too_long:?}");
     // The host's own interface is not visible from the gw namespace.
     let from_gw = topo.in_gw(|| interface_mac(HOST_IF));
-    assert!(
-        matches!(from_gw, Err(NetlinkError::InterfaceNotFound { .. })),
-        "{from_gw:?}"
-    );
+    assert!(matches!(from_gw, Err(NetlinkError::InterfaceNotFound { .. })), "{from_gw:?}");
 }
 
 #[test]
@@ -254,20 +220,8 @@ fn default_route_picks_the_lowest_metric_gateway() {
     let topo = Topology::new();
     let ifindex = topo.host_ifindex();
     let (v4, v6) = topo.in_host(|| (default_route(Family::V4), default_route(Family::V6)));
-    assert_eq!(
-        v4.unwrap(),
-        Some(Route {
-            gateway: Some(IpAddr::V4(GW_V4)),
-            ifindex
-        })
-    );
-    assert_eq!(
-        v6.unwrap(),
-        Some(Route {
-            gateway: Some(IpAddr::V6(GW_V6)),
-            ifindex
-        })
-    );
+    assert_eq!(v4.unwrap(), Some(Route { gateway: Some(IpAddr::V4(GW_V4)), ifindex }));
+    assert_eq!(v6.unwrap(), Some(Route { gateway: Some(IpAddr::V6(GW_V6)), ifindex }));
 }
 
 #[test]
@@ -276,11 +230,7 @@ fn default_route_absent_or_on_link() {
     let gw_ifindex = Topology::ifindex(&topo.gw, GW_IF);
     // The gw namespace has no default route at all...
     let (v4, v6, gw_mac) = topo.in_gw(|| {
-        (
-            default_route(Family::V4),
-            default_route(Family::V6),
-            gateway_mac(GW_IF, Family::V6, RESOLVE_TIMEOUT),
-        )
+        (default_route(Family::V4), default_route(Family::V6), gateway_mac(GW_IF, Family::V6, RESOLVE_TIMEOUT))
     });
     assert_eq!(v4.unwrap(), None);
     assert_eq!(v6.unwrap(), None);
@@ -290,24 +240,10 @@ fn default_route_absent_or_on_link() {
     }
     // ...then an on-link one (no gateway).
     ip(&format!("-n {} -4 route add default dev {GW_IF}", topo.gw));
-    let (v4, gw_mac) = topo.in_gw(|| {
-        (
-            default_route(Family::V4),
-            gateway_mac(GW_IF, Family::V4, RESOLVE_TIMEOUT),
-        )
-    });
-    assert_eq!(
-        v4.unwrap(),
-        Some(Route {
-            gateway: None,
-            ifindex: gw_ifindex
-        })
-    );
+    let (v4, gw_mac) = topo.in_gw(|| (default_route(Family::V4), gateway_mac(GW_IF, Family::V4, RESOLVE_TIMEOUT)));
+    assert_eq!(v4.unwrap(), Some(Route { gateway: None, ifindex: gw_ifindex }));
     match gw_mac {
-        Err(NetlinkError::NoGateway {
-            family: Family::V4,
-            ifindex,
-        }) if ifindex == gw_ifindex => {}
+        Err(NetlinkError::NoGateway { family: Family::V4, ifindex }) if ifindex == gw_ifindex => {}
         other => panic!("expected NoGateway(V4), got {other:?}"),
     }
 }
@@ -324,42 +260,13 @@ fn route_to_finds_the_next_hop() {
             route_to(IpAddr::V4(HOST_V4)),
         )
     });
-    assert_eq!(
-        on_link.unwrap(),
-        Some(Route {
-            gateway: None,
-            ifindex
-        })
-    );
-    assert_eq!(
-        remote4.unwrap(),
-        Some(Route {
-            gateway: Some(IpAddr::V4(GW_V4)),
-            ifindex
-        })
-    );
-    assert_eq!(
-        remote6.unwrap(),
-        Some(Route {
-            gateway: Some(IpAddr::V6(GW_V6)),
-            ifindex
-        })
-    );
+    assert_eq!(on_link.unwrap(), Some(Route { gateway: None, ifindex }));
+    assert_eq!(remote4.unwrap(), Some(Route { gateway: Some(IpAddr::V4(GW_V4)), ifindex }));
+    assert_eq!(remote6.unwrap(), Some(Route { gateway: Some(IpAddr::V6(GW_V6)), ifindex }));
     // One of our own addresses: the local route, through lo.
-    assert_eq!(
-        local.unwrap(),
-        Some(Route {
-            gateway: None,
-            ifindex: 1
-        })
-    );
+    assert_eq!(local.unwrap(), Some(Route { gateway: None, ifindex: 1 }));
     // The gw namespace has no route to the outside world.
-    let (none4, none6) = topo.in_gw(|| {
-        (
-            route_to(IpAddr::V4(REMOTE_V4)),
-            route_to(IpAddr::V6(REMOTE_V6)),
-        )
-    });
+    let (none4, none6) = topo.in_gw(|| (route_to(IpAddr::V4(REMOTE_V4)), route_to(IpAddr::V6(REMOTE_V6))));
     assert_eq!(none4.unwrap(), None);
     assert_eq!(none6.unwrap(), None);
 }
@@ -375,17 +282,9 @@ fn check_gateway_mac_resolves(family: Family, gateway: IpAddr) {
         eprintln!("{family} gateway resolved in {:?}", started.elapsed());
         (before, resolved, neighbour_mac(gateway, ifindex))
     });
-    assert_eq!(
-        before.unwrap(),
-        None,
-        "the neighbour table should start empty"
-    );
+    assert_eq!(before.unwrap(), None, "the neighbour table should start empty");
     assert_eq!(resolved.unwrap(), (gateway, GW_MAC));
-    assert_eq!(
-        after.unwrap(),
-        Some(GW_MAC),
-        "the kernel's table now has the gateway"
-    );
+    assert_eq!(after.unwrap(), Some(GW_MAC), "the kernel's table now has the gateway");
 }
 
 #[test]
@@ -414,14 +313,9 @@ fn gateway_mac_rejects_an_interface_the_route_does_not_use() {
         other => panic!("expected GatewayOnOtherInterface, got {other:?}"),
     }
     let message = result.unwrap_err().to_string();
-    assert!(
-        message.contains("\"lo\"") && message.contains(&GW_V4.to_string()),
-        "{message}"
-    );
+    assert!(message.contains("\"lo\"") && message.contains(&GW_V4.to_string()), "{message}");
     let missing = topo.in_host(|| gateway_mac("nosuch0", Family::V4, RESOLVE_TIMEOUT));
-    assert!(
-        matches!(missing, Err(NetlinkError::InterfaceNotFound { ref name }) if name == "nosuch0")
-    );
+    assert!(matches!(missing, Err(NetlinkError::InterfaceNotFound { ref name }) if name == "nosuch0"));
 }
 
 #[test]
@@ -430,17 +324,11 @@ fn neighbour_mac_is_none_for_unknown_and_some_for_static_entries() {
     let ifindex = topo.host_ifindex();
     let static_v4 = Ipv4Addr::new(10, 231, 0, 50);
     let static_mac = mac_str(STATIC_MAC);
-    ip(&format!(
-        "-n {} neigh add {static_v4} lladdr {static_mac} dev {HOST_IF} nud permanent",
-        topo.host
-    ));
+    ip(&format!("-n {} neigh add {static_v4} lladdr {static_mac} dev {HOST_IF} nud permanent", topo.host));
     let (unknown4, unknown6, known, wrong_if, resolved) = topo.in_host(|| {
         (
             neighbour_mac(IpAddr::V4(Ipv4Addr::new(10, 231, 0, 200)), ifindex),
-            neighbour_mac(
-                IpAddr::V6(Ipv6Addr::new(0xfd4c, 0x4200, 0, 0, 0, 0, 0, 0x200)),
-                ifindex,
-            ),
+            neighbour_mac(IpAddr::V6(Ipv6Addr::new(0xfd4c, 0x4200, 0, 0, 0, 0, 0, 0x200)), ifindex),
             neighbour_mac(IpAddr::V4(static_v4), ifindex),
             neighbour_mac(IpAddr::V4(static_v4), 1),
             // Already usable: no resolution, no waiting.
@@ -464,25 +352,16 @@ fn check_resolve_times_out(addr: IpAddr) {
         (result, started.elapsed(), neighbour_mac(addr, ifindex))
     });
     match &result {
-        Err(NetlinkError::NeighbourUnresolved {
-            addr: a,
-            ifindex: i,
-            timeout,
-        }) if *a == addr && *i == ifindex && *timeout == TIMEOUT => {}
+        Err(NetlinkError::NeighbourUnresolved { addr: a, ifindex: i, timeout })
+            if *a == addr && *i == ifindex && *timeout == TIMEOUT => {}
         other => panic!("expected NeighbourUnresolved({addr}), got {other:?}"),
     }
     assert!(result.unwrap_err().to_string().contains(&addr.to_string()));
     assert!(elapsed >= TIMEOUT, "gave up early, after {elapsed:?}");
-    assert!(
-        elapsed < TIMEOUT + Duration::from_secs(2),
-        "took {elapsed:?}"
-    );
+    assert!(elapsed < TIMEOUT + Duration::from_secs(2), "took {elapsed:?}");
     // The kernel did try: its entry exists, but unresolved entries do not count.
     let entry = ip(&format!("-n {} neigh show {addr} dev {HOST_IF}", topo.host));
-    assert!(
-        entry.contains("INCOMPLETE") || entry.contains("FAILED"),
-        "entry: {entry:?}"
-    );
+    assert!(entry.contains("INCOMPLETE") || entry.contains("FAILED"), "entry: {entry:?}");
     assert_eq!(after.unwrap(), None);
 }
 
@@ -512,9 +391,7 @@ impl Drop for StopWatcher {
 /// `within`, and how long they took.
 fn next_report(reports: &std::sync::mpsc::Receiver<(String, LinkMacs)>, within: Duration) -> (LinkMacs, Duration) {
     let started = Instant::now();
-    let (iface, macs) = reports
-        .recv_timeout(within)
-        .unwrap_or_else(|e| panic!("no MAC report within {within:?}: {e}"));
+    let (iface, macs) = reports.recv_timeout(within).unwrap_or_else(|e| panic!("no MAC report within {within:?}: {e}"));
     assert_eq!(iface, HOST_IF);
     (macs, started.elapsed())
 }
@@ -603,7 +480,9 @@ fn mac_watch_follows_every_interface() {
     ip(&format!("-n {g} link set {GW2_IF} up"));
     ip(&format!("-n {h} addr add 10.232.0.2/24 dev {HOST2_IF}"));
     ip(&format!("-n {g} addr add {GW2_V4}/24 dev {GW2_IF}"));
-    ip(&format!("-n {h} -4 route replace default nexthop via {GW_V4} dev {HOST_IF} nexthop via {GW2_V4} dev {HOST2_IF}"));
+    ip(&format!(
+        "-n {h} -4 route replace default nexthop via {GW_V4} dev {HOST_IF} nexthop via {GW2_V4} dev {HOST2_IF}"
+    ));
 
     let (report, reports) = std::sync::mpsc::channel();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();

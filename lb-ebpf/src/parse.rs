@@ -193,9 +193,7 @@ pub fn check_ipv6(ctx: &XdpContext, l3_off: usize, ip: &Ipv6Hdr) -> Result<L3, P
         off += 8;
         fragment = true;
     }
-    if !fragment
-        && matches!(next, IPV6_EXT_HOP_BY_HOP | IPV6_EXT_ROUTING | IPV6_EXT_DEST_OPTS)
-    {
+    if !fragment && matches!(next, IPV6_EXT_HOP_BY_HOP | IPV6_EXT_ROUTING | IPV6_EXT_DEST_OPTS) {
         return Err(ParseError::Ipv6ExtUnsupported);
     }
     if off > end {
@@ -256,13 +254,7 @@ fn parse_tcp(ctx: &XdpContext, off: usize, ip_end: usize) -> Result<L4, ParseErr
     if doff < 20 || off + doff > ip_end {
         return Err(ParseError::BadL4Header);
     }
-    Ok(L4 {
-        src_port: tcp.src_port,
-        dst_port: tcp.dst_port,
-        tcp_flags: tcp.flags,
-        icmp_type: 0,
-        icmp_code: 0,
-    })
+    Ok(L4 { src_port: tcp.src_port, dst_port: tcp.dst_port, tcp_flags: tcp.flags, icmp_type: 0, icmp_code: 0 })
 }
 
 #[inline(always)]
@@ -271,13 +263,7 @@ fn parse_udp(ctx: &XdpContext, off: usize, ip_end: usize) -> Result<L4, ParseErr
     if off + 8 > ip_end {
         return Err(ParseError::BadL4Header);
     }
-    Ok(L4 {
-        src_port: udp.src_port,
-        dst_port: udp.dst_port,
-        tcp_flags: 0,
-        icmp_type: 0,
-        icmp_code: 0,
-    })
+    Ok(L4 { src_port: udp.src_port, dst_port: udp.dst_port, tcp_flags: 0, icmp_type: 0, icmp_code: 0 })
 }
 
 #[inline(always)]
@@ -286,13 +272,7 @@ fn parse_icmp(ctx: &XdpContext, off: usize, ip_end: usize) -> Result<L4, ParseEr
     if off + ICMP_HLEN > ip_end {
         return Err(ParseError::BadL4Header);
     }
-    Ok(L4 {
-        src_port: 0,
-        dst_port: 0,
-        tcp_flags: 0,
-        icmp_type: icmp.kind,
-        icmp_code: icmp.code,
-    })
+    Ok(L4 { src_port: 0, dst_port: 0, tcp_flags: 0, icmp_type: icmp.kind, icmp_code: icmp.code })
 }
 
 /// The flow an ICMP error is about, read from the packet it quotes: the

@@ -26,17 +26,10 @@ pub fn ip(args: &[&str]) -> Result<String> {
 
 /// Runs a command to completion; the error carries its stderr.
 pub fn run(program: &str, args: &[&str]) -> Result<String> {
-    let out = Command::new(program)
-        .args(args)
-        .output()
-        .with_context(|| format!("running {program} {}", args.join(" ")))?;
+    let out =
+        Command::new(program).args(args).output().with_context(|| format!("running {program} {}", args.join(" ")))?;
     if !out.status.success() {
-        bail!(
-            "{program} {} failed ({}): {}",
-            args.join(" "),
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
+        bail!("{program} {} failed ({}): {}", args.join(" "), out.status, String::from_utf8_lossy(&out.stderr).trim());
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
@@ -93,9 +86,10 @@ impl Netns {
     pub fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
         let path = format!("/var/run/netns/{}", self.name);
         let mut cmd = Command::new(program);
-        // SAFETY: setns() is async-signal-safe; the file is opened before
-        // fork so the child only calls setns and close.
+        // Opened before fork, so the child only calls setns and close.
         let file = File::open(&path);
+        // SAFETY: the hook runs between fork and exec and only calls setns(),
+        // which is async-signal-safe, on a descriptor opened above.
         unsafe {
             cmd.pre_exec(move || {
                 let file = file.as_ref().map_err(|e| std::io::Error::new(e.kind(), e.to_string()))?;

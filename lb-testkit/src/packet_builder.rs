@@ -214,11 +214,7 @@ pub fn icmp6(src: Ipv6Addr, dst: Ipv6Addr, kind: u8, code: u8, rest: [u8; 4], bo
     let mut p = MutableIcmpv6Packet::new(&mut buf).expect("buffer sized for the header");
     p.set_icmpv6_type(icmpv6::Icmpv6Type(kind));
     p.set_icmpv6_code(icmpv6::Icmpv6Code(code));
-    let check = icmpv6::checksum(
-        &Icmpv6Packet::new(pnet_packet::Packet::packet(&p)).expect("valid"),
-        &src,
-        &dst,
-    );
+    let check = icmpv6::checksum(&Icmpv6Packet::new(pnet_packet::Packet::packet(&p)).expect("valid"), &src, &dst);
     p.set_checksum(check);
     buf
 }

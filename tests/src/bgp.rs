@@ -89,22 +89,14 @@ impl Bird {
             .stderr(out)
             .spawn()
             .context("starting bird (scripts/setup.sh installs bird2)")?;
-        let mut bird = Bird {
-            child: Some(child),
-            dir: dir.to_owned(),
-            socket,
-        };
+        let mut bird = Bird { child: Some(child), dir: dir.to_owned(), socket };
         let start = Instant::now();
         while bird.command("show status").is_err() {
             if let Some(status) = bird.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
                 bail!("bird exited ({status}):\n{}", bird.output());
             }
             if start.elapsed() > Duration::from_secs(10) {
-                bail!(
-                    "bird's control socket {} does not answer:\n{}",
-                    bird.socket.display(),
-                    bird.output()
-                );
+                bail!("bird's control socket {} does not answer:\n{}", bird.socket.display(), bird.output());
             }
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -112,9 +104,7 @@ impl Bird {
     }
 
     pub fn control(&self) -> lb_control::bgp::Bird {
-        lb_control::bgp::Bird {
-            socket: self.socket.clone(),
-        }
+        lb_control::bgp::Bird { socket: self.socket.clone() }
     }
 
     /// One command on the control socket.
@@ -139,11 +129,7 @@ impl Bird {
 
     /// How many BGP sessions are established.
     pub fn established(&self) -> Result<usize> {
-        Ok(self
-            .command("show protocols")?
-            .lines()
-            .filter(|l| l.contains(" BGP ") && l.contains("Established"))
-            .count())
+        Ok(self.command("show protocols")?.lines().filter(|l| l.contains(" BGP ") && l.contains("Established")).count())
     }
 }
 
@@ -232,10 +218,7 @@ impl BgpLab {
     /// established.
     pub fn build(balancers: usize) -> Result<BgpLab> {
         let lab = Lab::build(3, balancers)?;
-        for args in [
-            &["route", "del", "10.100.0.0/24"][..],
-            &["-6", "route", "del", "fd00:100::/64"],
-        ] {
+        for args in [&["route", "del", "10.100.0.0/24"][..], &["-6", "route", "del", "fd00:100::/64"]] {
             lab.router.ip(args)?;
         }
         for b in &lab.balancers {
@@ -262,19 +245,11 @@ impl BgpLab {
                 &balancer_config(&dir, b.index, &Self::include_file_of(&lab, b.index)),
             )?);
         }
-        let bgp = BgpLab {
-            router_bird,
-            birds,
-            drop_links: Vec::new(),
-            lab,
-        };
+        let bgp = BgpLab { router_bird, birds, drop_links: Vec::new(), lab };
         let start = Instant::now();
         while bgp.router_bird.established()? < 2 * balancers {
             if start.elapsed() > Duration::from_secs(30) {
-                bail!(
-                    "BGP sessions not established:\n{}",
-                    bgp.router_bird.command("show protocols")?
-                );
+                bail!("BGP sessions not established:\n{}", bgp.router_bird.command("show protocols")?);
             }
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -308,9 +283,7 @@ impl BgpLab {
     /// nexthops of its route; empty when there is none).
     pub fn nexthops(&self, v6: bool) -> Result<BTreeSet<usize>> {
         let out = if v6 {
-            self.lab
-                .router
-                .ip(&["-6", "route", "show", "exact", &format!("{VIP6}/128")])?
+            self.lab.router.ip(&["-6", "route", "show", "exact", &format!("{VIP6}/128")])?
         } else {
             self.lab.router.ip(&["route", "show", "exact", &format!("{VIP4}/32")])?
         };
@@ -454,10 +427,8 @@ fn bpf(cmd: libc::c_long, attr: *const u8, size: usize) -> Result<i32> {
 /// window without a program. Returns the program's fd.
 fn swap_in_drop_all(link_pin: &Path) -> Result<OwnedFd> {
     // mov64 r0, 1 (XDP_DROP); exit
-    let insns: [u64; 2] = [
-        u64::from_le_bytes([0xb7, 0, 0, 0, 1, 0, 0, 0]),
-        u64::from_le_bytes([0x95, 0, 0, 0, 0, 0, 0, 0]),
-    ];
+    let insns: [u64; 2] =
+        [u64::from_le_bytes([0xb7, 0, 0, 0, 1, 0, 0, 0]), u64::from_le_bytes([0x95, 0, 0, 0, 0, 0, 0, 0])];
     let license = c"GPL";
     let mut name = [0u8; 16];
     name[..8].copy_from_slice(b"drop_all");
@@ -470,11 +441,7 @@ fn swap_in_drop_all(link_pin: &Path) -> Result<OwnedFd> {
         expected_attach_type: BPF_XDP,
         ..Default::default()
     };
-    let prog = bpf(
-        BPF_PROG_LOAD,
-        (&load as *const ProgLoadAttr).cast(),
-        size_of::<ProgLoadAttr>(),
-    )?;
+    let prog = bpf(BPF_PROG_LOAD, (&load as *const ProgLoadAttr).cast(), size_of::<ProgLoadAttr>())?;
     // SAFETY: the kernel just returned this fd to us; nobody else owns it.
     let prog = unsafe { OwnedFd::from_raw_fd(prog) };
     let path = std::ffi::CString::new(link_pin.as_os_str().as_encoded_bytes())?;
@@ -502,12 +469,7 @@ impl Predictor {
     pub fn read(lab: &Lab, i: usize, vip: SocketAddr) -> Result<Predictor> {
         let bal = lab.dataplane(i)?;
         let (addr, family) = ip_to_addr(vip.ip());
-        let key = VipKey {
-            addr,
-            port: vip.port().to_be(),
-            proto: IPPROTO_TCP,
-            family,
-        };
+        let key = VipKey { addr, port: vip.port().to_be(), proto: IPPROTO_TCP, family };
         let meta = bal.vip(&key).with_context(|| format!("no VIP {vip} on balancer {i}"))?;
         let ring = bal.ring(meta.ring)?;
         let mut backend_of = HashMap::new();
@@ -524,10 +486,7 @@ impl Predictor {
                 .with_context(|| format!("{a} is not a lab backend"))?;
             backend_of.insert(index, j);
         }
-        Ok(Predictor {
-            vip,
-            slots: ring.iter().map(|i| backend_of[i]).collect(),
-        })
+        Ok(Predictor { vip, slots: ring.iter().map(|i| backend_of[i]).collect() })
     }
 
     pub fn backend(&self, client: SocketAddr) -> usize {
@@ -582,13 +541,10 @@ impl Load {
                             r.requests += 1;
                             let want = predict[v6 as usize].backend(local);
                             if backend != want {
-                                r.wrong_backend
-                                    .push(format!("{local}: backend {backend}, table says {want}"));
+                                r.wrong_backend.push(format!("{local}: backend {backend}, table says {want}"));
                             }
                         }
-                        Err(e) => r
-                            .failures
-                            .push(format!("HTTP over {}: {e:#}", if v6 { "IPv6" } else { "IPv4" })),
+                        Err(e) => r.failures.push(format!("HTTP over {}: {e:#}", if v6 { "IPv6" } else { "IPv4" })),
                     }
                 }
                 r
@@ -606,8 +562,7 @@ impl Load {
                     let Some(c) = slot else { continue };
                     let data: Vec<u8> = (0..600).map(|k| (k as u64 * 7 + round + i as u64) as u8).collect();
                     if let Err(e) = c.exchange(&data) {
-                        r.failures
-                            .push(format!("echo connection {i} (backend {}): {e:#}", c.backend));
+                        r.failures.push(format!("echo connection {i} (backend {}): {e:#}", c.backend));
                         *slot = None;
                     }
                 }
@@ -655,11 +610,7 @@ pub fn open_echo(lab: &Lab, n: usize, predict: &[Predictor; 2]) -> Result<Vec<Ec
             let mut c = EchoConn::open(vip_addr(v6, ECHO_PORT))?;
             c.exchange(b"hello")?;
             let want = predict[v6 as usize].backend(c.local_addr()?);
-            anyhow::ensure!(
-                c.backend == want,
-                "echo connection {i} on backend {}, the table says {want}",
-                c.backend
-            );
+            anyhow::ensure!(c.backend == want, "echo connection {i} on backend {}, the table says {want}", c.backend);
             out.push(c);
         }
         Ok(out)
@@ -692,16 +643,10 @@ pub fn client_tcp_counters(lab: &Lab) -> Result<HashMap<String, u64>> {
 
 /// Predictors for the HTTP VIPs (IPv4, IPv6) from balancer `i`.
 pub fn http_predictors(lab: &Lab, i: usize) -> Result<[Predictor; 2]> {
-    Ok([
-        Predictor::read(lab, i, vip_addr(false, HTTP_PORT))?,
-        Predictor::read(lab, i, vip_addr(true, HTTP_PORT))?,
-    ])
+    Ok([Predictor::read(lab, i, vip_addr(false, HTTP_PORT))?, Predictor::read(lab, i, vip_addr(true, HTTP_PORT))?])
 }
 
 /// Predictors for the echo VIPs (IPv4, IPv6) from balancer `i`.
 pub fn echo_predictors(lab: &Lab, i: usize) -> Result<[Predictor; 2]> {
-    Ok([
-        Predictor::read(lab, i, vip_addr(false, ECHO_PORT))?,
-        Predictor::read(lab, i, vip_addr(true, ECHO_PORT))?,
-    ])
+    Ok([Predictor::read(lab, i, vip_addr(false, ECHO_PORT))?, Predictor::read(lab, i, vip_addr(true, ECHO_PORT))?])
 }

@@ -117,10 +117,8 @@ impl Balancer {
     pub fn api_get(&self, path: &str) -> Result<serde_json::Value> {
         let url = format!("http://{API}{path}");
         self.ns.run(move || {
-            let agent: ureq::Agent = ureq::Agent::config_builder()
-                .timeout_global(Some(Duration::from_secs(5)))
-                .build()
-                .into();
+            let agent: ureq::Agent =
+                ureq::Agent::config_builder().timeout_global(Some(Duration::from_secs(5))).build().into();
             let mut resp = agent.get(&url).call().with_context(|| format!("GET {url}"))?;
             Ok(resp.body_mut().read_json()?)
         })
@@ -131,10 +129,8 @@ impl Balancer {
         let url = format!("http://{API}{path}");
         let method = method.to_string();
         self.ns.run(move || {
-            let agent: ureq::Agent = ureq::Agent::config_builder()
-                .timeout_global(Some(Duration::from_secs(10)))
-                .build()
-                .into();
+            let agent: ureq::Agent =
+                ureq::Agent::config_builder().timeout_global(Some(Duration::from_secs(10))).build().into();
             let mut resp = match (method.as_str(), body) {
                 ("POST", Some(b)) => agent.post(&url).send_json(b),
                 ("PUT", Some(b)) => agent.put(&url).send_json(b),
@@ -434,7 +430,12 @@ impl Lab {
 
     /// The backend (index) a new flow from `client` to `vip` gets by the
     /// Maglev table balancer `bal` holds now.
-    pub fn predict(bal: &lb_control::dataplane::Balancer, vip: SocketAddr, proto: u8, client: SocketAddr) -> Result<usize> {
+    pub fn predict(
+        bal: &lb_control::dataplane::Balancer,
+        vip: SocketAddr,
+        proto: u8,
+        client: SocketAddr,
+    ) -> Result<usize> {
         let (vaddr, family) = lb_control::dataplane::ip_to_addr(vip.ip());
         let key = lb_common::VipKey { addr: vaddr, port: vip.port().to_be(), proto, family };
         let meta = bal.vip(&key).with_context(|| format!("no VIP {vip} in the maps"))?;

@@ -116,7 +116,11 @@ fn serve_http(stream: TcpStream, name: &str, counts: &Served) -> std::io::Result
     counts.http.fetch_add(1, Ordering::Relaxed);
     let body = format!("{name}\n");
     let mut s = stream;
-    write!(s, "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len())?;
+    write!(
+        s,
+        "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )?;
     s.shutdown(Shutdown::Write)
 }
 

@@ -26,11 +26,7 @@ fn counter_delta(
     after: &std::collections::HashMap<String, u64>,
     name: &str,
 ) -> u64 {
-    after
-        .get(name)
-        .copied()
-        .unwrap_or(0)
-        .saturating_sub(before.get(name).copied().unwrap_or(0))
+    after.get(name).copied().unwrap_or(0).saturating_sub(before.get(name).copied().unwrap_or(0))
 }
 
 fn check_load(what: &str, r: &LoadReport) -> Result<()> {
@@ -41,11 +37,7 @@ fn check_load(what: &str, r: &LoadReport) -> Result<()> {
         r.failures.len(),
         r.wrong_backend.len()
     );
-    ensure!(
-        r.failures.is_empty(),
-        "{what}: failures: {:#?}",
-        &r.failures[..r.failures.len().min(20)]
-    );
+    ensure!(r.failures.is_empty(), "{what}: failures: {:#?}", &r.failures[..r.failures.len().min(20)]);
     ensure!(
         r.wrong_backend.is_empty(),
         "{what}: wrong backends: {:#?}",
@@ -76,23 +68,15 @@ fn vips_are_announced_only_while_a_balancer_serves() -> Result<()> {
     let appeared = bgp.wait_nexthops(&[0], CONVERGE)?;
     println!("FIGURE announce: daemon ready in {ready:?}, VIP routes at the router {appeared:?} later");
     let shown = bgp.router_bird.command(&format!("show route {VIP4}/32 all"))?;
-    ensure!(
-        shown.contains("(65000,100)"),
-        "the route carries the configured community:\n{shown}"
-    );
+    ensure!(shown.contains("(65000,100)"), "the route carries the configured community:\n{shown}");
 
     bgp.lab.balancers[1].start()?;
     bgp.lab.balancers[2].start()?;
     bgp.wait_nexthops(&[0, 1, 2], CONVERGE)?;
-    let served = bgp.lab.in_client(|| {
-        (0..30)
-            .map(|i| client::http_get(vip_addr(i % 2 == 1, HTTP_PORT)))
-            .collect::<Result<Vec<_>>>()
-    })?;
-    println!(
-        "multipath route via balancers 0, 1, 2; {} requests served through it",
-        served.len()
-    );
+    let served = bgp
+        .lab
+        .in_client(|| (0..30).map(|i| client::http_get(vip_addr(i % 2 == 1, HTTP_PORT))).collect::<Result<Vec<_>>>())?;
+    println!("multipath route via balancers 0, 1, 2; {} requests served through it", served.len());
 
     // A daemon restart withdraws nothing and leaves the include file alone.
     let include = bgp.include_file(1);
@@ -106,10 +90,7 @@ fn vips_are_announced_only_while_a_balancer_serves() -> Result<()> {
         let until = Instant::now() + duration;
         while Instant::now() < until {
             let (v4, v6) = (bgp.nexthops(false)?, bgp.nexthops(true)?);
-            ensure!(
-                v4.len() == 3 && v6.len() == 3,
-                "daemon {what}: a route lost balancer 1: {v4:?} {v6:?}"
-            );
+            ensure!(v4.len() == 3 && v6.len() == 3, "daemon {what}: a route lost balancer 1: {v4:?} {v6:?}");
             polls += 1;
             std::thread::sleep(Duration::from_millis(10));
         }
@@ -137,11 +118,7 @@ fn vips_are_announced_only_while_a_balancer_serves() -> Result<()> {
 
     // An address whose VIPs all lack a backend up (min_healthy = 1) is
     // withdrawn; one VIP with one backend up announces it again.
-    let vips6 = [
-        format!("tcp:[{VIP6}]:80"),
-        format!("tcp:[{VIP6}]:7"),
-        format!("udp:[{VIP6}]:53"),
-    ];
+    let vips6 = [format!("tcp:[{VIP6}]:80"), format!("tcp:[{VIP6}]:7"), format!("udp:[{VIP6}]:53")];
     for vip in &vips6 {
         for j in 0..3 {
             let path = format!("/v1/vips/{vip}/backends/{}", backend6(j));
@@ -184,9 +161,7 @@ fn vips_are_announced_only_while_a_balancer_serves() -> Result<()> {
     let sessions = bgp.router_bird.command("show bfd sessions")?;
     let dead = lb_e2e::balancer4(0).to_string();
     ensure!(
-        sessions
-            .lines()
-            .any(|l| l.split_whitespace().next() == Some(dead.as_str()) && l.contains("Down")),
+        sessions.lines().any(|l| l.split_whitespace().next() == Some(dead.as_str()) && l.contains("Down")),
         "the router's BFD session to the dead balancer is down:\n{sessions}"
     );
     Ok(())
@@ -200,10 +175,7 @@ fn adding_and_removing_a_balancer_under_load_breaks_nothing() -> Result<()> {
     bgp.wait_nexthops(&[0, 1], CONVERGE)?;
     let http = http_predictors(&bgp.lab, 0)?;
     let echo_p = echo_predictors(&bgp.lab, 0)?;
-    ensure!(
-        http_predictors(&bgp.lab, 1)? == http,
-        "balancers 0 and 1 hold the same Maglev table"
-    );
+    ensure!(http_predictors(&bgp.lab, 1)? == http, "balancers 0 and 1 hold the same Maglev table");
     let echo = open_echo(&bgp.lab, 24, &echo_p)?;
     let before = client_tcp_counters(&bgp.lab)?;
     let load = Load::start(&bgp.lab, 2, echo, http.clone())?;
@@ -237,10 +209,8 @@ fn adding_and_removing_a_balancer_under_load_breaks_nothing() -> Result<()> {
 
     let report = load.finish();
     let after = client_tcp_counters(&bgp.lab)?;
-    let (retrans, resets) = (
-        counter_delta(&before, &after, "RetransSegs"),
-        counter_delta(&before, &after, "EstabResets"),
-    );
+    let (retrans, resets) =
+        (counter_delta(&before, &after, "RetransSegs"), counter_delta(&before, &after, "EstabResets"));
     println!("client TCP: {retrans} segments retransmitted, {resets} established connections reset");
     check_load("scale out and in", &report)?;
     ensure!(resets == 0, "{resets} connections reset");
@@ -276,10 +246,7 @@ fn a_killed_balancer_resets_no_connection() -> Result<()> {
     );
     println!("FIGURE kill under load: client retransmitted {retrans} segments; {resets} established and {failed} opening connections reset");
     check_load("kill", &report)?;
-    ensure!(
-        resets == 0 && failed == 0,
-        "connections reset: {resets} established, {failed} opening"
-    );
+    ensure!(resets == 0 && failed == 0, "connections reset: {resets} established, {failed} opening");
     Ok(())
 }
 
@@ -291,23 +258,13 @@ fn bird_being_down_is_not_fatal_and_announcements_follow_when_it_returns() -> Re
     // The daemon serves (ready, API answers) and keeps retrying.
     let deadline = Instant::now() + CONVERGE;
     while !bgp.lab.balancers[0].log().contains("applying BGP announcements failed") {
-        ensure!(
-            Instant::now() < deadline,
-            "no retry logged:\n{}",
-            bgp.lab.balancers[0].log()
-        );
+        ensure!(Instant::now() < deadline, "no retry logged:\n{}", bgp.lab.balancers[0].log());
         std::thread::sleep(Duration::from_millis(50));
     }
-    ensure!(
-        bgp.lab.balancers[0].api_get("/v1/vips")?.as_array().map(|a| a.len()) == Some(6),
-        "the API serves"
-    );
+    ensure!(bgp.lab.balancers[0].api_get("/v1/vips")?.as_array().map(|a| a.len()) == Some(6), "the API serves");
     ensure!(bgp.nexthops(false)?.is_empty(), "nothing announced without BIRD");
     let text = std::fs::read_to_string(bgp.include_file(0))?;
-    ensure!(
-        text.contains(&format!("route {VIP4}/32 blackhole")),
-        "the include file is written anyway:\n{text}"
-    );
+    ensure!(text.contains(&format!("route {VIP4}/32 blackhole")), "the include file is written anyway:\n{text}");
 
     let back = Instant::now();
     bgp.restart_bird(0)?;
@@ -315,11 +272,7 @@ fn bird_being_down_is_not_fatal_and_announcements_follow_when_it_returns() -> Re
     println!("FIGURE BIRD down: the daemon kept serving and retrying; routes at the router {routed:?} after BIRD was back ({:?} in all)", back.elapsed());
     let deadline = Instant::now() + Duration::from_secs(40);
     while !bgp.lab.balancers[0].log().contains("BGP announcements applied") {
-        ensure!(
-            Instant::now() < deadline,
-            "the retry never succeeded:\n{}",
-            bgp.lab.balancers[0].log()
-        );
+        ensure!(Instant::now() < deadline, "the retry never succeeded:\n{}", bgp.lab.balancers[0].log());
         std::thread::sleep(Duration::from_millis(100));
     }
     Ok(())

@@ -54,7 +54,8 @@ fn traffic_follows_the_table(v6: bool) -> Result<()> {
     println!("12 echo connections of 64+ KiB, intact, per backend {:?}", counts(&sizes, 3));
 
     let udp = vip_addr(v6, UDP_PORT);
-    let dgrams = lab.in_client(|| (0..60u8).map(|i| client::udp_exchange(udp, &payload(200, i))).collect::<Result<Vec<_>>>())?;
+    let dgrams =
+        lab.in_client(|| (0..60u8).map(|i| client::udp_exchange(udp, &payload(200, i))).collect::<Result<Vec<_>>>())?;
     let spread = counts(&dgrams, 3);
     println!("60 UDP exchanges: per backend {spread:?}");
     assert!(spread.iter().filter(|&&c| c > 0).count() >= 2, "UDP spreads: {spread:?}");
@@ -101,7 +102,10 @@ fn removing_a_backend_leaves_the_others_alone() -> Result<()> {
     lab.start_balancers()?;
     let mut conns = open_conns(&lab, 24)?;
     let victim = conns[0].backend;
-    println!("24 connections per backend {:?}; removing backend {victim}", counts(&conns.iter().map(|c| c.backend).collect::<Vec<_>>(), 3));
+    println!(
+        "24 connections per backend {:?}; removing backend {victim}",
+        counts(&conns.iter().map(|c| c.backend).collect::<Vec<_>>(), 3)
+    );
     for port in [ECHO_PORT, HTTP_PORT] {
         lab.balancers[0].api_send("DELETE", &format!("{}/backends/{}", vip_path(port), backend4(victim)), None)?;
     }
@@ -111,7 +115,10 @@ fn removing_a_backend_leaves_the_others_alone() -> Result<()> {
         survivors += 1;
     }
     let fresh = new_http_backends(&lab, 30)?;
-    println!("{survivors} connections to other backends untouched; 30 new connections per backend {:?}", counts(&fresh, 3));
+    println!(
+        "{survivors} connections to other backends untouched; 30 new connections per backend {:?}",
+        counts(&fresh, 3)
+    );
     assert!(!fresh.contains(&victim), "a removed backend gets no new connections");
     for c in conns.into_iter().filter(|c| c.backend != victim) {
         c.close()?;
@@ -137,7 +144,10 @@ fn draining_a_backend_lets_its_connections_finish() -> Result<()> {
         c.exchange(&payload(5000, i as u8))?;
     }
     let fresh = new_http_backends(&lab, 30)?;
-    println!("drained backend {victim}: its {on_victim} connections finished; 30 new per backend {:?}", counts(&fresh, 3));
+    println!(
+        "drained backend {victim}: its {on_victim} connections finished; 30 new per backend {:?}",
+        counts(&fresh, 3)
+    );
     assert!(!fresh.contains(&victim), "a drained backend gets no new connections");
     for c in conns {
         c.close()?;
@@ -166,17 +176,24 @@ fn adding_a_backend_moves_only_its_share() -> Result<()> {
     let vip = vip_addr(false, HTTP_PORT);
     let old_ring = {
         let (a, f) = lb_control::dataplane::ip_to_addr(vip.ip());
-        let meta = before.vip(&lb_common::VipKey { addr: a, port: HTTP_PORT.to_be(), proto: IPPROTO_TCP, family: f }).unwrap();
+        let meta =
+            before.vip(&lb_common::VipKey { addr: a, port: HTTP_PORT.to_be(), proto: IPPROTO_TCP, family: f }).unwrap();
         before.ring(meta.ring)?.to_vec()
     };
-    lab.balancers[0].api_send("POST", &format!("{}/backends", vip_path(HTTP_PORT)), Some(json!({"address": backend4(3).to_string()})))?;
+    lab.balancers[0].api_send(
+        "POST",
+        &format!("{}/backends", vip_path(HTTP_PORT)),
+        Some(json!({"address": backend4(3).to_string()})),
+    )?;
     let http = lab.in_client(|| (0..200).map(|_| client::http_get(vip)).collect::<Result<Vec<_>>>())?;
     let (mut moved, mut reshuffled) = (0, 0);
     for (backend, local) in &http {
         let (caddr, _) = lb_control::dataplane::ip_to_addr(local.ip());
         let hash = lb_common::flow_hash(&caddr, local.port().to_be(), HTTP_PORT.to_be(), IPPROTO_TCP);
         let old_index = old_ring[lb_common::ring_slot(hash, old_ring.len() as u32) as usize];
-        let old_backend = (0..3).find(|&j| before.real(old_index).map(|r| r.addr[0]).ok() == Some(u32::from_ne_bytes(backend4(j).octets()))).unwrap();
+        let old_backend = (0..3)
+            .find(|&j| before.real(old_index).map(|r| r.addr[0]).ok() == Some(u32::from_ne_bytes(backend4(j).octets())))
+            .unwrap();
         if *backend == 3 {
             moved += 1;
         } else if *backend != old_backend {
@@ -186,7 +203,11 @@ fn adding_a_backend_moves_only_its_share() -> Result<()> {
         }
     }
     let share = moved as f64 / http.len() as f64;
-    println!("added a 4th backend: {moved} of {} new flows moved to it ({:.0}%), {reshuffled} between old backends", http.len(), share * 100.0);
+    println!(
+        "added a 4th backend: {moved} of {} new flows moved to it ({:.0}%), {reshuffled} between old backends",
+        http.len(),
+        share * 100.0
+    );
     assert!((0.15..=0.35).contains(&share), "about 1/4 should move, got {share}");
     assert!(reshuffled <= http.len() / 50, "{reshuffled} flows moved between old backends");
     Ok(())
@@ -198,7 +219,11 @@ fn a_long_lived_connection_survives_reload_and_restart() -> Result<()> {
     lab.start_balancers()?;
     let mut conn = open_conns(&lab, 1)?.remove(0);
     // SIGHUP with a changed config: one more VIP.
-    let extra = format!("{}\n[[vip]]\naddress = \"10.100.0.11\"\nport = 80\nprotocol = \"tcp\"\n[[vip.backend]]\naddress = \"{}\"\n", lab.default_vips(), backend4(0));
+    let extra = format!(
+        "{}\n[[vip]]\naddress = \"10.100.0.11\"\nport = 80\nprotocol = \"tcp\"\n[[vip.backend]]\naddress = \"{}\"\n",
+        lab.default_vips(),
+        backend4(0)
+    );
     std::fs::write(&lab.balancers[0].config_path, lab.config(0, &extra))?;
     lab.balancers[0].reload()?;
     let deadline = std::time::Instant::now() + Duration::from_secs(10);

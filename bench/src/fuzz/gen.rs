@@ -182,9 +182,9 @@ pub fn valid(rng: &mut Rng, world: &World) -> Vec<u8> {
             let sport = client_port(rng);
             let upper = transport(rng, proto, src, dst, sport, dport);
             {
- let packet = ip(rng, src, dst, proto, &upper);
- frame(rng, &packet)
- }
+                let packet = ip(rng, src, dst, proto, &upper);
+                frame(rng, &packet)
+            }
         }
         // Echo request to a VIP address (or not).
         6 => {
@@ -198,9 +198,9 @@ pub fn valid(rng: &mut Rng, world: &World) -> Vec<u8> {
                 _ => unreachable!(),
             };
             {
- let packet = ip(rng, src, dst, proto, &msg);
- frame(rng, &packet)
- }
+                let packet = ip(rng, src, dst, proto, &msg);
+                frame(rng, &packet)
+            }
         }
         // An ICMP error about a packet a backend sent from a VIP.
         7..=8 => {
@@ -222,18 +222,18 @@ pub fn valid(rng: &mut Rng, world: &World) -> Vec<u8> {
                     let kind = if rng.one_in(5) { *rng.pick(&[0u8, 5, 11, 12]) } else { 3 };
                     let code = rng.below(16) as u8;
                     {
- let packet = ip(rng, router4, vip, IPPROTO_ICMP, &pb::icmp4(kind, code, rest, quote));
- frame(rng, &packet)
- }
+                        let packet = ip(rng, router4, vip, IPPROTO_ICMP, &pb::icmp4(kind, code, rest, quote));
+                        frame(rng, &packet)
+                    }
                 }
                 IpAddr::V6(v) => {
                     let kind = if rng.one_in(5) { *rng.pick(&[3u8, 4, 129, 135]) } else { *rng.pick(&[1u8, 2]) };
                     let IpAddr::V6(r) = router6 else { unreachable!() };
                     let msg = pb::icmp6(r, v, kind, rng.below(8) as u8, rest, quote);
                     {
- let packet = ip(rng, router6, vip, IPPROTO_ICMPV6, &msg);
- frame(rng, &packet)
- }
+                        let packet = ip(rng, router6, vip, IPPROTO_ICMPV6, &msg);
+                        frame(rng, &packet)
+                    }
                 }
             }
         }
@@ -244,9 +244,9 @@ pub fn valid(rng: &mut Rng, world: &World) -> Vec<u8> {
             let proto = *rng.pick(&[47u8, 132, IPPROTO_ICMP, IPPROTO_ICMPV6, 50, 51]);
             let body = payload(rng);
             {
- let packet = ip(rng, src, dst, proto, &body);
- frame(rng, &packet)
- }
+                let packet = ip(rng, src, dst, proto, &body);
+                frame(rng, &packet)
+            }
         }
     }
 }

@@ -103,13 +103,8 @@ impl Report {
             s += &format!("  {inv:?}: {n}\n");
         }
         for v in &self.first {
-            s += &format!(
-                "violation {:?} at frame {}: {}\n  frame {}\n",
-                v.invariant,
-                v.index,
-                v.detail,
-                hex(&v.frame)
-            );
+            s +=
+                &format!("violation {:?} at frame {}: {}\n  frame {}\n", v.invariant, v.index, v.detail, hex(&v.frame));
         }
         if self.total_violations() > 0 {
             s += &format!("replay: lb-bench fuzz --packets {} --seed {}\n", self.packets, self.seed);

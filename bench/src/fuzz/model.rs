@@ -19,11 +19,26 @@ pub enum Expect {
     Pass(Stat),
     Drop(Stat),
     /// Encapsulated to `real` (an index): `bytes` is the whole frame.
-    Encap { real: u32, flow: FlowKey, bytes: Vec<u8>, l3: usize, outer_len: usize, inner: Vec<u8> },
+    Encap {
+        real: u32,
+        flow: FlowKey,
+        bytes: Vec<u8>,
+        l3: usize,
+        outer_len: usize,
+        inner: Vec<u8>,
+    },
     /// Echo reply: `bytes` except the checksum fields (IPv4 header, ICMP
     /// at `l4`), which must verify whenever the request's did.
-    EchoReply { bytes: Vec<u8>, l3: usize, l4: usize, v4: bool, checks_valid: bool },
-    TooBig { bytes: Vec<u8> },
+    EchoReply {
+        bytes: Vec<u8>,
+        l3: usize,
+        l4: usize,
+        v4: bool,
+        checks_valid: bool,
+    },
+    TooBig {
+        bytes: Vec<u8>,
+    },
 }
 
 impl Expect {

@@ -6,7 +6,8 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use anyhow::{Context as _, Result};
 use lb_common::{
-    addr_v6, vip_filter_bit, LbConfig, Real, VipKey, VipMeta, CFG_F_HAS_PORT0_VIPS, CFG_F_READY, FAMILY_V4, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP, VIP_F_ICMP_ECHO,
+    addr_v6, vip_filter_bit, LbConfig, Real, VipKey, VipMeta, CFG_F_HAS_PORT0_VIPS, CFG_F_READY, FAMILY_V4,
+    IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP, VIP_F_ICMP_ECHO,
 };
 use lb_control::{
     dataplane::{ip_to_addr, Balancer, Decap, Limits},
@@ -112,15 +113,16 @@ pub fn load() -> Result<(World, Balancer, Decap)> {
         let table = if backends.is_empty() {
             vec![0; RING_SIZE as usize]
         } else {
-            let b: Vec<_> = backends
-                .iter()
-                .map(|&i| MaglevBackend::new(i, format!("backend-{i}").into_bytes(), 1))
-                .collect();
+            let b: Vec<_> =
+                backends.iter().map(|&i| MaglevBackend::new(i, format!("backend-{i}").into_bytes(), 1)).collect();
             maglev::build(&b, RING_SIZE)?
         };
         bal.write_ring(num, &table)?;
         let (a, family) = ip_to_addr(addr);
-        bal.set_vip(&VipKey { addr: a, port: net16(port), proto, family }, &VipMeta { flags: 0, vip_num: num, ring: num })?;
+        bal.set_vip(
+            &VipKey { addr: a, port: net16(port), proto, family },
+            &VipMeta { flags: 0, vip_num: num, ring: num },
+        )?;
         // The model reads the ring back from the map, as the data plane sees it.
         vips.push(Vip { addr, port, proto, ring: bal.ring(num)? });
     }
@@ -131,7 +133,10 @@ pub fn load() -> Result<(World, Balancer, Decap)> {
     for (i, addr) in addrs.iter().enumerate() {
         let (a, family) = ip_to_addr(*addr);
         let proto = if family == FAMILY_V4 { IPPROTO_ICMP } else { IPPROTO_ICMPV6 };
-        bal.set_vip(&VipKey { addr: a, port: 0, proto, family }, &VipMeta { flags: VIP_F_ICMP_ECHO, vip_num: i as u32, ring: 0 })?;
+        bal.set_vip(
+            &VipKey { addr: a, port: 0, proto, family },
+            &VipMeta { flags: VIP_F_ICMP_ECHO, vip_num: i as u32, ring: 0 },
+        )?;
     }
     bal.defer_vip_publishing(false)?;
     let mut decap = Decap::load().context("loading decap")?;

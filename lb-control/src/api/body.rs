@@ -9,16 +9,20 @@ use serde::{Deserialize, Deserializer, Serialize};
 use super::error::ApiError;
 use crate::{
     engine::ApplyReport,
-    model::{check_backend_addr, check_backend_family, check_backend_set, check_weight, Backend, VipFlag, VipId, VipSpec},
+    model::{
+        check_backend_addr, check_backend_family, check_backend_set, check_weight, Backend, VipFlag, VipId, VipSpec,
+    },
 };
 
 /// A weight as JSON Schema's `integer` allows it: `3` or `3.0`.
 fn integral_u32<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
     let n = serde_json::Number::deserialize(d)?;
-    let whole = n.as_u64().or_else(|| n.as_f64().filter(|f| f.fract() == 0.0 && *f >= 0.0 && *f <= u32::MAX as f64).map(|f| f as u64));
-    whole
-        .and_then(|w| u32::try_from(w).ok())
-        .ok_or_else(|| serde::de::Error::custom(format!("{n} is not a weight (a whole number, 0..={})", crate::model::MAX_WEIGHT)))
+    let whole = n
+        .as_u64()
+        .or_else(|| n.as_f64().filter(|f| f.fract() == 0.0 && *f >= 0.0 && *f <= u32::MAX as f64).map(|f| f as u64));
+    whole.and_then(|w| u32::try_from(w).ok()).ok_or_else(|| {
+        serde::de::Error::custom(format!("{n} is not a weight (a whole number, 0..={})", crate::model::MAX_WEIGHT))
+    })
 }
 
 /// An optional weight; `null` is the same as leaving it out (what `lbctl`

@@ -154,7 +154,11 @@ pub fn router(state: Shared, max_body_bytes: usize) -> Router {
     router
         .fallback(|| async { ApiError::not_found("no such endpoint; see /v1/openapi.json") })
         .method_not_allowed_fallback(|| async {
-            ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "this endpoint does not take that method")
+            ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "this endpoint does not take that method",
+            )
         })
         .layer(middleware::from_fn_with_state(state.clone(), auth::require_token))
         .layer(axum::extract::DefaultBodyLimit::max(max_body_bytes))

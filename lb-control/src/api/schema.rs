@@ -45,11 +45,9 @@ pub fn ipv6_unicast() -> String {
 }
 
 pub static BACKEND_V6_PATTERN: LazyLock<String> = LazyLock::new(|| format!("^{}$", ipv6_unicast()));
-pub static BACKEND_PATTERN: LazyLock<String> =
-    LazyLock::new(|| format!("^({}|{})$", ipv4_unicast(), ipv6_unicast()));
+pub static BACKEND_PATTERN: LazyLock<String> = LazyLock::new(|| format!("^({}|{})$", ipv4_unicast(), ipv6_unicast()));
 pub static VIP_V4_PATTERN: LazyLock<String> = LazyLock::new(|| format!("^(tcp|udp):{}:{PORT}$", ipv4_unicast()));
-pub static VIP_V6_PATTERN: LazyLock<String> =
-    LazyLock::new(|| format!("^(tcp|udp):\\[{}\\]:{PORT}$", ipv6_unicast()));
+pub static VIP_V6_PATTERN: LazyLock<String> = LazyLock::new(|| format!("^(tcp|udp):\\[{}\\]:{PORT}$", ipv6_unicast()));
 pub static VIP_PATTERN: LazyLock<String> =
     LazyLock::new(|| format!("^(tcp|udp):({}|\\[{}\\]):{PORT}$", ipv4_unicast(), ipv6_unicast()));
 
@@ -191,7 +189,9 @@ mod tests {
 
     #[test]
     fn schema_literals_round_trip() {
-        for s in [VipId::schema(), BackendBody::schema(), Applied::schema(), StatsSnapshot::schema(), BackendAddr::schema()] {
+        for s in
+            [VipId::schema(), BackendBody::schema(), Applied::schema(), StatsSnapshot::schema(), BackendAddr::schema()]
+        {
             let v = serde_json::to_value(&s).unwrap();
             assert_eq!(serde_json::to_value(schema(v.clone())).unwrap(), v);
         }
@@ -210,7 +210,8 @@ mod tests {
             k
         };
         let required = |v: &Value| {
-            let mut k: Vec<String> = v["required"].as_array().unwrap().iter().map(|s| s.as_str().unwrap().into()).collect();
+            let mut k: Vec<String> =
+                v["required"].as_array().unwrap().iter().map(|s| s.as_str().unwrap().into()).collect();
             k.sort();
             k
         };
@@ -229,11 +230,29 @@ mod tests {
         let backend = Regex::new(&BACKEND_PATTERN).unwrap();
         let vip = Regex::new(&VIP_PATTERN).unwrap();
         let any_vip: VipId = "tcp:[2001:db8::ffff]:1".parse().unwrap();
-        let accepted = |s: &str| s.parse::<IpAddr>().is_ok_and(|a| check_vip_addr(a).is_ok() && check_backend_addr(&any_vip, a).is_ok());
+        let accepted = |s: &str| {
+            s.parse::<IpAddr>().is_ok_and(|a| check_vip_addr(a).is_ok() && check_backend_addr(&any_vip, a).is_ok())
+        };
         let matching = [
-            "1.0.0.0", "10.1.0.1", "126.255.255.255", "128.0.0.1", "192.0.2.10", "223.255.255.254", "9.9.9.9",
-            "fc00::1", "2001:db8::10", "fe80::1", "f::", "ff::1", "ffe::1", "1:2:3:4:5:6:7:8", "1::", "1:2:3:4:5:6:7::",
-            "1::2:3:4:5:6:7", "FC00::A", "2001:0db8:0000:0000:0000:0000:0000:0001",
+            "1.0.0.0",
+            "10.1.0.1",
+            "126.255.255.255",
+            "128.0.0.1",
+            "192.0.2.10",
+            "223.255.255.254",
+            "9.9.9.9",
+            "fc00::1",
+            "2001:db8::10",
+            "fe80::1",
+            "f::",
+            "ff::1",
+            "ffe::1",
+            "1:2:3:4:5:6:7:8",
+            "1::",
+            "1:2:3:4:5:6:7::",
+            "1::2:3:4:5:6:7",
+            "FC00::A",
+            "2001:0db8:0000:0000:0000:0000:0000:0001",
         ];
         for s in matching {
             assert!(backend.is_match(s), "{s} does not match the backend pattern");
@@ -243,9 +262,26 @@ mod tests {
             assert!(v.parse::<VipId>().is_ok(), "{v}");
         }
         let not_matching = [
-            "0.0.0.0", "127.0.0.1", "224.0.0.1", "239.1.1.1", "255.255.255.255", "240.0.0.1", "10.1.0.256", "01.2.3.4",
-            "10.1.0", "::", "::1", "ff02::1", "ffff::1", "::ffff:10.1.0.1", "1:2:3:4:5:6:7:8:9", "1::2::3", "12345::1",
-            "1:2:3:4:5:6:7:8::", "", "fc00::1%eth0",
+            "0.0.0.0",
+            "127.0.0.1",
+            "224.0.0.1",
+            "239.1.1.1",
+            "255.255.255.255",
+            "240.0.0.1",
+            "10.1.0.256",
+            "01.2.3.4",
+            "10.1.0",
+            "::",
+            "::1",
+            "ff02::1",
+            "ffff::1",
+            "::ffff:10.1.0.1",
+            "1:2:3:4:5:6:7:8:9",
+            "1::2::3",
+            "12345::1",
+            "1:2:3:4:5:6:7:8::",
+            "",
+            "fc00::1%eth0",
         ];
         for s in not_matching {
             assert!(!backend.is_match(s), "{s} matches the backend pattern");

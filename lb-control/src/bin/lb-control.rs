@@ -9,17 +9,17 @@ use std::{
 
 use anyhow::{bail, Context as _, Result};
 use clap::{Parser, Subcommand};
+use lb_common::format_mac;
 use lb_control::{
     api::{self, AppState},
+    attachment,
     config::Config,
     controller::{self, Controller},
-    attachment,
     dataplane::{detach_all, Decap, XdpMode},
     lock::{LockError, PinDirLock},
     netlink::MacWatch,
     server::{self, ServerLimits},
 };
-use lb_common::format_mac;
 use sd_notify::NotifyState;
 use tokio::signal::unix::{signal, SignalKind};
 
@@ -78,9 +78,7 @@ enum Command {
 
 fn main() -> Result<()> {
     tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
         .with_target(false)
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
@@ -203,7 +201,8 @@ async fn run(config_path: PathBuf) -> Result<()> {
     // One daemon per pin directory, and nothing touched unless this one can
     // serve: the lock, then the API's port, then the maps.
     let lock = PinDirLock::acquire(&config.pin_dir).context("taking the pin directory")?;
-    let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("binding the API to {listen}"))?;
+    let listener =
+        tokio::net::TcpListener::bind(listen).await.with_context(|| format!("binding the API to {listen}"))?;
 
     let ctl = tokio::task::block_in_place(|| -> Result<Controller> {
         let forwarding = controller::forwarding(&config)?;

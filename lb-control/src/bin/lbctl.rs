@@ -56,7 +56,9 @@ enum Command {
 #[derive(Subcommand)]
 enum VipCmd {
     List,
-    Show { vip: VipId },
+    Show {
+        vip: VipId,
+    },
     /// Add a VIP, e.g. `lbctl vip add tcp:10.0.0.10:80 -b 10.1.0.1 -b 10.1.0.2=3`.
     Add {
         vip: VipId,
@@ -66,25 +68,42 @@ enum VipCmd {
         #[arg(long = "flag", value_enum)]
         flags: Vec<VipFlag>,
     },
-    Remove { vip: VipId },
+    Remove {
+        vip: VipId,
+    },
 }
 
 #[derive(Subcommand)]
 enum BackendCmd {
-    List { vip: VipId },
+    List {
+        vip: VipId,
+    },
     Add {
         vip: VipId,
         address: IpAddr,
         #[arg(long, default_value_t = lb_control::model::DEFAULT_WEIGHT)]
         weight: u32,
     },
-    Remove { vip: VipId, address: IpAddr },
+    Remove {
+        vip: VipId,
+        address: IpAddr,
+    },
     /// Set a backend's weight.
-    Weight { vip: VipId, address: IpAddr, weight: u32 },
+    Weight {
+        vip: VipId,
+        address: IpAddr,
+        weight: u32,
+    },
     /// Weight 0: no new flows; established ones finish.
-    Drain { vip: VipId, address: IpAddr },
+    Drain {
+        vip: VipId,
+        address: IpAddr,
+    },
     /// Replace all of a VIP's backends (ADDRESS or ADDRESS=WEIGHT).
-    Replace { vip: VipId, backends: Vec<BackendArg> },
+    Replace {
+        vip: VipId,
+        backends: Vec<BackendArg>,
+    },
 }
 
 #[derive(Clone)]
@@ -137,7 +156,11 @@ impl Client {
         format!("{}{path}", self.base)
     }
 
-    fn finish<T: DeserializeOwned>(&self, what: &str, resp: Result<ureq::http::Response<ureq::Body>, ureq::Error>) -> Result<T> {
+    fn finish<T: DeserializeOwned>(
+        &self,
+        what: &str,
+        resp: Result<ureq::http::Response<ureq::Body>, ureq::Error>,
+    ) -> Result<T> {
         let mut resp = resp.with_context(|| format!("{what}: cannot reach the daemon at {}", self.base))?;
         let status = resp.status();
         let text = resp.body_mut().read_to_string().with_context(|| format!("{what}: reading the answer"))?;
@@ -196,10 +219,18 @@ fn print_json<T: Serialize>(v: &T) -> Result<()> {
 fn print_vips(vips: &[VipBody]) {
     println!("{:<28} {:<30} BACKENDS (address=weight)", "VIP", "FLAGS");
     for v in vips {
-        let flags: Vec<String> =
-            v.flags.iter().map(|f| serde_json::to_value(f).ok().and_then(|s| s.as_str().map(String::from)).unwrap_or_default()).collect();
+        let flags: Vec<String> = v
+            .flags
+            .iter()
+            .map(|f| serde_json::to_value(f).ok().and_then(|s| s.as_str().map(String::from)).unwrap_or_default())
+            .collect();
         let backends: Vec<String> = v.backends.iter().map(|b| format!("{}={}", b.address, b.weight)).collect();
-        println!("{:<28} {:<30} {}", v.vip.to_string(), if flags.is_empty() { "-".into() } else { flags.join(",") }, backends.join(" "));
+        println!(
+            "{:<28} {:<30} {}",
+            v.vip.to_string(),
+            if flags.is_empty() { "-".into() } else { flags.join(",") },
+            backends.join(" ")
+        );
     }
 }
 
@@ -217,24 +248,37 @@ fn main() -> Result<()> {
     match &cli.command {
         Command::Vip(VipCmd::List) => {
             let vips: Vec<VipBody> = client.get("/v1/vips")?;
-            if json { print_json(&vips)? } else { print_vips(&vips) }
+            if json {
+                print_json(&vips)?
+            } else {
+                print_vips(&vips)
+            }
         }
         Command::Vip(VipCmd::Show { vip }) => {
             let v: VipBody = client.get(&format!("/v1/vips/{vip}"))?;
-            if json { print_json(&v)? } else { print_vips(&[v]) }
+            if json {
+                print_json(&v)?
+            } else {
+                print_vips(&[v])
+            }
         }
         Command::Vip(VipCmd::Add { vip, backends, flags }) => {
-            let body = VipBody {
-                vip: *vip,
-                flags: flags.clone(),
-                backends: backends.iter().map(|b| b.0.clone()).collect(),
-            };
+            let body =
+                VipBody { vip: *vip, flags: flags.clone(), backends: backends.iter().map(|b| b.0.clone()).collect() };
             let r: serde_json::Value = client.send("POST", "/v1/vips", Some(&body))?;
-            if json { print_json(&r)? } else { println!("added {vip}") }
+            if json {
+                print_json(&r)?
+            } else {
+                println!("added {vip}")
+            }
         }
         Command::Vip(VipCmd::Remove { vip }) => {
             let r: serde_json::Value = client.send::<(), _>("DELETE", &format!("/v1/vips/{vip}"), None)?;
-            if json { print_json(&r)? } else { println!("removed {vip}") }
+            if json {
+                print_json(&r)?
+            } else {
+                println!("removed {vip}")
+            }
         }
         Command::Backend(BackendCmd::List { vip }) => {
             let list: Vec<BackendBody> = client.get(&format!("/v1/vips/{vip}/backends"))?;
@@ -250,26 +294,49 @@ fn main() -> Result<()> {
         Command::Backend(BackendCmd::Add { vip, address, weight }) => {
             let body = BackendBody { address: *address, weight: *weight };
             let r: serde_json::Value = client.send("POST", &format!("/v1/vips/{vip}/backends"), Some(&body))?;
-            if json { print_json(&r)? } else { println!("added backend {address} to {vip}") }
+            if json {
+                print_json(&r)?
+            } else {
+                println!("added backend {address} to {vip}")
+            }
         }
         Command::Backend(BackendCmd::Remove { vip, address }) => {
-            let r: serde_json::Value = client.send::<(), _>("DELETE", &format!("/v1/vips/{vip}/backends/{address}"), None)?;
-            if json { print_json(&r)? } else { println!("removed backend {address} from {vip}") }
+            let r: serde_json::Value =
+                client.send::<(), _>("DELETE", &format!("/v1/vips/{vip}/backends/{address}"), None)?;
+            if json {
+                print_json(&r)?
+            } else {
+                println!("removed backend {address} from {vip}")
+            }
         }
         Command::Backend(BackendCmd::Weight { vip, address, weight }) => {
             let patch = BackendPatch { weight: Some(*weight), drain: None };
-            let r: serde_json::Value = client.send("PATCH", &format!("/v1/vips/{vip}/backends/{address}"), Some(&patch))?;
-            if json { print_json(&r)? } else { println!("backend {address} of {vip}: weight {weight}") }
+            let r: serde_json::Value =
+                client.send("PATCH", &format!("/v1/vips/{vip}/backends/{address}"), Some(&patch))?;
+            if json {
+                print_json(&r)?
+            } else {
+                println!("backend {address} of {vip}: weight {weight}")
+            }
         }
         Command::Backend(BackendCmd::Drain { vip, address }) => {
             let patch = BackendPatch { weight: None, drain: Some(true) };
-            let r: serde_json::Value = client.send("PATCH", &format!("/v1/vips/{vip}/backends/{address}"), Some(&patch))?;
-            if json { print_json(&r)? } else { println!("backend {address} of {vip}: draining") }
+            let r: serde_json::Value =
+                client.send("PATCH", &format!("/v1/vips/{vip}/backends/{address}"), Some(&patch))?;
+            if json {
+                print_json(&r)?
+            } else {
+                println!("backend {address} of {vip}: draining")
+            }
         }
         Command::Backend(BackendCmd::Replace { vip, backends }) => {
             let list: Vec<BackendBody> = backends.iter().map(|b| b.0.clone()).collect();
             let r: serde_json::Value = client.send("PUT", &format!("/v1/vips/{vip}/backends"), Some(&list))?;
-            if json { print_json(&r)? } else { println!("{vip}: {} backends", list.len()) }
+            if json {
+                print_json(&r)?
+            } else {
+                println!("{vip}: {} backends", list.len())
+            }
         }
         Command::Stats => {
             let s: Stats = client.get("/v1/stats")?;

@@ -2,20 +2,17 @@
 //! (so by `check`, start-up and SIGHUP alike): the pin directory is on a
 //! bpffs mount and the API token file can be read.
 
-use std::{
-    ffi::CString,
-    os::unix::ffi::OsStrExt as _,
-    path::Path,
-};
+use std::{ffi::CString, os::unix::ffi::OsStrExt as _, path::Path};
 
 /// Checks that `pin_dir` is, or would be created, on a bpffs mount: the
 /// directory itself if it exists, else its nearest existing ancestor.
 pub fn check_pin_dir(pin_dir: &Path) -> Result<(), String> {
     let existing = pin_dir.ancestors().find(|p| p.exists()).unwrap_or(Path::new("/"));
     let c_path = CString::new(existing.as_os_str().as_bytes()).map_err(|_| "contains a NUL byte".to_string())?;
-    // SAFETY: statfs reads a NUL-terminated path and writes into the zeroed
-    // struct we own; it keeps neither pointer.
+    // SAFETY: libc::statfs is plain integers; all zeroes is a valid value.
     let mut fs: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: statfs reads a NUL-terminated path and writes into the struct
+    // we own; it keeps neither pointer.
     if unsafe { libc::statfs(c_path.as_ptr(), &mut fs) } != 0 {
         return Err(format!("statfs {}: {}", existing.display(), std::io::Error::last_os_error()));
     }
@@ -40,4 +37,3 @@ pub fn read_token(path: &Path) -> Result<String, String> {
     }
     Ok(token)
 }
-

@@ -130,8 +130,8 @@ impl Config {
     /// directory is on bpffs, the token file can be read): what `check`,
     /// start-up and SIGHUP all do.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+        let text =
+            std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
         Config::check_text(&text, &path.display().to_string(), true)
     }
 

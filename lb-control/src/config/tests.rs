@@ -71,7 +71,8 @@ fn unknown_key_names_line_and_key() {
     let p = one("interfaces = [\"eth0\"]\nbogus = 1\n");
     assert_eq!(p.line, 2);
     assert!(p.message.contains("bogus"), "{p}");
-    let p = one("interfaces = [\"eth0\"]\n[[vip]]\naddress = \"10.0.0.1\"\nport = 80\nprotocol = \"tcp\"\nwieght = 3\n");
+    let p =
+        one("interfaces = [\"eth0\"]\n[[vip]]\naddress = \"10.0.0.1\"\nport = 80\nprotocol = \"tcp\"\nwieght = 3\n");
     assert_eq!(p.line, 6, "{p}");
     assert!(p.message.contains("wieght"), "{p}");
 }
@@ -122,7 +123,9 @@ fn several_problems_are_reported_together() {
 
 #[test]
 fn interfaces_are_required() {
-    assert!(problems("[[vip]]\naddress = \"10.0.0.1\"\nport = 1\nprotocol = \"tcp\"\n")[0].message.contains("interfaces"));
+    assert!(problems("[[vip]]\naddress = \"10.0.0.1\"\nport = 1\nprotocol = \"tcp\"\n")[0]
+        .message
+        .contains("interfaces"));
     assert!(one("interfaces = []\n").message.contains("at least one"));
 }
 
@@ -214,7 +217,8 @@ fn paths_and_api_settings_start_would_refuse() {
         assert_eq!(p.line, at(&text, to.lines().find(|l| l.contains(" = ")).unwrap()), "{to}: {p}");
     }
     // A non-loopback address is fine with a token.
-    let text = GOOD.replace("[limits]", "[api]\nlisten = \"0.0.0.0:9780\"\ntoken_file = \"/etc/xdp-lb/token\"\n[limits]");
+    let text =
+        GOOD.replace("[limits]", "[api]\nlisten = \"0.0.0.0:9780\"\ntoken_file = \"/etc/xdp-lb/token\"\n[limits]");
     assert!(Config::parse(&text).is_ok());
 }
 

@@ -108,9 +108,7 @@ fn encap(c: &mut Checker<'_>, raw: &RawConfig) -> Option<Encap> {
         None => Some(Prefix { addr: Ipv4Addr::new(172, 16, 0, 0), len: 16 }),
     };
     let source_v6 = match &raw.encap.source_v6 {
-        Some(s) => {
-            parse_prefix::<Ipv6Addr>(s.get_ref(), 128).map_err(|e| c.add(&s.span(), "encap.source_v6", e)).ok()
-        }
+        Some(s) => parse_prefix::<Ipv6Addr>(s.get_ref(), 128).map_err(|e| c.add(&s.span(), "encap.source_v6", e)).ok(),
         None => Some(Prefix { addr: Ipv6Addr::new(0xfc00, 0xffff, 0, 0, 0, 0, 0, 0), len: 96 }),
     };
     let mtu = raw.encap.mtu.as_ref().map_or(lb_common::DEFAULT_MTU, |m| *m.get_ref());
@@ -151,11 +149,26 @@ fn limits(c: &mut Checker<'_>, raw: &RawLimits) -> Limits {
         }
     };
     let ring = limits.ring_size;
-    check(&raw.ring_size, "limits.ring_size", (2..=MAX_RING_SIZE).contains(&ring), format!("is outside 2..={MAX_RING_SIZE}"));
-    check(&raw.ring_size, "limits.ring_size", ring < 2 || super::is_prime(ring), "is not a prime (Maglev needs one; the default is 65537)".into());
+    check(
+        &raw.ring_size,
+        "limits.ring_size",
+        (2..=MAX_RING_SIZE).contains(&ring),
+        format!("is outside 2..={MAX_RING_SIZE}"),
+    );
+    check(
+        &raw.ring_size,
+        "limits.ring_size",
+        ring < 2 || super::is_prime(ring),
+        "is not a prime (Maglev needs one; the default is 65537)".into(),
+    );
     check(&raw.max_vips, "limits.max_vips", limits.max_vips > 0, "is not positive".into());
     let max_b = MAX_REALS_LIMIT - 1;
-    check(&raw.max_backends, "limits.max_backends", (1..=max_b).contains(&max_backends), format!("is outside 1..={max_b} (backend indices are 16 bits)"));
+    check(
+        &raw.max_backends,
+        "limits.max_backends",
+        (1..=max_b).contains(&max_backends),
+        format!("is outside 1..={max_b} (backend indices are 16 bits)"),
+    );
     check(&raw.conn_table_size, "limits.conn_table_size", limits.conn_table_size > 0, "is not positive".into());
     if !bad {
         if let Err(e) = limits.validate() {
@@ -224,13 +237,26 @@ fn vips(c: &mut Checker<'_>, raw: &RawConfig, limits: &Limits) -> VipSet {
         let v = v.get_ref();
         let key = format!("vip[{i}]");
         let addr = c.ip(&v.address, &format!("{key}.address"));
-        let addr = addr.and_then(|a| check_vip_addr(a).map(|_| a).map_err(|e| c.add(&v.address.span(), format!("{key}.address"), e.to_string())).ok());
+        let addr = addr.and_then(|a| {
+            check_vip_addr(a)
+                .map(|_| a)
+                .map_err(|e| c.add(&v.address.span(), format!("{key}.address"), e.to_string()))
+                .ok()
+        });
         let port = *v.port.get_ref();
         if port > u16::MAX as u32 {
-            c.add(&v.port.span(), format!("{key}.port"), format!("{port} is not a port (0..=65535; 0 means every port)"));
+            c.add(
+                &v.port.span(),
+                format!("{key}.port"),
+                format!("{port} is not a port (0..=65535; 0 means every port)"),
+            );
         }
-        let proto =
-            v.protocol.get_ref().parse::<Proto>().map_err(|e| c.add(&v.protocol.span(), format!("{key}.protocol"), e)).ok();
+        let proto = v
+            .protocol
+            .get_ref()
+            .parse::<Proto>()
+            .map_err(|e| c.add(&v.protocol.span(), format!("{key}.protocol"), e))
+            .ok();
         let mut flags: Vec<VipFlag> = v.flags.iter().map(|f| *f.get_ref()).collect();
         flags.sort();
         flags.dedup();
@@ -253,7 +279,11 @@ fn vips(c: &mut Checker<'_>, raw: &RawConfig, limits: &Limits) -> VipSet {
                 continue;
             }
             if spec.backends.insert(baddr, Backend { weight: *b.weight.get_ref() }).is_some() {
-                c.add(&b.address.span(), format!("{bkey}.address"), format!("backend {baddr} is listed twice for VIP {id}"));
+                c.add(
+                    &b.address.span(),
+                    format!("{bkey}.address"),
+                    format!("backend {baddr} is listed twice for VIP {id}"),
+                );
             }
             // The data plane has one real per (VIP, backend) pair.
             pairs += 1;
@@ -267,7 +297,11 @@ fn vips(c: &mut Checker<'_>, raw: &RawConfig, limits: &Limits) -> VipSet {
             }
         }
         if spec.backends.len() as u64 > limits.ring_size as u64 {
-            c.add(&v_span, key.clone(), format!("{} backends do not fit a ring of {}", spec.backends.len(), limits.ring_size));
+            c.add(
+                &v_span,
+                key.clone(),
+                format!("{} backends do not fit a ring of {}", spec.backends.len(), limits.ring_size),
+            );
         }
         if vips.insert(id, spec).is_some() {
             c.add(&v.address.span(), format!("{key}.address"), format!("VIP {id} is defined twice"));

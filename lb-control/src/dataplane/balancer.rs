@@ -194,11 +194,7 @@ impl Balancer {
 
     fn check_real(&self, index: u32) -> Result<(), DataplaneError> {
         if index == REAL_NONE || index >= self.limits.max_reals {
-            return Err(DataplaneError::OutOfRange {
-                what: "backend",
-                index,
-                limit: self.limits.max_reals,
-            });
+            return Err(DataplaneError::OutOfRange { what: "backend", index, limit: self.limits.max_reals });
         }
         Ok(())
     }
@@ -218,9 +214,7 @@ impl Balancer {
     /// Records which VIP real `index` serves.
     pub fn set_real_owner(&mut self, index: u32, owner: &VipKey) -> Result<(), DataplaneError> {
         self.check_real(index)?;
-        self.real_owners
-            .set(index, owner, 0)
-            .map_err(map_err(map_names::REAL_OWNERS))
+        self.real_owners.set(index, owner, 0).map_err(map_err(map_names::REAL_OWNERS))
     }
 
     /// The VIP real `index` serves (a default key when none was recorded).

@@ -32,9 +32,7 @@ impl ConnTable {
         self.slots.slice()[self.set_of(flow)]
             .iter()
             .find(|&&v| v & CONN_REAL_MASK != 0 && v & CONN_FINGERPRINT_MASK == fp)
-            .map(|&v| ConnEntry {
-                real: (v & CONN_REAL_MASK) as u32,
-            })
+            .map(|&v| ConnEntry { real: (v & CONN_REAL_MASK) as u32 })
     }
 
     /// Writes `flow → entry`, marked used (the caller checked the index).
@@ -43,10 +41,7 @@ impl ConnTable {
         let range = self.set_of(flow);
         let set = &mut self.slots.slice_mut()[range];
         let want = fp & CONN_FINGERPRINT_MASK;
-        let way = set
-            .iter()
-            .position(|&v| v & CONN_REAL_MASK == 0 || v & CONN_FINGERPRINT_MASK == want)
-            .unwrap_or(0);
+        let way = set.iter().position(|&v| v & CONN_REAL_MASK == 0 || v & CONN_FINGERPRINT_MASK == want).unwrap_or(0);
         // SAFETY: an aligned u64 of our mapping: one atomic store.
         unsafe { std::ptr::write_volatile(&mut set[way], conn_slot(fp, entry.real) | CONN_REFERENCED) };
     }
@@ -67,9 +62,7 @@ impl ConnTable {
             let real = (v & CONN_REAL_MASK) as usize;
             if real != 0
                 && forget.get(real).copied().unwrap_or(false)
-                && cell
-                    .compare_exchange(v, 0, Ordering::Relaxed, Ordering::Relaxed)
-                    .is_ok()
+                && cell.compare_exchange(v, 0, Ordering::Relaxed, Ordering::Relaxed).is_ok()
             {
                 forgotten += 1;
             }

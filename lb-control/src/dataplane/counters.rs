@@ -44,14 +44,10 @@ impl Counters {
     }
 
     pub(super) fn reset_vip(&mut self, vip_num: u32) -> Result<(), DataplaneError> {
-        self.vip_stats
-            .set(vip_num, zeroes()?, 0)
-            .map_err(map_err(map_names::VIP_STATS))
+        self.vip_stats.set(vip_num, zeroes()?, 0).map_err(map_err(map_names::VIP_STATS))
     }
 
     pub(super) fn reset_real(&mut self, index: u32) -> Result<(), DataplaneError> {
-        self.real_stats
-            .set(index, zeroes()?, 0)
-            .map_err(map_err(map_names::REAL_STATS))
+        self.real_stats.set(index, zeroes()?, 0).map_err(map_err(map_names::REAL_STATS))
     }
 }

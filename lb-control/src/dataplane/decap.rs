@@ -35,19 +35,14 @@ impl Decap {
         let mut loader = EbpfLoader::new();
         let dir = pin_dir.map(versioned_pin_dir);
         if let Some(dir) = &dir {
-            std::fs::create_dir_all(dir).map_err(|e| DataplaneError::PinDir {
-                path: dir.clone(),
-                source: e,
-            })?;
+            std::fs::create_dir_all(dir).map_err(|e| DataplaneError::PinDir { path: dir.clone(), source: e })?;
             for name in map_names::DECAP_MAPS {
                 loader.map_pin_path(name, dir.join(name));
             }
         }
         let mut ebpf = loader.load(DECAP_ELF)?;
-        let program: &mut Xdp = ebpf
-            .program_mut(DECAP_PROGRAM)
-            .ok_or(DataplaneError::MissingProgram(DECAP_PROGRAM))?
-            .try_into()?;
+        let program: &mut Xdp =
+            ebpf.program_mut(DECAP_PROGRAM).ok_or(DataplaneError::MissingProgram(DECAP_PROGRAM))?.try_into()?;
         program.load()?;
         Ok(Self {
             addrs: take(&mut ebpf, map_names::DECAP_ADDRS)?,
@@ -70,9 +65,7 @@ impl Decap {
 
     /// Accepts tunnelled packets whose outer destination is `addr`.
     pub fn add_addr(&mut self, addr: IpAddr) -> Result<(), DataplaneError> {
-        self.addrs
-            .insert(DecapAddr::from(addr), 1, 0)
-            .map_err(map_err(map_names::DECAP_ADDRS))
+        self.addrs.insert(DecapAddr::from(addr), 1, 0).map_err(map_err(map_names::DECAP_ADDRS))
     }
 
     pub fn remove_addr(&mut self, addr: IpAddr) -> Result<(), DataplaneError> {

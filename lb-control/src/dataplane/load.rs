@@ -59,10 +59,7 @@ pub(super) fn attach_xdp(
     pin: Option<&Path>,
     links: &mut Vec<XdpLink>,
 ) -> Result<(), DataplaneError> {
-    let link_err = |detail: String| DataplaneError::Link {
-        iface: iface.into(),
-        detail,
-    };
+    let link_err = |detail: String| DataplaneError::Link { iface: iface.into(), detail };
     if let Some(pin) = pin.filter(|p| p.exists()) {
         let link = PinnedLink::from_pin(pin).map_err(|e| link_err(e.to_string()))?;
         let link = XdpLink::try_from(FdLink::from(link)).map_err(|e| link_err(e.to_string()))?;
@@ -89,10 +86,7 @@ pub(super) fn attach_xdp(
             Err(e) => last = Some(e),
         }
     }
-    Err(DataplaneError::Attach {
-        iface: iface.into(),
-        source: last.expect("at least one mode"),
-    })
+    Err(DataplaneError::Attach { iface: iface.into(), source: last.expect("at least one mode") })
 }
 
 /// Removes what [`Balancer::open`] and [`Balancer::attach`] pinned under
@@ -107,16 +101,8 @@ pub fn detach_all(pin_dir: &Path) -> Result<Vec<PathBuf>, DataplaneError> {
         Err(e) => return Err(DataplaneError::PinDir { path: dir, source: e }),
     };
     for entry in entries {
-        let path = entry
-            .map_err(|e| DataplaneError::PinDir {
-                path: dir.clone(),
-                source: e,
-            })?
-            .path();
-        std::fs::remove_file(&path).map_err(|e| DataplaneError::PinDir {
-            path: path.clone(),
-            source: e,
-        })?;
+        let path = entry.map_err(|e| DataplaneError::PinDir { path: dir.clone(), source: e })?.path();
+        std::fs::remove_file(&path).map_err(|e| DataplaneError::PinDir { path: path.clone(), source: e })?;
         removed.push(path);
     }
     let _ = std::fs::remove_dir(&dir);
@@ -130,12 +116,7 @@ pub fn detach_all(pin_dir: &Path) -> Result<Vec<PathBuf>, DataplaneError> {
 fn pinned_layout(limits: &Limits) -> [(&'static str, usize, usize, u32); 13] {
     use std::mem::size_of;
     [
-        (
-            map_names::VIPS,
-            size_of::<VipKey>(),
-            size_of::<VipMeta>(),
-            limits.max_vips * 2,
-        ),
+        (map_names::VIPS, size_of::<VipKey>(), size_of::<VipMeta>(), limits.max_vips * 2),
         (map_names::VIP_FILTER, 4, size_of::<VipFilter>(), 1),
         (map_names::VIP_TABLE_A, 4, size_of::<VipBucket>(), limits.vip_buckets()),
         (map_names::VIP_TABLE_B, 4, size_of::<VipBucket>(), limits.vip_buckets()),
@@ -207,12 +188,7 @@ fn check_pins(dir: &Path, limits: &Limits) -> Result<bool, DataplaneError> {
             return Err(DataplaneError::PinnedMismatch {
                 name,
                 path,
-                found: format!(
-                    "key {} value {} entries {}",
-                    info.key_size(),
-                    info.value_size(),
-                    info.max_entries()
-                ),
+                found: format!("key {} value {} entries {}", info.key_size(), info.value_size(), info.max_entries()),
                 want: format!("key {key} value {value} entries {entries}"),
             });
         }
@@ -229,10 +205,7 @@ pub(super) fn load_balancer(limits: &Limits, pin_dir: Option<&Path>) -> Result<(
     let mut adopted = false;
     if let Some(dir) = pin_dir {
         let dir = versioned_pin_dir(dir);
-        std::fs::create_dir_all(&dir).map_err(|e| DataplaneError::PinDir {
-            path: dir.clone(),
-            source: e,
-        })?;
+        std::fs::create_dir_all(&dir).map_err(|e| DataplaneError::PinDir { path: dir.clone(), source: e })?;
         adopted = check_pins(&dir, limits)?;
         for (name, ..) in pinned_layout(limits) {
             loader.map_pin_path(name, dir.join(name));
@@ -252,10 +225,8 @@ pub(super) fn load_balancer(limits: &Limits, pin_dir: Option<&Path>) -> Result<(
         .map_max_entries(map_names::VIP_STATS, limits.max_vips)
         .map_max_entries(map_names::REAL_STATS, limits.max_reals)
         .load(BALANCER_ELF)?;
-    let program: &mut Xdp = ebpf
-        .program_mut(BALANCER_PROGRAM)
-        .ok_or(DataplaneError::MissingProgram(BALANCER_PROGRAM))?
-        .try_into()?;
+    let program: &mut Xdp =
+        ebpf.program_mut(BALANCER_PROGRAM).ok_or(DataplaneError::MissingProgram(BALANCER_PROGRAM))?.try_into()?;
     program.load()?;
     Ok((ebpf, adopted))
 }

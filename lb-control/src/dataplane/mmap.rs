@@ -29,12 +29,7 @@ impl<T: aya::Pod> MmapArray<T> {
         // mapping (`map` lives in self). The data plane writes it too; we
         // only read or write whole, aligned values (see the callers).
         let mmap = unsafe { MmapOptions::new().len(bytes).map_mut(fd) }.map_err(DataplaneError::Mmap)?;
-        Ok(Self {
-            mmap,
-            entries,
-            map,
-            _values: std::marker::PhantomData,
-        })
+        Ok(Self { mmap, entries, map, _values: std::marker::PhantomData })
     }
 
     pub(super) fn slice(&self) -> &[T] {

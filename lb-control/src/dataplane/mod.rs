@@ -75,12 +75,7 @@ pub enum DataplaneError {
     #[error("Maglev table has {got} entries, the rings hold {want}")]
     RingLength { got: usize, want: u32 },
     #[error("pinned map {name} at {path} has {found}, this config needs {want}; the limits changed since it was created: restore them, or run `lb-control detach` (drops every connection) and start again")]
-    PinnedMismatch {
-        name: &'static str,
-        path: PathBuf,
-        found: String,
-        want: String,
-    },
+    PinnedMismatch { name: &'static str, path: PathBuf, found: String, want: String },
     #[error("creating pin directory {path}: {source}")]
     PinDir {
         path: PathBuf,

@@ -16,11 +16,7 @@ impl RingPool {
 
     pub(super) fn check_ring(&self, ring: u32) -> Result<(), DataplaneError> {
         if ring >= self.limits.ring_count() {
-            return Err(DataplaneError::OutOfRange {
-                what: "ring",
-                index: ring,
-                limit: self.limits.ring_count(),
-            });
+            return Err(DataplaneError::OutOfRange { what: "ring", index: ring, limit: self.limits.ring_count() });
         }
         Ok(())
     }
@@ -29,10 +25,7 @@ impl RingPool {
         self.check_ring(ring)?;
         let size = self.limits.ring_size as usize;
         if len != size {
-            return Err(DataplaneError::RingLength {
-                got: len,
-                want: self.limits.ring_size,
-            });
+            return Err(DataplaneError::RingLength { got: len, want: self.limits.ring_size });
         }
         Ok(ring as usize * size..(ring as usize + 1) * size)
     }
@@ -41,11 +34,7 @@ impl RingPool {
     pub(super) fn write(&mut self, ring: u32, table: &[u32]) -> Result<(), DataplaneError> {
         let range = self.range(ring, table.len())?;
         if let Some(&bad) = table.iter().find(|&&i| i >= self.limits.max_reals) {
-            return Err(DataplaneError::OutOfRange {
-                what: "backend",
-                index: bad,
-                limit: self.limits.max_reals,
-            });
+            return Err(DataplaneError::OutOfRange { what: "backend", index: bad, limit: self.limits.max_reals });
         }
         for (slot, &index) in self.slots.slice_mut()[range].iter_mut().zip(table) {
             // max_reals <= 2^16 (validated), so the index fits.
@@ -64,9 +53,6 @@ impl RingPool {
     /// Whether ring `ring` holds exactly `table`.
     pub(super) fn equals(&self, ring: u32, table: &[u32]) -> Result<bool, DataplaneError> {
         let range = self.range(ring, table.len())?;
-        Ok(self.slots.slice()[range]
-            .iter()
-            .zip(table)
-            .all(|(&a, &b)| a as u32 == b))
+        Ok(self.slots.slice()[range].iter().zip(table).all(|(&a, &b)| a as u32 == b))
     }
 }

@@ -55,10 +55,7 @@ impl VipTable {
         buckets: u32,
     ) -> Result<Self, DataplaneError> {
         let filter = filter_map.get(&0, 0).map_err(map_err(map_names::VIP_FILTER))?;
-        let mirror = vips
-            .iter()
-            .collect::<Result<BTreeMap<_, _>, _>>()
-            .map_err(map_err(map_names::VIPS))?;
+        let mirror = vips.iter().collect::<Result<BTreeMap<_, _>, _>>().map_err(map_err(map_names::VIPS))?;
         let [(a, id_a), (b, id_b)] = copies;
         let mut table = Self {
             vips,
@@ -112,10 +109,7 @@ impl VipTable {
 
     /// Every entry of the VIPS map (VIPs and echo markers).
     pub(super) fn all(&self) -> Result<Vec<(VipKey, VipMeta)>, DataplaneError> {
-        self.vips
-            .iter()
-            .collect::<Result<_, _>>()
-            .map_err(map_err(map_names::VIPS))
+        self.vips.iter().collect::<Result<_, _>>().map_err(map_err(map_names::VIPS))
     }
 
     /// Which copy of the VIP table is live, as the kernel says (another
@@ -140,11 +134,7 @@ impl VipTable {
         }
         let index = (vip_key_hash(key) & (self.buckets - 1)) as usize;
         let bucket = &mut self.copies[self.active].slice_mut()[index];
-        let Some(slot) = bucket
-            .slots
-            .iter_mut()
-            .find(|s| s.key.family != FAMILY_NONE && s.key == *key)
-        else {
+        let Some(slot) = bucket.slots.iter_mut().find(|s| s.key.family != FAMILY_NONE && s.key == *key) else {
             return false;
         };
         // SAFETY: aligned u32 fields of our mapping; volatile so each is
@@ -183,9 +173,7 @@ impl VipTable {
         let next = 1 - self.active;
         self.copies[next].slice_mut().copy_from_slice(&table);
         std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);
-        self.outer
-            .set(0, self.copies[next].map(), 0)
-            .map_err(map_err(map_names::VIP_TABLES))?;
+        self.outer.set(0, self.copies[next].map(), 0).map_err(map_err(map_names::VIP_TABLES))?;
         self.active = next;
         self.dirty = false;
         Ok(())

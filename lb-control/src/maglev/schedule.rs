@@ -81,9 +81,8 @@ pub(super) fn schedule_heap(weights: &[u32], turns: usize, mut take: impl FnMut(
     // max < 2^32, so the product fits in u64.
     let round_of = |k: u64, w: u32| (k * max).div_ceil(u64::from(w));
     let mut taken = vec![0u64; weights.len()];
-    let mut heap: BinaryHeap<Reverse<(u64, u32)>> = (0..weights.len() as u32)
-        .map(|i| Reverse((round_of(1, weights[i as usize]), i)))
-        .collect();
+    let mut heap: BinaryHeap<Reverse<(u64, u32)>> =
+        (0..weights.len() as u32).map(|i| Reverse((round_of(1, weights[i as usize]), i))).collect();
     let mut batch = Vec::with_capacity(BATCH);
     for _ in 0..turns {
         // Update the top in place: one sift-down instead of a pop and a push.

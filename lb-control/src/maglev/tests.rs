@@ -96,10 +96,7 @@ fn xxh64_matches_published_vectors() {
     assert_eq!(xxh64(b"", 0), 0xEF46_DB37_51D8_E999);
     assert_eq!(xxh64(b"a", 0), 0xD24E_C4F1_A98C_6E5B);
     assert_eq!(xxh64(b"abc", 0), 0x44BC_2CF5_AD77_0999);
-    assert_eq!(
-        xxh64(b"Nobody inspects the spammish repetition", 0),
-        0xFBCE_A83C_8A37_8BF1
-    );
+    assert_eq!(xxh64(b"Nobody inspects the spammish repetition", 0), 0xFBCE_A83C_8A37_8BF1);
 }
 
 #[test]
@@ -107,10 +104,7 @@ fn mod_inverse_and_mul_mod() {
     for m in [2u32, 3, 7, 65537, 16_777_213] {
         let f = Filler::new(m);
         let m = u64::from(m);
-        for a in [1, 2, m / 2, m - 1]
-            .into_iter()
-            .filter(|&a| a >= 1 && a < m)
-        {
+        for a in [1, 2, m / 2, m - 1].into_iter().filter(|&a| a >= 1 && a < m) {
             let inv = mod_inverse(a, m);
             assert!(inv < m);
             assert_eq!(a * inv % m, 1, "{a}^-1 mod {m}");
@@ -145,15 +139,10 @@ fn matches_reference_algorithm() {
     mixed.push(backend(50, 0));
     let extreme = vec![backend(0, 1_000_000), backend(1, 1), backend(2, 3)];
     // One heavy backend among many light ones: built with the heap.
-    let heavy: Vec<_> = (0..200)
-        .map(|i| backend(i, if i == 77 { 1000 } else { 1 + i % 3 }))
-        .collect();
+    let heavy: Vec<_> = (0..200).map(|i| backend(i, if i == 77 { 1000 } else { 1 + i % 3 })).collect();
     let weights: Vec<u32> = heavy.iter().map(|b| b.weight).collect();
     assert!(prefer_heap(&weights, 4099));
-    assert!(
-        !prefer_heap(&[1, 2, 3, 4], 65537),
-        "similar weights go round by round"
-    );
+    assert!(!prefer_heap(&[1, 2, 3, 4], 65537), "similar weights go round by round");
     for (bs, m) in [
         (equal(1), 7),
         (equal(2), 2),
@@ -166,11 +155,7 @@ fn matches_reference_algorithm() {
         (heavy, 4099),
     ] {
         let n = bs.len();
-        assert_eq!(
-            build(&bs, m).unwrap(),
-            reference(&bs, m),
-            "{n} backends, M={m}"
-        );
+        assert_eq!(build(&bs, m).unwrap(), reference(&bs, m), "{n} backends, M={m}");
     }
 
     // Random sizes and weights, including tables nearly as small as the
@@ -194,11 +179,7 @@ fn matches_reference_algorithm() {
         if weighted == 0 {
             continue;
         }
-        assert_eq!(
-            build(&bs, m).unwrap(),
-            reference(&bs, m),
-            "case {case}: N={n}, M={m}"
-        );
+        assert_eq!(build(&bs, m).unwrap(), reference(&bs, m), "case {case}: N={n}, M={m}");
     }
 }
 
@@ -221,11 +202,7 @@ fn schedulers_agree() {
         assert_eq!(a.len(), 20_000);
         assert_eq!(a, order_of(heap, weights, 20_000), "weights {weights:?}");
         if weights.iter().all(|&w| w == weights[0]) {
-            assert_eq!(
-                a,
-                order_of(all_equal, weights, 20_000),
-                "weights {weights:?}"
-            );
+            assert_eq!(a, order_of(all_equal, weights, 20_000), "weights {weights:?}");
         }
     }
 }
@@ -274,13 +251,8 @@ fn adding_a_backend_moves_about_its_share() {
         let moved = moved_slots(&a, &b);
         let gained = shares(&b)[&(n + 1)];
         let ideal = f64::from(M) / f64::from(n + 1);
-        println!(
-            "add 1 to {n}: {moved} slots moved, new backend got {gained}, M/(N+1) = {ideal:.0}"
-        );
-        assert!(
-            moved >= gained,
-            "all of the new backend's slots changed owner"
-        );
+        println!("add 1 to {n}: {moved} slots moved, new backend got {gained}, M/(N+1) = {ideal:.0}");
+        assert!(moved >= gained, "all of the new backend's slots changed owner");
         assert!((gained as f64 - ideal).abs() <= 1.0);
         let beyond = moved as f64 - ideal;
         assert!(beyond.abs() <= 0.01 * f64::from(M), "N={n}: {moved} moved");
@@ -314,22 +286,10 @@ fn weights_are_proportional() {
     for b in bs.iter().filter(|b| b.weight > 0) {
         let expected = f64::from(M) * f64::from(b.weight) / f64::from(total);
         let got = shares[&b.id] as f64;
-        assert!(
-            (got - expected).abs() <= 0.01 * expected,
-            "id {}: {got} vs {expected}",
-            b.id
-        );
+        assert!((got - expected).abs() <= 0.01 * expected, "id {}: {got} vs {expected}", b.id);
     }
-    let one: usize = bs
-        .iter()
-        .filter(|b| b.weight == 1)
-        .map(|b| shares[&b.id])
-        .sum();
-    let two: usize = bs
-        .iter()
-        .filter(|b| b.weight == 2)
-        .map(|b| shares[&b.id])
-        .sum();
+    let one: usize = bs.iter().filter(|b| b.weight == 1).map(|b| shares[&b.id]).sum();
+    let two: usize = bs.iter().filter(|b| b.weight == 2).map(|b| shares[&b.id]).sum();
     let ratio = two as f64 / one as f64;
     assert!((ratio - 2.0).abs() < 0.01, "ratio {ratio}");
 
@@ -340,11 +300,7 @@ fn weights_are_proportional() {
     for b in &bs {
         let expected = f64::from(M) * f64::from(b.weight) / 1011.0;
         let got = shares[&b.id] as f64;
-        assert!(
-            (got - expected).abs() < bs.len() as f64,
-            "id {}: {got} vs {expected}",
-            b.id
-        );
+        assert!((got - expected).abs() < bs.len() as f64, "id {}: {got} vs {expected}", b.id);
     }
 }
 
@@ -383,28 +339,13 @@ fn errors() {
         let too_large = RingSizeTooLarge { ring_size, max: MAX_RING_SIZE };
         assert_eq!(build(&two, ring_size), Err(too_large));
     }
-    assert_eq!(
-        build(&two, u32::MAX).unwrap_err(),
-        RingSizeTooLarge {
-            ring_size: u32::MAX,
-            max: MAX_RING_SIZE
-        }
-    );
+    assert_eq!(build(&two, u32::MAX).unwrap_err(), RingSizeTooLarge { ring_size: u32::MAX, max: MAX_RING_SIZE });
     assert!(build(&two, 2).is_ok());
     // Largest prime under the cap (validated only: building it takes a while in debug).
     assert_eq!(validate_ring_size(1_048_573), Ok(()));
-    assert_eq!(
-        validate_ring_size(MAX_RING_SIZE),
-        Err(RingSizeNotPrime(MAX_RING_SIZE))
-    );
+    assert_eq!(validate_ring_size(MAX_RING_SIZE), Err(RingSizeNotPrime(MAX_RING_SIZE)));
 
-    assert_eq!(
-        build(&equal(8), 7),
-        Err(TooManyBackends {
-            ring_size: 7,
-            backends: 8
-        })
-    );
+    assert_eq!(build(&equal(8), 7), Err(TooManyBackends { ring_size: 7, backends: 8 }));
     // Draining backends do not count.
     let mut bs = equal(7);
     bs.push(backend(7, 0));
@@ -412,12 +353,7 @@ fn errors() {
 
     let mut bs = equal(3);
     bs.push(MaglevBackend::new(9, bs[1].key.clone(), 0));
-    assert_eq!(
-        build(&bs, M),
-        Err(DuplicateKey {
-            key: bs[1].key.clone()
-        })
-    );
+    assert_eq!(build(&bs, M), Err(DuplicateKey { key: bs[1].key.clone() }));
 
     let mut bs = equal(3);
     bs[2].id = bs[0].id;
@@ -425,19 +361,9 @@ fn errors() {
 
     let mut bs = equal(3);
     bs[2].id = 0;
-    assert_eq!(
-        build(&bs, M),
-        Err(ZeroId {
-            key: bs[2].key.clone()
-        })
-    );
+    assert_eq!(build(&bs, M), Err(ZeroId { key: bs[2].key.clone() }));
     bs[2].weight = 0;
-    assert_eq!(
-        build(&bs, M),
-        Err(ZeroId {
-            key: bs[2].key.clone()
-        })
-    );
+    assert_eq!(build(&bs, M), Err(ZeroId { key: bs[2].key.clone() }));
 
     let bs = vec![backend(0, u32::MAX), backend(1, 1)];
     assert_eq!(build(&bs, M), Err(WeightOverflow));
@@ -445,10 +371,7 @@ fn errors() {
     assert!(build(&bs, M).is_ok());
 
     // Messages name the offending key.
-    let msg = ZeroId {
-        key: vec![10, 0, 0, 1],
-    }
-    .to_string();
+    let msg = ZeroId { key: vec![10, 0, 0, 1] }.to_string();
     assert!(msg.contains("0x0a000001"), "{msg}");
 }
 
@@ -462,9 +385,7 @@ fn errors() {
 #[test]
 fn pinned_tables() {
     let v4 = |d: u8| vec![192, 0, 2, d];
-    let equal: Vec<_> = (1..=5)
-        .map(|i| MaglevBackend::new(i, v4(i as u8), 1))
-        .collect();
+    let equal: Vec<_> = (1..=5).map(|i| MaglevBackend::new(i, v4(i as u8), 1)).collect();
     let v6 = [0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
     let weighted = vec![
         MaglevBackend::new(3, v4(1), 3),

@@ -132,11 +132,7 @@ pub enum NetlinkError {
         "neighbour {addr} on interface index {ifindex} was not resolved to a \
          MAC address within {timeout:?}"
     )]
-    NeighbourUnresolved {
-        addr: IpAddr,
-        ifindex: u32,
-        timeout: Duration,
-    },
+    NeighbourUnresolved { addr: IpAddr, ifindex: u32, timeout: Duration },
     /// Resolution of a neighbour could not even be started.
     #[error(
         "could not trigger neighbour resolution of {addr} on interface index \
@@ -181,10 +177,7 @@ fn blocking<T: Send>(query: impl AsyncFnOnce(&Rtnl) -> Result<T, NetlinkError> +
                 let runtime = tokio::runtime::Builder::new_current_thread()
                     .enable_all()
                     .build()
-                    .map_err(|source| NetlinkError::Io {
-                        request: "starting the netlink runtime",
-                        source,
-                    })?;
+                    .map_err(|source| NetlinkError::Io { request: "starting the netlink runtime", source })?;
                 runtime.block_on(async {
                     let rtnl = Rtnl::connect()?;
                     query(&rtnl).await

@@ -116,16 +116,9 @@ async fn trigger_resolution(rtnl: &Rtnl, addr: IpAddr, ifindex: u32) -> Result<(
 /// the kernel changes no field of it.
 async fn trigger_by_ntf_use(rtnl: &Rtnl, addr: IpAddr, ifindex: u32) -> Result<(), NetlinkError> {
     const REQUEST: &str = "RTM_NEWNEIGH (NTF_USE resolution trigger)";
-    let add = rtnl
-        .handle()
-        .neighbours()
-        .add(ifindex, addr)
-        .state(NeighbourState::None)
-        .flags(NeighbourFlags::Use)
-        .replace();
-    timed(REQUEST, add.execute())
-        .await?
-        .map_err(|e| kernel_error(REQUEST, e))
+    let add =
+        rtnl.handle().neighbours().add(ifindex, addr).state(NeighbourState::None).flags(NeighbourFlags::Use).replace();
+    timed(REQUEST, add.execute()).await?.map_err(|e| kernel_error(REQUEST, e))
 }
 
 /// Fallback trigger: an empty UDP datagram to the discard port, sent from a
@@ -133,22 +126,13 @@ async fn trigger_by_ntf_use(rtnl: &Rtnl, addr: IpAddr, ifindex: u32) -> Result<(
 /// the kernel has to resolve the next hop to send it.
 fn trigger_by_udp(addr: IpAddr, ifindex: u32, ifname: &str) -> Result<(), NetlinkError> {
     const REQUEST: &str = "UDP resolution trigger";
-    let io_err = |source| NetlinkError::Io {
-        request: REQUEST,
-        source,
-    };
+    let io_err = |source| NetlinkError::Io { request: REQUEST, source };
     let (bind, target): (SocketAddr, SocketAddr) = match addr {
-        IpAddr::V4(a) => (
-            SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0).into(),
-            SocketAddrV4::new(a, 9).into(),
-        ),
+        IpAddr::V4(a) => (SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0).into(), SocketAddrV4::new(a, 9).into()),
         IpAddr::V6(a) => {
             // A link-local address only means something with its zone.
             let scope = if a.is_unicast_link_local() { ifindex } else { 0 };
-            (
-                SocketAddrV6::new(Ipv6Addr::UNSPECIFIED, 0, 0, 0).into(),
-                SocketAddrV6::new(a, 9, 0, scope).into(),
-            )
+            (SocketAddrV6::new(Ipv6Addr::UNSPECIFIED, 0, 0, 0).into(), SocketAddrV6::new(a, 9, 0, scope).into())
         }
     };
     let socket = UdpSocket::bind(bind).map_err(io_err)?;

@@ -80,8 +80,7 @@ pub(super) async fn route_to(rtnl: &Rtnl, dest: IpAddr) -> Result<Option<Route>,
         Family::V4 => 32,
         Family::V6 => 128,
     };
-    msg.attributes
-        .push(RouteAttribute::Destination(RouteAddress::from(dest)));
+    msg.attributes.push(RouteAttribute::Destination(RouteAddress::from(dest)));
     let route = match first(REQUEST, rtnl.handle().route().get(msg).execute()).await {
         Ok(route) => route,
         // "Network is unreachable" / "No route to host" is an answer, not a
@@ -156,10 +155,7 @@ fn next_hops(route: &RouteMessage) -> Vec<Route> {
             .iter()
             .filter(|hop| !hop.flags.contains(RouteNextHopFlags::Dead))
             .filter(|hop| hop.interface_index != 0)
-            .map(|hop| Route {
-                gateway: gateway_of(&hop.attributes),
-                ifindex: hop.interface_index,
-            })
+            .map(|hop| Route { gateway: gateway_of(&hop.attributes), ifindex: hop.interface_index })
             .collect(),
         None => {
             let oif = route.attributes.iter().find_map(|attr| match attr {
@@ -167,10 +163,7 @@ fn next_hops(route: &RouteMessage) -> Vec<Route> {
                 _ => None,
             });
             match oif {
-                Some(ifindex) if ifindex != 0 => vec![Route {
-                    gateway: gateway_of(&route.attributes),
-                    ifindex,
-                }],
+                Some(ifindex) if ifindex != 0 => vec![Route { gateway: gateway_of(&route.attributes), ifindex }],
                 _ => Vec::new(),
             }
         }

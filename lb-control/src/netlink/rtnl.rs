@@ -40,10 +40,8 @@ impl Rtnl {
     /// spawns the task that drives it on the current tokio runtime; the task
     /// ends when the last handle is dropped.
     pub(super) fn connect() -> Result<Self, NetlinkError> {
-        let (connection, handle, _) = rtnetlink::new_connection().map_err(|source| NetlinkError::Io {
-            request: "opening a netlink socket",
-            source,
-        })?;
+        let (connection, handle, _) = rtnetlink::new_connection()
+            .map_err(|source| NetlinkError::Io { request: "opening a netlink socket", source })?;
         tokio::spawn(connection);
         Ok(Self { handle })
     }
@@ -51,11 +49,8 @@ impl Rtnl {
     /// Like [`Rtnl::connect`], subscribed to the multicast `groups` too:
     /// the kernel's change notifications arrive on the returned channel.
     pub(super) fn watch(groups: &[MulticastGroup]) -> Result<(Self, Events), NetlinkError> {
-        let (connection, handle, events) =
-            rtnetlink::new_multicast_connection(groups).map_err(|source| NetlinkError::Io {
-                request: "opening a netlink event socket",
-                source,
-            })?;
+        let (connection, handle, events) = rtnetlink::new_multicast_connection(groups)
+            .map_err(|source| NetlinkError::Io { request: "opening a netlink event socket", source })?;
         tokio::spawn(connection);
         Ok((Self { handle }, events))
     }
@@ -73,9 +68,7 @@ impl Rtnl {
             return Err(NetlinkError::InterfaceNotFound { name: name.to_string() });
         }
         let mut get = self.handle.link().get().match_name(name);
-        get.message_mut()
-            .attributes
-            .push(LinkAttribute::ExtMask(vec![LinkExtentMask::SkipStats]));
+        get.message_mut().attributes.push(LinkAttribute::ExtMask(vec![LinkExtentMask::SkipStats]));
         match first(REQUEST, get.execute()).await {
             Err(NetlinkError::Kernel { errno, .. }) if errno == libc::ENODEV => {
                 Err(NetlinkError::InterfaceNotFound { name: name.to_string() })
@@ -88,9 +81,7 @@ impl Rtnl {
     pub(super) async fn link_name(&self, ifindex: u32) -> Result<String, NetlinkError> {
         const REQUEST: &str = "RTM_GETLINK (link by index)";
         let mut get = self.handle.link().get().match_index(ifindex);
-        get.message_mut()
-            .attributes
-            .push(LinkAttribute::ExtMask(vec![LinkExtentMask::SkipStats]));
+        get.message_mut().attributes.push(LinkAttribute::ExtMask(vec![LinkExtentMask::SkipStats]));
         let link = match first(REQUEST, get.execute()).await {
             Err(NetlinkError::Kernel { errno, .. }) if errno == libc::ENODEV => {
                 return Err(NetlinkError::InterfaceIndexNotFound { ifindex })
@@ -112,10 +103,7 @@ impl Rtnl {
     /// The MAC address of the interface called `name`.
     pub(super) async fn interface_mac(&self, name: &str) -> Result<Mac, NetlinkError> {
         let link = self.link_by_name(name).await?;
-        link_mac(&link).map_err(|len| NetlinkError::NoMacAddress {
-            name: name.to_string(),
-            len,
-        })
+        link_mac(&link).map_err(|len| NetlinkError::NoMacAddress { name: name.to_string(), len })
     }
 
     /// A dump request (`message` with NLM_F_DUMP), retried if the kernel
@@ -129,11 +117,7 @@ impl Rtnl {
         loop {
             let mut packet = NetlinkMessage::from(message.clone());
             packet.header.flags = NLM_F_REQUEST | NLM_F_DUMP;
-            let mut replies = self
-                .handle
-                .clone()
-                .request(packet)
-                .map_err(|e| kernel_error(request, e))?;
+            let mut replies = self.handle.clone().request(packet).map_err(|e| kernel_error(request, e))?;
             let collect = async {
                 let mut messages = Vec::new();
                 let mut interrupted = false;
@@ -142,23 +126,14 @@ impl Rtnl {
                     match reply.payload {
                         NetlinkPayload::InnerMessage(inner) => messages.push(inner),
                         NetlinkPayload::Error(e) if e.code.is_some() => {
-                            return Err(NetlinkError::Kernel {
-                                request,
-                                errno: e.raw_code().abs(),
-                            })
+                            return Err(NetlinkError::Kernel { request, errno: e.raw_code().abs() })
                         }
                         // A dump can end with an error code in NLMSG_DONE.
                         NetlinkPayload::Done(done) if done.code < 0 => {
-                            return Err(NetlinkError::Kernel {
-                                request,
-                                errno: -done.code,
-                            })
+                            return Err(NetlinkError::Kernel { request, errno: -done.code })
                         }
                         NetlinkPayload::Overrun(_) => {
-                            return Err(NetlinkError::Decode {
-                                request,
-                                detail: "NLMSG_OVERRUN: data lost".into(),
-                            })
+                            return Err(NetlinkError::Decode { request, detail: "NLMSG_OVERRUN: data lost".into() })
                         }
                         _ => {}
                     }
@@ -194,41 +169,27 @@ pub(super) async fn first<T>(
     let mut replies = std::pin::pin!(replies);
     match timed(request, replies.next()).await? {
         Some(reply) => reply.map_err(|e| kernel_error(request, e)),
-        None => Err(NetlinkError::Decode {
-            request,
-            detail: "no answer in the reply".into(),
-        }),
+        None => Err(NetlinkError::Decode { request, detail: "no answer in the reply".into() }),
     }
 }
 
 /// `work`, or a timeout error after [`REPLY_TIMEOUT`].
 pub(super) async fn timed<T>(request: &'static str, work: impl Future<Output = T>) -> Result<T, NetlinkError> {
-    tokio::time::timeout(REPLY_TIMEOUT, work)
-        .await
-        .map_err(|_| NetlinkError::Io {
-            request,
-            source: io::Error::new(
-                io::ErrorKind::TimedOut,
-                format!("no reply from the kernel within {REPLY_TIMEOUT:?}"),
-            ),
-        })
+    tokio::time::timeout(REPLY_TIMEOUT, work).await.map_err(|_| NetlinkError::Io {
+        request,
+        source: io::Error::new(io::ErrorKind::TimedOut, format!("no reply from the kernel within {REPLY_TIMEOUT:?}")),
+    })
 }
 
 /// An rtnetlink error as a [`NetlinkError`]: the kernel's errno when it
 /// answered with one.
 pub(super) fn kernel_error(request: &'static str, error: rtnetlink::Error) -> NetlinkError {
     match error {
-        rtnetlink::Error::NetlinkError(e) => NetlinkError::Kernel {
-            request,
-            errno: e.raw_code().abs(),
-        },
+        rtnetlink::Error::NetlinkError(e) => NetlinkError::Kernel { request, errno: e.raw_code().abs() },
         rtnetlink::Error::RequestFailed => NetlinkError::Io {
             request,
             source: io::Error::new(io::ErrorKind::BrokenPipe, "the netlink connection is closed"),
         },
-        other => NetlinkError::Decode {
-            request,
-            detail: other.to_string(),
-        },
+        other => NetlinkError::Decode { request, detail: other.to_string() },
     }
 }

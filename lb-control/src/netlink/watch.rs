@@ -18,12 +18,8 @@ use super::rtnl::{link_mac, Rtnl};
 use super::{neighbour, route, Mac, NetlinkError};
 
 /// The notifications that can move a MAC the balancer uses.
-const GROUPS: [MulticastGroup; 4] = [
-    MulticastGroup::Link,
-    MulticastGroup::Neigh,
-    MulticastGroup::Ipv4Route,
-    MulticastGroup::Ipv6Route,
-];
+const GROUPS: [MulticastGroup; 4] =
+    [MulticastGroup::Link, MulticastGroup::Neigh, MulticastGroup::Ipv4Route, MulticastGroup::Ipv6Route];
 
 /// After a relevant notification, how long to let a burst of them (a route
 /// replaced, then its neighbour resolved) settle before looking once.
@@ -77,13 +73,7 @@ impl MacWatch {
         let mut followed: Vec<Followed> = self
             .interfaces
             .iter()
-            .map(|name| Followed {
-                name: name.clone(),
-                ifindex: None,
-                gateway: None,
-                macs: None,
-                last_error: None,
-            })
+            .map(|name| Followed { name: name.clone(), ifindex: None, gateway: None, macs: None, last_error: None })
             .collect();
         loop {
             let (rtnl, mut events) = match Rtnl::watch(&GROUPS) {
@@ -146,10 +136,7 @@ impl MacWatch {
         iface.ifindex = Some(link.header.index);
         let if_mac = match self.interface_mac {
             Some(mac) => mac,
-            None => link_mac(&link).map_err(|len| NetlinkError::NoMacAddress {
-                name: iface.name.clone(),
-                len,
-            })?,
+            None => link_mac(&link).map_err(|len| NetlinkError::NoMacAddress { name: iface.name.clone(), len })?,
         };
         let gw_mac = match self.gateway_mac {
             Some(mac) => mac,
@@ -179,9 +166,9 @@ fn relevant(message: &NetlinkMessage<RouteNetlinkMessage>, followed: &[Followed]
         return false;
     };
     match message {
-        RouteNetlinkMessage::NewLink(link) | RouteNetlinkMessage::DelLink(link) => followed
-            .iter()
-            .any(|f| f.ifindex == Some(link.header.index) || link_name(link) == Some(&f.name)),
+        RouteNetlinkMessage::NewLink(link) | RouteNetlinkMessage::DelLink(link) => {
+            followed.iter().any(|f| f.ifindex == Some(link.header.index) || link_name(link) == Some(&f.name))
+        }
         RouteNetlinkMessage::NewRoute(r) | RouteNetlinkMessage::DelRoute(r) => route::is_main_default(r),
         RouteNetlinkMessage::NewNeighbour(n) | RouteNetlinkMessage::DelNeighbour(n) => {
             let removed = matches!(message, RouteNetlinkMessage::DelNeighbour(_));

@@ -7,9 +7,8 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use aya::programs::{TestRun, TestRunOptions, Xdp};
 use lb_common::{
-    addr_v4, addr_v6, flow_hash, Counter, LbConfig, Real, Stat, VipKey, VipMeta, CFG_F_HAS_PORT0_VIPS,
-    CFG_F_READY, FAMILY_V4, FAMILY_V6, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP,
-    VIP_F_ICMP_ECHO,
+    addr_v4, addr_v6, flow_hash, Counter, LbConfig, Real, Stat, VipKey, VipMeta, CFG_F_HAS_PORT0_VIPS, CFG_F_READY,
+    FAMILY_V4, FAMILY_V6, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP, VIP_F_ICMP_ECHO,
 };
 use lb_control::dataplane::{Balancer, Limits};
 use lb_testkit::packet_builder::{self as pb, Mac};
@@ -135,8 +134,7 @@ pub fn world() -> Balancer {
     ];
     for (addr, port, proto, num, real, flags) in vips {
         bal.write_ring(num, &vec![real; size]).unwrap();
-        bal.set_vip(&vip_key(addr, port, proto), &VipMeta { flags, vip_num: num, ring: num })
-            .unwrap();
+        bal.set_vip(&vip_key(addr, port, proto), &VipMeta { flags, vip_num: num, ring: num }).unwrap();
     }
     // Echo markers for the two main VIP addresses.
     bal.set_vip(
@@ -208,11 +206,7 @@ pub fn expect_ipip4(inner: &[u8], real: Ipv4Addr, hash: u32) -> Vec<u8> {
 /// What the balancer must send for an inner packet (IPv4 or IPv6) to an
 /// IPv6 backend.
 pub fn expect_ip6tnl(inner: &[u8], real: Ipv6Addr, hash: u32) -> Vec<u8> {
-    let (tc, next) = if inner[0] >> 4 == 4 {
-        (inner[1], 4)
-    } else {
-        (((inner[0] & 0x0f) << 4) | (inner[1] >> 4), 41)
-    };
+    let (tc, next) = if inner[0] >> 4 == 4 { (inner[1], 4) } else { (((inner[0] & 0x0f) << 4) | (inner[1] >> 4), 41) };
     let outer = pb::ipv6_flow(outer_src6(hash), real, next, inner, tc, hash & 0xf_ffff);
     pb::eth(GW_MAC, IF_MAC, 0x86DD, &outer)
 }
@@ -265,9 +259,7 @@ pub fn changed(before: &[(Stat, Counter)], after: &[(Stat, Counter)]) -> Vec<(St
 pub fn diff(got: &[u8], want: &[u8]) -> String {
     let first = got.iter().zip(want).position(|(a, b)| a != b).unwrap_or(got.len().min(want.len()));
     let from = first.saturating_sub(8);
-    let show = |v: &[u8]| {
-        v.iter().skip(from).take(32).map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(" ")
-    };
+    let show = |v: &[u8]| v.iter().skip(from).take(32).map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(" ");
     format!(
         "lengths got {} want {}; first difference at byte {first}\n  got  [{from}..]: {}\n  want [{from}..]: {}",
         got.len(),

@@ -4,9 +4,7 @@
 //! its queues.
 
 use aya_ebpf::programs::XdpContext;
-use lb_common::{
-    LbConfig, Real, Stat, ENCAP_TTL, FAMILY_V4, FAMILY_V6, IPPROTO_IPIP, IPPROTO_IPV6,
-};
+use lb_common::{LbConfig, Real, Stat, ENCAP_TTL, FAMILY_V4, FAMILY_V6, IPPROTO_IPIP, IPPROTO_IPV6};
 use lb_ebpf::{
     csum,
     hdr::{Ipv4Hdr, Ipv6Hdr, ETH_P_IP, ETH_P_IPV6, IPV4_HLEN, IPV6_HLEN, IP_DF},
@@ -16,10 +14,15 @@ use lb_ebpf::{
 
 /// What encapsulation a packet needs, or why it cannot have one.
 pub enum Plan {
-    Encap { outer_family: u8, overhead: usize },
+    Encap {
+        outer_family: u8,
+        overhead: usize,
+    },
     /// Too big for the egress MTU once encapsulated; `mtu` is the largest
     /// inner packet that fits.
-    TooBig { mtu: u32 },
+    TooBig {
+        mtu: u32,
+    },
     Refuse(Stat),
 }
 
@@ -53,8 +56,7 @@ pub fn encapsulate(
     let inner_proto = if l3.family == FAMILY_V4 { IPPROTO_IPIP } else { IPPROTO_IPV6 };
     adjust_head(ctx, -(overhead as i32)).ok_or(Stat::DropHeadroom)?;
     let ether_type = if outer_family == FAMILY_V4 { ETH_P_IP } else { ETH_P_IPV6 };
-    let l3_off =
-        write_eth(ctx, cfg.gw_mac, cfg.if_mac, l2.vlan, ether_type).ok_or(Stat::DropTruncated)?;
+    let l3_off = write_eth(ctx, cfg.gw_mac, cfg.if_mac, l2.vlan, ether_type).ok_or(Stat::DropTruncated)?;
     if outer_family == FAMILY_V4 {
         let mut ip = Ipv4Hdr {
             version_ihl: 0x45,

@@ -25,8 +25,7 @@ const MAX_QUOTE_WORDS: usize = (MAX_ICMP6_ERROR - IPV6_HLEN - ICMP_HLEN) / 4;
 #[inline(always)]
 pub fn echo_reply(ctx: &XdpContext, l2: &L2, l3: &L3) -> Result<Stat, Stat> {
     let eth: EthHdr = read(ctx, 0).ok_or(Stat::DropTruncated)?;
-    write(ctx, 0, EthHdr { dst: eth.src, src: eth.dst, proto: eth.proto })
-        .ok_or(Stat::DropTruncated)?;
+    write(ctx, 0, EthHdr { dst: eth.src, src: eth.dst, proto: eth.proto }).ok_or(Stat::DropTruncated)?;
     let ip_off = l2.l3_off;
     let reply_type = if l3.family == FAMILY_V4 {
         let mut ip: Ipv4Hdr = read(ctx, ip_off).ok_or(Stat::DropTruncated)?;

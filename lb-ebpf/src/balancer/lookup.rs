@@ -2,8 +2,9 @@
 //! Maglev ring.
 
 use lb_common::{
-    flow_hash, ring_slot, same_vip_key, vip_filter_bit, vip_key_hash, Addr, FlowKey, LbConfig, Real, Stat, VipKey, VipMeta,
-    conn_slot, CFG_F_HAS_PORT0_VIPS, CONN_FINGERPRINT_MASK, CONN_REAL_MASK, CONN_REFERENCED, CONN_WAYS, FAMILY_NONE, FAMILY_V4, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_UDP, REAL_NONE, VIP_F_HASH_NO_SRC_PORT,
+    conn_slot, flow_hash, ring_slot, same_vip_key, vip_filter_bit, vip_key_hash, Addr, FlowKey, LbConfig, Real, Stat,
+    VipKey, VipMeta, CFG_F_HAS_PORT0_VIPS, CONN_FINGERPRINT_MASK, CONN_REAL_MASK, CONN_REFERENCED, CONN_WAYS,
+    FAMILY_NONE, FAMILY_V4, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_UDP, REAL_NONE, VIP_F_HASH_NO_SRC_PORT,
     VIP_F_ICMP_ECHO, VIP_F_NO_CONN_TABLE, VIP_F_UDP_NO_CONN_TABLE,
 };
 
@@ -128,9 +129,7 @@ pub enum ConnUse {
 
 #[inline(always)]
 pub fn conn_use(vip: &VipMeta, proto: u8, syn: bool) -> ConnUse {
-    if vip.flags & VIP_F_NO_CONN_TABLE != 0
-        || (proto == IPPROTO_UDP && vip.flags & VIP_F_UDP_NO_CONN_TABLE != 0)
-    {
+    if vip.flags & VIP_F_NO_CONN_TABLE != 0 || (proto == IPPROTO_UDP && vip.flags & VIP_F_UDP_NO_CONN_TABLE != 0) {
         ConnUse::Bypass
     } else if syn {
         ConnUse::Refresh

@@ -12,8 +12,8 @@ mod stats;
 
 use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
 use lb_common::{
-    flow_hash64, Action, Addr, FlowKey, LbConfig, Stat, CFG_F_READY, FAMILY_V4, FAMILY_V6, IPPROTO_ICMP, IPPROTO_ICMPV6,
-    VIP_F_ICMP_ECHO,
+    flow_hash64, Action, Addr, FlowKey, LbConfig, Stat, CFG_F_READY, FAMILY_V4, FAMILY_V6, IPPROTO_ICMP,
+    IPPROTO_ICMPV6, VIP_F_ICMP_ECHO,
 };
 use lb_ebpf::{
     hdr::*,
@@ -110,8 +110,7 @@ fn process(ctx: &XdpContext, bytes: usize) -> Result<Stat, Stat> {
     let flow = FlowKey::new(l3.family, l3.proto, l3.src, l4.src_port, l3.dst, l4.dst_port);
     let hash64 = flow_hash64(&flow);
     touch_conn_set(hash64);
-    let vip =
-        find_vip(cfg, l3.family, l3.dst, l4.dst_port, l3.proto).ok_or(Stat::PassNonVip)?;
+    let vip = find_vip(cfg, l3.family, l3.dst, l4.dst_port, l3.proto).ok_or(Stat::PassNonVip)?;
     count_vip(vip.vip_num, bytes);
     let choice = choose_real(&vip, &flow, hash64, conn_use(&vip, l3.proto, l4.is_syn()))?;
     count_real(choice.index, bytes);
@@ -160,22 +159,12 @@ fn forward(
 /// VIP's address, follow that flow to its backend; the rest (neighbour
 /// discovery, ...) is the kernel's.
 #[inline(always)]
-fn handle_icmp(
-    ctx: &XdpContext,
-    cfg: &LbConfig,
-    l2: &L2,
-    l3: &L3,
-    l4: &L4,
-    bytes: usize,
-) -> Result<Stat, Stat> {
+fn handle_icmp(ctx: &XdpContext, cfg: &LbConfig, l2: &L2, l3: &L3, l4: &L4, bytes: usize) -> Result<Stat, Stat> {
     let v4 = l3.family == FAMILY_V4;
     let (echo, error) = if v4 {
         (l4.icmp_type == ICMP_ECHO_REQUEST, l4.icmp_type == ICMP_DEST_UNREACH)
     } else {
-        (
-            l4.icmp_type == ICMPV6_ECHO_REQUEST,
-            l4.icmp_type == ICMPV6_DEST_UNREACH || l4.icmp_type == ICMPV6_PKT_TOOBIG,
-        )
+        (l4.icmp_type == ICMPV6_ECHO_REQUEST, l4.icmp_type == ICMPV6_DEST_UNREACH || l4.icmp_type == ICMPV6_PKT_TOOBIG)
     };
     if echo {
         let marker = find_vip(cfg, l3.family, l3.dst, 0, l3.proto).ok_or(Stat::PassNonVip)?;
@@ -199,16 +188,12 @@ fn handle_icmp(
     if quoted.vip != l3.dst {
         return Err(Stat::PassNonVip);
     }
-    let vip = find_vip(cfg, l3.family, quoted.vip, quoted.vip_port, quoted.proto)
-        .ok_or(Stat::PassNonVip)?;
+    let vip = find_vip(cfg, l3.family, quoted.vip, quoted.vip_port, quoted.proto).ok_or(Stat::PassNonVip)?;
     count_vip(vip.vip_num, bytes);
     let flow = FlowKey::new(l3.family, quoted.proto, quoted.client, quoted.client_port, quoted.vip, quoted.vip_port);
     let hash64 = flow_hash64(&flow);
-    let conn = if conn_use(&vip, quoted.proto, false) == ConnUse::Bypass {
-        ConnUse::Bypass
-    } else {
-        ConnUse::LookupOnly
-    };
+    let conn =
+        if conn_use(&vip, quoted.proto, false) == ConnUse::Bypass { ConnUse::Bypass } else { ConnUse::LookupOnly };
     let choice = choose_real(&vip, &flow, hash64, conn)?;
     count_real(choice.index, bytes);
     let stat = forward(ctx, cfg, l2, l3, &choice.real, hash64 as u32, bytes, true)?;

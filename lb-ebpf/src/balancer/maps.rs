@@ -9,8 +9,8 @@ use aya_ebpf::{
     maps::{Array, HashMap, PerCpuArray},
 };
 use lb_common::{
-    Counter, LbConfig, Real, Stat, VipBucket, VipFilter, VipKey, VipMeta, DEFAULT_VIP_BUCKETS, CONN_WAYS, DEFAULT_CONN_TABLE_SIZE,
-    DEFAULT_MAX_REALS, DEFAULT_MAX_VIPS, DEFAULT_RING_SIZE, RING_SPARES,
+    Counter, LbConfig, Real, Stat, VipBucket, VipFilter, VipKey, VipMeta, CONN_WAYS, DEFAULT_CONN_TABLE_SIZE,
+    DEFAULT_MAX_REALS, DEFAULT_MAX_VIPS, DEFAULT_RING_SIZE, DEFAULT_VIP_BUCKETS, RING_SPARES,
 };
 
 /// User space maps the array and writes whole tables with one memcpy.
@@ -29,7 +29,8 @@ pub static VIPS: HashMap<VipKey, VipMeta> = HashMap::with_max_entries(DEFAULT_MA
 /// so a copy is never rewritten while read. A VIP's ring or flags change in
 /// place (one aligned 32-bit store each). `BPF_F_INNER_MAP` lets the copies
 /// be sized at load time.
-pub type VipTable = BtfArray<VipBucket, { DEFAULT_VIP_BUCKETS as usize }, { BPF_F_INNER_MAP | BPF_F_MMAPABLE as usize }>;
+pub type VipTable =
+    BtfArray<VipBucket, { DEFAULT_VIP_BUCKETS as usize }, { BPF_F_INNER_MAP | BPF_F_MMAPABLE as usize }>;
 
 const BPF_F_INNER_MAP: usize = 1 << 12;
 
@@ -73,10 +74,8 @@ pub static REAL_OWNERS: Array<VipKey> = Array::with_max_entries(DEFAULT_MAX_REAL
 /// cache). Seen from user space through mmap, the pool is a flat array of
 /// u16. A VIP uses the ring its [`VipMeta::ring`] names.
 #[map]
-pub static RINGS: Array<u64> = Array::with_max_entries(
-    ((DEFAULT_MAX_VIPS + RING_SPARES) * DEFAULT_RING_SIZE).div_ceil(4),
-    BPF_F_MMAPABLE,
-);
+pub static RINGS: Array<u64> =
+    Array::with_max_entries(((DEFAULT_MAX_VIPS + RING_SPARES) * DEFAULT_RING_SIZE).div_ceil(4), BPF_F_MMAPABLE);
 
 /// Established flows and the backend they were sent to: 8-way
 /// set-associative, 64-bit slots, CLOCK replacement (see

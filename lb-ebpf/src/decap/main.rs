@@ -10,9 +10,7 @@ use aya_ebpf::{
     maps::{HashMap, PerCpuArray},
     programs::XdpContext,
 };
-use lb_common::{
-    Counter, DecapAddr, DecapStat, FAMILY_V4, FAMILY_V6, IPPROTO_IPIP, IPPROTO_IPV6,
-};
+use lb_common::{Counter, DecapAddr, DecapStat, FAMILY_V4, FAMILY_V6, IPPROTO_IPIP, IPPROTO_IPV6};
 use lb_ebpf::{
     hdr::*,
     packet::{adjust_head, len, read, write},

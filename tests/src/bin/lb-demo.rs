@@ -42,7 +42,9 @@ fn table(title: &str, counts: &[usize]) {
 
 fn main() -> Result<()> {
     let cli = Cli::parse();
-    anyhow::ensure!(unsafe { libc::geteuid() } == 0, "the demo creates network namespaces: run it as root");
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let euid = unsafe { libc::geteuid() };
+    anyhow::ensure!(euid == 0, "the demo creates network namespaces: run it as root");
     // SAFETY: installing a handler that only stores to an atomic.
     unsafe {
         libc::signal(libc::SIGINT, on_signal as *const () as libc::sighandler_t);
@@ -64,7 +66,8 @@ fn main() -> Result<()> {
     let mut per_vip = Vec::new();
     for v6 in [false, true] {
         let vip = vip_addr(v6, HTTP_PORT);
-        let answers = lab.in_client(|| (0..n).map(|_| client::http_get(vip).map(|(b, _)| b)).collect::<Result<Vec<_>>>())?;
+        let answers =
+            lab.in_client(|| (0..n).map(|_| client::http_get(vip).map(|(b, _)| b)).collect::<Result<Vec<_>>>())?;
         let mut counts = vec![0; cli.backends];
         for b in answers {
             counts[b] += 1;
@@ -72,13 +75,20 @@ fn main() -> Result<()> {
         per_vip.push((format!("HTTP to {vip}"), counts));
     }
     let udp = vip_addr(false, UDP_PORT);
-    let answers = lab.in_client(|| (0..n / 3).map(|i| client::udp_exchange(udp, format!("query {i}").as_bytes())).collect::<Result<Vec<_>>>())?;
+    let answers = lab.in_client(|| {
+        (0..n / 3).map(|i| client::udp_exchange(udp, format!("query {i}").as_bytes())).collect::<Result<Vec<_>>>()
+    })?;
     let mut counts = vec![0; cli.backends];
     for b in answers {
         counts[b] += 1;
     }
     per_vip.push((format!("UDP to {udp}"), counts));
-    println!("sent {} HTTP requests and {} UDP queries in {:.1}s; answers came straight from the backends (DSR):\n", 2 * n, n / 3, started.elapsed().as_secs_f64());
+    println!(
+        "sent {} HTTP requests and {} UDP queries in {:.1}s; answers came straight from the backends (DSR):\n",
+        2 * n,
+        n / 3,
+        started.elapsed().as_secs_f64()
+    );
     for (title, counts) in &per_vip {
         table(title, counts);
     }
@@ -94,7 +104,11 @@ fn main() -> Result<()> {
     println!("  ip netns exec {c} curl -s http://[{VIP6}]/");
     println!("  ip netns exec {c} ping -c 2 {VIP4}                # answered by the balancer's XDP");
     println!("  ip netns exec {l} {} --api http://{API} stats", lbctl.display());
-    println!("  ip netns exec {l} {} --api http://{API} backend drain tcp:{VIP4}:80 {}", lbctl.display(), lb_e2e::backend4(0));
+    println!(
+        "  ip netns exec {l} {} --api http://{API} backend drain tcp:{VIP4}:80 {}",
+        lbctl.display(),
+        lb_e2e::backend4(0)
+    );
     println!("  ip netns exec {l} {} --api http://{API} watch", lbctl.display());
     println!("  ip -n {l} link show l0                               # prog/xdp: the balancer");
     println!("  ip -n {b0} addr show lo                              # the VIP on a backend");
