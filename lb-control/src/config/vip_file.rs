@@ -62,16 +62,30 @@ pub fn render_vip_file(vips: &VipSet) -> String {
 pub struct BackendChanges {
     pub added: Vec<IpAddr>,
     pub removed: Vec<IpAddr>,
-    /// (address, weight before, weight after).
-    pub reweighted: Vec<(IpAddr, u32, u32)>,
+    pub reweighted: Vec<WeightChange>,
+}
+
+/// A backend whose weight changes.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WeightChange {
+    pub address: IpAddr,
+    pub before: u32,
+    pub after: u32,
+}
+
+/// A VIP's flags, when they change.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FlagChange {
+    pub before: Vec<VipFlag>,
+    pub after: Vec<VipFlag>,
 }
 
 /// One VIP present before and after, but different.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct VipChange {
     pub vip: VipId,
-    /// Flags before and after, when they differ.
-    pub flags: Option<(Vec<VipFlag>, Vec<VipFlag>)>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub flags: Option<FlagChange>,
     pub backends: BackendChanges,
 }
 
@@ -110,10 +124,13 @@ fn vip_change(id: &VipId, old: &VipSpec, new: &VipSpec) -> VipChange {
         removed: before.keys().filter(|a| !after.contains_key(a)).copied().collect(),
         reweighted: after
             .iter()
-            .filter_map(|(a, w)| before.get(a).filter(|old| *old != w).map(|old| (*a, *old, *w)))
+            .filter_map(|(a, w)| {
+                before.get(a).filter(|old| *old != w).map(|old| WeightChange { address: *a, before: *old, after: *w })
+            })
             .collect(),
     };
-    let flags = (old.flags != new.flags).then(|| (old.flags.clone(), new.flags.clone()));
+    let flags =
+        (old.flags != new.flags).then(|| FlagChange { before: old.flags.clone(), after: new.flags.clone() });
     VipChange { vip: *id, flags, backends }
 }
 
@@ -181,10 +198,11 @@ mod tests {
         assert_eq!(d.changed.len(), 1);
         let c = &d.changed[0];
         assert_eq!(c.vip, web);
-        assert_eq!(c.flags, Some((vec![VipFlag::HashNoSrcPort, VipFlag::NoConnTable], vec![VipFlag::HashNoSrcPort])));
+        let flags = FlagChange { before: vec![VipFlag::HashNoSrcPort, VipFlag::NoConnTable], after: vec![VipFlag::HashNoSrcPort] };
+        assert_eq!(c.flags, Some(flags));
         assert_eq!(c.backends.added, ["10.1.0.4".parse::<IpAddr>().unwrap()]);
         assert_eq!(c.backends.removed, ["10.1.0.1".parse::<IpAddr>().unwrap()]);
-        assert_eq!(c.backends.reweighted, [("10.1.0.2".parse().unwrap(), 0, 5)]);
+        assert_eq!(c.backends.reweighted, [WeightChange { address: "10.1.0.2".parse().unwrap(), before: 0, after: 5 }]);
         assert!(VipSetDiff::between(&before, &before).is_empty());
     }
 }
