@@ -2402,14 +2402,28 @@ fn vip_export_and_apply_round_trip_and_refuse_as_a_whole() {
     let msg = lab.call("PUT", "/v1/vips", Some(&json!([good, bad]))).error(400, "backend_is_vip", "a bad entry");
     assert!(msg.starts_with("[1] tcp:10.0.0.13:80"), "{msg}");
     lab.call("PUT", "/v1/vips", Some(&json!([good, good]))).error(400, "duplicate_vip", "a VIP twice");
-    let r = lab.http("PUT", "/v1/vips?dry_run=maybe", Some(("application/json", b"[]".to_vec())), Some(&format!("Bearer {TOKEN}")));
+    let r = lab.http(
+        "PUT",
+        "/v1/vips?dry_run=maybe",
+        Some(("application/json", b"[]".to_vec())),
+        Some(&format!("Bearer {TOKEN}")),
+    );
     r.error(400, "bad_request", "dry_run not a boolean");
     // ... and beyond the limits (max_vips = 16).
     let many: Vec<Value> = (1..=17).map(|i| json!({"vip": format!("tcp:10.0.1.{i}:80")})).collect();
     lab.call("PUT", "/v1/vips", Some(&Value::Array(many.clone()))).error(422, "rejected", "17 VIPs");
-    let r = lab.http("PUT", "/v1/vips?dry_run=true", Some(("application/json", serde_json::to_vec(&many).unwrap())), Some(&format!("Bearer {TOKEN}")));
+    let r = lab.http(
+        "PUT",
+        "/v1/vips?dry_run=true",
+        Some(("application/json", serde_json::to_vec(&many).unwrap())),
+        Some(&format!("Bearer {TOKEN}")),
+    );
     r.error(422, "rejected", "17 VIPs, dry run");
-    lab.http("PUT", "/v1/vips", Some(("application/json", b"[]".to_vec())), None).error(401, "unauthorized", "no token");
+    lab.http("PUT", "/v1/vips", Some(("application/json", b"[]".to_vec())), None).error(
+        401,
+        "unauthorized",
+        "no token",
+    );
     // ... and by lbctl before it sends anything, with the file's line.
     let bad_file = lab.dir.join("bad.toml");
     fs::write(&bad_file, format!("{edited}\n[[vip]]\naddress = \"10.0.0.14\"\nport = 80\nprotocol = \"tcp\"\n\n[[vip.backend]]\naddress = \"10.1.0.300\"\n")).unwrap();

@@ -194,12 +194,9 @@ mod tests {
             },
         };
         let diff = VipSetDiff { added: vec![change.vip], removed: vec![], changed: vec![change] };
-        let answer = serde_json::to_value(VipSetReplaced {
-            dry_run: false,
-            diff,
-            applied: Some(ApplyReport::default()),
-        })
-        .unwrap();
+        let answer =
+            serde_json::to_value(VipSetReplaced { dry_run: false, diff, applied: Some(ApplyReport::default()) })
+                .unwrap();
         let s = serde_json::to_value(VipSetReplaced::schema()).unwrap();
         assert_eq!(keys(&s["properties"]), keys(&answer));
         let d = &s["properties"]["diff"];

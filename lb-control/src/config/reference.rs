@@ -76,8 +76,7 @@ fn accepted_keys() -> Vec<String> {
 #[test]
 fn the_probe_finds_the_known_keys() {
     let keys = accepted_keys();
-    for k in ["interfaces", "api.listen", "api.max_connections", "bgp.communities", "vip.flags", "vip.backend.weight"]
-    {
+    for k in ["interfaces", "api.listen", "api.max_connections", "bgp.communities", "vip.flags", "vip.backend.weight"] {
         assert!(keys.contains(&k.to_string()), "{k} not found in {keys:?}");
     }
     assert!(!keys.iter().any(|k| k.contains(PROBE)));

@@ -129,8 +129,7 @@ fn vip_change(id: &VipId, old: &VipSpec, new: &VipSpec) -> VipChange {
             })
             .collect(),
     };
-    let flags =
-        (old.flags != new.flags).then(|| FlagChange { before: old.flags.clone(), after: new.flags.clone() });
+    let flags = (old.flags != new.flags).then(|| FlagChange { before: old.flags.clone(), after: new.flags.clone() });
     VipChange { vip: *id, flags, backends }
 }
 
@@ -198,7 +197,10 @@ mod tests {
         assert_eq!(d.changed.len(), 1);
         let c = &d.changed[0];
         assert_eq!(c.vip, web);
-        let flags = FlagChange { before: vec![VipFlag::HashNoSrcPort, VipFlag::NoConnTable], after: vec![VipFlag::HashNoSrcPort] };
+        let flags = FlagChange {
+            before: vec![VipFlag::HashNoSrcPort, VipFlag::NoConnTable],
+            after: vec![VipFlag::HashNoSrcPort],
+        };
         assert_eq!(c.flags, Some(flags));
         assert_eq!(c.backends.added, ["10.1.0.4".parse::<IpAddr>().unwrap()]);
         assert_eq!(c.backends.removed, ["10.1.0.1".parse::<IpAddr>().unwrap()]);

@@ -69,7 +69,8 @@ pub fn apply(client: &Client, file: &Path, dry_run: bool, json: bool) -> Result<
         return print_json(&r);
     }
     print_diff(&r.diff);
-    let summary = format!("{} added, {} removed, {} changed", r.diff.added.len(), r.diff.removed.len(), r.diff.changed.len());
+    let summary =
+        format!("{} added, {} removed, {} changed", r.diff.added.len(), r.diff.removed.len(), r.diff.changed.len());
     if r.dry_run {
         println!("{summary} (dry run: nothing changed)");
     } else {
@@ -91,9 +92,15 @@ fn print_diff(d: &VipSetDiff) {
             let names = |fl: &[lb_control::model::VipFlag]| -> String {
                 let n: Vec<String> = fl
                     .iter()
-                    .map(|f| serde_json::to_value(f).ok().and_then(|s| s.as_str().map(String::from)).unwrap_or_default())
+                    .map(|f| {
+                        serde_json::to_value(f).ok().and_then(|s| s.as_str().map(String::from)).unwrap_or_default()
+                    })
                     .collect();
-                if n.is_empty() { "-".into() } else { n.join(",") }
+                if n.is_empty() {
+                    "-".into()
+                } else {
+                    n.join(",")
+                }
             };
             println!("    flags {} -> {}", names(&f.before), names(&f.after));
         }
