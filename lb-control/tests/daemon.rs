@@ -2439,3 +2439,30 @@ fn vip_export_and_apply_round_trip_and_refuse_as_a_whole() {
     assert!(running_set(&lab).is_empty());
     assert_api_state_and_maps_agree(&lab);
 }
+
+/// `--log-format json` (here through `LB_LOG_FORMAT`): every line the
+/// daemon logs is one JSON object with its level, message and fields.
+#[test]
+fn json_logs_are_one_object_per_line() {
+    let mut lab = Lab::new();
+    lab.stop();
+    let from = fs::metadata(&lab.log).unwrap().len() as usize;
+    lab.start_with(|cmd| {
+        cmd.env("LB_LOG_FORMAT", "json");
+    });
+    let vip = "tcp:10.0.0.30:80";
+    lab.call("POST", "/v1/vips", Some(&json!({"vip": vip, "backends": [{"address": "10.1.0.3"}]})))
+        .ok(201, "POST /v1/vips");
+    lab.stop();
+    let text = fs::read_to_string(&lab.log).unwrap();
+    let lines: Vec<Value> = text[from..]
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not a JSON log line ({e}): {l}")))
+        .collect();
+    assert!(lines.len() >= 3, "{text}");
+    assert!(lines.iter().all(|l| l["level"].is_string() && l["message"].is_string()), "{text}");
+    let added = lines.iter().find(|l| l["message"] == "VIP added").unwrap_or_else(|| panic!("no 'VIP added'\n{text}"));
+    assert_eq!(added["vip"], vip, "the event's fields are top-level keys: {added}");
+    assert_eq!(added["level"], "INFO");
+}
