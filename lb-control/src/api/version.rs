@@ -4,6 +4,8 @@
 //! same program exactly when the tags agree), the map-layout version its
 //! pins are kept under, and the kernel release.
 
+use std::sync::OnceLock;
+
 use axum::{extract::State, Json};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -46,7 +48,17 @@ pub fn kernel_release() -> String {
     (status = 500, description = "the program could not be asked for its tag", body = ErrorBody),
 ))]
 pub async fn version(State(s): State<Shared>) -> Result<Json<VersionBody>, ApiError> {
-    let tag = on_controller(&s, |ctl| ctl.program_tag()).await?;
+    // A daemon loads one balancer program for its life (re-attaching
+    // reuses it), so its tag is asked once: later reads never wait for a
+    // change in progress.
+    static PROGRAM_TAG: OnceLock<u64> = OnceLock::new();
+    let tag = match PROGRAM_TAG.get() {
+        Some(tag) => *tag,
+        None => {
+            let tag = on_controller(&s, |ctl| ctl.program_tag()).await?;
+            *PROGRAM_TAG.get_or_init(|| tag)
+        }
+    };
     Ok(Json(VersionBody {
         version: VERSION.into(),
         git_commit: GIT_COMMIT.into(),
