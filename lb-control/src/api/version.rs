@@ -76,7 +76,7 @@ named_schema!(
         "required": ["version", "git_commit", "program_tag", "map_layout_version", "kernel"],
         "properties": {
             "version": {"type": "string", "examples": [VERSION]},
-            "git_commit": {"type": "string", "pattern": "^([0-9a-f]{40}|unknown)$"},
+            "git_commit": {"type": "string", "pattern": "^([0-9a-f]{40}|[0-9a-f]{64}|unknown)$"},
             "program_tag": {"type": "string", "pattern": "^[0-9a-f]{16}$"},
             "map_layout_version": {"type": "integer", "minimum": 0},
             "kernel": {"type": "string"},
