@@ -290,6 +290,11 @@ impl Controller {
         Ok(())
     }
 
+    /// The loaded balancer program's tag (`GET /v1/version`).
+    pub fn program_tag(&mut self) -> Result<u64, ControlError> {
+        Ok(self.engine.balancer_mut().program().info().map_err(DataplaneError::from)?.tag())
+    }
+
     /// Attached to every interface, as far as the last check knows.
     pub fn ready(&self) -> bool {
         self.not_ready().is_none()

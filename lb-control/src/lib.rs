@@ -7,6 +7,7 @@ pub mod dataplane;
 pub mod engine;
 pub mod lock;
 pub mod maglev;
+pub mod manpages;
 pub mod metrics;
 pub mod model;
 pub mod netlink;

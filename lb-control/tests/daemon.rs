@@ -2301,3 +2301,168 @@ fn accept_errors_are_logged_and_the_api_recovers() {
     }
     assert!(!lab.logs().contains("detached behind"), "a failed check was taken for a detach\n{}", lab.logs());
 }
+
+// ---- operator tools: version, VIP export and apply (issue 13, items 4 and 5) ---------
+
+/// `GET /v1/version` and `lbctl version` say what runs: the version, a
+/// commit, the attached program's tag (as the kernel reports it for the
+/// program on the interface), the map layout and the kernel.
+#[test]
+fn version_names_the_running_program_and_kernel() {
+    let lab = Lab::new();
+    let v = lab.get("/v1/version").ok(200, "GET /v1/version");
+    assert_eq!(v["version"], env!("CARGO_PKG_VERSION"), "{v}");
+    assert_eq!(v["git_commit"], lb_control::api::GIT_COMMIT, "{v}");
+    assert_eq!(v["map_layout_version"], lb_common::MAP_LAYOUT_VERSION, "{v}");
+    let kernel = fs::read_to_string("/proc/sys/kernel/osrelease").unwrap();
+    assert_eq!(v["kernel"], kernel.trim(), "{v}");
+    let id = attached_prog_id(&lab.link()).expect("a program on the interface");
+    let attached = aya::programs::loaded_programs()
+        .filter_map(Result::ok)
+        .find(|p| p.id() == id)
+        .unwrap_or_else(|| panic!("program {id} is not loaded"));
+    assert_eq!(v["program_tag"], format!("{:016x}", attached.tag()), "{v}");
+
+    let (status, out, err) = lab.lbctl(false, &["version"]);
+    assert!(status.success(), "{err}");
+    assert!(out.contains("lbctl") && out.contains("lb-control"), "{out}");
+    assert!(out.contains(v["program_tag"].as_str().unwrap()) && out.contains(kernel.trim()), "{out}");
+    let (status, out, err) = lab.lbctl(false, &["-o", "json", "version"]);
+    assert!(status.success(), "{err}");
+    let j: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(j["daemon"], v);
+    assert_eq!(j["lbctl"]["version"], env!("CARGO_PKG_VERSION"));
+}
+
+/// The running set, as `GET /v1/vips` lists it, in the model.
+fn running_set(lab: &Lab) -> lb_control::model::VipSet {
+    let api: Vec<lb_control::api::VipBody> = serde_json::from_value(lab.vips()).unwrap();
+    api.into_iter()
+        .map(|v| {
+            let backends = v.backends.iter().map(|b| (b.address, lb_control::model::Backend { weight: b.weight }));
+            (v.vip, lb_control::model::VipSpec { flags: v.flags, backends: backends.collect() })
+        })
+        .collect()
+}
+
+/// `lbctl vip export` writes the running set in the config's syntax; the
+/// file, edited, goes back with `lbctl vip apply -f` as one change (a dry
+/// run first changes nothing) and the diff is printed; a bad entry or a set
+/// beyond the limits refuses the whole set.
+#[test]
+fn vip_export_and_apply_round_trip_and_refuse_as_a_whole() {
+    let lab = Lab::new();
+    let before = running_set(&lab);
+    let (status, exported, err) = lab.lbctl(false, &["vip", "export"]);
+    assert!(status.success(), "{err}");
+    assert_eq!(lb_control::config::parse_vip_file(&exported, "export").unwrap(), before, "{exported}");
+
+    // Edit: drop the IPv6 VIP, reweight and add a backend, add a VIP.
+    let edited = exported
+        .replace("address = \"10.1.0.2\"\nweight = 2", "address = \"10.1.0.2\"\nweight = 5\n\n[[vip.backend]]\naddress = \"10.1.0.3\"\nweight = 1")
+        .split("\n[[vip]]\naddress = \"fc00::10\"")
+        .next()
+        .unwrap()
+        .to_string()
+        + "\n[[vip]]\naddress = \"10.0.0.11\"\nport = 443\nprotocol = \"tcp\"\nflags = [\"hash-no-src-port\"]\n\n[[vip.backend]]\naddress = \"10.1.0.1\"\nweight = 1\n";
+    let want = lb_control::config::parse_vip_file(&edited, "edited").unwrap();
+    assert_eq!(want.len(), 2, "{edited}");
+    let file = lab.dir.join("vips.toml");
+    fs::write(&file, &edited).unwrap();
+    let file = file.to_str().unwrap();
+
+    let (status, out, err) = lab.lbctl(true, &["vip", "apply", "-f", file, "--dry-run"]);
+    assert!(status.success(), "{err}");
+    for line in [
+        "+ tcp:10.0.0.11:443",
+        "- udp:[fc00::10]:53",
+        "~ tcp:10.0.0.10:80",
+        "    + backend 10.1.0.3",
+        "    ~ backend 10.1.0.2 weight 2 -> 5",
+        "1 added, 1 removed, 1 changed (dry run: nothing changed)",
+    ] {
+        assert!(out.lines().any(|l| l == line), "dry run: no line {line:?} in\n{out}");
+    }
+    assert_eq!(running_set(&lab), before, "a dry run changed the set");
+
+    let (status, out, err) = lab.lbctl(true, &["-o", "json", "vip", "apply", "-f", file]);
+    assert!(status.success(), "{err}");
+    let r: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(r["dry_run"], false, "{r}");
+    assert_eq!(r["applied"]["vips_added"], 1, "{r}");
+    assert_eq!(r["applied"]["vips_removed"], 1, "{r}");
+    assert_eq!(running_set(&lab), want);
+    assert_api_state_and_maps_agree(&lab);
+    let (_, again, _) = lab.lbctl(false, &["vip", "export"]);
+    assert_eq!(lb_control::config::parse_vip_file(&again, "again").unwrap(), want);
+
+    // A bad entry among good ones: refused as a whole by the API ...
+    let good = json!({"vip": "tcp:10.0.0.12:80", "backends": [{"address": "10.1.0.9"}]});
+    let bad = json!({"vip": "tcp:10.0.0.13:80", "backends": [{"address": "10.0.0.13"}]});
+    let msg = lab.call("PUT", "/v1/vips", Some(&json!([good, bad]))).error(400, "backend_is_vip", "a bad entry");
+    assert!(msg.starts_with("[1] tcp:10.0.0.13:80"), "{msg}");
+    lab.call("PUT", "/v1/vips", Some(&json!([good, good]))).error(400, "duplicate_vip", "a VIP twice");
+    let r = lab.http(
+        "PUT",
+        "/v1/vips?dry_run=maybe",
+        Some(("application/json", b"[]".to_vec())),
+        Some(&format!("Bearer {TOKEN}")),
+    );
+    r.error(400, "bad_request", "dry_run not a boolean");
+    // ... and beyond the limits (max_vips = 16).
+    let many: Vec<Value> = (1..=17).map(|i| json!({"vip": format!("tcp:10.0.1.{i}:80")})).collect();
+    lab.call("PUT", "/v1/vips", Some(&Value::Array(many.clone()))).error(422, "rejected", "17 VIPs");
+    let r = lab.http(
+        "PUT",
+        "/v1/vips?dry_run=true",
+        Some(("application/json", serde_json::to_vec(&many).unwrap())),
+        Some(&format!("Bearer {TOKEN}")),
+    );
+    r.error(422, "rejected", "17 VIPs, dry run");
+    lab.http("PUT", "/v1/vips", Some(("application/json", b"[]".to_vec())), None).error(
+        401,
+        "unauthorized",
+        "no token",
+    );
+    // ... and by lbctl before it sends anything, with the file's line.
+    let bad_file = lab.dir.join("bad.toml");
+    fs::write(&bad_file, format!("{edited}\n[[vip]]\naddress = \"10.0.0.14\"\nport = 80\nprotocol = \"tcp\"\n\n[[vip.backend]]\naddress = \"10.1.0.300\"\n")).unwrap();
+    let (status, _, err) = lab.lbctl(true, &["vip", "apply", "-f", bad_file.to_str().unwrap()]);
+    assert!(!status.success());
+    assert!(err.contains("bad.toml: line") && err.contains("vip[2].backend[0].address"), "{err}");
+    assert_eq!(running_set(&lab), want, "a refused set changed something");
+    assert_api_state_and_maps_agree(&lab);
+
+    // The empty set empties the balancer.
+    let r = lab.call("PUT", "/v1/vips", Some(&json!([]))).ok(200, "PUT []");
+    assert_eq!(r["diff"]["removed"].as_array().unwrap().len(), 2, "{r}");
+    assert!(running_set(&lab).is_empty());
+    assert_api_state_and_maps_agree(&lab);
+}
+
+/// `--log-format json` (here through `LB_LOG_FORMAT`): every line the
+/// daemon logs is one JSON object with its level, message and fields.
+#[test]
+fn json_logs_are_one_object_per_line() {
+    let mut lab = Lab::new();
+    lab.stop();
+    let from = fs::metadata(&lab.log).unwrap().len() as usize;
+    lab.start_with(|cmd| {
+        cmd.env("LB_LOG_FORMAT", "json");
+    });
+    let vip = "tcp:10.0.0.30:80";
+    lab.call("POST", "/v1/vips", Some(&json!({"vip": vip, "backends": [{"address": "10.1.0.3"}]})))
+        .ok(201, "POST /v1/vips");
+    lab.stop();
+    let text = fs::read_to_string(&lab.log).unwrap();
+    let lines: Vec<Value> = text[from..]
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not a JSON log line ({e}): {l}")))
+        .collect();
+    assert!(lines.len() >= 3, "{text}");
+    assert!(lines.iter().all(|l| l["level"].is_string() && l["message"].is_string()), "{text}");
+    let added = lines.iter().find(|l| l["message"] == "VIP added").unwrap_or_else(|| panic!("no 'VIP added'\n{text}"));
+    assert_eq!(added["vip"], vip, "the event's fields are top-level keys: {added}");
+    assert_eq!(added["level"], "INFO");
+}

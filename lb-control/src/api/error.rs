@@ -49,7 +49,7 @@ pub struct ErrorBody<'a> {
 pub struct ErrorDetail<'a> {
     /// Stable, machine-readable: `bad_request`, `invalid_address`,
     /// `backend_is_vip`, `duplicate_backend`, `family_mismatch`,
-    /// `invalid_json`, `not_found`, `conflict`, `rejected`, `unauthorized`,
+    /// `duplicate_vip`, `invalid_json`, `not_found`, `conflict`, `rejected`, `unauthorized`,
     /// `payload_too_large`, `unsupported_media_type`, `method_not_allowed`,
     /// `not_ready`, `internal`.
     pub code: &'a str,

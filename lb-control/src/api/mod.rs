@@ -12,6 +12,8 @@ mod body;
 mod error;
 mod handlers;
 mod schema;
+mod version;
+mod vip_set;
 
 use std::sync::{Arc, LazyLock, Mutex};
 
@@ -27,6 +29,8 @@ use utoipa_axum::{router::OpenApiRouter, routes};
 
 pub use body::{BackendBody, BackendPatch, VipBody};
 pub use error::ApiError;
+pub use version::{VersionBody, GIT_COMMIT, VERSION};
+pub use vip_set::VipSetReplaced;
 
 use crate::controller::{ControlError, Controller, View};
 
@@ -39,6 +43,7 @@ pub const OPENAPI_FILE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/openapi.jso
 pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/v1/vips"),
     ("POST", "/v1/vips"),
+    ("PUT", "/v1/vips"),
     ("GET", "/v1/vips/{vip}"),
     ("DELETE", "/v1/vips/{vip}"),
     ("GET", "/v1/vips/{vip}/backends"),
@@ -51,6 +56,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/healthz"),
     ("GET", "/readyz"),
     ("GET", "/v1/openapi.json"),
+    ("GET", "/v1/version"),
 ];
 
 pub struct AppState {
@@ -120,7 +126,7 @@ impl Modify for BearerToken {
 fn routes() -> OpenApiRouter<Shared> {
     use handlers::*;
     OpenApiRouter::with_openapi(ApiDoc::openapi())
-        .routes(routes!(list_vips, create_vip))
+        .routes(routes!(list_vips, create_vip, vip_set::replace_vips))
         .routes(routes!(get_vip, delete_vip))
         .routes(routes!(list_backends, replace_backends, add_backend))
         .routes(routes!(patch_backend, delete_backend))
@@ -129,6 +135,7 @@ fn routes() -> OpenApiRouter<Shared> {
         .routes(routes!(healthz))
         .routes(routes!(readyz))
         .routes(routes!(openapi))
+        .routes(routes!(version::version))
 }
 
 /// The OpenAPI document, generated from the handlers and types.

@@ -4,12 +4,12 @@
 //! in range, the VIP body split by family, the PATCH body one of two shapes.
 //! A unit test checks the patterns against the parsers and address checks.
 
-use std::{borrow::Cow, sync::LazyLock};
+use std::sync::LazyLock;
 
 use serde_json::{json, Value};
 use utoipa::{
     openapi::{schema::Schema, OneOfBuilder, RefOr},
-    PartialSchema, ToSchema,
+    PartialSchema,
 };
 
 use super::body::{Applied, BackendBody, BackendPatch, VipBody};
@@ -54,7 +54,7 @@ pub static VIP_PATTERN: LazyLock<String> =
 /// A schema from its JSON form. Only for schemas without `oneOf`/`anyOf`
 /// at the top (utoipa's untagged `Schema` would read those as objects);
 /// a unit test checks each one round-trips.
-fn schema(v: Value) -> RefOr<Schema> {
+pub(super) fn schema(v: Value) -> RefOr<Schema> {
     serde_json::from_value(v).expect("a valid schema literal")
 }
 
@@ -100,18 +100,19 @@ fn vip_object(vip_pattern: &str, backend_pattern: &str) -> Value {
 
 macro_rules! named_schema {
     ($ty:ty, $name:literal, $body:expr) => {
-        impl PartialSchema for $ty {
-            fn schema() -> RefOr<Schema> {
+        impl ::utoipa::PartialSchema for $ty {
+            fn schema() -> ::utoipa::openapi::RefOr<::utoipa::openapi::schema::Schema> {
                 $body
             }
         }
-        impl ToSchema for $ty {
-            fn name() -> Cow<'static, str> {
-                Cow::Borrowed($name)
+        impl ::utoipa::ToSchema for $ty {
+            fn name() -> ::std::borrow::Cow<'static, str> {
+                ::std::borrow::Cow::Borrowed($name)
             }
         }
     };
 }
+pub(super) use named_schema;
 
 named_schema!(VipId, "VipId", schema(vip_string(&VIP_PATTERN)));
 named_schema!(BackendBody, "Backend", schema(backend_object(&BACKEND_PATTERN)));
@@ -141,12 +142,9 @@ fn counter() -> Value {
         "properties": {"packets": {"type": "integer", "minimum": 0}, "bytes": {"type": "integer", "minimum": 0}}})
 }
 
-named_schema!(
-    Applied,
-    "Applied",
-    schema(json!({
-        "type": "object", "required": ["applied"], "additionalProperties": false,
-        "properties": {"applied": {
+/// The `applied` object: what a change did to the data plane.
+pub(super) fn apply_report() -> Value {
+    json!({
             "type": "object", "additionalProperties": false,
             "required": ["vips_added", "vips_removed", "tables_written", "flags_changed", "backends_added", "backends_removed"],
             "properties": {
@@ -157,7 +155,15 @@ named_schema!(
                 "backends_added": {"type": "integer", "minimum": 0},
                 "backends_removed": {"type": "integer", "minimum": 0},
             },
-        }},
+    })
+}
+
+named_schema!(
+    Applied,
+    "Applied",
+    schema(json!({
+        "type": "object", "required": ["applied"], "additionalProperties": false,
+        "properties": {"applied": apply_report()},
     }))
 );
 named_schema!(

@@ -29,8 +29,18 @@ struct Cli {
     /// The config file.
     #[arg(long, short, global = true, default_value = "/etc/xdp-lb/lb.toml", env = "LB_CONFIG")]
     config: PathBuf,
+    /// Log lines as text or as JSON objects (one per line, for a log
+    /// collector); RUST_LOG filters either.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text, env = "LB_LOG_FORMAT")]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Option<Command>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Subcommand)]
@@ -74,16 +84,29 @@ enum Command {
         #[arg(long, default_value = "/sys/fs/bpf/xdp-lb-decap")]
         pin_dir: PathBuf,
     },
+    /// Write lb-control's man pages (lb-control.1, lb-control-run.1, ...)
+    /// into a directory.
+    Man {
+        #[arg(long)]
+        dir: PathBuf,
+    },
+}
+
+fn init_logs(format: LogFormat) {
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .with_target(false)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => logs.with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())).init(),
+        // Fields at the top level of each object, next to level and message.
+        LogFormat::Json => logs.json().flatten_event(true).with_current_span(false).init(),
+    }
 }
 
 fn main() -> Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
-        .with_target(false)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
     let cli = Cli::parse();
+    init_logs(cli.log_format);
     match cli.command.unwrap_or(Command::Run) {
         Command::Check => check(&cli.config),
         Command::Run => {
@@ -127,6 +150,13 @@ fn main() -> Result<()> {
             }
             decap.attach(&iface, mode, Some(&pin_dir))?;
             println!("decap attached to {iface} for {addrs:?} (pinned under {})", pin_dir.display());
+            Ok(())
+        }
+        Command::Man { dir } => {
+            let cmd = <Cli as clap::CommandFactory>::command();
+            for p in lb_control::manpages::write_man_pages(cmd, &dir)? {
+                println!("{}", p.display());
+            }
             Ok(())
         }
         Command::DecapDetach { pin_dir } => {

@@ -7,10 +7,12 @@ mod host;
 mod problem;
 mod raw;
 mod validate;
+mod vip_file;
 
 pub use bgp::{Bgp, DEFAULT_BGP_INCLUDE_FILE, DEFAULT_BIRD_SOCKET};
 pub use host::{check_pin_dir, read_token};
 pub use problem::{ConfigError, Problem};
+pub use vip_file::{parse_vip_file, render_vip_file, BackendChanges, FlagChange, VipChange, VipSetDiff, WeightChange};
 
 use std::{
     fmt,
@@ -158,5 +160,7 @@ impl Config {
 
 pub use lb_common::is_prime;
 
+#[cfg(test)]
+mod reference;
 #[cfg(test)]
 mod tests;

@@ -15,7 +15,7 @@ use toml::Spanned;
 use super::{
     host, parse_mac, parse_prefix,
     problem::Checker,
-    raw::{RawConfig, RawLimits},
+    raw::{RawConfig, RawLimits, RawVip},
     Api, Config, Encap, Gateway, Prefix, DEFAULT_HEADER_READ_TIMEOUT_SECS, DEFAULT_IDLE_TIMEOUT_SECS, DEFAULT_LISTEN,
     DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_CONNECTIONS, DEFAULT_PIN_DIR, DEFAULT_STATE_FILE, MAX_TIMEOUT_SECS,
 };
@@ -68,7 +68,7 @@ pub(super) fn validate(c: &mut Checker<'_>, raw: RawConfig) -> Option<Config> {
     }
     let state_file = c.path(raw.state_file.as_ref(), "state_file", DEFAULT_STATE_FILE);
     let api = api(c, &raw);
-    let vips = vips(c, &raw, &limits);
+    let vips = vips(c, &raw.vips, Some(&limits));
     Some(Config {
         interfaces,
         xdp_mode: raw.xdp_mode,
@@ -229,10 +229,12 @@ fn api(c: &mut Checker<'_>, raw: &RawConfig) -> Option<Api> {
     Some(Api { listen: listen?, token_file, max_body_bytes, header_read_timeout, idle_timeout, max_connections })
 }
 
-fn vips(c: &mut Checker<'_>, raw: &RawConfig, limits: &Limits) -> VipSet {
+/// The `[[vip]]` tables, checked against `limits` when given (a VIP file
+/// for `lbctl vip apply` is checked against the daemon's limits by the daemon).
+pub(super) fn vips(c: &mut Checker<'_>, raw_vips: &[Spanned<RawVip>], limits: Option<&Limits>) -> VipSet {
     let mut vips = VipSet::new();
     let mut pairs = 0u64;
-    for (i, v) in raw.vips.iter().enumerate() {
+    for (i, v) in raw_vips.iter().enumerate() {
         let v_span = v.span();
         let v = v.get_ref();
         let key = format!("vip[{i}]");
@@ -287,6 +289,7 @@ fn vips(c: &mut Checker<'_>, raw: &RawConfig, limits: &Limits) -> VipSet {
             }
             // The data plane has one real per (VIP, backend) pair.
             pairs += 1;
+            let Some(limits) = limits else { continue };
             if pairs == limits.max_reals as u64 {
                 // The first pair beyond the limit (index 0 is reserved).
                 let msg = format!(
@@ -296,7 +299,7 @@ fn vips(c: &mut Checker<'_>, raw: &RawConfig, limits: &Limits) -> VipSet {
                 c.add(&b.address.span(), format!("{bkey}.address"), msg);
             }
         }
-        if spec.backends.len() as u64 > limits.ring_size as u64 {
+        if let Some(limits) = limits.filter(|l| spec.backends.len() as u64 > l.ring_size as u64) {
             c.add(
                 &v_span,
                 key.clone(),
@@ -305,8 +308,8 @@ fn vips(c: &mut Checker<'_>, raw: &RawConfig, limits: &Limits) -> VipSet {
         }
         if vips.insert(id, spec).is_some() {
             c.add(&v.address.span(), format!("{key}.address"), format!("VIP {id} is defined twice"));
-        } else if vips.len() as u64 == limits.max_vips as u64 + 1 {
-            let total = raw.vips.len();
+        } else if let Some(limits) = limits.filter(|l| vips.len() as u64 == l.max_vips as u64 + 1) {
+            let total = raw_vips.len();
             c.add(&v_span, key, format!("{total} VIPs exceed limits.max_vips = {}", limits.max_vips));
         }
     }

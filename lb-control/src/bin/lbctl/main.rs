@@ -1,5 +1,9 @@
 //! `lbctl`: drives the lb-control daemon through its REST API.
 
+mod docs;
+mod version;
+mod vip_file;
+
 use std::{collections::BTreeMap, io::Write as _, net::IpAddr, path::PathBuf, time::Duration};
 
 use anyhow::{bail, Context as _, Result};
@@ -13,7 +17,7 @@ use lb_control::{
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 
 #[derive(Parser)]
-#[command(version, about = "Control the XDP load balancer through the lb-control API")]
+#[command(name = "lbctl", version, about = "Control the XDP load balancer through the lb-control API")]
 struct Cli {
     /// The daemon's API.
     #[arg(long, global = true, default_value = "http://127.0.0.1:9780", env = "LBCTL_API")]
@@ -51,6 +55,15 @@ enum Command {
         #[arg(long)]
         count: Option<u64>,
     },
+    /// lbctl's version and the daemon's (version, commit, program tag, map layout, kernel).
+    Version,
+    /// Print a shell completion script, e.g. `lbctl completions bash > /etc/bash_completion.d/lbctl`.
+    Completions { shell: clap_complete::Shell },
+    /// Write lbctl's man pages (lbctl.1, lbctl-vip.1, ...) into a directory.
+    Man {
+        #[arg(long)]
+        dir: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -70,6 +83,18 @@ enum VipCmd {
     },
     Remove {
         vip: VipId,
+    },
+    /// Print the running VIP set in the config's [[vip]] syntax (`> vips.toml`).
+    Export,
+    /// Replace the whole VIP set with a file's [[vip]] tables in one change
+    /// (all or nothing), and print the diff.
+    Apply {
+        /// The VIP file (`-` for stdin).
+        #[arg(long, short)]
+        file: PathBuf,
+        /// Only check the file against the daemon and print the diff.
+        #[arg(long)]
+        dry_run: bool,
     },
 }
 
@@ -243,6 +268,15 @@ fn print_counters(title: &str, rows: &BTreeMap<String, Counter>) {
 
 fn main() -> Result<()> {
     let cli = Cli::parse();
+    // The local commands need no daemon (and no token file).
+    match &cli.command {
+        Command::Completions { shell } => {
+            docs::completions(*shell);
+            return Ok(());
+        }
+        Command::Man { dir } => return docs::man(dir),
+        _ => {}
+    }
     let client = Client::new(&cli)?;
     let json = cli.output == Output::Json;
     match &cli.command {
@@ -354,6 +388,11 @@ fn main() -> Result<()> {
             }
         }
         Command::Watch { interval_secs, count } => watch(&client, *interval_secs, *count, json)?,
+        Command::Vip(VipCmd::Export) => vip_file::export(&client, json)?,
+        Command::Vip(VipCmd::Apply { file, dry_run }) => vip_file::apply(&client, file, *dry_run, json)?,
+        Command::Version => version::version(&client, json)?,
+        // Answered above, without a client.
+        Command::Completions { .. } | Command::Man { .. } => {}
     }
     Ok(())
 }
