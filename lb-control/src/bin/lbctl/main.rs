@@ -267,6 +267,10 @@ fn print_counters(title: &str, rows: &BTreeMap<String, Counter>) {
 }
 
 fn main() -> Result<()> {
+    // SAFETY: called before any other thread exists; restores the default
+    // action for SIGPIPE, so `lbctl ... | head` ends quietly when the reader
+    // closes the pipe instead of panicking on the write.
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
     let cli = Cli::parse();
     // The local commands need no daemon (and no token file).
     match &cli.command {
