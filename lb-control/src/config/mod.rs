@@ -6,11 +6,13 @@ mod bgp;
 mod host;
 mod problem;
 mod raw;
+mod second_chance;
 mod validate;
 
 pub use bgp::{Bgp, DEFAULT_BGP_INCLUDE_FILE, DEFAULT_BIRD_SOCKET};
 pub use host::{check_pin_dir, read_token};
 pub use problem::{ConfigError, Problem};
+pub use second_chance::{SecondChance, DEFAULT_SECOND_CHANCE_WINDOW};
 
 use std::{
     fmt,
@@ -111,6 +113,7 @@ pub struct Config {
     pub limits: Limits,
     pub api: Api,
     pub bgp: Bgp,
+    pub second_chance: SecondChance,
     pub vips: VipSet,
 }
 
