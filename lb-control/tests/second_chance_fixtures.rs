@@ -406,6 +406,7 @@ fn round_trip() -> Result<(), String> {
 fn main() -> std::process::ExitCode {
     let mut trials = balancer_trials();
     trials.extend(decap_trials());
-    trials.push(Trial::test("balancer then two backends: the second has the flow", || round_trip().map_err(Into::into)));
+    trials
+        .push(Trial::test("balancer then two backends: the second has the flow", || round_trip().map_err(Into::into)));
     libtest_mimic::run(&Arguments::from_args(), trials).exit_code()
 }

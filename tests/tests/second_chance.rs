@@ -67,14 +67,14 @@ fn scenario(change: Change, second_chance: bool) -> Result<(usize, u64)> {
     // The backend set changes on both balancers, then every flow moves.
     for b in &lab.balancers {
         match change {
-            Change::AddBackend => {
-                b.api_send("POST", &format!("{}/backends", vip_path()), Some(json!({"address": backend4(3).to_string()})))?
-            }
-            Change::DrainBackend => b.api_send(
-                "PATCH",
-                &format!("{}/backends/{}", vip_path(), backend4(0)),
-                Some(json!({"drain": true})),
+            Change::AddBackend => b.api_send(
+                "POST",
+                &format!("{}/backends", vip_path()),
+                Some(json!({"address": backend4(3).to_string()})),
             )?,
+            Change::DrainBackend => {
+                b.api_send("PATCH", &format!("{}/backends/{}", vip_path(), backend4(0)), Some(json!({"drain": true})))?
+            }
         };
     }
     lab.route_via(&[1])?;

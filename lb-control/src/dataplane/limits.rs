@@ -1,7 +1,8 @@
 //! The sizes fixed when the balancer is loaded, and what follows from them.
 
 use lb_common::{
-    DEFAULT_CONN_TABLE_SIZE, DEFAULT_MAX_REALS, DEFAULT_MAX_VIPS, DEFAULT_RING_SIZE, MAX_RING_SIZE, PREVIOUS_RINGS, RING_SPARES,
+    DEFAULT_CONN_TABLE_SIZE, DEFAULT_MAX_REALS, DEFAULT_MAX_VIPS, DEFAULT_RING_SIZE, MAX_RING_SIZE, PREVIOUS_RINGS,
+    RING_SPARES,
 };
 
 use super::DataplaneError;

@@ -114,8 +114,8 @@ pub fn encapsulate(
     let inner_len = l3.total_len;
     let inner_proto = hop_proto(l3.family);
     adjust_head(ctx, -(overhead as i32)).ok_or(Stat::DropHeadroom)?;
-    let l3_off = write_eth(ctx, cfg.gw_mac, cfg.if_mac, l2.vlan, outer_ether_type(outer_family))
-        .ok_or(Stat::DropTruncated)?;
+    let l3_off =
+        write_eth(ctx, cfg.gw_mac, cfg.if_mac, l2.vlan, outer_ether_type(outer_family)).ok_or(Stat::DropTruncated)?;
     if outer_family == FAMILY_V4 {
         let ip = ipv4_outer(cfg, l3, hash, real.addr[0], inner_proto, inner_len);
         write(ctx, l3_off, ip).ok_or(Stat::DropTruncated)?;

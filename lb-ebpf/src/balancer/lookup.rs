@@ -9,8 +9,8 @@ use lb_common::{
 };
 
 use crate::{
-    second_chance,
     maps::{conn_sets, ring_size, vip_buckets, CONN_TABLE, REALS, RINGS, VIPS, VIP_FILTER, VIP_TABLES},
+    second_chance,
     stats::count,
 };
 

@@ -74,11 +74,10 @@ pub static REAL_OWNERS: Array<VipKey> = Array::with_max_entries(DEFAULT_MAX_REAL
 /// cache). Seen from user space through mmap, the pool is a flat array of
 /// u16. A VIP uses the ring its [`VipMeta::ring`] names.
 #[map]
-pub static RINGS: Array<u64> =
-    Array::with_max_entries(
-        ((DEFAULT_MAX_VIPS + RING_SPARES + PREVIOUS_RINGS) * DEFAULT_RING_SIZE).div_ceil(4),
-        BPF_F_MMAPABLE,
-    );
+pub static RINGS: Array<u64> = Array::with_max_entries(
+    ((DEFAULT_MAX_VIPS + RING_SPARES + PREVIOUS_RINGS) * DEFAULT_RING_SIZE).div_ceil(4),
+    BPF_F_MMAPABLE,
+);
 
 /// Second chance: each VIP's previous Maglev ring (the table before its
 /// last change) plus one, by [`VipMeta::vip_num`];

@@ -66,8 +66,8 @@ pub fn encapsulate(
     let v4 = current.family == FAMILY_V4;
     let hlen = if v4 { IPV4_HLEN } else { IPV6_HLEN };
     adjust_head(ctx, -(2 * hlen as i32)).ok_or(Stat::DropHeadroom)?;
-    let l3_off = write_eth(ctx, cfg.gw_mac, cfg.if_mac, l2.vlan, outer_ether_type(current.family))
-        .ok_or(Stat::DropTruncated)?;
+    let l3_off =
+        write_eth(ctx, cfg.gw_mac, cfg.if_mac, l2.vlan, outer_ether_type(current.family)).ok_or(Stat::DropTruncated)?;
     let inner_proto = hop_proto(l3.family);
     let hop_proto = hop_proto(current.family);
     if v4 {

@@ -46,15 +46,12 @@ pub fn handle(
     inner_family: u8,
 ) -> Result<Verdict, DecapStat> {
     let inner_off = hop_off + hop_len;
-    let inner = if inner_family == FAMILY_V4 {
-        parse::parse_ipv4(ctx, inner_off)
-    } else {
-        parse::parse_ipv6(ctx, inner_off)
-    }
-    .map_err(|e| match e {
-        parse::ParseError::Truncated => DecapStat::DropTruncated,
-        _ => DecapStat::DropMalformed,
-    })?;
+    let inner =
+        if inner_family == FAMILY_V4 { parse::parse_ipv4(ctx, inner_off) } else { parse::parse_ipv6(ctx, inner_off) }
+            .map_err(|e| match e {
+            parse::ParseError::Truncated => DecapStat::DropTruncated,
+            _ => DecapStat::DropMalformed,
+        })?;
     // The balancer gives a second hop to whole TCP packets only.
     if inner.total_len != hop_payload || inner.fragment || inner.proto != IPPROTO_TCP {
         return Err(DecapStat::DropMalformed);
