@@ -108,8 +108,9 @@ pub struct Choice {
     pub previous: u32,
 }
 
+/// The real at `index`, if it is set.
 #[inline(always)]
-fn real_at(index: u32) -> Option<Real> {
+pub fn real_at(index: u32) -> Option<Real> {
     let real = REALS.get(index)?;
     if real.family == FAMILY_NONE {
         return None;
@@ -282,10 +283,4 @@ pub fn ring_entry(ring: u32, offset: u32, size: u32) -> u32 {
         Some(&quad) => ((quad >> ((slot & 3) * 16)) & 0xffff) as u32,
         None => REAL_NONE,
     }
-}
-
-/// The real at `index`, if it is set.
-#[inline(always)]
-pub fn real_if_set(index: u32) -> Option<Real> {
-    real_at(index)
 }

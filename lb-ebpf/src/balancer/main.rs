@@ -137,7 +137,7 @@ fn forward_second_chance(
     hash: u32,
     bytes: usize,
 ) -> Result<Stat, Stat> {
-    let Some(previous) = lookup::real_if_set(previous) else {
+    let Some(previous) = lookup::real_at(previous) else {
         return forward(ctx, cfg, l2, l3, real, hash, bytes, false);
     };
     let extra = second_chance::overhead(real) / 2;

@@ -16,7 +16,7 @@ use lb_ebpf::{
 
 use crate::{
     encap::{hop_proto, ipv4_outer, ipv6_outer, outer_ether_type},
-    lookup::{real_if_set, ring_entry},
+    lookup::{real_at, ring_entry},
     maps::PREV_RINGS,
 };
 
@@ -33,7 +33,7 @@ pub fn previous_choice(vip_num: u32, offset: u32, size: u32, current: u32, curre
     if previous == REAL_NONE || previous == current {
         return REAL_NONE;
     }
-    match real_if_set(previous) {
+    match real_at(previous) {
         Some(real) if real.family == current_real.family => previous,
         _ => REAL_NONE,
     }
