@@ -3,7 +3,7 @@
 
 /// Bumped whenever the layout of any pinned map changes; part of the pin path
 /// so an upgraded daemon never reads maps written with an older layout.
-pub const MAP_LAYOUT_VERSION: u32 = 9;
+pub const MAP_LAYOUT_VERSION: u32 = 10;
 
 /// Maglev table size per VIP; a prime. The data plane reads the real value
 /// from the `RING_SIZE` global set at load time.
@@ -19,6 +19,15 @@ pub const DEFAULT_CONN_TABLE_SIZE: u32 = 1 << 20;
 /// spare ring and then switched to in one map update, so readers never see a
 /// half-written table.
 pub const RING_SPARES: u32 = 2;
+/// Rings beyond those for VIPs and spares that keep VIPs' previous Maglev
+/// tables for second chance (`PREV_RINGS`): while a VIP's previous table is
+/// kept, a flow that misses the connection table and whose backend changed
+/// with the table carries its previous backend as a second hop. When every
+/// one is taken, the oldest previous table is let go early.
+pub const PREVIOUS_RINGS: u32 = 32;
+/// `PREV_RINGS` value meaning "no previous table"; any other value is the
+/// ring's index plus one (so a zeroed map means none).
+pub const PREV_RING_NONE: u32 = 0;
 /// Default largest L3 packet the egress link carries (its MTU).
 pub const DEFAULT_MTU: u32 = 1500;
 /// Hop limit / TTL of the outer header of encapsulated packets.
@@ -83,11 +92,12 @@ pub mod map_names {
     pub const STATS: &str = "STATS";
     pub const VIP_STATS: &str = "VIP_STATS";
     pub const REAL_STATS: &str = "REAL_STATS";
+    pub const PREV_RINGS: &str = "PREV_RINGS";
     pub const DECAP_ADDRS: &str = "DECAP_ADDRS";
     pub const DECAP_STATS: &str = "DECAP_STATS";
 
     /// Every map of the balancer object.
-    pub const BALANCER_MAPS: [&str; 13] = [
+    pub const BALANCER_MAPS: [&str; 14] = [
         VIPS,
         VIP_FILTER,
         VIP_TABLE_A,
@@ -96,6 +106,7 @@ pub mod map_names {
         REALS,
         REAL_OWNERS,
         RINGS,
+        PREV_RINGS,
         CONN_TABLE,
         CONFIG,
         STATS,

@@ -89,6 +89,10 @@ counters! {
         ConnStale = ("conn_stale", Event),
         ConnEvicted = ("conn_evicted", Event),
         IcmpErrorForwarded = ("icmp_error_forwarded", Event),
+        /// A TCP packet that missed the connection table, whose previous
+        /// Maglev table names another backend: sent to the current one with
+        /// the previous one as a second hop (second chance).
+        SecondChanceHop = ("second_chance_hop", Event),
     }
 }
 
@@ -103,6 +107,16 @@ counters! {
         DropTruncated = ("drop_truncated", Drop),
         DropMalformed = ("drop_malformed", Drop),
         DropHeadroom = ("drop_headroom", Drop),
+        // Second chance (a tunnel whose payload is itself a tunnel: the hop).
+        /// This host has a socket for the flow (not a listener): delivered.
+        ScDeliverSocket = ("sc_deliver_socket", Pass),
+        /// A SYN (a new connection is this host's to take): delivered.
+        ScDeliverSyn = ("sc_deliver_syn", Pass),
+        /// No socket here: sent on to the second backend, hop cleared.
+        ScForward = ("sc_forward", Tx),
+        /// No socket here and no hop left (neither backend has the flow):
+        /// delivered, so the kernel answers with a reset.
+        ScNoFlow = ("sc_no_flow", Pass),
     }
 }
 

@@ -134,6 +134,7 @@ impl Controller {
         let bal = Balancer::open(config.limits, Some(&config.pin_dir))?;
         let adopted = bal.adopted();
         let mut engine = Engine::adopt(bal)?;
+        engine.set_second_chance(config.second_chance.window())?;
         let saved = state::load(&config.state_file)?;
         let state = state::startup_state(saved, &config.vips);
         let report = engine.apply(&state.vips, &forwarding)?;
@@ -402,6 +403,9 @@ impl Controller {
         let previous = std::mem::replace(&mut self.state, next);
         let result = match self.engine.apply(&self.state.vips, &forwarding) {
             Ok(report) => {
+                if let Err(e) = self.engine.set_second_chance(new.second_chance.window()) {
+                    tracing::error!(error = %e, "second chance: the new window could not be applied");
+                }
                 self.config = new;
                 self.forwarding = forwarding;
                 Ok(report)
@@ -415,6 +419,12 @@ impl Controller {
         };
         self.publish();
         result
+    }
+
+    /// Lets go of previous Maglev tables (second chance) whose window has
+    /// passed; called periodically by the daemon.
+    pub fn expire_second_chance(&mut self) -> Result<usize, ControlError> {
+        Ok(self.engine.expire_previous(std::time::Instant::now())?)
     }
 
     /// Updates the MACs (the gateway watcher's finding).

@@ -14,10 +14,17 @@
 //! use the same address. A freed real is given to a new pair only after
 //! the entries naming it are swept from the connection table, so no stale
 //! entry sends a flow to the new pair's backend.
+//!
+//! Second chance: with a window set, the ring a VIP leaves when its table
+//! changes is kept as the VIP's previous ring (`PREV_RINGS`) until the
+//! window passes ([`Engine::expire_previous`]) or the VIP changes again;
+//! rings for previous tables come from the pool's `PREVIOUS_RINGS`, and
+//! when none is free the oldest previous table is let go early.
 
 use std::{
     collections::{BTreeMap, BTreeSet, VecDeque},
     net::IpAddr,
+    time::{Duration, Instant},
 };
 
 use lb_common::{
@@ -107,8 +114,20 @@ struct Installed {
     ring: u32,
 }
 
+/// A VIP's previous Maglev table, kept for second chance.
+#[derive(Clone, Copy, Debug)]
+struct Previous {
+    ring: u32,
+    since: Instant,
+}
+
 /// Owns the balancer's maps and knows what is in them.
 pub struct Engine {
+    /// How long a VIP's previous table is kept (second chance); `None`:
+    /// not kept.
+    second_chance: Option<Duration>,
+    /// The previous table of each VIP that has one.
+    previous: BTreeMap<VipId, Previous>,
     bal: Balancer,
     installed: BTreeMap<VipId, Installed>,
     /// The real of each (VIP, backend) pair.
@@ -158,6 +177,8 @@ impl Engine {
         let mut echo_markers = BTreeMap::new();
         let mut used_nums = BTreeSet::new();
         let mut used_rings = BTreeSet::new();
+        let mut previous = BTreeMap::new();
+        let now = Instant::now();
         for (key, meta) in bal.vips()? {
             if key.proto == IPPROTO_ICMP || key.proto == IPPROTO_ICMPV6 {
                 if let Some(addr) = addr_to_ip(&key.addr, key.family) {
@@ -169,6 +190,13 @@ impl Engine {
             used_nums.insert(meta.vip_num);
             used_rings.insert(meta.ring);
             installed.insert(id, Installed { spec: None, vip_num: meta.vip_num, ring: meta.ring });
+            // A previous table kept by the last daemon: its window starts
+            // again (the old start was not persisted).
+            if let Some(ring) = bal.prev_ring(meta.vip_num)?.filter(|r| *r < limits.ring_count() && *r != meta.ring) {
+                if used_rings.insert(ring) {
+                    previous.insert(id, Previous { ring, since: now });
+                }
+            }
         }
         let mut reals = BTreeMap::new();
         let mut orphans = Vec::new();
@@ -194,6 +222,8 @@ impl Engine {
             (0..limits.ring_count()).filter(|r| !used_rings.contains(r)),
         );
         Ok(Self {
+            second_chance: None,
+            previous,
             free_vip_nums,
             free_rings,
             bal,
@@ -222,6 +252,61 @@ impl Engine {
     /// The real (backend index) of a backend of a VIP.
     pub fn real_index(&self, vip: &VipId, addr: &IpAddr) -> Option<u32> {
         self.reals.get(&(*vip, *addr)).copied()
+    }
+
+    /// Sets how long previous tables are kept (second chance); `None`
+    /// turns it off and lets every previous table go at once. A shorter
+    /// window applies to the tables already kept.
+    pub fn set_second_chance(&mut self, window: Option<Duration>) -> Result<(), EngineError> {
+        self.second_chance = window;
+        self.expire_previous(Instant::now()).map(|_| ())
+    }
+
+    /// Lets go of previous tables older than the window (all of them when
+    /// second chance is off). Returns how many went.
+    pub fn expire_previous(&mut self, now: Instant) -> Result<usize, EngineError> {
+        let expired: Vec<VipId> = self
+            .previous
+            .iter()
+            .filter(|(_, p)| self.second_chance.is_none_or(|w| now.saturating_duration_since(p.since) >= w))
+            .map(|(id, _)| *id)
+            .collect();
+        for id in &expired {
+            self.drop_previous(id)?;
+        }
+        Ok(expired.len())
+    }
+
+    /// The ring holding a VIP's previous table, if one is kept.
+    pub fn previous_ring(&self, id: &VipId) -> Option<u32> {
+        self.previous.get(id).map(|p| p.ring)
+    }
+
+    /// Clears a VIP's previous table in the data plane, then frees its ring.
+    fn drop_previous(&mut self, id: &VipId) -> Result<(), EngineError> {
+        let Some(prev) = self.previous.get(id).copied() else { return Ok(()) };
+        if let Some(vip_num) = self.installed.get(id).map(|i| i.vip_num) {
+            self.bal.set_prev_ring(vip_num, None)?;
+        }
+        self.previous.remove(id);
+        self.free_rings.release(prev.ring);
+        Ok(())
+    }
+
+    /// A free ring for a new table; when there is none, the oldest previous
+    /// table is let go early to make one.
+    fn take_ring(&mut self) -> Result<u32, EngineError> {
+        match self.free_rings.take() {
+            Ok(ring) => Ok(ring),
+            Err(e) => {
+                let Some(oldest) = self.previous.iter().min_by_key(|(_, p)| p.since).map(|(id, _)| *id) else {
+                    return Err(e);
+                };
+                tracing::warn!(vip = %oldest, "no free ring: a previous table (second chance) is let go early");
+                self.drop_previous(&oldest)?;
+                self.free_rings.take()
+            }
+        }
     }
 
     /// Writes the forwarding config and marks the data plane ready.
@@ -372,18 +457,28 @@ impl Engine {
                             report.flags_changed += 1;
                         }
                     } else {
-                        let ring = self.free_rings.take()?;
-                        self.bal.write_ring(ring, &table)?;
+                        let ring = self.take_ring()?;
+                        if let Err(e) = self.bal.write_ring(ring, &table) {
+                            self.free_rings.untake(ring);
+                            return Err(e.into());
+                        }
                         self.bal.set_vip(&key, &VipMeta { flags, vip_num: cur.vip_num, ring })?;
-                        self.free_rings.release(cur.ring);
                         self.installed.get_mut(id).expect("present").ring = ring;
+                        // One previous table per VIP: the one just left.
+                        self.drop_previous(id)?;
+                        if self.second_chance.is_some() {
+                            self.bal.set_prev_ring(cur.vip_num, Some(cur.ring))?;
+                            self.previous.insert(*id, Previous { ring: cur.ring, since: Instant::now() });
+                        } else {
+                            self.free_rings.release(cur.ring);
+                        }
                         report.tables_written += 1;
                     }
                     self.installed.get_mut(id).expect("present").spec = Some(spec.clone());
                 }
                 None => {
                     let vip_num = self.free_vip_nums.take()?;
-                    let ring = match self.free_rings.take() {
+                    let ring = match self.take_ring() {
                         Ok(ring) => ring,
                         Err(e) => {
                             self.free_vip_nums.untake(vip_num);
@@ -394,6 +489,7 @@ impl Engine {
                         .bal
                         .write_ring(ring, &table)
                         .and_then(|()| self.bal.reset_vip_stats(vip_num))
+                        .and_then(|()| self.bal.set_prev_ring(vip_num, None))
                         .and_then(|()| self.bal.set_vip(&key, &VipMeta { flags, vip_num, ring }));
                     if let Err(e) = written {
                         self.free_rings.untake(ring);
@@ -414,6 +510,7 @@ impl Engine {
     fn remove_vips(&mut self, desired: &VipSet, report: &mut ApplyReport) -> Result<(), EngineError> {
         let gone: Vec<VipId> = self.installed.keys().filter(|id| !desired.contains_key(id)).copied().collect();
         for id in gone {
+            self.drop_previous(&id)?;
             self.bal.remove_vip(&vip_key(&id))?;
             let old = self.installed.remove(&id).expect("present");
             self.free_vip_nums.release(old.vip_num);

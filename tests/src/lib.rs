@@ -339,6 +339,15 @@ impl Lab {
             addr(&router, &r_if, &format!("10.10.{}.1/24", 10 + j))?;
             addr(&router, &r_if, &format!("fd00:{:x}::1/64", 0x10 + j))?;
             default_routes(&ns, &format!("10.10.{}.1", 10 + j), &format!("fd00:{:x}::1", 0x10 + j))?;
+            // Second chance: a backend's decap program sends packets on with
+            // XDP_TX, which reaches the router only with an XDP program on
+            // its end (as for the balancers above).
+            let r_if2 = r_if.clone();
+            router_xdp.push(router.run(move || {
+                let mut d = Decap::load()?;
+                d.attach(&r_if2, XdpMode::Native, None)?;
+                Ok(d)
+            })?);
             ns.ip(&["addr", "add", &format!("{VIP4}/32"), "dev", "lo"])?;
             ns.ip(&["-6", "addr", "add", &format!("{VIP6}/128"), "dev", "lo"])?;
             let decap = ns.run(move || {

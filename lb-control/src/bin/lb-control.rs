@@ -275,6 +275,11 @@ async fn run(config_path: PathBuf) -> Result<()> {
                 let checked = tokio::task::spawn_blocking(move || {
                     let mut ctl = s.ctl.lock().unwrap_or_else(|p| p.into_inner());
                     ctl.check_attachment(&mut lock.lock().unwrap_or_else(|p| p.into_inner()));
+                    // Second chance: previous tables whose window passed go
+                    // (within a period of it).
+                    if let Err(e) = ctl.expire_second_chance() {
+                        tracing::warn!(error = %e, "second chance: a previous table could not be let go");
+                    }
                 })
                 .await;
                 if let Err(e) = checked {

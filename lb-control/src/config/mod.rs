@@ -6,12 +6,14 @@ mod bgp;
 mod host;
 mod problem;
 mod raw;
+mod second_chance;
 mod validate;
 mod vip_file;
 
 pub use bgp::{Bgp, DEFAULT_BGP_INCLUDE_FILE, DEFAULT_BIRD_SOCKET};
 pub use host::{check_pin_dir, read_token};
 pub use problem::{ConfigError, Problem};
+pub use second_chance::{SecondChance, DEFAULT_SECOND_CHANCE_WINDOW};
 pub use vip_file::{parse_vip_file, render_vip_file, BackendChanges, FlagChange, VipChange, VipSetDiff, WeightChange};
 
 use std::{
@@ -113,6 +115,7 @@ pub struct Config {
     pub limits: Limits,
     pub api: Api,
     pub bgp: Bgp,
+    pub second_chance: SecondChance,
     pub vips: VipSet,
 }
 

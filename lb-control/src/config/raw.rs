@@ -27,6 +27,8 @@ pub(super) struct RawConfig {
     pub api: RawApi,
     #[serde(default)]
     pub bgp: super::bgp::RawBgp,
+    #[serde(default)]
+    pub second_chance: super::second_chance::RawSecondChance,
     #[serde(default, rename = "vip")]
     pub vips: Vec<Spanned<RawVip>>,
 }

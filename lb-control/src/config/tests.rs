@@ -293,3 +293,19 @@ fn bgp_table() {
     assert_eq!(one(&text.replace("/run/b.ctl", "")).key, "bgp.bird_socket");
     assert!(one(&text.replace("min_healthy = 2", "min_healty = 2")).message.contains("min_healty"));
 }
+
+#[test]
+fn second_chance_defaults_on_for_ten_minutes_and_its_window_is_located() {
+    let c = Config::parse("interfaces = [\"eth0\"]\n").unwrap();
+    assert_eq!(c.second_chance.window(), Some(std::time::Duration::from_secs(600)));
+    let c = Config::parse("interfaces = [\"eth0\"]\n[second_chance]\nenabled = false\nwindow = \"90s\"\n").unwrap();
+    assert_eq!((c.second_chance.window(), c.second_chance.window), (None, std::time::Duration::from_secs(90)));
+    let p = one("interfaces = [\"eth0\"]\n[second_chance]\nwindow = \"ten minutes\"\n");
+    assert_eq!((p.line, p.column, p.key.as_str()), (3, 10, "second_chance.window"), "{p}");
+    assert!(p.message.contains("is not a duration"), "{p}");
+    let p = one("interfaces = [\"eth0\"]\n[second_chance]\nwindow = \"0s\"\n");
+    assert_eq!((p.line, p.key.as_str()), (3, "second_chance.window"), "{p}");
+    assert!(p.message.contains("outside 1s..=24h"), "{p}");
+    let p = one("interfaces = [\"eth0\"]\n[second_chance]\nwindwo = \"1m\"\n");
+    assert_eq!(p.line, 3, "{p}");
+}

@@ -80,6 +80,7 @@ pub(super) fn validate(c: &mut Checker<'_>, raw: RawConfig) -> Option<Config> {
         limits,
         api: api?,
         bgp: super::bgp::validate_bgp(c, &raw.bgp)?,
+        second_chance: super::second_chance::validate_second_chance(c, &raw.second_chance)?,
         vips,
     })
 }

@@ -37,6 +37,8 @@ pub struct Balancer {
     /// [`lb_common::Real`]).
     real_owners: Array<MapData, VipKey>,
     rings: RingPool,
+    /// Each VIP's previous ring plus one, by VIP number (second chance).
+    prev_rings: Array<MapData, u32>,
     conn: ConnTable,
     config: Array<MapData, LbConfig>,
     counters: Counters,
@@ -92,6 +94,7 @@ impl Balancer {
             reals: take(&mut ebpf, map_names::REALS)?,
             real_owners: take(&mut ebpf, map_names::REAL_OWNERS)?,
             rings: RingPool::new(rings, limits),
+            prev_rings: take(&mut ebpf, map_names::PREV_RINGS)?,
             conn: ConnTable::new(conn, limits.conn_sets()),
             config: take(&mut ebpf, map_names::CONFIG)?,
             counters: Counters {
@@ -243,6 +246,28 @@ impl Balancer {
     /// Whether ring `ring` holds exactly `table`.
     pub fn ring_equals(&self, ring: u32, table: &[u32]) -> Result<bool, DataplaneError> {
         self.rings.equals(ring, table)
+    }
+
+    /// Sets the previous ring of the VIP numbered `vip_num` (second chance),
+    /// or clears it with `None`.
+    pub fn set_prev_ring(&mut self, vip_num: u32, ring: Option<u32>) -> Result<(), DataplaneError> {
+        if vip_num >= self.limits.max_vips {
+            return Err(DataplaneError::OutOfRange { what: "VIP number", index: vip_num, limit: self.limits.max_vips });
+        }
+        let value = match ring {
+            Some(ring) => {
+                self.rings.check_ring(ring)?;
+                ring + 1
+            }
+            None => lb_common::PREV_RING_NONE,
+        };
+        self.prev_rings.set(vip_num, value, 0).map_err(map_err(map_names::PREV_RINGS))
+    }
+
+    /// The previous ring of the VIP numbered `vip_num`, if it has one.
+    pub fn prev_ring(&self, vip_num: u32) -> Result<Option<u32>, DataplaneError> {
+        let value = self.prev_rings.get(&vip_num, 0).map_err(map_err(map_names::PREV_RINGS))?;
+        Ok(value.checked_sub(1))
     }
 
     // ---- connection table ------------------------------------------------

@@ -1,7 +1,8 @@
 //! The sizes fixed when the balancer is loaded, and what follows from them.
 
 use lb_common::{
-    DEFAULT_CONN_TABLE_SIZE, DEFAULT_MAX_REALS, DEFAULT_MAX_VIPS, DEFAULT_RING_SIZE, MAX_RING_SIZE, RING_SPARES,
+    DEFAULT_CONN_TABLE_SIZE, DEFAULT_MAX_REALS, DEFAULT_MAX_VIPS, DEFAULT_RING_SIZE, MAX_RING_SIZE, PREVIOUS_RINGS,
+    RING_SPARES,
 };
 
 use super::DataplaneError;
@@ -29,11 +30,12 @@ impl Default for Limits {
 }
 
 impl Limits {
-    /// Number of rings in the pool: one per VIP plus the spares new tables
-    /// are written into before they are switched to.
+    /// Number of rings in the pool: one per VIP, the spares new tables are
+    /// written into before they are switched to, and the rings that keep
+    /// previous tables for second chance.
     pub fn ring_count(&self) -> u32 {
         // Saturating: `validate` refuses limits whose ring pool overflows.
-        self.max_vips.saturating_add(RING_SPARES)
+        self.max_vips.saturating_add(RING_SPARES + PREVIOUS_RINGS)
     }
 
     /// Sets of the connection table (its size rounded down to a power of
@@ -78,7 +80,7 @@ impl Limits {
             ));
         }
         // Checked in u64: max_vips near u32::MAX overflows the ring count.
-        let ring_count = self.max_vips as u64 + RING_SPARES as u64;
+        let ring_count = self.max_vips as u64 + RING_SPARES as u64 + PREVIOUS_RINGS as u64;
         if ring_count * self.ring_size as u64 > u32::MAX as u64 {
             return bad(format!(
                 "max_vips {} needs {ring_count} rings of {} entries: more than one BPF array holds",

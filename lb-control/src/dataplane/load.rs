@@ -113,7 +113,7 @@ pub fn detach_all(pin_dir: &Path) -> Result<Vec<PathBuf>, DataplaneError> {
 
 /// The balancer's maps that outlive the daemon when pinned, with the layout
 /// each must have: (name, key size, value size, entries).
-fn pinned_layout(limits: &Limits) -> [(&'static str, usize, usize, u32); 13] {
+fn pinned_layout(limits: &Limits) -> [(&'static str, usize, usize, u32); 14] {
     use std::mem::size_of;
     [
         (map_names::VIPS, size_of::<VipKey>(), size_of::<VipMeta>(), limits.max_vips * 2),
@@ -124,6 +124,7 @@ fn pinned_layout(limits: &Limits) -> [(&'static str, usize, usize, u32); 13] {
         (map_names::REALS, 4, size_of::<Real>(), limits.max_reals),
         (map_names::REAL_OWNERS, 4, size_of::<VipKey>(), limits.max_reals),
         (map_names::RINGS, 4, 8, limits.ring_slots().div_ceil(4)),
+        (map_names::PREV_RINGS, 4, 4, limits.max_vips),
         (map_names::CONN_TABLE, 4, 8, limits.conn_slots()),
         (map_names::CONFIG, 4, size_of::<LbConfig>(), 1),
         (map_names::STATS, 4, size_of::<Counter>(), Stat::COUNT),
@@ -219,6 +220,7 @@ pub(super) fn load_balancer(limits: &Limits, pin_dir: Option<&Path>) -> Result<(
         .map_max_entries(map_names::REALS, limits.max_reals)
         .map_max_entries(map_names::REAL_OWNERS, limits.max_reals)
         .map_max_entries(map_names::RINGS, limits.ring_slots().div_ceil(4))
+        .map_max_entries(map_names::PREV_RINGS, limits.max_vips)
         .map_max_entries(map_names::VIP_TABLE_A, limits.vip_buckets())
         .map_max_entries(map_names::VIP_TABLE_B, limits.vip_buckets())
         .map_max_entries(map_names::CONN_TABLE, limits.conn_slots())

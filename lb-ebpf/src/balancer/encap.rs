@@ -27,10 +27,10 @@ pub enum Plan {
 }
 
 #[inline(always)]
-pub fn plan(cfg: &LbConfig, l3: &L3, real: &Real) -> Plan {
+pub fn plan(cfg: &LbConfig, l3: &L3, real: &Real, extra: usize) -> Plan {
     let (outer_family, overhead) = match (l3.family, real.family) {
-        (FAMILY_V4, FAMILY_V4) => (FAMILY_V4, IPV4_HLEN),
-        (_, FAMILY_V6) => (FAMILY_V6, IPV6_HLEN),
+        (FAMILY_V4, FAMILY_V4) => (FAMILY_V4, IPV4_HLEN + extra),
+        (_, FAMILY_V6) => (FAMILY_V6, IPV6_HLEN + extra),
         // IPv6 inside IPv4 would need 6in4 on every backend; not offered.
         _ => return Plan::Refuse(Stat::DropFamilyMismatch),
     };
@@ -38,6 +38,65 @@ pub fn plan(cfg: &LbConfig, l3: &L3, real: &Real) -> Plan {
         return Plan::TooBig { mtu: cfg.mtu.saturating_sub(overhead as u32) };
     }
     Plan::Encap { outer_family, overhead }
+}
+
+/// The protocol number of an IP-in-IP header whose payload is of `family`.
+#[inline(always)]
+pub fn hop_proto(family: u8) -> u8 {
+    if family == FAMILY_V4 {
+        IPPROTO_IPIP
+    } else {
+        IPPROTO_IPV6
+    }
+}
+
+#[inline(always)]
+pub fn outer_ether_type(family: u8) -> u16 {
+    if family == FAMILY_V4 {
+        ETH_P_IP
+    } else {
+        ETH_P_IPV6
+    }
+}
+
+/// An outer IPv4 header from the configured prefix to `dst`, carrying
+/// `payload_len` bytes of protocol `proto`.
+#[inline(always)]
+pub fn ipv4_outer(cfg: &LbConfig, l3: &L3, hash: u32, dst: u32, proto: u8, payload_len: usize) -> Ipv4Hdr {
+    let mut ip = Ipv4Hdr {
+        version_ihl: 0x45,
+        tos: l3.tos,
+        tot_len: ((IPV4_HLEN + payload_len) as u16).to_be(),
+        id: 0,
+        frag_off: if l3.dont_fragment { IP_DF.to_be() } else { 0 },
+        ttl: ENCAP_TTL,
+        proto,
+        check: 0,
+        src: cfg.src_v4 | (hash & cfg.src_v4_mask),
+        dst,
+    };
+    ip.check = csum::ipv4_header(&ip);
+    ip
+}
+
+/// An outer IPv6 header from the configured prefix to `dst` (flow label:
+/// the flow hash), carrying `payload_len` bytes of protocol `proto`.
+#[inline(always)]
+pub fn ipv6_outer(cfg: &LbConfig, l3: &L3, hash: u32, dst: [u32; 4], proto: u8, payload_len: usize) -> Ipv6Hdr {
+    let vtc_flow = (6u32 << 28) | ((l3.tos as u32) << 20) | (hash & 0x000f_ffff);
+    Ipv6Hdr {
+        vtc_flow: vtc_flow.to_be(),
+        payload_len: (payload_len as u16).to_be(),
+        next_hdr: proto,
+        hop_limit: ENCAP_TTL,
+        src: [
+            cfg.src_v6[0] | (hash & cfg.src_v6_mask[0]),
+            cfg.src_v6[1] | (hash & cfg.src_v6_mask[1]),
+            cfg.src_v6[2] | (hash & cfg.src_v6_mask[2]),
+            cfg.src_v6[3] | (hash & cfg.src_v6_mask[3]),
+        ],
+        dst,
+    }
 }
 
 /// Prepends the outer header and the gateway's Ethernet header.
@@ -53,40 +112,15 @@ pub fn encapsulate(
     overhead: usize,
 ) -> Result<Stat, Stat> {
     let inner_len = l3.total_len;
-    let inner_proto = if l3.family == FAMILY_V4 { IPPROTO_IPIP } else { IPPROTO_IPV6 };
+    let inner_proto = hop_proto(l3.family);
     adjust_head(ctx, -(overhead as i32)).ok_or(Stat::DropHeadroom)?;
-    let ether_type = if outer_family == FAMILY_V4 { ETH_P_IP } else { ETH_P_IPV6 };
-    let l3_off = write_eth(ctx, cfg.gw_mac, cfg.if_mac, l2.vlan, ether_type).ok_or(Stat::DropTruncated)?;
+    let l3_off =
+        write_eth(ctx, cfg.gw_mac, cfg.if_mac, l2.vlan, outer_ether_type(outer_family)).ok_or(Stat::DropTruncated)?;
     if outer_family == FAMILY_V4 {
-        let mut ip = Ipv4Hdr {
-            version_ihl: 0x45,
-            tos: l3.tos,
-            tot_len: ((IPV4_HLEN + inner_len) as u16).to_be(),
-            id: 0,
-            frag_off: if l3.dont_fragment { IP_DF.to_be() } else { 0 },
-            ttl: ENCAP_TTL,
-            proto: inner_proto,
-            check: 0,
-            src: cfg.src_v4 | (hash & cfg.src_v4_mask),
-            dst: real.addr[0],
-        };
-        ip.check = csum::ipv4_header(&ip);
+        let ip = ipv4_outer(cfg, l3, hash, real.addr[0], inner_proto, inner_len);
         write(ctx, l3_off, ip).ok_or(Stat::DropTruncated)?;
     } else {
-        let vtc_flow = (6u32 << 28) | ((l3.tos as u32) << 20) | (hash & 0x000f_ffff);
-        let ip = Ipv6Hdr {
-            vtc_flow: vtc_flow.to_be(),
-            payload_len: (inner_len as u16).to_be(),
-            next_hdr: inner_proto,
-            hop_limit: ENCAP_TTL,
-            src: [
-                cfg.src_v6[0] | (hash & cfg.src_v6_mask[0]),
-                cfg.src_v6[1] | (hash & cfg.src_v6_mask[1]),
-                cfg.src_v6[2] | (hash & cfg.src_v6_mask[2]),
-                cfg.src_v6[3] | (hash & cfg.src_v6_mask[3]),
-            ],
-            dst: real.addr,
-        };
+        let ip = ipv6_outer(cfg, l3, hash, real.addr, inner_proto, inner_len);
         write(ctx, l3_off, ip).ok_or(Stat::DropTruncated)?;
     }
     Ok(Stat::TxEncap)

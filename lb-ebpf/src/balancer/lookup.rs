@@ -4,12 +4,13 @@
 use lb_common::{
     conn_slot, flow_hash, ring_slot, same_vip_key, vip_filter_bit, vip_key_hash, Addr, FlowKey, LbConfig, Real, Stat,
     VipKey, VipMeta, CFG_F_HAS_PORT0_VIPS, CONN_FINGERPRINT_MASK, CONN_REAL_MASK, CONN_REFERENCED, CONN_WAYS,
-    FAMILY_NONE, FAMILY_V4, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_UDP, REAL_NONE, VIP_F_HASH_NO_SRC_PORT,
+    FAMILY_NONE, FAMILY_V4, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP, REAL_NONE, VIP_F_HASH_NO_SRC_PORT,
     VIP_F_ICMP_ECHO, VIP_F_NO_CONN_TABLE, VIP_F_UDP_NO_CONN_TABLE,
 };
 
 use crate::{
     maps::{conn_sets, ring_size, vip_buckets, CONN_TABLE, REALS, RINGS, VIPS, VIP_FILTER, VIP_TABLES},
+    second_chance,
     stats::count,
 };
 
@@ -102,10 +103,14 @@ fn vip_flags(key: &VipKey) -> u32 {
 pub struct Choice {
     pub index: u32,
     pub real: Real,
+    /// Second chance: the backend the VIP's previous table names for this
+    /// flow, when it differs ([`REAL_NONE`] otherwise, always on a hit).
+    pub previous: u32,
 }
 
+/// The real at `index`, if it is set.
 #[inline(always)]
-fn real_at(index: u32) -> Option<Real> {
+pub fn real_at(index: u32) -> Option<Real> {
     let real = REALS.get(index)?;
     if real.family == FAMILY_NONE {
         return None;
@@ -118,6 +123,11 @@ fn real_at(index: u32) -> Option<Real> {
 pub enum ConnUse {
     /// Look up; on a miss take the ring's choice and remember it.
     LookupInsert,
+    /// A TCP packet that is not a SYN: as `LookupInsert`, but on a miss
+    /// whose previous table (second chance) names another backend, the
+    /// packet carries that one too and nothing is remembered, so every
+    /// packet of the flow keeps its second chance while the table is kept.
+    LookupSecondChance,
     /// A new TCP connection: take the ring's choice and (re)write the entry,
     /// so new connections follow ring changes.
     Refresh,
@@ -133,6 +143,8 @@ pub fn conn_use(vip: &VipMeta, proto: u8, syn: bool) -> ConnUse {
         ConnUse::Bypass
     } else if syn {
         ConnUse::Refresh
+    } else if proto == IPPROTO_TCP {
+        ConnUse::LookupSecondChance
     } else {
         ConnUse::LookupInsert
     }
@@ -232,10 +244,10 @@ fn conn_insert(fingerprint: u64, set: u32, hash: u32, real: u32) {
 #[inline(always)]
 pub fn choose_real(vip: &VipMeta, flow: &FlowKey, hash64: u64, conn: ConnUse) -> Result<Choice, Stat> {
     let set = conn_set(hash64 as u32);
-    if matches!(conn, ConnUse::LookupInsert | ConnUse::LookupOnly) {
+    if matches!(conn, ConnUse::LookupInsert | ConnUse::LookupSecondChance | ConnUse::LookupOnly) {
         match conn_lookup(hash64, set) {
             Some(index) => match real_at(index) {
-                Some(real) => return Ok(Choice { index, real }),
+                Some(real) => return Ok(Choice { index, real, previous: REAL_NONE }),
                 // The backend was removed: the flow re-hashes below.
                 None => count(Stat::ConnStale, 0),
             },
@@ -243,18 +255,32 @@ pub fn choose_real(vip: &VipMeta, flow: &FlowKey, hash64: u64, conn: ConnUse) ->
         }
     }
     let size = ring_size();
-    let slot = vip.ring.wrapping_mul(size).wrapping_add(ring_slot(maglev_hash(vip, flow), size));
-    let index = match RINGS.get(slot / 4) {
-        // Little-endian: slot 4k is the lowest 16 bits.
-        Some(&quad) => ((quad >> ((slot & 3) * 16)) & 0xffff) as u32,
-        None => REAL_NONE,
-    };
+    let offset = ring_slot(maglev_hash(vip, flow), size);
+    let index = ring_entry(vip.ring, offset, size);
     if index == REAL_NONE {
         return Err(Stat::DropNoBackend);
     }
     let real = real_at(index).ok_or(Stat::DropUnknownReal)?;
-    if matches!(conn, ConnUse::LookupInsert | ConnUse::Refresh) {
+    if conn == ConnUse::LookupSecondChance {
+        let previous = second_chance::previous_choice(vip.vip_num, offset, size, index, &real);
+        if previous != REAL_NONE {
+            return Ok(Choice { index, real, previous });
+        }
+    }
+    if matches!(conn, ConnUse::LookupInsert | ConnUse::LookupSecondChance | ConnUse::Refresh) {
         conn_insert(hash64, set, hash64 as u32, index);
     }
-    Ok(Choice { index, real })
+    Ok(Choice { index, real, previous: REAL_NONE })
+}
+
+/// The backend index at `offset` of ring `ring` ([`REAL_NONE`] beyond the
+/// pool).
+#[inline(always)]
+pub fn ring_entry(ring: u32, offset: u32, size: u32) -> u32 {
+    let slot = ring.wrapping_mul(size).wrapping_add(offset);
+    match RINGS.get(slot / 4) {
+        // Little-endian: slot 4k is the lowest 16 bits.
+        Some(&quad) => ((quad >> ((slot & 3) * 16)) & 0xffff) as u32,
+        None => REAL_NONE,
+    }
 }

@@ -8,6 +8,7 @@ mod encap;
 mod icmp;
 mod lookup;
 mod maps;
+mod second_chance;
 mod stats;
 
 use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
@@ -114,7 +115,42 @@ fn process(ctx: &XdpContext, bytes: usize) -> Result<Stat, Stat> {
     count_vip(vip.vip_num, bytes);
     let choice = choose_real(&vip, &flow, hash64, conn_use(&vip, l3.proto, l4.is_syn()))?;
     count_real(choice.index, bytes);
+    if choice.previous != lb_common::REAL_NONE {
+        return forward_second_chance(ctx, cfg, &l2, &l3, &choice.real, choice.previous, hash64 as u32, bytes);
+    }
     forward(ctx, cfg, &l2, &l3, &choice.real, hash64 as u32, bytes, false)
+}
+
+/// Encapsulates towards `real` with the previous table's backend as a
+/// second hop, or answers "too big" with the MTU that leaves room for both
+/// headers. Only TCP packets that are not SYNs come here (never an ICMP
+/// error). Inlined (a BPF call takes five arguments at most); only flows
+/// whose table changed run it.
+#[inline(always)]
+fn forward_second_chance(
+    ctx: &XdpContext,
+    cfg: &LbConfig,
+    l2: &L2,
+    l3: &L3,
+    real: &lb_common::Real,
+    previous: u32,
+    hash: u32,
+    bytes: usize,
+) -> Result<Stat, Stat> {
+    let Some(previous) = lookup::real_at(previous) else {
+        return forward(ctx, cfg, l2, l3, real, hash, bytes, false);
+    };
+    let extra = second_chance::overhead(real) / 2;
+    match encap::plan(cfg, l3, real, extra) {
+        Plan::Encap { .. } => {
+            trim_to_ip(ctx, l2, l3, bytes)?;
+            let stat = second_chance::encapsulate(ctx, cfg, l2, l3, real, &previous, hash)?;
+            count(Stat::SecondChanceHop, bytes);
+            Ok(stat)
+        }
+        Plan::TooBig { mtu } => icmp::too_big(ctx, l2, l3, mtu, bytes),
+        Plan::Refuse(stat) => Err(stat),
+    }
 }
 
 /// Cuts what follows the IP packet (Ethernet padding, trailers): it is not
@@ -143,7 +179,7 @@ fn forward(
     bytes: usize,
     icmp_error: bool,
 ) -> Result<Stat, Stat> {
-    match encap::plan(cfg, l3, real) {
+    match encap::plan(cfg, l3, real, 0) {
         Plan::Encap { outer_family, overhead } => {
             trim_to_ip(ctx, l2, l3, bytes)?;
             encap::encapsulate(ctx, cfg, l2, l3, real, hash, outer_family, overhead)

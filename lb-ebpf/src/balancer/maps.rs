@@ -10,7 +10,7 @@ use aya_ebpf::{
 };
 use lb_common::{
     Counter, LbConfig, Real, Stat, VipBucket, VipFilter, VipKey, VipMeta, CONN_WAYS, DEFAULT_CONN_TABLE_SIZE,
-    DEFAULT_MAX_REALS, DEFAULT_MAX_VIPS, DEFAULT_RING_SIZE, DEFAULT_VIP_BUCKETS, RING_SPARES,
+    DEFAULT_MAX_REALS, DEFAULT_MAX_VIPS, DEFAULT_RING_SIZE, DEFAULT_VIP_BUCKETS, PREVIOUS_RINGS, RING_SPARES,
 };
 
 /// User space maps the array and writes whole tables with one memcpy.
@@ -74,8 +74,17 @@ pub static REAL_OWNERS: Array<VipKey> = Array::with_max_entries(DEFAULT_MAX_REAL
 /// cache). Seen from user space through mmap, the pool is a flat array of
 /// u16. A VIP uses the ring its [`VipMeta::ring`] names.
 #[map]
-pub static RINGS: Array<u64> =
-    Array::with_max_entries(((DEFAULT_MAX_VIPS + RING_SPARES) * DEFAULT_RING_SIZE).div_ceil(4), BPF_F_MMAPABLE);
+pub static RINGS: Array<u64> = Array::with_max_entries(
+    ((DEFAULT_MAX_VIPS + RING_SPARES + PREVIOUS_RINGS) * DEFAULT_RING_SIZE).div_ceil(4),
+    BPF_F_MMAPABLE,
+);
+
+/// Second chance: each VIP's previous Maglev ring (the table before its
+/// last change) plus one, by [`VipMeta::vip_num`];
+/// [`lb_common::PREV_RING_NONE`] when there is none. Read only on the
+/// connection-table miss of a TCP packet that is not a SYN.
+#[map]
+pub static PREV_RINGS: Array<u32> = Array::with_max_entries(DEFAULT_MAX_VIPS, 0);
 
 /// Established flows and the backend they were sent to: 8-way
 /// set-associative, 64-bit slots, CLOCK replacement (see

@@ -1,8 +1,11 @@
 //! The backends' decap program: strips the outer IPv4/IPv6 header of an
 //! IP-in-IP packet addressed to this host and passes the inner packet up, so
-//! backends need no `ipip`/`ip6_tunnel` module.
+//! backends need no `ipip`/`ip6_tunnel` module. A tunnel inside the tunnel
+//! is a second-chance packet (`second_chance.rs`).
 #![no_std]
 #![no_main]
+
+mod second_chance;
 
 use aya_ebpf::{
     bindings::xdp_action,
@@ -40,6 +43,7 @@ pub fn decap(ctx: XdpContext) -> u32 {
     }
     match stat.action() {
         lb_common::Action::Drop => xdp_action::XDP_DROP,
+        lb_common::Action::Tx => xdp_action::XDP_TX,
         _ => xdp_action::XDP_PASS,
     }
 }
@@ -111,7 +115,7 @@ fn process(ctx: &XdpContext) -> Result<DecapStat, DecapStat> {
     // check compiles to a form the verifier cannot use.)
     let inner_off = outer.l4_off;
     let outer_payload = l2.l3_off + outer.total_len - inner_off;
-    let ether_type = if inner_family == FAMILY_V4 {
+    let (ether_type, inner_proto, inner_hlen) = if inner_family == FAMILY_V4 {
         let ip: Ipv4Hdr = read(ctx, inner_off).ok_or(DecapStat::DropTruncated)?;
         let hdr_len = ((ip.version_ihl & 0x0f) as usize) * 4;
         if ip.version_ihl >> 4 != 4 || hdr_len < IPV4_HLEN {
@@ -123,7 +127,7 @@ fn process(ctx: &XdpContext) -> Result<DecapStat, DecapStat> {
         if total_len != outer_payload || hdr_len > total_len {
             return Err(DecapStat::DropMalformed);
         }
-        ETH_P_IP
+        (ETH_P_IP, ip.proto, hdr_len)
     } else {
         let ip: Ipv6Hdr = read(ctx, inner_off).ok_or(DecapStat::DropTruncated)?;
         if u32::from_be(ip.vtc_flow) >> 28 != 6 {
@@ -132,7 +136,20 @@ fn process(ctx: &XdpContext) -> Result<DecapStat, DecapStat> {
         if IPV6_HLEN + u16::from_be(ip.payload_len) as usize != outer_payload {
             return Err(DecapStat::DropMalformed);
         }
-        ETH_P_IPV6
+        (ETH_P_IPV6, ip.next_hdr, IPV6_HLEN)
+    };
+    // A tunnel inside the tunnel: second chance.
+    let (strip, ether_type, stat) = if inner_proto == IPPROTO_IPIP || inner_proto == IPPROTO_IPV6 {
+        let family = if inner_proto == IPPROTO_IPIP { FAMILY_V4 } else { FAMILY_V6 };
+        match second_chance::handle(ctx, &l2, &outer, inner_off, inner_hlen, outer_payload - inner_hlen, family)? {
+            second_chance::Verdict::Forward => return Ok(DecapStat::ScForward),
+            second_chance::Verdict::Deliver { stat, strip, family } => {
+                (strip, if family == FAMILY_V4 { ETH_P_IP } else { ETH_P_IPV6 }, stat)
+            }
+        }
+    } else {
+        let stat = if outer.family == FAMILY_V4 { DecapStat::DecapV4 } else { DecapStat::DecapV6 };
+        (inner_off - l2.l3_off, ether_type, stat)
     };
     // The Ethernet header (and tag) moves in front of the inner packet.
     // Read from the packet rather than taken from `l2.vlan`: LLVM leaves an
@@ -143,13 +160,12 @@ fn process(ctx: &XdpContext) -> Result<DecapStat, DecapStat> {
     } else {
         VlanHdr { tci: 0, proto: 0 }
     };
-    let outer_len = inner_off - l2.l3_off;
-    adjust_head(ctx, outer_len as i32).ok_or(DecapStat::DropHeadroom)?;
+    adjust_head(ctx, strip as i32).ok_or(DecapStat::DropHeadroom)?;
     if l2.vlan.is_some() {
         write(ctx, 0, eth).ok_or(DecapStat::DropTruncated)?;
         write(ctx, ETH_HLEN, VlanHdr { tci: tag.tci, proto: ether_type.to_be() }).ok_or(DecapStat::DropTruncated)?;
     } else {
         write(ctx, 0, EthHdr { proto: ether_type.to_be(), ..eth }).ok_or(DecapStat::DropTruncated)?;
     }
-    Ok(if outer.family == FAMILY_V4 { DecapStat::DecapV4 } else { DecapStat::DecapV6 })
+    Ok(stat)
 }
