@@ -3,6 +3,7 @@
 //! the column and the key (`problem`).
 
 mod bgp;
+pub mod health;
 mod host;
 mod problem;
 mod raw;
@@ -111,6 +112,8 @@ pub struct Config {
     pub limits: Limits,
     pub api: Api,
     pub bgp: Bgp,
+    /// `[health]` and `[vip.health]`.
+    pub health: health::HealthSettings,
     pub vips: VipSet,
 }
 

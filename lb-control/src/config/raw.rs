@@ -27,6 +27,7 @@ pub(super) struct RawConfig {
     pub api: RawApi,
     #[serde(default)]
     pub bgp: super::bgp::RawBgp,
+    pub health: Option<Spanned<super::health::RawHealthCheck>>,
     #[serde(default, rename = "vip")]
     pub vips: Vec<Spanned<RawVip>>,
 }
@@ -76,6 +77,7 @@ pub(super) struct RawVip {
     pub flags: Vec<Spanned<VipFlag>>,
     #[serde(default, rename = "backend")]
     pub backends: Vec<Spanned<RawBackend>>,
+    pub health: Option<Spanned<super::health::RawHealthCheck>>,
 }
 
 #[derive(Deserialize)]
