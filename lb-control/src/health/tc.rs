@@ -13,14 +13,14 @@ use std::{
 };
 
 use aya::{
-    maps::{Array, HashMap, MapData},
+    maps::{Array, HashMap, MapData, PerCpuArray},
     programs::{
         links::FdLink,
         tc::{SchedClassifier, TcAttachType},
     },
     Ebpf,
 };
-use lb_common::{health_map_names, ip_to_addr, LbConfig, Real, HEALTH_PROGRAM};
+use lb_common::{health_map_names, ip_to_addr, Counter, LbConfig, ProbeStat, Real, HEALTH_PROGRAM};
 
 use crate::dataplane::{versioned_pin_dir, HEALTH_ELF};
 
@@ -52,6 +52,7 @@ pub struct HealthProgram {
     ebpf: Ebpf,
     targets: HashMap<MapData, u32, Real>,
     config: Array<MapData, LbConfig>,
+    stats: PerCpuArray<MapData, Counter>,
 }
 
 impl HealthProgram {
@@ -62,7 +63,9 @@ impl HealthProgram {
         let config = take_map(&mut ebpf, health_map_names::HEALTH_CONFIG)?;
         let targets = HashMap::try_from(targets).map_err(map_err(health_map_names::HEALTH_TARGETS))?;
         let config = Array::try_from(config).map_err(map_err(health_map_names::HEALTH_CONFIG))?;
-        let mut this = Self { ebpf, targets, config };
+        let stats = take_map(&mut ebpf, health_map_names::HEALTH_STATS)?;
+        let stats = PerCpuArray::try_from(stats).map_err(map_err(health_map_names::HEALTH_STATS))?;
+        let mut this = Self { ebpf, targets, config, stats };
         this.program()?.load()?;
         Ok(this)
     }
@@ -101,6 +104,19 @@ impl HealthProgram {
         let (addr, family) = ip_to_addr(backend);
         let real = Real { addr, family, _pad: [0; 3] };
         self.targets.insert(mark, real, 0).map_err(map_err(health_map_names::HEALTH_TARGETS))
+    }
+
+    /// Every counter of the program, summed over the CPUs.
+    pub fn stats(&self) -> Result<Vec<(ProbeStat, Counter)>, TcError> {
+        ProbeStat::ALL
+            .iter()
+            .map(|stat| {
+                let per_cpu = self.stats.get(&(*stat as u32), 0).map_err(map_err(health_map_names::HEALTH_STATS))?;
+                let mut sum = Counter::default();
+                per_cpu.iter().for_each(|c| sum.add(c));
+                Ok((*stat, sum))
+            })
+            .collect()
     }
 
     pub fn remove_target(&mut self, mark: u32) -> Result<(), TcError> {

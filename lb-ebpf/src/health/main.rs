@@ -2,7 +2,10 @@
 //! probe target (`HEALTH_TARGETS`, written by the daemon's prober) leaves
 //! encapsulated to that backend with the balancer's own encapsulation:
 //! IPv4-in-IPv4, IPv6-in-IPv6 or IPv4-in-IPv6, the outer source taken from
-//! the configured prefix by the flow hash, the gateway's MAC as destination.
+//! the configured prefix by the balancer's own flow hash of the inner
+//! packet, the gateway's MAC as destination. The backend's reply goes from
+//! the VIP to this host's address (the inner source) and never to the outer
+//! source, so any address of the prefix serves.
 //! The backend decapsulates, its service answers from the VIP straight to
 //! this host (DSR), and the balancer passes the answer (not VIP-destined).
 //! Every other packet passes untouched.
@@ -23,14 +26,13 @@ use aya_ebpf::{
         bpf_adj_room_mode::BPF_ADJ_ROOM_MAC, BPF_F_ADJ_ROOM_ENCAP_L3_IPV4, BPF_F_ADJ_ROOM_ENCAP_L3_IPV6,
         BPF_F_ADJ_ROOM_FIXED_GSO, TC_ACT_OK, TC_ACT_SHOT,
     },
-    helpers::bpf_get_hash_recalc,
     macros::{classifier, map},
     maps::{Array, HashMap, PerCpuArray},
     programs::TcContext,
 };
 use lb_common::{
-    Action, Counter, LbConfig, ProbeStat, Real, CFG_F_READY, ENCAP_TTL, FAMILY_V4, FAMILY_V6, HEALTH_MARK_BASE,
-    IPPROTO_IPIP, IPPROTO_IPV6, MAX_HEALTH_TARGETS,
+    flow_hash64, Action, Addr, Counter, FlowKey, LbConfig, ProbeStat, Real, CFG_F_READY, ENCAP_TTL, FAMILY_V4,
+    FAMILY_V6, HEALTH_MARK_BASE, IPPROTO_IPIP, IPPROTO_IPV6, IPPROTO_TCP, IPPROTO_UDP, MAX_HEALTH_TARGETS,
 };
 use lb_ebpf::{
     csum,
@@ -67,12 +69,36 @@ pub fn lb_health(ctx: TcContext) -> i32 {
     }
 }
 
-/// What the inner packet is: its family, length, TOS and DF bit.
+/// What the inner packet is: its family, length, TOS and DF bit, and the
+/// flow fields the outer source is hashed from.
 struct Inner {
     family: u8,
     total_len: usize,
     tos: u8,
     dont_fragment: bool,
+    proto: u8,
+    src: Addr,
+    dst: Addr,
+    /// Offset of the L4 header (ports), when the protocol has ports.
+    l4_off: Option<usize>,
+}
+
+/// The balancer's flow hash of the inner packet ([`flow_hash64`]), so a
+/// probe's outer source follows the data packets' scheme exactly. Ports
+/// are read when the L4 header is there (probes are TCP or UDP).
+#[inline(always)]
+fn flow_hash(ctx: &TcContext, inner: &Inner) -> u32 {
+    let ports: [u16; 2] = match inner.l4_off {
+        Some(off) => ctx.load(off).unwrap_or([0, 0]),
+        None => [0, 0],
+    };
+    let flow = FlowKey::new(inner.family, inner.proto, inner.src, ports[0], inner.dst, ports[1]);
+    flow_hash64(&flow) as u32
+}
+
+#[inline(always)]
+fn has_ports(proto: u8) -> bool {
+    proto == IPPROTO_TCP || proto == IPPROTO_UDP
 }
 
 #[inline(always)]
@@ -85,11 +111,16 @@ fn inner(ctx: &TcContext) -> Result<Inner, ProbeStat> {
                 return Err(ProbeStat::DropMalformed);
             }
             let frag_off = u16::from_be(ip.frag_off);
+            let ihl = ((ip.version_ihl & 0x0f) as usize) * 4;
             Ok(Inner {
                 family: FAMILY_V4,
                 total_len: u16::from_be(ip.tot_len) as usize,
                 tos: ip.tos,
                 dont_fragment: frag_off & IP_DF != 0,
+                proto: ip.proto,
+                src: [ip.src, 0, 0, 0],
+                dst: [ip.dst, 0, 0, 0],
+                l4_off: has_ports(ip.proto).then_some(ETH_HLEN + ihl),
             })
         }
         ETH_P_IPV6 => {
@@ -103,6 +134,11 @@ fn inner(ctx: &TcContext) -> Result<Inner, ProbeStat> {
                 total_len: IPV6_HLEN + u16::from_be(ip.payload_len) as usize,
                 tos: (vtc_flow >> 20) as u8,
                 dont_fragment: true,
+                proto: ip.next_hdr,
+                src: ip.src,
+                dst: ip.dst,
+                // Probe sockets add no extension headers.
+                l4_off: has_ports(ip.next_hdr).then_some(ETH_HLEN + IPV6_HLEN),
             })
         }
         _ => Err(ProbeStat::DropMalformed),
@@ -133,8 +169,7 @@ fn process(ctx: &TcContext) -> Result<ProbeStat, ProbeStat> {
         (_, FAMILY_V6) => (FAMILY_V6, IPV6_HLEN, BPF_F_ADJ_ROOM_ENCAP_L3_IPV6),
         _ => return Err(ProbeStat::DropFamilyMismatch),
     };
-    // SAFETY: a helper call on this program's own skb.
-    let hash = unsafe { bpf_get_hash_recalc(ctx.skb.skb) };
+    let hash = flow_hash(ctx, &inner);
     ctx.adjust_room(overhead as i32, BPF_ADJ_ROOM_MAC, (BPF_F_ADJ_ROOM_FIXED_GSO | encap_flag) as u64)
         .map_err(|_| ProbeStat::DropNoRoom)?;
     let inner_proto = if inner.family == FAMILY_V4 { IPPROTO_IPIP } else { IPPROTO_IPV6 };

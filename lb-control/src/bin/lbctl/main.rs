@@ -1,5 +1,7 @@
 //! `lbctl`: drives the lb-control daemon through its REST API.
 
+mod health;
+
 use std::{collections::BTreeMap, io::Write as _, net::IpAddr, path::PathBuf, time::Duration};
 
 use anyhow::{bail, Context as _, Result};
@@ -281,14 +283,11 @@ fn main() -> Result<()> {
             }
         }
         Command::Backend(BackendCmd::List { vip }) => {
-            let list: Vec<BackendBody> = client.get(&format!("/v1/vips/{vip}/backends"))?;
+            let list: Vec<lb_control::api::BackendStatus> = client.get(&format!("/v1/vips/{vip}/backends"))?;
             if json {
                 print_json(&list)?
             } else {
-                println!("{:<40} WEIGHT", "BACKEND");
-                for b in list {
-                    println!("{:<40} {}{}", b.address, b.weight, if b.weight == 0 { " (draining)" } else { "" });
-                }
+                health::print_backends(&list)
             }
         }
         Command::Backend(BackendCmd::Add { vip, address, weight }) => {
