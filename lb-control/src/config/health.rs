@@ -351,4 +351,49 @@ mod tests {
         assert_eq!(tcp.check_for(&vip(53, Proto::Udp)).unwrap_err().0, "kind");
         assert!(HealthCheck::default().check_for(&vip(0, Proto::Udp)).is_ok());
     }
+
+    const BASE: &str = "interfaces = [\"eth0\"]\n[encap]\nsource_v4 = \"10.255.0.0/16\"\nsource_v6 = \"fc00:ffff::/96\"\n";
+
+    fn problems(text: &str) -> Vec<(usize, String, String)> {
+        match crate::config::Config::parse(text) {
+            Ok(_) => vec![],
+            Err(crate::config::ConfigError::Invalid { problems, .. }) => {
+                problems.into_iter().map(|p| (p.line, p.key, p.message)).collect()
+            }
+            Err(e) => panic!("unexpected error {e}"),
+        }
+    }
+
+    #[test]
+    fn the_file_gives_defaults_and_per_vip_checks() {
+        let text = format!(
+            "{BASE}[health]\nkind = \"tcp\"\ninterval = \"1s\"\ntimeout = \"500ms\"\n\
+             [[vip]]\naddress = \"10.0.0.10\"\nport = 80\nprotocol = \"tcp\"\n\
+             [vip.health]\nkind = \"http\"\npath = \"/healthz\"\non_down = \"drain\"\n\
+             [[vip]]\naddress = \"10.0.0.11\"\nport = 81\nprotocol = \"tcp\"\n"
+        );
+        let c = crate::config::Config::parse(&text).unwrap();
+        let http = c.health.for_vip(&VipId { addr: "10.0.0.10".parse().unwrap(), port: 80, proto: Proto::Tcp });
+        assert_eq!((http.kind, http.on_down, http.path.as_str()), (CheckKind::Http, OnDown::Drain, "/healthz"));
+        assert_eq!(http.interval, Duration::from_secs(1), "unset fields come from [health]");
+        let tcp = c.health.for_vip(&VipId { addr: "10.0.0.11".parse().unwrap(), port: 81, proto: Proto::Tcp });
+        assert_eq!(tcp.kind, CheckKind::Tcp);
+    }
+
+    #[test]
+    fn errors_name_the_line_and_the_key() {
+        let text = format!(
+            "{BASE}[[vip]]\naddress = \"10.0.0.10\"\nport = 0\nprotocol = \"tcp\"\n\
+             [vip.health]\nkind = \"tcp\"\nrise = 0\n"
+        );
+        let p = problems(&text);
+        assert_eq!(p.len(), 1, "{p:?}");
+        // Located at the table (line 9, `[vip.health]`): the same shape is
+        // the API's JSON body, which carries no spans.
+        assert_eq!((p[0].0, p[0].1.as_str()), (9, "vip[0].health.rise"), "{p:?}");
+        // Fixed, the port-0 VIP still needs a port.
+        let p = problems(&text.replace("rise = 0", "rise = 1"));
+        assert_eq!(p[0].1, "vip[0].health.port", "{p:?}");
+        assert!(problems(&text.replace("rise = 0", "port = 80")).is_empty());
+    }
 }
