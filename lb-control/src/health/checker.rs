@@ -16,7 +16,7 @@ use std::{
     time::{Duration, Instant, SystemTime},
 };
 
-use lb_common::{LbConfig, HEALTH_MARK_BASE, MAX_HEALTH_TARGETS};
+use lb_common::{LbConfig, CFG_F_READY, HEALTH_MARK_BASE, MAX_HEALTH_TARGETS};
 use tokio::sync::{mpsc, Semaphore};
 
 use super::{machine::HealthState, probe, tc::HealthProgram, Machine, Registry};
@@ -140,7 +140,11 @@ impl Checker {
 
     async fn reconcile(&mut self, plan: &Plan) {
         if self.forwarding != Some(plan.forwarding) {
-            match self.program.set_config(&plan.forwarding) {
+            // The controller's config carries no flags; the engine adds
+            // READY when it writes the balancer's. The view is published
+            // after the data plane is set up, so it is ready here too.
+            let cfg = LbConfig { flags: plan.forwarding.flags | CFG_F_READY, ..plan.forwarding };
+            match self.program.set_config(&cfg) {
                 Ok(()) => self.forwarding = Some(plan.forwarding),
                 Err(e) => tracing::error!(error = %e, "health: writing the forwarding config"),
             }
@@ -205,11 +209,13 @@ impl Checker {
             m.record(r.result, r.check.rise, r.check.fall, SystemTime::now())
         });
         let Some(t) = transition else { return };
-        tracing::warn!(
-            vip = %vip, backend = %backend, from = t.from.name(), to = t.to.name(),
-            reason = t.reason.as_deref().unwrap_or("checks pass"),
-            "backend health changed"
-        );
+        let reason = t.reason.as_deref().unwrap_or("checks pass");
+        let (from, to) = (t.from.name(), t.to.name());
+        if t.to == HealthState::Down {
+            tracing::warn!(vip = %vip, backend = %backend, from, to, reason, "backend health changed");
+        } else {
+            tracing::info!(vip = %vip, backend = %backend, from, to, reason, "backend health changed");
+        }
         match (t.from, t.to) {
             (_, HealthState::Down) => self.change(r.key, true).await,
             (HealthState::Down, _) => self.change(r.key, false).await,
