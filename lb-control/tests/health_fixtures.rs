@@ -44,12 +44,8 @@ fn run(p: &mut HealthProgram, frame: &[u8], mark: u32) -> (u32, Vec<u8>, Vec<(Pr
     let mut ctx = [0u8; 12];
     ctx[8..].copy_from_slice(&mark.to_ne_bytes());
     let mut out = vec![0u8; frame.len() + 256];
-    let opts = TestRunOptions {
-        data_in: Some(frame),
-        data_out: Some(&mut out),
-        ctx_in: Some(&ctx),
-        ..TestRunOptions::new()
-    };
+    let opts =
+        TestRunOptions { data_in: Some(frame), data_out: Some(&mut out), ctx_in: Some(&ctx), ..TestRunOptions::new() };
     let r = p.program().unwrap().test_run(opts).expect("BPF_PROG_TEST_RUN");
     out.truncate(r.data_size_out as usize);
     let after = p.stats().unwrap();

@@ -32,8 +32,11 @@ pub struct Servers {
     /// Per backend, per TCP service (HTTP, echo): its own stop flag and
     /// accept thread, so one server can stop (its port then refuses) and
     /// start again while established connections carry on.
-    listeners: Vec<[Option<(Arc<AtomicBool>, JoinHandle<()>)>; 2]>,
+    listeners: Vec<[Option<Listener>; 2]>,
 }
+
+/// A running accept loop: its own stop flag and its thread.
+type Listener = (Arc<AtomicBool>, JoinHandle<()>);
 
 /// The TCP services a backend runs.
 #[derive(Clone, Copy, Debug)]
@@ -106,8 +109,7 @@ impl Servers {
         let listener = backend.ns.run(|| TcpListener::bind(any(port)).context("bind"))?;
         let name = format!("backend-{}", backend.index);
         let counts = self.served[backend.index].clone();
-        let handle =
-            spawn_accept(listener, matches!(service, Service::Echo), name, counts, self.stop.clone())?;
+        let handle = spawn_accept(listener, matches!(service, Service::Echo), name, counts, self.stop.clone())?;
         self.listeners[backend.index][service as usize] = Some(handle);
         Ok(())
     }
@@ -132,7 +134,7 @@ fn spawn_accept(
     name: String,
     counts: Arc<Served>,
     all_stop: Arc<AtomicBool>,
-) -> Result<(Arc<AtomicBool>, JoinHandle<()>)> {
+) -> Result<Listener> {
     listener.set_nonblocking(true)?;
     let own_stop = Arc::new(AtomicBool::new(false));
     let own = own_stop.clone();

@@ -11,9 +11,7 @@ use std::{
 };
 
 use anyhow::{bail, Result};
-use lb_e2e::{
-    backend4, client, client::EchoConn, servers::Service, vip_addr, Lab, ECHO_PORT, HTTP_PORT, VIP4,
-};
+use lb_e2e::{backend4, client, client::EchoConn, servers::Service, vip_addr, Lab, ECHO_PORT, HTTP_PORT, VIP4};
 use serde_json::json;
 
 const INTERVAL: Duration = Duration::from_millis(500);
@@ -225,10 +223,10 @@ fn drain_keeps_established_flows_and_all_down_fails_open() -> Result<()> {
     assert_eq!(lab.balancers[0].counter("drop_no_backend")?, drops);
 
     // The API changes a check: kind "none" disables it, the backends return.
-    let r = lab.balancers[0].api_send("PUT", &format!("/v1/vips/{}/health", http_vip()), Some(json!({"kind": "none"})))?;
+    let r =
+        lab.balancers[0].api_send("PUT", &format!("/v1/vips/{}/health", http_vip()), Some(json!({"kind": "none"})))?;
     assert_eq!(r["health"]["kind"], "none");
     let (states, failed_open) = health(&lab, &http_vip())?;
     assert_eq!((states, failed_open), (vec!["disabled".to_string(); 3], false));
     Ok(())
 }
-

@@ -352,7 +352,8 @@ mod tests {
         assert!(HealthCheck::default().check_for(&vip(0, Proto::Udp)).is_ok());
     }
 
-    const BASE: &str = "interfaces = [\"eth0\"]\n[encap]\nsource_v4 = \"10.255.0.0/16\"\nsource_v6 = \"fc00:ffff::/96\"\n";
+    const BASE: &str =
+        "interfaces = [\"eth0\"]\n[encap]\nsource_v4 = \"10.255.0.0/16\"\nsource_v6 = \"fc00:ffff::/96\"\n";
 
     fn problems(text: &str) -> Vec<(usize, String, String)> {
         match crate::config::Config::parse(text) {

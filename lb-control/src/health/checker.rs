@@ -158,12 +158,17 @@ impl Checker {
             }
         }
         // Stop what is no longer wanted, or wanted differently.
-        let stale: Vec<Key> =
-            self.tasks.iter().filter(|(k, t)| wanted.get(k).is_none_or(|(c, _)| *c != t.check)).map(|(k, _)| *k).collect();
+        let stale: Vec<Key> = self
+            .tasks
+            .iter()
+            .filter(|(k, t)| wanted.get(k).is_none_or(|(c, _)| *c != t.check))
+            .map(|(k, _)| *k)
+            .collect();
         for key in stale {
             let task = self.tasks.remove(&key).expect("listed above");
             task.handle.abort();
-            let was_down = self.registry.with(|r| r.machines.remove(&key)).is_some_and(|m| m.state == HealthState::Down);
+            let was_down =
+                self.registry.with(|r| r.machines.remove(&key)).is_some_and(|m| m.state == HealthState::Down);
             if was_down {
                 self.change(key, false).await;
             }
@@ -192,7 +197,8 @@ impl Checker {
                 }
             }
             self.registry.with(|r| r.machines.insert(key, Machine::new(SystemTime::now())));
-            let handle = tokio::spawn(probe_loop(key, check.clone(), target, mark, self.semaphore.clone(), self.tx.clone()));
+            let handle =
+                tokio::spawn(probe_loop(key, check.clone(), target, mark, self.semaphore.clone(), self.tx.clone()));
             self.tasks.insert(key, Task { check, handle });
         }
     }
@@ -203,7 +209,10 @@ impl Checker {
             return;
         }
         let (vip, backend) = r.key;
-        self.registry.durations.get_or_create(&vec![("kind", r.check.kind_name().to_string())]).observe(r.took.as_secs_f64());
+        self.registry
+            .durations
+            .get_or_create(&vec![("kind", r.check.kind_name().to_string())])
+            .observe(r.took.as_secs_f64());
         let transition = self.registry.with(|reg| {
             let m = reg.machines.entry(r.key).or_insert_with(|| Machine::new(SystemTime::now()));
             m.record(r.result, r.check.rise, r.check.fall, SystemTime::now())
@@ -233,8 +242,11 @@ impl Checker {
 
 /// The phase of a pair inside its interval, and a jitter of up to ±5 % of
 /// the interval per round: both from a hash, so runs are reproducible.
-fn spread(key: &Key, round: u64, interval: Duration) -> (Duration, Duration, bool) {
-    let seed = xxhash_rust::xxh64::xxh64(format!("{}|{}", key.0, key.1).as_bytes(), 0);
+fn seed(key: &Key) -> u64 {
+    xxhash_rust::xxh64::xxh64(format!("{}|{}", key.0, key.1).as_bytes(), 0)
+}
+
+fn spread_seeded(seed: u64, round: u64, interval: Duration) -> (Duration, Duration, bool) {
     let phase = interval.mul_f64((seed % 10_000) as f64 / 10_000.0);
     let j = xxhash_rust::xxh64::xxh64(&round.to_le_bytes(), seed);
     let jitter = interval.mul_f64((j % 1000) as f64 / 1000.0 * 0.05);
@@ -249,7 +261,8 @@ async fn probe_loop(
     semaphore: Arc<Semaphore>,
     tx: mpsc::Sender<ProbeResult>,
 ) {
-    let (phase, ..) = spread(&key, 0, check.interval);
+    let seed = seed(&key);
+    let (phase, ..) = spread_seeded(seed, 0, check.interval);
     let mut due = tokio::time::Instant::now() + phase;
     for round in 1u64.. {
         tokio::time::sleep_until(due).await;
@@ -261,7 +274,7 @@ async fn probe_loop(
         if tx.send(ProbeResult { key, check: check.clone(), result, took }).await.is_err() {
             return;
         }
-        let (_, jitter, later) = spread(&key, round, check.interval);
+        let (_, jitter, later) = spread_seeded(seed, round, check.interval);
         due += check.interval;
         let next = if later { due + jitter } else { due.checked_sub(jitter).unwrap_or(due) };
         // Never two probes of one pair closer than half an interval.
@@ -295,7 +308,7 @@ mod tests {
         let mut buckets = [0u32; 10];
         for i in 0..1000u32 {
             let key = (vip, IpAddr::from(std::net::Ipv4Addr::from(0x0a01_0000 + i)));
-            let (phase, jitter, _) = spread(&key, 1, interval);
+            let (phase, jitter, _) = spread_seeded(seed(&key), 1, interval);
             assert!(phase < interval && jitter <= interval / 20);
             buckets[(phase.as_millis() / 100) as usize] += 1;
         }

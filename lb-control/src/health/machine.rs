@@ -101,7 +101,10 @@ mod tests {
     fn unknown_becomes_down_after_fall_failures_with_the_reason() {
         let mut m = Machine::new(SystemTime::UNIX_EPOCH);
         let t: Vec<_> = (0..3).filter_map(|_| m.record(Err("timeout".into()), 2, 3, SystemTime::UNIX_EPOCH)).collect();
-        assert_eq!(t, [Transition { from: HealthState::Unknown, to: HealthState::Down, reason: Some("timeout".into()) }]);
+        assert_eq!(
+            t,
+            [Transition { from: HealthState::Unknown, to: HealthState::Down, reason: Some("timeout".into()) }]
+        );
         assert_eq!(m.last_error.as_deref(), Some("timeout"));
     }
 

@@ -91,7 +91,13 @@ pub struct BackendHealth {
 
 impl BackendHealth {
     pub fn disabled() -> Self {
-        BackendHealth { state: HealthState::Disabled, since: rfc3339(std::time::UNIX_EPOCH), last_error: None, checks_ok: 0, checks_failed: 0 }
+        BackendHealth {
+            state: HealthState::Disabled,
+            since: rfc3339(std::time::UNIX_EPOCH),
+            last_error: None,
+            checks_ok: 0,
+            checks_failed: 0,
+        }
     }
 
     pub fn from_machine(m: &Machine) -> Self {
