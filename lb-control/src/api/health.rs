@@ -12,7 +12,7 @@ use super::{
     on_controller, Shared,
 };
 use crate::{
-    config::health::RawHealthCheck,
+    config::health::{RawHealthCheck, CROSS_FIELD},
     health::{BackendHealth, HealthState},
     model::VipId,
 };
@@ -51,6 +51,12 @@ pub(super) fn backend_statuses(s: &Shared, id: &VipId) -> Result<Vec<BackendStat
         .collect())
 }
 
+/// A check that cannot stand beside another field or the VIP (a rule no
+/// JSON Schema states): 400 `health_check_mismatch`.
+fn mismatch(message: String) -> ApiError {
+    ApiError::new(axum::http::StatusCode::BAD_REQUEST, "health_check_mismatch", message)
+}
+
 /// The answer of `PUT /v1/vips/{vip}/health`: the check now in force, every
 /// field filled in.
 #[derive(Serialize, Deserialize, utoipa::ToSchema)]
@@ -63,7 +69,7 @@ pub struct HealthApplied {
     security(("token" = [])),
     responses(
         (status = 200, description = "in force; backends out of the ring by health follow the new check", body = HealthApplied),
-        (status = 400, description = "a bad field, or a check that cannot probe this VIP", body = ErrorBody),
+        (status = 400, description = "a bad field (`bad_request`), or fields that do not fit together or this VIP (`health_check_mismatch`)", body = ErrorBody),
         (status = 401, description = "no or wrong token", body = ErrorBody),
         (status = 404, description = "no such VIP", body = ErrorBody),
         (status = 413, description = "body too large", body = ErrorBody),
@@ -85,8 +91,13 @@ pub async fn put_vip_health(
     };
     let check = body.resolve(&defaults).map_err(|problems| {
         let text: Vec<String> = problems.iter().map(|(field, m)| format!("{field}: {m}")).collect();
-        ApiError::bad_request(text.join("; "))
+        if problems.iter().all(|(field, _)| CROSS_FIELD.contains(field)) {
+            mismatch(text.join("; "))
+        } else {
+            ApiError::bad_request(text.join("; "))
+        }
     })?;
+    check.check_for(&id).map_err(|(field, m)| mismatch(format!("{field}: {m}")))?;
     let applied = RawHealthCheck::from(&check);
     on_controller(&s, move |ctl| ctl.set_vip_health(id, check)).await?;
     tracing::info!(vip = %id, health = ?applied, "VIP health check set");

@@ -56,8 +56,13 @@ pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(2);
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(1);
 /// Shortest interval accepted: probes faster than this only load backends.
 pub const MIN_INTERVAL: Duration = Duration::from_millis(100);
-/// Longest interval or timeout accepted (an hour): longer is a typo.
-pub const MAX_INTERVAL: Duration = Duration::from_secs(3600);
+/// Durations are written `<1..=9999>ms` or `<1..=9999>s` (the API's
+/// schema states the same pattern).
+pub const DURATION_PATTERN: &str = "^[1-9][0-9]{0,3}(ms|s)$";
+/// An interval: the same, at least 100 ms.
+pub const INTERVAL_PATTERN: &str = "^([1-9][0-9]{2,3}ms|[1-9][0-9]{0,3}s)$";
+/// An HTTP path: absolute, printable ASCII without spaces.
+pub const PATH_PATTERN: &str = "^/[!-~]*$";
 /// Largest rise/fall accepted.
 pub const MAX_RISE_FALL: u32 = 100;
 
@@ -100,6 +105,8 @@ impl HealthCheck {
 
     /// Checks that only make sense beside the VIP: the port (port-0 VIPs
     /// need one) and the kind against the protocol.
+    /// (The API refuses these with `health_check_mismatch`: no schema can
+    /// state them.)
     pub fn check_for(&self, vip: &VipId) -> Result<(), (&'static str, String)> {
         if !self.enabled() {
             return Ok(());
@@ -118,21 +125,79 @@ impl HealthCheck {
 }
 
 /// The check's TOML/JSON shape: every field optional (falling back to the
-/// `[health]` defaults), durations written like "2s" or "500ms".
+/// `[health]` defaults), durations written like "2s" or "500ms". The
+/// schema states every rule about one field; what it cannot state (the
+/// status range's order, timeout ≤ interval, the check against the VIP)
+/// is refused with the code `health_check_mismatch`.
 #[derive(Clone, Debug, Default, Deserialize, Serialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawHealthCheck {
     pub kind: Option<CheckKind>,
+    /// Default: the VIP's port (required for port-0 VIPs).
+    #[schema(minimum = 1, maximum = 65535)]
+    #[serde(default, deserialize_with = "integral_u32")]
     pub port: Option<u32>,
+    /// HTTP only.
+    #[schema(pattern = "^/[!-~]*$")]
     pub path: Option<String>,
     /// `[lowest, highest]` good status, inclusive.
+    #[schema(schema_with = expect_status_schema)]
+    #[serde(default, deserialize_with = "integral_u32s")]
     pub expect_status: Option<Vec<u32>>,
-    /// e.g. "2s", "500ms".
+    /// e.g. "2s", "500ms"; at least 100 ms.
+    #[schema(pattern = "^([1-9][0-9]{2,3}ms|[1-9][0-9]{0,3}s)$")]
     pub interval: Option<String>,
+    /// e.g. "1s", "300ms"; at most the interval.
+    #[schema(pattern = "^[1-9][0-9]{0,3}(ms|s)$")]
     pub timeout: Option<String>,
+    /// Consecutive successes to mark up.
+    #[schema(minimum = 1, maximum = 100)]
+    #[serde(default, deserialize_with = "integral_u32")]
     pub rise: Option<u32>,
+    /// Consecutive failures to mark down.
+    #[schema(minimum = 1, maximum = 100)]
+    #[serde(default, deserialize_with = "integral_u32")]
     pub fall: Option<u32>,
     pub on_down: Option<OnDown>,
+}
+
+/// A JSON number that is a whole u32, written `3` or `3.0` (JSON Schema's
+/// "integer" takes both).
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum Number {
+    Whole(u64),
+    Float(f64),
+}
+
+impl Number {
+    fn to_u32<E: serde::de::Error>(self) -> Result<u32, E> {
+        let whole = match self {
+            Number::Whole(n) => Some(n),
+            Number::Float(f) if f.fract() == 0.0 && (0.0..=u32::MAX as f64).contains(&f) => Some(f as u64),
+            Number::Float(_) => None,
+        };
+        whole.and_then(|n| u32::try_from(n).ok()).ok_or_else(|| E::custom("expected a whole number within u32"))
+    }
+}
+
+fn integral_u32<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u32>, D::Error> {
+    Option::<Number>::deserialize(d)?.map(Number::to_u32).transpose()
+}
+
+fn integral_u32s<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Vec<u32>>, D::Error> {
+    Option::<Vec<Number>>::deserialize(d)?.map(|v| v.into_iter().map(Number::to_u32).collect()).transpose()
+}
+
+fn expect_status_schema() -> utoipa::openapi::schema::Array {
+    use utoipa::openapi::schema::{ArrayBuilder, ObjectBuilder, SchemaType, Type};
+    let status = ObjectBuilder::new().schema_type(Type::Integer).minimum(Some(100)).maximum(Some(599));
+    ArrayBuilder::new()
+        .schema_type(SchemaType::from_iter([Type::Array, Type::Null]))
+        .items(status)
+        .min_items(Some(2))
+        .max_items(Some(2))
+        .build()
 }
 
 impl From<&HealthCheck> for RawHealthCheck {
@@ -142,8 +207,8 @@ impl From<&HealthCheck> for RawHealthCheck {
             port: h.port.map(u32::from),
             path: Some(h.path.clone()),
             expect_status: Some(vec![h.expect_status.0.into(), h.expect_status.1.into()]),
-            interval: Some(humantime::format_duration(h.interval).to_string()),
-            timeout: Some(humantime::format_duration(h.timeout).to_string()),
+            interval: Some(format_duration(h.interval)),
+            timeout: Some(format_duration(h.timeout)),
             rise: Some(h.rise),
             fall: Some(h.fall),
             on_down: Some(h.on_down),
@@ -151,17 +216,34 @@ impl From<&HealthCheck> for RawHealthCheck {
     }
 }
 
+/// A duration as [`DURATION_PATTERN`] writes it: whole seconds as "2s",
+/// else milliseconds.
+pub fn format_duration(d: Duration) -> String {
+    if d.subsec_millis() == 0 {
+        format!("{}s", d.as_secs())
+    } else {
+        format!("{}ms", d.as_millis())
+    }
+}
+
 /// One problem of a raw check: the field it is about and what is wrong.
 pub type FieldProblem = (&'static str, String);
 
+/// Fields whose problem involves another field or the VIP: the API refuses
+/// those with `health_check_mismatch`, every other with `bad_request`.
+pub const CROSS_FIELD: [&str; 3] = ["expect_status order", "timeout vs interval", "vip"];
+
+/// `<1..=9999>ms` or `<1..=9999>s`, as [`DURATION_PATTERN`] says.
 fn duration(value: &Option<String>, field: &'static str, default: Duration) -> Result<Duration, FieldProblem> {
     let Some(text) = value else { return Ok(default) };
-    let d = humantime::parse_duration(text)
-        .map_err(|e| (field, format!("'{text}' is not a duration like \"2s\" or \"500ms\": {e}")))?;
-    if d > MAX_INTERVAL {
-        return Err((field, format!("{text} is longer than an hour")));
-    }
-    Ok(d)
+    let bad = || (field, format!("'{text}' is not a duration like \"2s\" or \"500ms\" (1 to 9999 ms or s)"));
+    let (digits, unit) = match text.strip_suffix("ms") {
+        Some(d) => (d, Duration::from_millis(1)),
+        None => (text.strip_suffix('s').ok_or_else(bad)?, Duration::from_secs(1)),
+    };
+    let well_formed = !digits.is_empty() && digits.len() <= 4 && !digits.starts_with('0');
+    let n: u32 = digits.parse().ok().filter(|_| well_formed).ok_or_else(bad)?;
+    Ok(unit * n)
 }
 
 impl RawHealthCheck {
@@ -180,16 +262,20 @@ impl RawHealthCheck {
             }
         }
         if let Some(path) = &self.path {
-            if !path.starts_with('/') || path.chars().any(|c| c.is_whitespace() || c.is_control()) {
-                problems.push(("path", format!("'{path}' is not an absolute URL path without spaces")));
+            if !path.starts_with('/') || !path.chars().all(|c| c.is_ascii_graphic()) {
+                problems.push(("path", format!("'{path}' is not an absolute URL path of printable ASCII")));
             } else {
                 h.path = path.clone();
             }
         }
         if let Some(s) = &self.expect_status {
             match s.as_slice() {
-                [lo, hi] if (100..=599).contains(lo) && (100..=599).contains(hi) && lo <= hi => {
-                    h.expect_status = (*lo as u16, *hi as u16)
+                [lo, hi] if (100..=599).contains(lo) && (100..=599).contains(hi) => {
+                    if lo <= hi {
+                        h.expect_status = (*lo as u16, *hi as u16)
+                    } else {
+                        problems.push(("expect_status order", format!("{s:?}: the lowest status comes first")))
+                    }
                 }
                 _ => problems.push(("expect_status", format!("{s:?} is not [lowest, highest] within 100..=599"))),
             }
@@ -200,12 +286,12 @@ impl RawHealthCheck {
             Err(p) => problems.push(p),
         }
         match duration(&self.timeout, "timeout", h.timeout) {
-            Ok(d) if d.is_zero() => problems.push(("timeout", "is zero".into())),
             Ok(d) => h.timeout = d,
             Err(p) => problems.push(p),
         }
         if h.timeout > h.interval {
-            problems.push(("timeout", format!("{:?} is longer than the interval {:?}", h.timeout, h.interval)));
+            problems
+                .push(("timeout vs interval", format!("{:?} is longer than the interval {:?}", h.timeout, h.interval)));
         }
         for (field, value, target) in [("rise", self.rise, &mut h.rise), ("fall", self.fall, &mut h.fall)] {
             match value {
@@ -328,7 +414,7 @@ mod tests {
         let raw = RawHealthCheck {
             port: Some(70000),
             path: Some("healthz".into()),
-            expect_status: Some(vec![299, 200]),
+            expect_status: Some(vec![99, 200]),
             interval: Some("soon".into()),
             rise: Some(0),
             ..Default::default()
@@ -340,7 +426,11 @@ mod tests {
     #[test]
     fn a_timeout_longer_than_the_interval_is_refused() {
         let raw = RawHealthCheck { interval: Some("1s".into()), timeout: Some("2s".into()), ..Default::default() };
-        assert_eq!(raw.resolve(&HealthCheck::default()).unwrap_err()[0].0, "timeout");
+        assert_eq!(raw.resolve(&HealthCheck::default()).unwrap_err()[0].0, "timeout vs interval");
+        for bad in ["1m", "0s", "10000ms", "05s", "1.5s", "s", "99ms"] {
+            let raw = RawHealthCheck { interval: Some(bad.into()), ..Default::default() };
+            assert!(raw.resolve(&HealthCheck::default()).is_err(), "{bad}");
+        }
     }
 
     #[test]
@@ -396,5 +486,27 @@ mod tests {
         let p = problems(&text.replace("rise = 0", "rise = 1"));
         assert_eq!(p[0].1, "vip[0].health.port", "{p:?}");
         assert!(problems(&text.replace("rise = 0", "port = 80")).is_empty());
+    }
+
+    /// The schema's patterns and the parser agree: what the pattern takes
+    /// parses (and round-trips), what it refuses does not.
+    #[test]
+    fn the_schema_patterns_are_the_parsers_rules() {
+        let doc: serde_json::Value = serde_json::from_str(crate::api::openapi_json()).unwrap();
+        let props = &doc["components"]["schemas"]["RawHealthCheck"]["properties"];
+        assert_eq!(props["interval"]["pattern"], INTERVAL_PATTERN);
+        assert_eq!(props["timeout"]["pattern"], DURATION_PATTERN);
+        assert_eq!(props["path"]["pattern"], PATH_PATTERN);
+        let interval = regex::Regex::new(INTERVAL_PATTERN).unwrap();
+        let any = regex::Regex::new(DURATION_PATTERN).unwrap();
+        for text in ["1ms", "99ms", "100ms", "9999ms", "10000ms", "1s", "9999s", "0s", "01s", "1m", "1.5s", "2 s"] {
+            let raw = RawHealthCheck { interval: Some(text.into()), timeout: Some("1ms".into()), ..Default::default() };
+            assert_eq!(raw.resolve(&HealthCheck::default()).is_ok(), interval.is_match(text), "interval {text}");
+            let parsed = duration(&Some(text.into()), "timeout", Duration::ZERO);
+            assert_eq!(parsed.is_ok(), any.is_match(text), "duration {text}");
+            if let Ok(d) = parsed {
+                assert!(any.is_match(&format_duration(d)), "{text} → {}", format_duration(d));
+            }
+        }
     }
 }
