@@ -141,3 +141,14 @@ fn a_probe_before_the_config_is_written_is_dropped() {
     assert_eq!(verdict, TC_ACT_SHOT);
     assert_eq!(moved, [(ProbeStat::DropNotReady, 1, frame.len() as u64)]);
 }
+
+#[test]
+fn the_health_object_has_exactly_lb_commons_map_names() {
+    let ebpf = aya::EbpfLoader::new().load(lb_control::dataplane::HEALTH_ELF).unwrap();
+    let mut found: Vec<&str> = ebpf.maps().map(|(name, _)| name).collect();
+    found.sort();
+    let mut want = lb_common::health_map_names::HEALTH_MAPS.to_vec();
+    want.sort();
+    assert_eq!(found, want);
+    assert!(ebpf.program(lb_common::HEALTH_PROGRAM).is_some());
+}

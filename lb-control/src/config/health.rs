@@ -171,7 +171,7 @@ enum Number {
 }
 
 impl Number {
-    fn to_u32<E: serde::de::Error>(self) -> Result<u32, E> {
+    fn into_u32<E: serde::de::Error>(self) -> Result<u32, E> {
         let whole = match self {
             Number::Whole(n) => Some(n),
             Number::Float(f) if f.fract() == 0.0 && (0.0..=u32::MAX as f64).contains(&f) => Some(f as u64),
@@ -182,11 +182,11 @@ impl Number {
 }
 
 fn integral_u32<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u32>, D::Error> {
-    Option::<Number>::deserialize(d)?.map(Number::to_u32).transpose()
+    Option::<Number>::deserialize(d)?.map(Number::into_u32).transpose()
 }
 
 fn integral_u32s<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Vec<u32>>, D::Error> {
-    Option::<Vec<Number>>::deserialize(d)?.map(|v| v.into_iter().map(Number::to_u32).collect()).transpose()
+    Option::<Vec<Number>>::deserialize(d)?.map(|v| v.into_iter().map(Number::into_u32).collect()).transpose()
 }
 
 fn expect_status_schema() -> utoipa::openapi::schema::Array {

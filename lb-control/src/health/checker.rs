@@ -213,11 +213,19 @@ impl Checker {
             .durations
             .get_or_create(&vec![("kind", r.check.kind_name().to_string())])
             .observe(r.took.as_secs_f64());
-        let transition = self.registry.with(|reg| {
+        // A transition is published (API, metrics) only once the data plane
+        // has it: readers never see "down" for a backend still in the ring.
+        let (transition, next) = self.registry.with(|reg| {
             let m = reg.machines.entry(r.key).or_insert_with(|| Machine::new(SystemTime::now()));
-            m.record(r.result, r.check.rise, r.check.fall, SystemTime::now())
+            let mut next = m.clone();
+            let t = next.record(r.result, r.check.rise, r.check.fall, SystemTime::now());
+            if t.is_none() {
+                *m = next.clone();
+            }
+            (t, next)
         });
         let Some(t) = transition else { return };
+        let publish = |registry: &Registry| registry.with(|reg| reg.machines.insert(r.key, next));
         let reason = t.reason.as_deref().unwrap_or("checks pass");
         let (from, to) = (t.from.name(), t.to.name());
         if t.to == HealthState::Down {
@@ -230,6 +238,7 @@ impl Checker {
             (HealthState::Down, _) => self.change(r.key, false).await,
             _ => {}
         }
+        publish(&self.registry);
     }
 
     async fn change(&self, (vip, backend): Key, down: bool) {

@@ -73,6 +73,12 @@ enum VipCmd {
     Remove {
         vip: VipId,
     },
+    /// Set a VIP's health check, e.g. `lbctl vip health tcp:10.0.0.10:80 --kind http --path /healthz`.
+    Health {
+        vip: VipId,
+        #[command(flatten)]
+        check: health::HealthArgs,
+    },
 }
 
 #[derive(Subcommand)]
@@ -280,6 +286,14 @@ fn main() -> Result<()> {
                 print_json(&r)?
             } else {
                 println!("removed {vip}")
+            }
+        }
+        Command::Vip(VipCmd::Health { vip, check }) => {
+            let r: serde_json::Value = client.send("PUT", &format!("/v1/vips/{vip}/health"), Some(&check.body()))?;
+            if json {
+                print_json(&r)?
+            } else {
+                println!("{vip}: health check {}", r["health"])
             }
         }
         Command::Backend(BackendCmd::List { vip }) => {
