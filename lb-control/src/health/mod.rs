@@ -278,4 +278,14 @@ mod tests {
         let _ = effective(&vips, &down, &settings(OnDown::Drain));
         assert_eq!(vips, set(&[3, 1]));
     }
+
+    #[test]
+    fn bgp_counts_only_backends_up_by_health_even_when_failing_open() {
+        let all_down: DownSet = [(vip(), b(0)), (vip(), b(1))].into();
+        let one_down: DownSet = [(vip(), b(0))].into();
+        let announced = |down: &DownSet, min| crate::bgp::announced(&without_down(&set(&[1, 1]), down), true, min);
+        assert!(announced(&all_down, 1).is_empty(), "every backend down: withdrawn, though the ring keeps them");
+        assert_eq!(announced(&one_down, 1), [vip().addr].into());
+        assert!(announced(&one_down, 2).is_empty(), "min_healthy = 2 with one backend up");
+    }
 }
