@@ -11,7 +11,9 @@ use std::{
 };
 
 use anyhow::{bail, Result};
-use lb_e2e::{backend4, client, client::EchoConn, servers::Service, vip_addr, Lab, ECHO_PORT, HTTP_PORT, VIP4};
+use lb_e2e::{
+    backend4, client, client::EchoConn, servers::Service, vip_addr, Lab, ECHO_PORT, HTTP_PORT, UDP_PORT, VIP4,
+};
 use serde_json::json;
 
 const INTERVAL: Duration = Duration::from_millis(500);
@@ -30,8 +32,13 @@ fn echo_vip() -> String {
     format!("tcp:{VIP4}:{ECHO_PORT}")
 }
 
+fn udp_vip() -> String {
+    format!("udp:{VIP4}:{UDP_PORT}")
+}
+
 /// The IPv4 HTTP VIP checked with HTTP, the echo VIP with TCP connects
-/// (drained when down), three backends each.
+/// (drained when down), the UDP echo VIP with datagrams; three backends
+/// each.
 fn vips(backends: usize) -> String {
     let check = format!(
         "interval = \"{}ms\"\ntimeout = \"{}ms\"\nrise = {RISE}\nfall = {FALL}\n",
@@ -39,11 +46,13 @@ fn vips(backends: usize) -> String {
         TIMEOUT.as_millis()
     );
     let mut out = String::new();
-    for (port, health) in [
-        (HTTP_PORT, format!("kind = \"http\"\npath = \"/\"\n{check}")),
-        (ECHO_PORT, format!("kind = \"tcp\"\non_down = \"drain\"\n{check}")),
+    for (port, proto, health) in [
+        (HTTP_PORT, "tcp", format!("kind = \"http\"\npath = \"/\"\n{check}")),
+        (ECHO_PORT, "tcp", format!("kind = \"tcp\"\non_down = \"drain\"\n{check}")),
+        (UDP_PORT, "udp", format!("kind = \"udp\"\n{check}")),
     ] {
-        out += &format!("\n[[vip]]\naddress = \"{VIP4}\"\nport = {port}\nprotocol = \"tcp\"\n[vip.health]\n{health}");
+        out +=
+            &format!("\n[[vip]]\naddress = \"{VIP4}\"\nport = {port}\nprotocol = \"{proto}\"\n[vip.health]\n{health}");
         for j in 0..backends {
             out += &format!("[[vip.backend]]\naddress = \"{}\"\n", backend4(j));
         }
@@ -188,6 +197,8 @@ fn drain_keeps_established_flows_and_all_down_fails_open() -> Result<()> {
     let mut lab = lab()?;
     wait_all_up(&lab, &echo_vip())?;
     wait_all_up(&lab, &http_vip())?;
+    // UDP probes: a datagram through the tunnel, the echo's reply from the VIP.
+    wait_all_up(&lab, &udp_vip())?;
 
     // An established echo connection; its backend's echo server stops.
     let mut conn = lab.in_client(|| EchoConn::open(vip_addr(false, ECHO_PORT)))?;

@@ -82,11 +82,15 @@ async fn http(check: &HealthCheck, target: SocketAddr, mark: u32) -> Result<(), 
     }
 }
 
+/// Not connected: a UDP server that answers from its own address instead
+/// of the VIP (no `IP_PKTINFO`) still counts as answering; any datagram to
+/// the probe's own ephemeral port is the reply.
 async fn udp(target: SocketAddr, mark: u32) -> Result<(), String> {
     let sock = marked(target, Type::DGRAM, Protocol::UDP, mark)?;
+    let any: SocketAddr = if target.is_ipv4() { ([0, 0, 0, 0], 0).into() } else { ([0u16; 8], 0).into() };
+    sock.bind(&any.into()).map_err(|e| format!("udp bind: {e}"))?;
     let sock = UdpSocket::from_std(std::net::UdpSocket::from(sock)).map_err(|e| format!("udp socket: {e}"))?;
-    sock.connect(target).await.map_err(|e| reason(&e))?;
-    sock.send(UDP_PAYLOAD).await.map_err(|e| reason(&e))?;
+    sock.send_to(UDP_PAYLOAD, target).await.map_err(|e| reason(&e))?;
     let mut buf = [0u8; 512];
-    sock.recv(&mut buf).await.map(drop).map_err(|e| reason(&e))
+    sock.recv_from(&mut buf).await.map(drop).map_err(|e| reason(&e))
 }
