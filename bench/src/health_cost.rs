@@ -116,6 +116,11 @@ pub fn run(window: Duration, progress: &Progress) -> Result<HealthCost> {
         d.attach("p0", XdpMode::Native, None)?;
         Ok(d)
     })?;
+    // The backend side's receive work in a NAPI thread of its own, as on
+    // a separate host: veth otherwise runs it in the sender's (the
+    // daemon's) context and bills it to the daemon.
+    netns::run("ip", &["netns", "exec", be.name(), "sh", "-c", "echo 1 > /sys/class/net/p0/threaded"])
+        .context("threaded NAPI on the backend side")?;
     // Listeners that accept and close: every probe succeeds.
     let stop = Arc::new(AtomicBool::new(false));
     let listeners = be.run(|| {
@@ -163,6 +168,12 @@ pub fn run(window: Duration, progress: &Progress) -> Result<HealthCost> {
             }
             std::thread::sleep(Duration::from_millis(200));
         }
+        // The replies' receive work on the balancer side in a NAPI thread,
+        // as a NIC's softirq would be (veth has NAPI once the balancer's
+        // XDP program is attached): the daemon pays for its sockets and
+        // their transmit path, not for the receive path.
+        netns::run("ip", &["netns", "exec", lb.name(), "sh", "-c", "echo 1 > /sys/class/net/l0/threaded"])
+            .context("threaded NAPI on the balancer side")?;
         // One more interval so the start-up's work is behind us.
         std::thread::sleep(INTERVAL);
         progress.step(format!("control: health checks, measuring {} s", window.as_secs()));
