@@ -52,6 +52,8 @@ pub struct Opts {
     pub healthz_calls: usize,
     /// Length of the reads-alongside-changes measurement.
     pub read_under_writes_time: Duration,
+    /// Window the health checks' CPU cost is measured over.
+    pub health_window: Duration,
 }
 
 impl Opts {
@@ -66,6 +68,7 @@ impl Opts {
             startup_runs: 5,
             healthz_calls: 1_000,
             read_under_writes_time: Duration::from_secs(10),
+            health_window: Duration::from_secs(20),
         }
     }
 
@@ -80,12 +83,13 @@ impl Opts {
             startup_runs: 1,
             healthz_calls: 200,
             read_under_writes_time: Duration::from_secs(2),
+            health_window: Duration::from_secs(5),
         }
     }
 }
 
 pub fn steps(opts: &Opts) -> u64 {
-    BUILD_SIZES.len() as u64 + 4 + 4 + 2 + 2 * opts.startup_runs as u64
+    BUILD_SIZES.len() as u64 + 4 + 4 + 2 + 2 * opts.startup_runs as u64 + 3
 }
 
 // ---- Maglev build time -----------------------------------------------------
@@ -754,6 +758,8 @@ pub struct ControlReport {
     pub api_throughput: Vec<ThroughputRow>,
     pub api_load: Vec<LoadRow>,
     pub startup: Option<Startup>,
+    /// Health checks of 1,000 pairs at 1 s: the daemon's CPU.
+    pub health_cost: Option<crate::health_cost::HealthCost>,
     /// Sub-measurements that failed (the others are still reported).
     pub errors: Vec<String>,
 }
@@ -765,6 +771,7 @@ pub fn run(opts: &Opts, progress: &Progress) -> Result<ControlReport> {
         api_throughput: Vec::new(),
         api_load: Vec::new(),
         startup: None,
+        health_cost: None,
         errors: Vec::new(),
     };
     let host = DaemonHost::new()?;
@@ -825,6 +832,10 @@ pub fn run(opts: &Opts, progress: &Progress) -> Result<ControlReport> {
         Ok(s) => report.startup = Some(s),
         Err(e) => report.errors.push(format!("start-up: {e:#}")),
     }
+    match crate::health_cost::run(opts.health_window, progress) {
+        Ok(h) => report.health_cost = Some(h),
+        Err(e) => report.errors.push(format!("health checks' cost: {e:#}")),
+    }
     Ok(report)
 }
 
@@ -851,6 +862,10 @@ impl Section for ControlReport {
             out.push(String::new());
             out.push(s);
         }
+        if let Some(h) = &self.health_cost {
+            out.push(String::new());
+            out.push(h.line());
+        }
         for e in &self.errors {
             out.push(format!("FAILED: {e}"));
         }
@@ -869,6 +884,9 @@ impl Section for ControlReport {
         md += &self.load_table().markdown();
         if let Some(s) = self.startup_line() {
             md += &format!("\n{s}.\n");
+        }
+        if let Some(h) = &self.health_cost {
+            md += &format!("\n{}.\n", h.line());
         }
         for e in &self.errors {
             md += &format!("\n**Failed:** `{}`\n", e.replace('\n', " "));
@@ -1019,6 +1037,7 @@ impl ControlReport {
             }),
             None => t.push(missing(&reads, "< 5 ms")),
         }
+        t.push(crate::health_cost::target(self.health_cost.as_ref()));
         t
     }
 }

@@ -5,6 +5,7 @@
 
 mod control;
 mod dataplane;
+mod health_cost;
 mod plot;
 mod progress;
 mod quality;
@@ -78,6 +79,13 @@ enum Command {
         /// Packets per round (default 20000, quick 5000).
         #[arg(long)]
         calls: Option<u32>,
+    },
+    /// The health checks' cost alone: 1,000 (VIP, backend) pairs checked
+    /// every second; the daemon's CPU (also part of `control`).
+    HealthCost {
+        /// Measurement window.
+        #[arg(long, default_value_t = 20)]
+        seconds: u64,
     },
     /// 3. Maglev build time, API call to data-plane latency, API calls/s, start-up with 512 VIPs.
     Control {
@@ -255,6 +263,14 @@ fn main() -> Result<()> {
             p.println("");
             print_lines(&p, targets_table(&c.targets()).text());
         }
+        Command::HealthCost { seconds } => {
+            let p = Progress::new(3);
+            ensure_daemon_built(&p)?;
+            let h = health_cost::run(Duration::from_secs(seconds), &p)?;
+            p.finish();
+            p.println(h.line());
+            print_lines(&p, targets_table(&[health_cost::target(Some(&h))]).text());
+        }
         Command::Maglev { quick } => {
             let plan = Plan::new(quick);
             let p = Progress::new(quality::SIZES.len() as u64);
@@ -389,6 +405,7 @@ fn run_all(quick: bool, out_dir: &std::path::Path, no_write: bool, skip: &[Part]
                 api_throughput: Vec::new(),
                 api_load: Vec::new(),
                 startup: None,
+                health_cost: None,
                 errors: vec![format!("daemon parts skipped: {e}")],
             }),
             Ok(()) => control::run(&plan.control, &p),

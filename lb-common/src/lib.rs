@@ -16,6 +16,7 @@ pub mod config;
 pub mod conn;
 pub mod consts;
 pub mod hash;
+pub mod health;
 pub mod stats;
 pub mod vip;
 
@@ -24,5 +25,6 @@ pub use config::*;
 pub use conn::*;
 pub use consts::*;
 pub use hash::*;
-pub use stats::{Action, Counter, DecapStat, Stat};
+pub use health::*;
+pub use stats::{Action, Counter, DecapStat, ProbeStat, Stat};
 pub use vip::*;

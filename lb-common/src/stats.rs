@@ -142,3 +142,15 @@ const _: () = assert!(core::mem::size_of::<Counter>() == 16);
 #[cfg(feature = "user")]
 // SAFETY: repr(C), Copy, two u64s: every bit pattern is valid.
 unsafe impl aya::Pod for Counter {}
+
+counters! {
+    /// Counters of the health probes' TC egress program: one per packet.
+    ProbeStat {
+        ProbeEncapsulated = ("probe_encapsulated", Tx),
+        PassNotProbe = ("pass_not_probe", Pass),
+        DropNotReady = ("probe_drop_not_ready", Drop),
+        DropFamilyMismatch = ("probe_drop_family_mismatch", Drop),
+        DropMalformed = ("probe_drop_malformed", Drop),
+        DropNoRoom = ("probe_drop_no_room", Drop),
+    }
+}

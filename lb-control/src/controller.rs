@@ -9,9 +9,13 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     attachment, bgp,
-    config::{Config, Prefix, Reattach},
+    config::{
+        health::{HealthCheck, HealthSettings},
+        Config, Prefix, Reattach,
+    },
     dataplane::{Balancer, DataplaneError},
     engine::{ApplyReport, Engine, EngineError},
+    health,
     lock::{LockError, PinDirLock},
     model::{VipId, VipSet},
     netlink,
@@ -105,9 +109,16 @@ pub struct StatsSnapshot {
 /// for a change in progress (its map writes, fsync or table swap).
 #[derive(Clone, Debug, Default)]
 pub struct View {
+    /// The operator's VIPs (health overlay not applied).
     pub vips: VipSet,
     /// Why the daemon is not ready (not attached yet, or detached).
     pub not_ready: Option<String>,
+    /// Health checks per VIP (the config's, with API changes).
+    pub health: HealthSettings,
+    /// VIPs whose every serving backend is down: kept whole (fail open).
+    pub failed_open: std::collections::BTreeSet<VipId>,
+    /// The forwarding config the data plane uses (and probes too).
+    pub forwarding: LbConfig,
 }
 
 pub struct Controller {
@@ -125,6 +136,13 @@ pub struct Controller {
     view: tokio::sync::watch::Sender<Arc<View>>,
     /// Announces this host's VIP addresses through BIRD (`[bgp]` enabled).
     announcer: Option<bgp::Announcer>,
+    /// Backends the health checks found down: an overlay on the operator's
+    /// VIPs, never persisted.
+    down: health::DownSet,
+    /// Checks set through the API, over the config's (not persisted).
+    health_overrides: BTreeMap<VipId, HealthCheck>,
+    /// VIPs failed open at the last apply.
+    failed_open: std::collections::BTreeSet<VipId>,
 }
 
 impl Controller {
@@ -152,6 +170,9 @@ impl Controller {
             check_failed: None,
             view,
             announcer: None,
+            down: Default::default(),
+            health_overrides: BTreeMap::new(),
+            failed_open: Default::default(),
         };
         ctl.publish();
         Ok(ctl)
@@ -173,8 +194,71 @@ impl Controller {
     /// Tells readers (the API's view) and routers (BGP) what changed: the
     /// one place every change of the VIP set or of readiness goes through.
     fn publish(&self) {
-        self.view.send_replace(Arc::new(View { vips: self.state.vips.clone(), not_ready: self.not_ready() }));
+        self.view.send_replace(Arc::new(View {
+            vips: self.state.vips.clone(),
+            not_ready: self.not_ready(),
+            health: self.health_settings(),
+            failed_open: self.failed_open.clone(),
+            forwarding: self.forwarding,
+        }));
         self.announce();
+    }
+
+    /// The health checks in force: the config's, with the API's changes.
+    pub fn health_settings(&self) -> HealthSettings {
+        let mut h = self.config.health.clone();
+        h.vips.extend(self.health_overrides.iter().map(|(k, v)| (*k, v.clone())));
+        h
+    }
+
+    /// What the data plane gets: the operator's VIPs with the health overlay
+    /// (see [`health::effective`]). Logs VIPs that start or stop failing open.
+    fn effective(&mut self) -> VipSet {
+        let settings = self.health_settings();
+        let vips = &self.state.vips;
+        // Down marks of backends gone, or of VIPs no longer checked, lapse.
+        self.down.retain(|(id, addr)| {
+            vips.get(id).is_some_and(|s| s.backends.contains_key(addr)) && settings.for_vip(id).enabled()
+        });
+        let (effective, failed_open) = health::effective(vips, &self.down, &settings);
+        for id in failed_open.difference(&self.failed_open) {
+            tracing::error!(vip = %id, "every backend of the VIP is down: failing open, all stay in the ring");
+        }
+        for id in self.failed_open.difference(&failed_open) {
+            tracing::warn!(vip = %id, "the VIP no longer fails open");
+        }
+        self.failed_open = failed_open;
+        effective
+    }
+
+    /// A health check found `backend` of `vip` down (or up again): one
+    /// change, applied with the operator's VIPs and not persisted.
+    pub fn set_backend_down(&mut self, vip: VipId, backend: IpAddr, down: bool) -> Result<ApplyReport, ControlError> {
+        let changed = if down { self.down.insert((vip, backend)) } else { self.down.remove(&(vip, backend)) };
+        if !changed {
+            return Ok(ApplyReport::default());
+        }
+        let effective = self.effective();
+        let result = self.engine.apply(&effective, &self.forwarding);
+        self.publish();
+        Ok(result?)
+    }
+
+    /// Sets a VIP's health check (the API's `PUT /v1/vips/{vip}/health`).
+    pub fn set_vip_health(&mut self, vip: VipId, check: HealthCheck) -> Result<ApplyReport, ControlError> {
+        self.refuse_if_detached()?;
+        if !self.state.vips.contains_key(&vip) {
+            return Err(ControlError::NotFound(format!("no VIP {vip}")));
+        }
+        check.check_for(&vip).map_err(|(field, m)| ControlError::Invalid(format!("{field}: {m}")))?;
+        if !check.enabled() {
+            self.down.retain(|(id, _)| *id != vip);
+        }
+        self.health_overrides.insert(vip, check);
+        let effective = self.effective();
+        let result = self.engine.apply(&effective, &self.forwarding);
+        self.publish();
+        Ok(result?)
     }
 
     fn refuse_if_detached(&self) -> Result<(), ControlError> {
@@ -327,7 +411,9 @@ impl Controller {
             return;
         }
         let b = &self.config.bgp;
-        announcer.sync(&bgp::announced(&self.state.vips, self.ready(), b.min_healthy), &b.communities);
+        // min_healthy counts backends up by health too (weight > 0, not down).
+        let serving = health::without_down(&self.state.vips, &self.down);
+        announcer.sync(&bgp::announced(&serving, self.ready(), b.min_healthy), &b.communities);
     }
 
     pub fn config(&self) -> &Config {
@@ -358,13 +444,15 @@ impl Controller {
             self.state.vips = previous;
             return Err(e.into());
         }
-        let result = match self.engine.apply(&self.state.vips, &self.forwarding) {
+        let effective = self.effective();
+        let result = match self.engine.apply(&effective, &self.forwarding) {
             Ok(report) => Ok(report),
             Err(e) => {
                 tracing::error!(error = %e, "apply failed; restoring the previous state");
                 self.state.vips = previous;
                 let _ = state::save(&self.config.state_file, &self.state);
-                let _ = self.engine.apply(&self.state.vips, &self.forwarding);
+                let effective = self.effective();
+                let _ = self.engine.apply(&effective, &self.forwarding);
                 Err(e.into())
             }
         };
@@ -401,19 +489,22 @@ impl Controller {
         let next = State { version: state::STATE_VERSION, config_vips: new.vips.clone(), vips };
         state::save(&new.state_file, &next)?;
         let previous = std::mem::replace(&mut self.state, next);
-        let result = match self.engine.apply(&self.state.vips, &forwarding) {
+        let previous_config = std::mem::replace(&mut self.config, new);
+        let effective = self.effective();
+        let result = match self.engine.apply(&effective, &forwarding) {
             Ok(report) => {
-                if let Err(e) = self.engine.set_second_chance(new.second_chance.window()) {
+                if let Err(e) = self.engine.set_second_chance(self.config.second_chance.window()) {
                     tracing::error!(error = %e, "second chance: the new window could not be applied");
                 }
-                self.config = new;
                 self.forwarding = forwarding;
                 Ok(report)
             }
             Err(e) => {
                 self.state = previous;
+                self.config = previous_config;
                 let _ = state::save(&self.config.state_file, &self.state);
-                let _ = self.engine.apply(&self.state.vips, &self.forwarding);
+                let effective = self.effective();
+                let _ = self.engine.apply(&effective, &self.forwarding);
                 Err(e.into())
             }
         };

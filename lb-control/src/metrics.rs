@@ -37,6 +37,18 @@ fn counters<'a, K: ToString + 'a>(
 
 /// Encodes a snapshot.
 pub fn encode_snapshot(snap: &StatsSnapshot, vips: usize, backends: usize, ready: bool, attached: bool) -> String {
+    encode_with(snap, vips, backends, ready, attached, |_| {})
+}
+
+/// Encodes a snapshot and what `extra` registers (health's series).
+pub fn encode_with(
+    snap: &StatsSnapshot,
+    vips: usize,
+    backends: usize,
+    ready: bool,
+    attached: bool,
+    extra: impl FnOnce(&mut Registry),
+) -> String {
     let mut registry = Registry::with_prefix("xdp_lb");
     counters(&mut registry, "reason", "Packets by the reason the balancer gave them", "reason", &snap.global);
     counters(&mut registry, "action", "Packets by final action", "action", &snap.actions);
@@ -56,6 +68,7 @@ pub fn encode_snapshot(snap: &StatsSnapshot, vips: usize, backends: usize, ready
         g.set(value);
         registry.register(name, help, g);
     }
+    extra(&mut registry);
     let mut out = String::new();
     encode(&mut out, &registry).expect("writing to a String cannot fail");
     out

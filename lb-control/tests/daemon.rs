@@ -89,6 +89,18 @@ const REAL2: Ipv4Addr = Ipv4Addr::new(10, 1, 0, 2);
 const REAL6: Ipv6Addr = Ipv6Addr::new(0xfc00, 1, 0, 0, 0, 0, 0, 1);
 
 /// What `GET /v1/vips` answers for [`BASE_VIPS`].
+/// A backend list without each backend's health (the operator's part).
+fn weights(list: Value) -> Value {
+    let mut list = list;
+    for b in list.as_array_mut().into_iter().flatten() {
+        if let Some(o) = b.as_object_mut() {
+            o.remove("health");
+            o.remove("failed_open");
+        }
+    }
+    list
+}
+
 fn base_vips_json() -> Value {
     json!([
         {"vip": VIP_HTTP, "flags": [], "backends": [
@@ -622,7 +634,7 @@ fn every_endpoint_answers_as_documented() {
     assert_eq!(lab.vips(), base_vips_json());
     assert_eq!(lab.get_json(&format!("/v1/vips/{VIP_HTTP}")), base_vips_json()[0]);
     assert_eq!(lab.get_json(&format!("/v1/vips/{VIP_DNS6}")), base_vips_json()[1], "an IPv6 VIP in the path");
-    assert_eq!(lab.get_json(&format!("/v1/vips/{VIP_DNS6}/backends")), base_vips_json()[1]["backends"]);
+    assert_eq!(weights(lab.get_json(&format!("/v1/vips/{VIP_DNS6}/backends"))), base_vips_json()[1]["backends"]);
 
     // POST a VIP; the weight defaults to 1; flags are kept.
     let new = "tcp:10.0.0.20:443";
@@ -640,27 +652,27 @@ fn every_endpoint_answers_as_documented() {
 
     // Backends: POST one, PUT the list, PATCH weight and drain, DELETE one.
     let backends = format!("/v1/vips/{new}/backends");
-    assert_eq!(lab.get_json(&backends), json!([{"address": "10.1.0.3", "weight": 1}]));
+    assert_eq!(weights(lab.get_json(&backends)), json!([{"address": "10.1.0.3", "weight": 1}]));
     lab.call("POST", &backends, Some(&json!({"address": "10.1.0.4", "weight": 5}))).ok(201, "POST backend");
     assert_eq!(
-        lab.get_json(&backends),
+        weights(lab.get_json(&backends)),
         json!([{"address": "10.1.0.3", "weight": 1}, {"address": "10.1.0.4", "weight": 5}])
     );
     let r = lab.call("PUT", &backends, Some(&json!([{"address": "10.1.0.5", "weight": 2}, {"address": "10.1.0.6"}])));
     let applied = r.ok(200, "PUT backends");
     assert_eq!(applied["applied"]["tables_written"], 1, "{applied}");
     assert_eq!(
-        lab.get_json(&backends),
+        weights(lab.get_json(&backends)),
         json!([{"address": "10.1.0.5", "weight": 2}, {"address": "10.1.0.6", "weight": 1}])
     );
     lab.call("PATCH", &format!("{backends}/10.1.0.5"), Some(&json!({"weight": 7}))).ok(200, "PATCH weight");
     lab.call("PATCH", &format!("{backends}/10.1.0.6"), Some(&json!({"drain": true}))).ok(200, "PATCH drain");
     assert_eq!(
-        lab.get_json(&backends),
+        weights(lab.get_json(&backends)),
         json!([{"address": "10.1.0.5", "weight": 7}, {"address": "10.1.0.6", "weight": 0}])
     );
     lab.call("DELETE", &format!("{backends}/10.1.0.6"), None).ok(200, "DELETE backend");
-    assert_eq!(lab.get_json(&backends), json!([{"address": "10.1.0.5", "weight": 7}]));
+    assert_eq!(weights(lab.get_json(&backends)), json!([{"address": "10.1.0.5", "weight": 7}]));
 
     // Stats and metrics count packets run through the daemon's maps.
     let before = lab.get_json("/v1/stats");
@@ -1141,7 +1153,7 @@ fn bad_requests_are_refused_with_the_right_error_and_change_nothing() {
     // And the right token works after all that.
     lab.call("PATCH", &format!("{http_backends}/10.1.0.1"), Some(&json!({"weight": 3})))
         .ok(200, "PATCH with the token");
-    assert_eq!(lab.get_json(&http_backends)[0], json!({"address": "10.1.0.1", "weight": 3}));
+    assert_eq!(weights(lab.get_json(&http_backends))[0], json!({"address": "10.1.0.1", "weight": 3}));
     assert_ne!(fs::read(&lab.state_file).unwrap(), state_before, "a good change is persisted");
 }
 
@@ -1422,7 +1434,10 @@ fn lbctl_drives_the_daemon() {
     // Drain.
     let out = ok(true, &["backend", "drain", id, "10.1.0.21"]);
     assert!(out.contains("draining"), "{out}");
-    assert_eq!(lab.get_json(&format!("/v1/vips/{id}/backends"))[0], json!({"address": "10.1.0.21", "weight": 0}));
+    assert_eq!(
+        weights(lab.get_json(&format!("/v1/vips/{id}/backends")))[0],
+        json!({"address": "10.1.0.21", "weight": 0})
+    );
     let list = ok(false, &["backend", "list", id]);
     assert!(list.lines().any(|l| l.starts_with("10.1.0.21") && l.contains("(draining)")), "{list}");
 
@@ -1512,8 +1527,9 @@ fn check_validates_config_files_and_detach_removes_pins_and_program() {
     cmd.env_remove("LB_CONFIG").arg("--config").arg(&lab.config).arg("detach");
     let (status, out, err) = run_bounded(cmd, &lab.dir, "lb-control detach");
     assert!(status.success(), "detach failed: {out}{err}");
-    let pins = lb_common::map_names::BALANCER_MAPS.len() + 1;
-    assert!(out.contains(&format!("removed {pins} pins")), "every map and the link: {out}");
+    // Every map, the XDP link and the health probes' TC link.
+    let pins = lb_common::map_names::BALANCER_MAPS.len() + 2;
+    assert!(out.contains(&format!("removed {pins} pins")), "every map and both links: {out}");
     assert!(!lab.pin_dir.exists(), "the pin directory is gone");
     let start = Instant::now();
     loop {
@@ -2179,8 +2195,9 @@ fn force_detach(lab: &Lab) -> String {
     cmd.env_remove("LB_CONFIG").arg("--config").arg(&lab.config).arg("detach").arg("--force");
     let (status, out, err) = run_bounded(cmd, &lab.dir, "lb-control detach --force");
     assert!(status.success(), "detach --force failed: {out}{err}");
-    // Every map of the balancer, and its link on the one interface.
-    let pins = lb_common::map_names::BALANCER_MAPS.len() + 1;
+    // Every map of the balancer, its link on the one interface and the
+    // health probes' TC link there.
+    let pins = lb_common::map_names::BALANCER_MAPS.len() + 2;
     assert!(out.contains(&format!("removed {pins} pins")), "{out}");
     out
 }

@@ -10,7 +10,10 @@ codes; every other 400 to a schema-valid request is a failure.
 
 import schemathesis
 
-CROSS_FIELD_CODES = {"backend_is_vip", "family_mismatch", "duplicate_backend", "duplicate_vip"}
+# health_check_mismatch: a health check's status range out of order, a
+# timeout longer than its interval, or a check that cannot probe the VIP
+# (its protocol, a port-0 VIP without a port).
+CROSS_FIELD_CODES = {"backend_is_vip", "family_mismatch", "duplicate_backend", "duplicate_vip", "health_check_mismatch"}
 
 
 @schemathesis.check

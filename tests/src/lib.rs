@@ -124,6 +124,17 @@ impl Balancer {
         })
     }
 
+    /// A GET whose answer is text (`/metrics`, `/readyz`).
+    pub fn api_get_text(&self, path: &str) -> Result<String> {
+        let url = format!("http://{API}{path}");
+        self.ns.run(move || {
+            let agent: ureq::Agent =
+                ureq::Agent::config_builder().timeout_global(Some(Duration::from_secs(5))).build().into();
+            let mut resp = agent.get(&url).call().with_context(|| format!("GET {url}"))?;
+            Ok(resp.body_mut().read_to_string()?)
+        })
+    }
+
     /// A mutating call on this balancer's API (the lab sets no token).
     pub fn api_send(&self, method: &str, path: &str, body: Option<serde_json::Value>) -> Result<serde_json::Value> {
         let url = format!("http://{API}{path}");

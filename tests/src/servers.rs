@@ -29,6 +29,20 @@ pub struct Servers {
     stop: Arc<AtomicBool>,
     threads: Vec<JoinHandle<()>>,
     pub served: Vec<Arc<Served>>,
+    /// Per backend, per TCP service (HTTP, echo): its own stop flag and
+    /// accept thread, so one server can stop (its port then refuses) and
+    /// start again while established connections carry on.
+    listeners: Vec<[Option<Listener>; 2]>,
+}
+
+/// A running accept loop: its own stop flag and its thread.
+type Listener = (Arc<AtomicBool>, JoinHandle<()>);
+
+/// The TCP services a backend runs.
+#[derive(Clone, Copy, Debug)]
+pub enum Service {
+    Http = 0,
+    Echo = 1,
 }
 
 fn any(port: u16) -> SocketAddr {
@@ -41,6 +55,7 @@ impl Servers {
         let stop = Arc::new(AtomicBool::new(false));
         let mut threads = Vec::new();
         let mut served = Vec::new();
+        let mut listeners = Vec::new();
         for b in backends {
             let counts = Arc::new(Served::default());
             let name = format!("backend-{}", b.index);
@@ -52,17 +67,17 @@ impl Servers {
                 let udp = UdpSocket::bind(any(UDP_PORT)).context("bind udp")?;
                 Ok((http, echo, udp))
             })?;
-            for (listener, echo_mode) in [(http, false), (echo, true)] {
-                listener.set_nonblocking(true)?;
-                let (stop, counts, name) = (stop.clone(), counts.clone(), name.clone());
-                threads.push(std::thread::spawn(move || accept_loop(listener, echo_mode, &name, &counts, &stop)));
+            let mut own = [None, None];
+            for (slot, (listener, echo_mode)) in own.iter_mut().zip([(http, false), (echo, true)]) {
+                *slot = Some(spawn_accept(listener, echo_mode, name.clone(), counts.clone(), stop.clone())?);
             }
+            listeners.push(own);
             udp.set_read_timeout(Some(Duration::from_millis(100)))?;
             let (stop2, counts2, name2) = (stop.clone(), counts.clone(), name.clone());
             threads.push(std::thread::spawn(move || udp_loop(udp, &name2, &counts2, &stop2)));
             served.push(counts);
         }
-        Ok(Servers { stop, threads, served })
+        Ok(Servers { stop, threads, served, listeners })
     }
 
     pub fn stop(&mut self) {
@@ -70,6 +85,33 @@ impl Servers {
         for t in self.threads.drain(..) {
             let _ = t.join();
         }
+        for (own_stop, t) in self.listeners.iter_mut().flat_map(|l| l.iter_mut()).filter_map(Option::take) {
+            own_stop.store(true, Ordering::Relaxed);
+            let _ = t.join();
+        }
+    }
+
+    /// Stops one backend's server: its listening socket closes (new
+    /// connections are refused); connections it accepted carry on.
+    pub fn stop_service(&mut self, backend: usize, service: Service) {
+        if let Some((own_stop, t)) = self.listeners[backend][service as usize].take() {
+            own_stop.store(true, Ordering::Relaxed);
+            let _ = t.join();
+        }
+    }
+
+    /// Starts a stopped server again.
+    pub fn start_service(&mut self, backend: &Backend, service: Service) -> Result<()> {
+        let port = match service {
+            Service::Http => HTTP_PORT,
+            Service::Echo => ECHO_PORT,
+        };
+        let listener = backend.ns.run(|| TcpListener::bind(any(port)).context("bind"))?;
+        let name = format!("backend-{}", backend.index);
+        let counts = self.served[backend.index].clone();
+        let handle = spawn_accept(listener, matches!(service, Service::Echo), name, counts, self.stop.clone())?;
+        self.listeners[backend.index][service as usize] = Some(handle);
+        Ok(())
     }
 
     /// HTTP requests served per backend.
@@ -86,8 +128,29 @@ impl Servers {
     }
 }
 
-fn accept_loop(listener: TcpListener, echo: bool, name: &str, counts: &Arc<Served>, stop: &AtomicBool) {
-    while !stop.load(Ordering::Relaxed) {
+fn spawn_accept(
+    listener: TcpListener,
+    echo: bool,
+    name: String,
+    counts: Arc<Served>,
+    all_stop: Arc<AtomicBool>,
+) -> Result<Listener> {
+    listener.set_nonblocking(true)?;
+    let own_stop = Arc::new(AtomicBool::new(false));
+    let own = own_stop.clone();
+    let t = std::thread::spawn(move || accept_loop(listener, echo, &name, &counts, &all_stop, &own));
+    Ok((own_stop, t))
+}
+
+fn accept_loop(
+    listener: TcpListener,
+    echo: bool,
+    name: &str,
+    counts: &Arc<Served>,
+    stop: &AtomicBool,
+    own_stop: &AtomicBool,
+) {
+    while !stop.load(Ordering::Relaxed) && !own_stop.load(Ordering::Relaxed) {
         match listener.accept() {
             Ok((stream, _)) => {
                 let (name, counts) = (name.to_string(), counts.clone());

@@ -96,18 +96,16 @@ pub async fn delete_vip(State(s): State<Shared>, ApiPath(vip): ApiPath<String>) 
 
 #[utoipa::path(get, path = "/v1/vips/{vip}/backends", tag = BACKENDS, params(("vip" = VipId, Path)),
     responses(
-        (status = 200, description = "the VIP's backends", body = Vec<BackendBody>),
+        (status = 200, description = "the VIP's backends with their health", body = Vec<super::BackendStatus>),
         (status = 400, description = "not a VIP", body = ErrorBody),
         (status = 404, description = "no such VIP", body = ErrorBody),
     ))]
 pub async fn list_backends(
     State(s): State<Shared>,
     ApiPath(vip): ApiPath<String>,
-) -> Result<Json<Vec<BackendBody>>, ApiError> {
+) -> Result<Json<Vec<super::BackendStatus>>, ApiError> {
     let id = parse_vip(&vip)?;
-    let view = s.view.borrow().clone();
-    let spec = view.vips.get(&id).ok_or_else(|| unknown_vip(&id))?;
-    Ok(Json(vip_body(&id, spec).backends))
+    Ok(Json(super::health::backend_statuses(&s, &id)?))
 }
 
 /// The VIP must exist before its backends are judged: an unknown VIP is a
@@ -283,7 +281,10 @@ pub async fn metrics_text(State(s): State<Shared>) -> Result<Response, ApiError>
         Ok((ctl.stats()?, ctl.vips().len(), ctl.engine().backends().count(), ctl.ready(), ctl.attached()))
     })
     .await?;
-    let body = metrics::encode_snapshot(&snap, vips, backends, ready, attached);
+    let view = s.view.borrow().clone();
+    let body = metrics::encode_with(&snap, vips, backends, ready, attached, |registry| {
+        crate::health::register_metrics(registry, &s.health, &view)
+    });
     Ok(([(header::CONTENT_TYPE, metrics::CONTENT_TYPE)], body).into_response())
 }
 

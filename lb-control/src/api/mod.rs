@@ -11,6 +11,7 @@ mod auth;
 mod body;
 mod error;
 mod handlers;
+mod health;
 mod schema;
 mod version;
 mod vip_set;
@@ -29,6 +30,7 @@ use utoipa_axum::{router::OpenApiRouter, routes};
 
 pub use body::{BackendBody, BackendPatch, VipBody};
 pub use error::ApiError;
+pub use health::{health_label, BackendStatus};
 pub use version::{VersionBody, GIT_COMMIT, VERSION};
 pub use vip_set::VipSetReplaced;
 
@@ -51,6 +53,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("POST", "/v1/vips/{vip}/backends"),
     ("PATCH", "/v1/vips/{vip}/backends/{backend}"),
     ("DELETE", "/v1/vips/{vip}/backends/{backend}"),
+    ("PUT", "/v1/vips/{vip}/health"),
     ("GET", "/v1/stats"),
     ("GET", "/metrics"),
     ("GET", "/healthz"),
@@ -65,12 +68,14 @@ pub struct AppState {
     pub token: Option<String>,
     /// The controller's published view: reads never wait for a change.
     pub view: tokio::sync::watch::Receiver<Arc<View>>,
+    /// What the health checker knows (each backend's record, durations).
+    pub health: Arc<crate::health::Registry>,
 }
 
 impl AppState {
     pub fn new(ctl: Controller, token: Option<String>) -> Self {
         let view = ctl.subscribe();
-        Self { ctl: Mutex::new(ctl), token, view }
+        Self { ctl: Mutex::new(ctl), token, view, health: Arc::default() }
     }
 }
 
@@ -105,7 +110,7 @@ async fn on_controller<T: Send + 'static>(
         Changes are in the data plane when the call returns; a rejected call changes nothing."),
     modifiers(&BearerToken),
     components(schemas(crate::model::VipId, schema::BackendAddr)),
-    tags((name = "vips"), (name = "backends"), (name = "operations"))
+    tags((name = "vips"), (name = "backends"), (name = "health"), (name = "operations"))
 )]
 struct ApiDoc;
 
@@ -130,6 +135,7 @@ fn routes() -> OpenApiRouter<Shared> {
         .routes(routes!(get_vip, delete_vip))
         .routes(routes!(list_backends, replace_backends, add_backend))
         .routes(routes!(patch_backend, delete_backend))
+        .routes(routes!(health::put_vip_health))
         .routes(routes!(stats))
         .routes(routes!(metrics_text))
         .routes(routes!(healthz))

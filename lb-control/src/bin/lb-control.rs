@@ -226,6 +226,7 @@ async fn run(config_path: PathBuf) -> Result<()> {
     server_limits.max_connections = server::fit_connections_to_fd_limit(server_limits.max_connections);
     let override_macs = (config.gateway.mac, config.gateway.interface_mac);
     let interfaces = config.interfaces.clone();
+    let pin_dir = config.pin_dir.clone();
     let started = std::time::Instant::now();
 
     // One daemon per pin directory, and nothing touched unless this one can
@@ -247,6 +248,15 @@ async fn run(config_path: PathBuf) -> Result<()> {
         Ok(ctl)
     })?;
     let state = Arc::new(AppState::new(ctl, token));
+    // Health checks need the probes' TC program; without it the daemon
+    // still serves, every backend's health reads "unknown" or "disabled".
+    let health_checker = match lb_control::health::spawn(state.clone(), &interfaces, &pin_dir) {
+        Ok(task) => Some(task),
+        Err(e) => {
+            tracing::error!(error = %e, "health checks unavailable: the probes' TC program did not load");
+            None
+        }
+    };
     tracing::info!(%listen, elapsed_ms = started.elapsed().as_millis() as u64, "API listening; ready");
     notify(&[NotifyState::Ready, NotifyState::Status("serving")]);
 
@@ -371,6 +381,9 @@ async fn run(config_path: PathBuf) -> Result<()> {
     }
     tracing::info!("stopped; the balancer stays attached with its pinned maps");
     watcher.abort();
+    if let Some(task) = health_checker {
+        task.abort();
+    }
     // Held to the end: the pin directory is ours until the process exits.
     drop(lock);
     Ok(())

@@ -3,6 +3,7 @@
 //! the column and the key (`problem`).
 
 mod bgp;
+pub mod health;
 mod host;
 mod problem;
 mod raw;
@@ -116,6 +117,8 @@ pub struct Config {
     pub api: Api,
     pub bgp: Bgp,
     pub second_chance: SecondChance,
+    /// `[health]` and `[vip.health]`.
+    pub health: health::HealthSettings,
     pub vips: VipSet,
 }
 

@@ -29,6 +29,7 @@ pub(super) struct RawConfig {
     pub bgp: super::bgp::RawBgp,
     #[serde(default)]
     pub second_chance: super::second_chance::RawSecondChance,
+    pub health: Option<Spanned<super::health::RawHealthCheck>>,
     #[serde(default, rename = "vip")]
     pub vips: Vec<Spanned<RawVip>>,
 }
@@ -78,6 +79,7 @@ pub(super) struct RawVip {
     pub flags: Vec<Spanned<VipFlag>>,
     #[serde(default, rename = "backend")]
     pub backends: Vec<Spanned<RawBackend>>,
+    pub health: Option<Spanned<super::health::RawHealthCheck>>,
 }
 
 #[derive(Deserialize)]

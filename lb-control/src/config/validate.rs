@@ -69,6 +69,7 @@ pub(super) fn validate(c: &mut Checker<'_>, raw: RawConfig) -> Option<Config> {
     let state_file = c.path(raw.state_file.as_ref(), "state_file", DEFAULT_STATE_FILE);
     let api = api(c, &raw);
     let vips = vips(c, &raw.vips, Some(&limits));
+    let health = super::health::validate_health(c, raw.health.as_ref(), &vip_health_tables(&raw));
     Some(Config {
         interfaces,
         xdp_mode: raw.xdp_mode,
@@ -81,8 +82,28 @@ pub(super) fn validate(c: &mut Checker<'_>, raw: RawConfig) -> Option<Config> {
         api: api?,
         bgp: super::bgp::validate_bgp(c, &raw.bgp)?,
         second_chance: super::second_chance::validate_second_chance(c, &raw.second_chance)?,
+        health: health?,
         vips,
     })
+}
+
+/// Each `[[vip]]`'s identity as written (`None` when it does not parse:
+/// that is reported already) and its `[vip.health]` table.
+fn vip_health_tables(raw: &RawConfig) -> Vec<(Option<VipId>, Option<&Spanned<super::health::RawHealthCheck>>)> {
+    raw.vips
+        .iter()
+        .map(|v| {
+            let v = v.get_ref();
+            let id = (|| {
+                Some(VipId {
+                    addr: v.address.get_ref().parse().ok()?,
+                    port: u16::try_from(*v.port.get_ref()).ok()?,
+                    proto: v.protocol.get_ref().parse().ok()?,
+                })
+            })();
+            (id, v.health.as_ref())
+        })
+        .collect()
 }
 
 fn interfaces(c: &mut Checker<'_>, raw: &RawConfig) -> Vec<String> {

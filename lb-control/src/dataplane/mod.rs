@@ -46,6 +46,8 @@ pub static BALANCER_ELF: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_D
 pub static DECAP_ELF: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lb-decap"));
 /// A program that only returns XDP_TX: the benchmarks' floor.
 pub static XDP_TX_ELF: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lb-xdp-tx"));
+/// The health probes' TC egress program (see `crate::health::tc`).
+pub static HEALTH_ELF: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lb-health"));
 
 /// Name of the balancer's XDP program in its object.
 pub const BALANCER_PROGRAM: &str = "balancer";

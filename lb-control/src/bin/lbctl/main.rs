@@ -1,6 +1,7 @@
 //! `lbctl`: drives the lb-control daemon through its REST API.
 
 mod docs;
+mod health;
 mod version;
 mod vip_file;
 
@@ -95,6 +96,12 @@ enum VipCmd {
         /// Only check the file against the daemon and print the diff.
         #[arg(long)]
         dry_run: bool,
+    },
+    /// Set a VIP's health check, e.g. `lbctl vip health tcp:10.0.0.10:80 --kind http --path /healthz`.
+    Health {
+        vip: VipId,
+        #[command(flatten)]
+        check: health::HealthArgs,
     },
 }
 
@@ -318,15 +325,20 @@ fn main() -> Result<()> {
                 println!("removed {vip}")
             }
         }
+        Command::Vip(VipCmd::Health { vip, check }) => {
+            let r: serde_json::Value = client.send("PUT", &format!("/v1/vips/{vip}/health"), Some(&check.body()))?;
+            if json {
+                print_json(&r)?
+            } else {
+                println!("{vip}: health check {}", r["health"])
+            }
+        }
         Command::Backend(BackendCmd::List { vip }) => {
-            let list: Vec<BackendBody> = client.get(&format!("/v1/vips/{vip}/backends"))?;
+            let list: Vec<lb_control::api::BackendStatus> = client.get(&format!("/v1/vips/{vip}/backends"))?;
             if json {
                 print_json(&list)?
             } else {
-                println!("{:<40} WEIGHT", "BACKEND");
-                for b in list {
-                    println!("{:<40} {}{}", b.address, b.weight, if b.weight == 0 { " (draining)" } else { "" });
-                }
+                health::print_backends(&list)
             }
         }
         Command::Backend(BackendCmd::Add { vip, address, weight }) => {

@@ -1,0 +1,244 @@
+//! What health checks cost the daemon: 1,000 (VIP, backend) pairs checked
+//! with TCP connects every second, through the tunnel to a namespace whose
+//! decap program and listeners answer every probe. The figure is the
+//! daemon process's CPU time (user + system, /proc/PID/stat) over a window
+//! once every pair is up, in percent of one core.
+
+use std::{
+    net::{Ipv4Addr, TcpListener},
+    path::PathBuf,
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    },
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context as _, Result};
+use lb_control::dataplane::{detach_all, Decap, Limits, XdpMode};
+use lb_e2e::API;
+use lb_testkit::netns::{self, Netns};
+use serde::Serialize;
+
+use crate::{control::config_text, progress::Progress, report::Target, sys};
+
+/// VIPs (ports of one address) × backend addresses = checked pairs.
+pub const VIPS: u16 = 20;
+pub const BACKENDS: u8 = 50;
+pub const INTERVAL: Duration = Duration::from_secs(1);
+const VIP: Ipv4Addr = Ipv4Addr::new(10, 200, 0, 1);
+const FIRST_PORT: u16 = 8000;
+/// The daemon's budget for 1,000 pairs at 1 s (percent of one core).
+pub const TARGET_PERCENT: f64 = 2.0;
+
+#[derive(Clone, Debug, Serialize)]
+pub struct HealthCost {
+    pub pairs: usize,
+    pub interval_ms: u64,
+    pub window_s: f64,
+    /// Probes finished per second during the window (from the histogram).
+    pub probes_per_s: f64,
+    /// Daemon CPU (user + system) in percent of one core.
+    pub cpu_percent: f64,
+    /// The user-space part of it (the rest is the kernel: sockets, and in
+    /// this lab the backend namespace's TCP too, which veth runs in the
+    /// sender's context).
+    pub user_percent: f64,
+    /// Pairs up at the end of the window.
+    pub up: usize,
+}
+
+fn backend(i: u8) -> Ipv4Addr {
+    Ipv4Addr::new(10, 201, 0, i + 1)
+}
+
+fn vip_sections() -> String {
+    let mut s = format!("\n[health]\nkind = \"tcp\"\ninterval = \"{}ms\"\ntimeout = \"500ms\"\n", INTERVAL.as_millis());
+    for port in FIRST_PORT..FIRST_PORT + VIPS {
+        s += &format!("\n[[vip]]\naddress = \"{VIP}\"\nport = {port}\nprotocol = \"tcp\"\n");
+        for i in 0..BACKENDS {
+            s += &format!("[[vip.backend]]\naddress = \"{}\"\n", backend(i));
+        }
+    }
+    s
+}
+
+/// (utime, stime) of a process, in seconds.
+fn cpu_seconds(pid: u32) -> Result<(f64, f64)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).context("reading the daemon's stat")?;
+    // Fields after the command (which may hold spaces) start at state (3).
+    let rest = stat.rsplit_once(')').context("malformed stat")?.1;
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let hz = sys::ticks_per_second() as f64;
+    Ok((f[11].parse::<u64>()? as f64 / hz, f[12].parse::<u64>()? as f64 / hz))
+}
+
+fn metrics(ns: &Netns) -> Result<String> {
+    let url = format!("http://{API}/metrics");
+    ns.run(move || {
+        let agent: ureq::Agent =
+            ureq::Agent::config_builder().timeout_global(Some(Duration::from_secs(5))).build().into();
+        Ok(agent.get(&url).call()?.body_mut().read_to_string()?)
+    })
+}
+
+fn up_pairs(text: &str) -> usize {
+    text.lines().filter(|l| l.starts_with("xdp_lb_backend_up{") && l.ends_with(" 1")).count()
+}
+
+fn probes_done(text: &str) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with("xdp_lb_health_check_duration_seconds_count"))
+        .filter_map(|l| l.rsplit_once(' ').and_then(|(_, v)| v.parse::<f64>().ok()))
+        .sum()
+}
+
+pub fn run(window: Duration, progress: &Progress) -> Result<HealthCost> {
+    progress.step("control: health checks, 1,000 pairs at 1 s: setting up");
+    let lb = Netns::new(netns::unique_name("lbhc"))?;
+    let be = Netns::new(netns::unique_name("lbhb"))?;
+    lb.ip(&["link", "add", "l0", "type", "veth", "peer", "name", "p0", "netns", be.name()])?;
+    lb.ip(&["link", "set", "l0", "address", "02:00:00:00:00:02", "up"])?;
+    lb.ip(&["addr", "add", "10.99.0.2/24", "dev", "l0"])?;
+    lb.ip(&["route", "add", "default", "via", "10.99.0.1"])?;
+    be.ip(&["link", "set", "p0", "address", "02:00:00:00:00:01", "up"])?;
+    be.ip(&["link", "set", "lo", "up"])?;
+    be.ip(&["addr", "add", "10.99.0.1/24", "dev", "p0"])?;
+    be.ip(&["addr", "add", &format!("{VIP}/32"), "dev", "lo"])?;
+    for key in ["net.ipv4.conf.all.rp_filter", "net.ipv4.conf.default.rp_filter", "net.ipv4.conf.p0.rp_filter"] {
+        be.sysctl(key, "0")?;
+    }
+    let _decap = be.run(|| {
+        let mut d = Decap::load()?;
+        for i in 0..BACKENDS {
+            d.add_addr(backend(i).into())?;
+        }
+        d.attach("p0", XdpMode::Native, None)?;
+        Ok(d)
+    })?;
+    // The backend side's receive work in a NAPI thread of its own, as on
+    // a separate host: veth otherwise runs it in the sender's (the
+    // daemon's) context and bills it to the daemon.
+    netns::run("ip", &["netns", "exec", be.name(), "sh", "-c", "echo 1 > /sys/class/net/p0/threaded"])
+        .context("threaded NAPI on the backend side")?;
+    // Listeners that accept and close: every probe succeeds.
+    let stop = Arc::new(AtomicBool::new(false));
+    let listeners = be.run(|| {
+        (FIRST_PORT..FIRST_PORT + VIPS)
+            .map(|p| Ok(TcpListener::bind((Ipv4Addr::UNSPECIFIED, p))?))
+            .collect::<Result<Vec<_>>>()
+    })?;
+    let threads: Vec<_> = listeners
+        .into_iter()
+        .map(|l| {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let _ = l.set_nonblocking(true);
+                while !stop.load(Ordering::Relaxed) {
+                    match l.accept() {
+                        Ok((s, _)) => drop(s),
+                        Err(_) => std::thread::sleep(Duration::from_millis(5)),
+                    }
+                }
+            })
+        })
+        .collect();
+
+    let dir = std::env::temp_dir().join(netns::unique_name("lb-bench-health-"));
+    std::fs::create_dir_all(&dir)?;
+    let pin_dir = PathBuf::from(format!("/sys/fs/bpf/{}", netns::unique_name("lb-bench-health")));
+    let limits = Limits { ring_size: 65537, max_vips: 32, max_reals: 1100, conn_table_size: 65536 };
+    let config = dir.join("health.toml");
+    std::fs::write(&config, config_text(&pin_dir, &dir.join("state.json"), &limits, &vip_sections()))?;
+    let log = dir.join("health.log");
+    let mut child = lb_e2e::spawn_daemon(&lb, &config, &log)?;
+    let result = (|| -> Result<HealthCost> {
+        let pairs = VIPS as usize * BACKENDS as usize;
+        progress.step(format!("control: health checks, waiting for {pairs} pairs to be up"));
+        let t0 = Instant::now();
+        loop {
+            if let Some(status) = child.try_wait()? {
+                bail!("lb-control exited ({status})");
+            }
+            if metrics(&lb).map(|m| up_pairs(&m)).unwrap_or(0) == pairs {
+                break;
+            }
+            if t0.elapsed() > Duration::from_secs(60) {
+                bail!("not every pair up after 60 s ({} up)", metrics(&lb).map(|m| up_pairs(&m)).unwrap_or(0));
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        // The replies' receive work on the balancer side in a NAPI thread,
+        // as a NIC's softirq would be (veth has NAPI once the balancer's
+        // XDP program is attached): the daemon pays for its sockets and
+        // their transmit path, not for the receive path.
+        netns::run("ip", &["netns", "exec", lb.name(), "sh", "-c", "echo 1 > /sys/class/net/l0/threaded"])
+            .context("threaded NAPI on the balancer side")?;
+        // One more interval so the start-up's work is behind us.
+        std::thread::sleep(INTERVAL);
+        progress.step(format!("control: health checks, measuring {} s", window.as_secs()));
+        let (cpu0, probes0, w0) = (cpu_seconds(child.id())?, probes_done(&metrics(&lb)?), Instant::now());
+        std::thread::sleep(window);
+        let (cpu1, m, w1) = (cpu_seconds(child.id())?, metrics(&lb)?, Instant::now());
+        let secs = (w1 - w0).as_secs_f64();
+        Ok(HealthCost {
+            pairs,
+            interval_ms: INTERVAL.as_millis() as u64,
+            window_s: secs,
+            probes_per_s: (probes_done(&m) - probes0) / secs,
+            cpu_percent: ((cpu1.0 + cpu1.1) - (cpu0.0 + cpu0.1)) / secs * 100.0,
+            user_percent: (cpu1.0 - cpu0.0) / secs * 100.0,
+            up: up_pairs(&m),
+        })
+    })();
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    if !sys::wait_until(Duration::from_secs(10), Duration::from_millis(20), || {
+        child.try_wait().ok().flatten().is_some()
+    }) {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    let _ = detach_all(&pin_dir);
+    stop.store(true, Ordering::Relaxed);
+    for t in threads {
+        let _ = t.join();
+    }
+    let daemon_log = std::fs::read_to_string(&log).unwrap_or_default();
+    let _ = std::fs::remove_dir_all(&dir);
+    result.map_err(|e| e.context(format!("daemon log:\n{daemon_log}")))
+}
+
+impl HealthCost {
+    pub fn line(&self) -> String {
+        format!(
+            "health checks: {} (VIP, backend) pairs, TCP connect every {} ms through the tunnel: \
+             {:.0} probes/s, daemon CPU {:.2} % of one core ({:.2} % user, {:.2} % kernel) over {:.0} s ({} up)",
+            self.pairs,
+            self.interval_ms,
+            self.probes_per_s,
+            self.cpu_percent,
+            self.user_percent,
+            self.cpu_percent - self.user_percent,
+            self.window_s,
+            self.up
+        )
+    }
+}
+
+/// The target row: 1,000 pairs at 1 s within two core-percent.
+pub fn target(h: Option<&HealthCost>) -> Target {
+    let name =
+        format!("health checks, {} pairs at {} s: daemon CPU", VIPS as usize * BACKENDS as usize, INTERVAL.as_secs());
+    let target = format!("<= {TARGET_PERCENT} % of a core");
+    match h {
+        Some(h) => Target {
+            part: "control",
+            name,
+            target,
+            value: format!("{:.2} % ({:.0} probes/s, {} up)", h.cpu_percent, h.probes_per_s, h.up),
+            met: h.cpu_percent <= TARGET_PERCENT && h.up == h.pairs,
+        },
+        None => Target { part: "control", name, target, value: "not measured".into(), met: false },
+    }
+}

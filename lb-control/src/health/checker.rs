@@ -1,0 +1,328 @@
+//! The checker: one task per checked (VIP, backend), each probing once per
+//! interval at its own phase (a hash of the pair, so probes spread over the
+//! interval instead of bursting) with a little jitter, all behind one
+//! semaphore (bounded concurrency). Results come back to one loop that
+//! keeps the [`Registry`], logs each transition once with its reason, and
+//! hands down/up changes to the controller one at a time.
+//!
+//! What to check follows the controller's published view: the operator's
+//! VIPs (so backends taken out by health are still probed and can come
+//! back) and their health settings.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::{IpAddr, SocketAddr},
+    sync::Arc,
+    time::{Duration, Instant, SystemTime},
+};
+
+use lb_common::{LbConfig, CFG_F_READY, HEALTH_MARK_BASE, MAX_HEALTH_TARGETS};
+use tokio::sync::{mpsc, Semaphore};
+
+use super::{machine::HealthState, probe, tc::HealthProgram, Machine, Registry};
+use crate::{
+    config::health::{HealthCheck, HealthSettings},
+    model::{VipId, VipSet},
+};
+
+/// Probes in flight at once, whatever the number of targets.
+pub const MAX_CONCURRENT_PROBES: usize = 256;
+
+/// What the checker follows: the operator's VIPs, their checks and the
+/// forwarding config probes are encapsulated with.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Plan {
+    pub vips: VipSet,
+    pub health: HealthSettings,
+    pub forwarding: LbConfig,
+}
+
+/// A backend changed between down and not down: `(vip, backend, down)`.
+/// Called on a blocking thread, one change at a time.
+pub type OnChange = Arc<dyn Fn(VipId, IpAddr, bool) + Send + Sync>;
+
+type Key = (VipId, IpAddr);
+
+struct ProbeResult {
+    key: Key,
+    check: HealthCheck,
+    result: Result<(), String>,
+    took: Duration,
+}
+
+struct Task {
+    check: HealthCheck,
+    handle: tokio::task::JoinHandle<()>,
+}
+
+/// Marks handed out per backend address (one mark serves every VIP of the
+/// backend: the mark only names where the tunnel goes).
+#[derive(Default)]
+struct Marks {
+    by_addr: BTreeMap<IpAddr, u32>,
+    free: Vec<u32>,
+    next: u32,
+}
+
+impl Marks {
+    fn get_or_assign(&mut self, addr: IpAddr) -> Option<(u32, bool)> {
+        if let Some(m) = self.by_addr.get(&addr) {
+            return Some((*m, false));
+        }
+        let index = match self.free.pop() {
+            Some(i) => i,
+            None if self.next < MAX_HEALTH_TARGETS => {
+                self.next += 1;
+                self.next - 1
+            }
+            None => return None,
+        };
+        let mark = HEALTH_MARK_BASE + index;
+        self.by_addr.insert(addr, mark);
+        Some((mark, true))
+    }
+
+    fn release(&mut self, addr: &IpAddr) -> Option<u32> {
+        let mark = self.by_addr.remove(addr)?;
+        self.free.push(mark - HEALTH_MARK_BASE);
+        Some(mark)
+    }
+}
+
+pub struct Checker {
+    registry: Arc<Registry>,
+    program: HealthProgram,
+    on_change: OnChange,
+    semaphore: Arc<Semaphore>,
+    tasks: BTreeMap<Key, Task>,
+    marks: Marks,
+    forwarding: Option<LbConfig>,
+    tx: mpsc::Sender<ProbeResult>,
+    rx: mpsc::Receiver<ProbeResult>,
+}
+
+impl Checker {
+    pub fn new(registry: Arc<Registry>, program: HealthProgram, on_change: OnChange) -> Self {
+        let (tx, rx) = mpsc::channel(1024);
+        Checker {
+            registry,
+            program,
+            on_change,
+            semaphore: Arc::new(Semaphore::new(MAX_CONCURRENT_PROBES)),
+            tasks: BTreeMap::new(),
+            marks: Marks::default(),
+            forwarding: None,
+            tx,
+            rx,
+        }
+    }
+
+    /// Runs until `plans` closes.
+    pub async fn run(mut self, mut plans: tokio::sync::watch::Receiver<Plan>) {
+        let plan = plans.borrow_and_update().clone();
+        self.reconcile(&plan).await;
+        loop {
+            tokio::select! {
+                changed = plans.changed() => {
+                    if changed.is_err() {
+                        break;
+                    }
+                    let plan = plans.borrow_and_update().clone();
+                    self.reconcile(&plan).await;
+                }
+                Some(r) = self.rx.recv() => self.handle(r).await,
+            }
+        }
+        for (_, t) in std::mem::take(&mut self.tasks) {
+            t.handle.abort();
+        }
+    }
+
+    async fn reconcile(&mut self, plan: &Plan) {
+        if self.forwarding != Some(plan.forwarding) {
+            // The controller's config carries no flags; the engine adds
+            // READY when it writes the balancer's. The view is published
+            // after the data plane is set up, so it is ready here too.
+            let cfg = LbConfig { flags: plan.forwarding.flags | CFG_F_READY, ..plan.forwarding };
+            match self.program.set_config(&cfg) {
+                Ok(()) => self.forwarding = Some(plan.forwarding),
+                Err(e) => tracing::error!(error = %e, "health: writing the forwarding config"),
+            }
+        }
+        let mut wanted: BTreeMap<Key, (HealthCheck, SocketAddr)> = BTreeMap::new();
+        for (id, spec) in &plan.vips {
+            let check = plan.health.for_vip(id);
+            let Some(port) = check.probe_port(id).filter(|_| check.enabled()) else { continue };
+            for addr in spec.backends.keys() {
+                wanted.insert((*id, *addr), (check.clone(), SocketAddr::new(id.addr, port)));
+            }
+        }
+        // Stop what is no longer wanted, or wanted differently.
+        let stale: Vec<Key> = self
+            .tasks
+            .iter()
+            .filter(|(k, t)| wanted.get(k).is_none_or(|(c, _)| *c != t.check))
+            .map(|(k, _)| *k)
+            .collect();
+        for key in stale {
+            let task = self.tasks.remove(&key).expect("listed above");
+            task.handle.abort();
+            let was_down =
+                self.registry.with(|r| r.machines.remove(&key)).is_some_and(|m| m.state == HealthState::Down);
+            if was_down {
+                self.change(key, false).await;
+            }
+        }
+        let in_use: BTreeSet<IpAddr> = wanted.keys().map(|(_, a)| *a).collect();
+        let unused: Vec<IpAddr> = self.marks.by_addr.keys().filter(|a| !in_use.contains(a)).copied().collect();
+        for addr in unused {
+            if let Some(mark) = self.marks.release(&addr) {
+                if let Err(e) = self.program.remove_target(mark) {
+                    tracing::error!(error = %e, backend = %addr, "health: removing a probe target");
+                }
+            }
+        }
+        for (key, (check, target)) in wanted {
+            if self.tasks.contains_key(&key) {
+                continue;
+            }
+            let Some((mark, new)) = self.marks.get_or_assign(key.1) else {
+                tracing::error!(limit = MAX_HEALTH_TARGETS, backend = %key.1, "health: too many backends to probe");
+                continue;
+            };
+            if new {
+                if let Err(e) = self.program.set_target(mark, key.1) {
+                    tracing::error!(error = %e, backend = %key.1, "health: writing a probe target");
+                    continue;
+                }
+            }
+            self.registry.with(|r| r.machines.insert(key, Machine::new(SystemTime::now())));
+            let handle =
+                tokio::spawn(probe_loop(key, check.clone(), target, mark, self.semaphore.clone(), self.tx.clone()));
+            self.tasks.insert(key, Task { check, handle });
+        }
+    }
+
+    async fn handle(&mut self, r: ProbeResult) {
+        // A result of a task stopped meanwhile (or of an older check) is stale.
+        if self.tasks.get(&r.key).is_none_or(|t| t.check != r.check) {
+            return;
+        }
+        let (vip, backend) = r.key;
+        self.registry
+            .durations
+            .get_or_create(&vec![("kind", r.check.kind_name().to_string())])
+            .observe(r.took.as_secs_f64());
+        // A transition is published (API, metrics) only once the data plane
+        // has it: readers never see "down" for a backend still in the ring.
+        let (transition, next) = self.registry.with(|reg| {
+            let m = reg.machines.entry(r.key).or_insert_with(|| Machine::new(SystemTime::now()));
+            let mut next = m.clone();
+            let t = next.record(r.result, r.check.rise, r.check.fall, SystemTime::now());
+            if t.is_none() {
+                *m = next.clone();
+            }
+            (t, next)
+        });
+        let Some(t) = transition else { return };
+        let publish = |registry: &Registry| registry.with(|reg| reg.machines.insert(r.key, next));
+        let reason = t.reason.as_deref().unwrap_or("checks pass");
+        let (from, to) = (t.from.name(), t.to.name());
+        if t.to == HealthState::Down {
+            tracing::warn!(vip = %vip, backend = %backend, from, to, reason, "backend health changed");
+        } else {
+            tracing::info!(vip = %vip, backend = %backend, from, to, reason, "backend health changed");
+        }
+        match (t.from, t.to) {
+            (_, HealthState::Down) => self.change(r.key, true).await,
+            (HealthState::Down, _) => self.change(r.key, false).await,
+            _ => {}
+        }
+        publish(&self.registry);
+    }
+
+    async fn change(&self, (vip, backend): Key, down: bool) {
+        let on_change = self.on_change.clone();
+        if let Err(e) = tokio::task::spawn_blocking(move || on_change(vip, backend, down)).await {
+            tracing::error!(error = %e, "health: applying a change failed");
+        }
+    }
+}
+
+/// The phase of a pair inside its interval, and a jitter of up to ±5 % of
+/// the interval per round: both from a hash, so runs are reproducible.
+fn seed(key: &Key) -> u64 {
+    xxhash_rust::xxh64::xxh64(format!("{}|{}", key.0, key.1).as_bytes(), 0)
+}
+
+fn spread_seeded(seed: u64, round: u64, interval: Duration) -> (Duration, Duration, bool) {
+    let phase = interval.mul_f64((seed % 10_000) as f64 / 10_000.0);
+    let j = xxhash_rust::xxh64::xxh64(&round.to_le_bytes(), seed);
+    let jitter = interval.mul_f64((j % 1000) as f64 / 1000.0 * 0.05);
+    (phase, jitter, j & (1 << 63) != 0)
+}
+
+async fn probe_loop(
+    key: Key,
+    check: HealthCheck,
+    target: SocketAddr,
+    mark: u32,
+    semaphore: Arc<Semaphore>,
+    tx: mpsc::Sender<ProbeResult>,
+) {
+    let seed = seed(&key);
+    let (phase, ..) = spread_seeded(seed, 0, check.interval);
+    let mut due = tokio::time::Instant::now() + phase;
+    for round in 1u64.. {
+        tokio::time::sleep_until(due).await;
+        let Ok(permit) = semaphore.acquire().await else { return };
+        let start = Instant::now();
+        let result = probe::probe(&check, target, mark).await;
+        let took = start.elapsed();
+        drop(permit);
+        if tx.send(ProbeResult { key, check: check.clone(), result, took }).await.is_err() {
+            return;
+        }
+        let (_, jitter, later) = spread_seeded(seed, round, check.interval);
+        due += check.interval;
+        let next = if later { due + jitter } else { due.checked_sub(jitter).unwrap_or(due) };
+        // Never two probes of one pair closer than half an interval.
+        let floor = tokio::time::Instant::now() + check.interval / 2;
+        tokio::time::sleep_until(next.max(floor)).await;
+        due = due.max(tokio::time::Instant::now());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::Proto;
+
+    #[test]
+    fn marks_are_reused_per_backend_and_recycled() {
+        let mut m = Marks::default();
+        let a: IpAddr = "10.1.0.1".parse().unwrap();
+        let b: IpAddr = "10.1.0.2".parse().unwrap();
+        assert_eq!(m.get_or_assign(a), Some((HEALTH_MARK_BASE, true)));
+        assert_eq!(m.get_or_assign(a), Some((HEALTH_MARK_BASE, false)));
+        assert_eq!(m.get_or_assign(b), Some((HEALTH_MARK_BASE + 1, true)));
+        assert_eq!(m.release(&a), Some(HEALTH_MARK_BASE));
+        assert_eq!(m.get_or_assign("10.1.0.3".parse().unwrap()), Some((HEALTH_MARK_BASE, true)));
+    }
+
+    #[test]
+    fn phases_spread_over_the_interval() {
+        let interval = Duration::from_secs(1);
+        let vip = VipId { addr: "10.0.0.1".parse().unwrap(), port: 80, proto: Proto::Tcp };
+        let mut buckets = [0u32; 10];
+        for i in 0..1000u32 {
+            let key = (vip, IpAddr::from(std::net::Ipv4Addr::from(0x0a01_0000 + i)));
+            let (phase, jitter, _) = spread_seeded(seed(&key), 1, interval);
+            assert!(phase < interval && jitter <= interval / 20);
+            buckets[(phase.as_millis() / 100) as usize] += 1;
+        }
+        // 1,000 pairs over ten slices of the interval: none nearly empty or
+        // crowded (a burst would put them all in one).
+        assert!(buckets.iter().all(|&n| (50..=150).contains(&n)), "{buckets:?}");
+    }
+}
