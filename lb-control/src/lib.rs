@@ -5,6 +5,7 @@ pub mod config;
 pub mod controller;
 pub mod dataplane;
 pub mod engine;
+pub mod flows;
 pub mod lock;
 pub mod maglev;
 pub mod metrics;

@@ -10,6 +10,7 @@
 mod auth;
 mod body;
 mod error;
+mod flows;
 mod handlers;
 mod schema;
 
@@ -47,6 +48,8 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("PATCH", "/v1/vips/{vip}/backends/{backend}"),
     ("DELETE", "/v1/vips/{vip}/backends/{backend}"),
     ("GET", "/v1/stats"),
+    ("GET", "/v1/flows"),
+    ("GET", "/v1/conns"),
     ("GET", "/metrics"),
     ("GET", "/healthz"),
     ("GET", "/readyz"),
@@ -125,6 +128,8 @@ fn routes() -> OpenApiRouter<Shared> {
         .routes(routes!(list_backends, replace_backends, add_backend))
         .routes(routes!(patch_backend, delete_backend))
         .routes(routes!(stats))
+        .routes(routes!(flows::flow))
+        .routes(routes!(flows::conns))
         .routes(routes!(metrics_text))
         .routes(routes!(healthz))
         .routes(routes!(readyz))

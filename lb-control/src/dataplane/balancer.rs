@@ -240,6 +240,12 @@ impl Balancer {
         self.rings.read(ring)
     }
 
+    /// Entry `slot` of ring `ring`: the backend index the data plane reads
+    /// for a flow whose ring slot this is.
+    pub fn ring_entry(&self, ring: u32, slot: u32) -> Result<u32, DataplaneError> {
+        self.rings.entry(ring, slot)
+    }
+
     /// Whether ring `ring` holds exactly `table`.
     pub fn ring_equals(&self, ring: u32, table: &[u32]) -> Result<bool, DataplaneError> {
         self.rings.equals(ring, table)
@@ -275,6 +281,18 @@ impl Balancer {
     /// Entries in the connection table (a full scan: not for hot paths).
     pub fn conn_count(&self) -> usize {
         self.conn.count()
+    }
+
+    /// Connection-table slots in all.
+    pub fn conn_slots(&self) -> usize {
+        self.conn.slots()
+    }
+
+    /// Connection-table entries per real, indexed by real (one scan of the
+    /// mapped table; the last element counts entries naming a real beyond
+    /// `max_reals`, which only a corrupted table holds).
+    pub fn conn_count_by_real(&self) -> Vec<u64> {
+        self.conn.count_by_real(self.limits.max_reals as usize)
     }
 
     // ---- counters --------------------------------------------------------
