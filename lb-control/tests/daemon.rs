@@ -1469,6 +1469,51 @@ fn lbctl_drives_the_daemon() {
     assert_eq!(lab.vips(), base_vips_json());
 }
 
+/// `lbctl flow` names the backend the daemon's data plane sends a flow to
+/// (ring, then connection table), and `lbctl conns` counts the entry.
+#[test]
+fn lbctl_flow_and_conns_read_the_live_maps() {
+    let lab = Lab::new();
+    let ok = |args: &[&str]| -> String {
+        let (status, out, err) = lab.lbctl(false, args);
+        assert!(status.success(), "lbctl {args:?} failed ({status}):\nstdout: {out}\nstderr: {err}\n{}", lab.logs());
+        out
+    };
+    let client = format!("{CLIENT4}:41000");
+    let before: Value = serde_json::from_str(&ok(&["-o", "json", "flow", VIP_HTTP, &client])).expect("JSON");
+    assert_eq!(before["source"], "ring", "{before}");
+    let table = ok(&["flow", VIP_HTTP, &client]);
+    assert!(table.contains(&format!("ring slot {}", before["ring_slot"])), "{table}");
+
+    let mut bal = lab.balancer();
+    let went = route4(&mut bal, HTTP4, 80, 41000, pb::TCP_ACK).expect("forwarded");
+    assert_eq!(before["backend"], went.to_string(), "the lookup predicted the backend: {before}");
+    let after: Value = serde_json::from_str(&ok(&["-o", "json", "flow", VIP_HTTP, &client])).expect("JSON");
+    assert_eq!((after["source"].as_str(), after["backend"].as_str()), (Some("conn_table"), Some(&*went.to_string())));
+    let table = ok(&["flow", VIP_HTTP, &client]);
+    assert!(table.lines().any(|l| l.starts_with("FROM") && l.contains("connection table")), "{table}");
+
+    let conns: Value = serde_json::from_str(&ok(&["-o", "json", "conns", VIP_HTTP])).expect("JSON");
+    assert_eq!(conns["entries"], 1, "{conns}");
+    let rows = conns["backends"].as_array().unwrap();
+    assert_eq!(rows.len(), 2, "{conns}");
+    for row in rows {
+        let want = u64::from(row["backend"] == went.to_string());
+        assert_eq!(row["entries"], want, "{row}");
+    }
+    let table = ok(&["conns"]);
+    assert!(table.starts_with("connection table: 1 of "), "{table}");
+    assert!(table.lines().any(|l| l.starts_with(VIP_HTTP) && l.contains(&went.to_string())), "{table}");
+
+    // Bad input: a clear error and a non-zero exit.
+    lab.get(&format!("/v1/flows?vip={VIP_HTTP}")).error(400, "bad_request", "no client");
+    lab.get(&format!("/v1/flows?vip=tcp:10.0.0.10:81&client={client}")).error(404, "not_found", "unknown VIP");
+    lab.get(&format!("/v1/flows?vip={VIP_HTTP}&client=[fc00::1]:1")).error(400, "family_mismatch", "family");
+    lab.get("/v1/conns?vip=nonsense").error(400, "bad_request", "bad VIP");
+    let (status, _, err) = lab.lbctl(false, &["flow", "tcp:10.0.0.10:81", &client]);
+    assert!(!status.success() && err.contains("404"), "{err}");
+}
+
 // ---- 8. check and detach -------------------------------------------------------------
 
 #[test]

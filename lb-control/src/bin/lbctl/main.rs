@@ -1,5 +1,7 @@
 //! `lbctl`: drives the lb-control daemon through its REST API.
 
+mod flows;
+
 use std::{collections::BTreeMap, io::Write as _, net::IpAddr, path::PathBuf, time::Duration};
 
 use anyhow::{bail, Context as _, Result};
@@ -43,6 +45,15 @@ enum Command {
     Backend(BackendCmd),
     /// Counters: per action and reason, per VIP, per backend.
     Stats,
+    /// Where a client's flow to a VIP goes: the backend, and whether the
+    /// connection table or the Maglev ring (which slot) decides.
+    Flow {
+        vip: VipId,
+        /// The client as ADDRESS:PORT (IPv6 in brackets).
+        client: std::net::SocketAddr,
+    },
+    /// Connection-table fill, and entries per backend (of one VIP or all).
+    Conns { vip: Option<VipId> },
     /// Live packet rates, refreshed every interval.
     Watch {
         #[arg(long, default_value = "1")]
@@ -353,6 +364,8 @@ fn main() -> Result<()> {
                 print_counters("BACKEND", &s.backends);
             }
         }
+        Command::Flow { vip, client: from } => flows::flow(&client, vip, from, json)?,
+        Command::Conns { vip } => flows::conns(&client, vip.as_ref(), json)?,
         Command::Watch { interval_secs, count } => watch(&client, *interval_secs, *count, json)?,
     }
     Ok(())
