@@ -10,9 +10,14 @@ use serde::Deserialize;
 
 use super::{
     error::{parse_vip, ApiError, ErrorBody},
-    on_controller, Shared,
+    on_controller,
+    schema::ClientAddr,
+    Shared,
 };
-use crate::flows::{self, ConnSummary, FlowAnswer, FlowError};
+use crate::{
+    flows::{self, ConnSummary, FlowAnswer, FlowError},
+    model::VipId,
+};
 
 const OPS: &str = "operations";
 
@@ -31,15 +36,18 @@ impl From<FlowError> for ApiError {
 #[into_params(parameter_in = Query)]
 pub struct FlowQuery {
     /// The VIP, e.g. `tcp:192.0.2.10:80`.
-    vip: Option<String>,
+    #[param(value_type = VipId)]
+    vip: String,
     /// The client's address and port, e.g. `198.51.100.7:51234` or `[2001:db8::7]:51234`.
-    client: Option<String>,
+    #[param(value_type = ClientAddr)]
+    client: String,
 }
 
 #[derive(Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct ConnQuery {
     /// Only this VIP's backends (default: every VIP's).
+    #[param(value_type = Option<VipId>)]
     vip: Option<String>,
 }
 
@@ -58,10 +66,9 @@ pub async fn flow(
     q: Result<Query<FlowQuery>, QueryRejection>,
 ) -> Result<Json<FlowAnswer>, ApiError> {
     let q = query(q)?;
-    let vip = parse_vip(q.vip.as_deref().ok_or_else(|| ApiError::bad_request("vip=PROTOCOL:ADDRESS:PORT is required"))?)?;
-    let client = q.client.as_deref().ok_or_else(|| ApiError::bad_request("client=ADDRESS:PORT is required"))?;
-    let client = client.parse().map_err(|_| {
-        ApiError::bad_request(format!("'{client}' is not ADDRESS:PORT (IPv6 in brackets: [2001:db8::7]:51234)"))
+    let vip = parse_vip(&q.vip)?;
+    let client = q.client.parse().map_err(|_| {
+        ApiError::bad_request(format!("'{}' is not ADDRESS:PORT (IPv6 in brackets: [2001:db8::7]:51234)", q.client))
     })?;
     let answer = on_controller(&s, move |ctl| Ok(flows::lookup(ctl.engine(), &vip, client))).await??;
     Ok(Json(answer))
