@@ -10,8 +10,8 @@ use std::{
 };
 
 use lb_common::{
-    flow_hash, ip_to_addr, ring_slot, FlowKey, IPPROTO_UDP, REAL_NONE, VIP_F_HASH_NO_SRC_PORT,
-    VIP_F_NO_CONN_TABLE, VIP_F_UDP_NO_CONN_TABLE,
+    flow_hash, ip_to_addr, ring_slot, FlowKey, IPPROTO_UDP, REAL_NONE, VIP_F_HASH_NO_SRC_PORT, VIP_F_NO_CONN_TABLE,
+    VIP_F_UDP_NO_CONN_TABLE,
 };
 use serde::{Deserialize, Serialize};
 
@@ -44,10 +44,13 @@ pub enum FlowSource {
 /// Where a flow's next packet goes.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct FlowAnswer {
+    /// The VIP that serves the flow (port 0: an every-port VIP).
     #[schema(value_type = String, example = "tcp:192.0.2.10:80")]
     pub vip: VipId,
     #[schema(value_type = String, example = "198.51.100.7:51234")]
     pub client: SocketAddr,
+    /// The flow's destination port.
+    pub port: u16,
     /// The backend a packet of this flow (not a TCP SYN) goes to; absent
     /// when the ring has no backend (the packet is dropped, `drop_no_backend`).
     #[schema(value_type = Option<String>)]
@@ -68,13 +71,18 @@ pub struct FlowAnswer {
     pub conn_table_bypassed: bool,
 }
 
-/// Looks `client → vip` up in the live maps, as the data plane does for a
-/// packet that is not a TCP SYN. For an every-port VIP (port 0) the flow's
-/// destination port is 0 here; the data plane hashes the packet's real port.
-pub fn lookup(engine: &Engine, vip: &VipId, client: SocketAddr) -> Result<FlowAnswer, FlowError> {
+/// Looks `client → dest` up in the live maps, as the data plane does for a
+/// packet that is not a TCP SYN. `dest` is the packet's destination: a VIP,
+/// or an address and port served by an every-port VIP (port 0), which the
+/// data plane falls back to when no VIP has that exact port.
+pub fn lookup(engine: &Engine, dest: &VipId, client: SocketAddr) -> Result<FlowAnswer, FlowError> {
     let bal = engine.balancer();
-    let key = vip_key(vip);
-    let meta = bal.vip(&key).ok_or(FlowError::UnknownVip(*vip))?;
+    let key = vip_key(dest);
+    let every_port = VipId { port: 0, ..*dest };
+    let (vip, meta) = match bal.vip(&key) {
+        Some(meta) => (dest, meta),
+        None => (&every_port, bal.vip(&vip_key(&every_port)).ok_or(FlowError::UnknownVip(*dest))?),
+    };
     let (src, family) = ip_to_addr(client.ip());
     if family != key.family {
         return Err(FlowError::FamilyMismatch { vip: *vip, client: client.ip() });
@@ -100,6 +108,7 @@ pub fn lookup(engine: &Engine, vip: &VipId, client: SocketAddr) -> Result<FlowAn
                     return Ok(FlowAnswer {
                         vip: *vip,
                         client,
+                        port: dest.port,
                         backend: Some(addr),
                         source: FlowSource::ConnTable,
                         real: entry.real,
@@ -116,6 +125,7 @@ pub fn lookup(engine: &Engine, vip: &VipId, client: SocketAddr) -> Result<FlowAn
     Ok(FlowAnswer {
         vip: *vip,
         client,
+        port: dest.port,
         backend: ring_backend,
         source: FlowSource::Ring,
         real: ring_real,

@@ -179,6 +179,31 @@ fn conns_counts_the_entries_per_backend() {
 }
 
 #[test]
+fn an_every_port_vip_serves_the_flow_to_its_real_port() {
+    let mut e = engine();
+    let any: VipId = "tcp:10.0.0.30:0".parse().unwrap();
+    let mut vips = three(1);
+    vips.insert(any, spec(&[(IpAddr::V4(REAL1), 1), (IpAddr::V4(REAL2), 1), (IpAddr::V4(REAL3), 1)], vec![]));
+    e.apply(&vips, &config()).unwrap();
+    let mut seen = std::collections::BTreeSet::new();
+    for (i, dport) in [443u16, 8443, 9000].into_iter().enumerate() {
+        let dest: VipId = format!("tcp:10.0.0.30:{dport}").parse().unwrap();
+        for port in 50000..50040 {
+            let a = flows::lookup(&e, &dest, client4(port)).unwrap();
+            assert_eq!((a.vip, a.port, a.source), (any, dport, FlowSource::Ring), "{a:?}");
+            let ip = tcp4(CLIENT4, VIP4_ANYPORT, port, dport, pb::TCP_ACK, b"x");
+            let (action, out) = run(e.balancer_mut(), &frame4(&ip));
+            assert_eq!(action, XDP_TX);
+            let went = IpAddr::V4(Ipv4Addr::new(out[30], out[31], out[32], out[33]));
+            assert_eq!(a.backend, Some(went), "{dest} from port {port}");
+            seen.insert((i, went));
+            assert_eq!(flows::lookup(&e, &dest, client4(port)).unwrap().source, FlowSource::ConnTable);
+        }
+    }
+    assert_eq!(seen.len(), 9, "each port's flows reach every backend: {seen:?}");
+}
+
+#[test]
 fn bad_lookups_are_errors() {
     let e = engine();
     let missing: VipId = "tcp:10.0.0.10:81".parse().unwrap();

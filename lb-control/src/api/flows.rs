@@ -35,7 +35,8 @@ impl From<FlowError> for ApiError {
 #[derive(Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct FlowQuery {
-    /// The VIP, e.g. `tcp:192.0.2.10:80`.
+    /// The flow's destination: a VIP, e.g. `tcp:192.0.2.10:80`, or the
+    /// address and port of a flow to an every-port VIP.
     #[param(value_type = VipId)]
     vip: String,
     /// The client's address and port, e.g. `198.51.100.7:51234` or `[2001:db8::7]:51234`.

@@ -31,8 +31,7 @@ pub static VIPS: HashMap<VipKey, VipMeta, { DEFAULT_MAX_VIPS as usize * 2 }> = H
 /// so a copy is never rewritten while read. A VIP's ring or flags change in
 /// place (one aligned 32-bit store each). `BPF_F_INNER_MAP` lets the copies
 /// be sized at load time.
-pub type VipTable =
-    Array<VipBucket, { DEFAULT_VIP_BUCKETS as usize }, { BPF_F_INNER_MAP | BPF_F_MMAPABLE as usize }>;
+pub type VipTable = Array<VipBucket, { DEFAULT_VIP_BUCKETS as usize }, { BPF_F_INNER_MAP | BPF_F_MMAPABLE as usize }>;
 
 const BPF_F_INNER_MAP: usize = 1 << 12;
 

@@ -17,8 +17,12 @@ pub fn flow(client: &Client, vip: &VipId, from: &SocketAddr, json: bool) -> Resu
     if json {
         return print_json(&a);
     }
-    let show = |b: Option<std::net::IpAddr>| b.map_or_else(|| "none (dropped: no backend)".to_string(), |b| b.to_string());
+    let show =
+        |b: Option<std::net::IpAddr>| b.map_or_else(|| "none (dropped: no backend)".to_string(), |b| b.to_string());
     println!("{:<14} {}", "VIP", a.vip);
+    if a.vip.port != a.port {
+        println!("{:<14} {}", "PORT", a.port);
+    }
     println!("{:<14} {}", "CLIENT", a.client);
     println!("{:<14} {}", "BACKEND", show(a.backend));
     let source = match a.source {

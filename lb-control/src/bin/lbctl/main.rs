@@ -48,6 +48,8 @@ enum Command {
     /// Where a client's flow to a VIP goes: the backend, and whether the
     /// connection table or the Maglev ring (which slot) decides.
     Flow {
+        /// The destination: a VIP, or ADDRESS:PORT of an every-port VIP
+        /// (e.g. tcp:10.0.0.30:443).
         vip: VipId,
         /// The client as ADDRESS:PORT (IPv6 in brackets).
         client: std::net::SocketAddr,
