@@ -1505,6 +1505,12 @@ fn lbctl_flow_and_conns_read_the_live_maps() {
     assert!(table.starts_with("connection table: 1 of "), "{table}");
     assert!(table.lines().any(|l| l.starts_with(VIP_HTTP) && l.contains(&went.to_string())), "{table}");
 
+    // IPv6: brackets in the query string.
+    let client6 = format!("[{CLIENT6}]:5353");
+    let v6: Value = serde_json::from_str(&ok(&["-o", "json", "flow", VIP_DNS6, &client6])).expect("JSON");
+    assert_eq!((v6["source"].as_str(), v6["backend"].as_str()), (Some("ring"), Some("fc00:1::1")), "{v6}");
+    assert_eq!(udp6_route(&mut bal, DNS6, 53, 5353), Some(REAL6));
+
     // Bad input: a clear error and a non-zero exit.
     lab.get(&format!("/v1/flows?vip={VIP_HTTP}")).error(400, "bad_request", "no client");
     lab.get(&format!("/v1/flows?vip=tcp:10.0.0.10:81&client={client}")).error(404, "not_found", "unknown VIP");
