@@ -5,13 +5,14 @@
 use std::path::Path;
 
 use aya::{
-    maps::{Array, Map, MapData},
+    maps::{Array, Map, MapData, RingBuf},
     programs::{xdp::XdpLink, Xdp},
     Ebpf,
 };
-use lb_common::{map_names, ConnEntry, Counter, FlowKey, LbConfig, Real, Stat, VipKey, VipMeta, REAL_NONE};
+use lb_common::{map_names, CaptureFilter, ConnEntry, Counter, FlowKey, LbConfig, Real, Stat, VipKey, VipMeta, REAL_NONE};
 
 use super::{
+    capture::CaptureMaps,
     conn::ConnTable,
     counters::Counters,
     load::{attach_xdp, link_pin, load_balancer, open_pinned, xdp_program, PinnedMaps, XdpMode},
@@ -40,6 +41,7 @@ pub struct Balancer {
     conn: ConnTable,
     config: Array<MapData, LbConfig>,
     counters: Counters,
+    capture: CaptureMaps,
     /// Handles on the pinned maps (when pinned), to pin them again.
     pinned: Option<PinnedMaps>,
 }
@@ -99,6 +101,10 @@ impl Balancer {
                 vip_stats: take(&mut ebpf, map_names::VIP_STATS)?,
                 real_stats: take(&mut ebpf, map_names::REAL_STATS)?,
             },
+            capture: CaptureMaps::new(
+                take(&mut ebpf, map_names::CAPTURE_FILTER)?,
+                take(&mut ebpf, map_names::CAPTURE_RING)?,
+            ),
             limits,
             ebpf,
             pinned,
@@ -293,6 +299,27 @@ impl Balancer {
     /// `max_reals`, which only a corrupted table holds).
     pub fn conn_count_by_real(&self) -> Vec<u64> {
         self.conn.count_by_real(self.limits.max_reals as usize)
+    }
+
+    // ---- capture -----------------------------------------------------------
+
+    /// Arms (or, with `armed == 0`, disarms) the packet capture.
+    pub fn set_capture(&mut self, filter: &CaptureFilter) -> Result<(), DataplaneError> {
+        self.capture.set(filter)
+    }
+
+    /// The capture filter as the data plane sees it (with its lost count).
+    pub fn capture(&self) -> Result<CaptureFilter, DataplaneError> {
+        self.capture.get()
+    }
+
+    /// The capture ring, for one session at a time (`None`: lent out).
+    pub fn take_capture_ring(&mut self) -> Option<RingBuf<MapData>> {
+        self.capture.take_ring()
+    }
+
+    pub fn return_capture_ring(&mut self, ring: RingBuf<MapData>) {
+        self.capture.return_ring(ring)
     }
 
     // ---- counters --------------------------------------------------------
