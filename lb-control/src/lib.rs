@@ -1,6 +1,7 @@
 pub mod api;
 pub mod attachment;
 pub mod bgp;
+pub mod capture;
 pub mod config;
 pub mod controller;
 pub mod dataplane;

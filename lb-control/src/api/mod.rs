@@ -9,6 +9,7 @@
 
 mod auth;
 mod body;
+mod capture;
 mod error;
 mod flows;
 mod handlers;
@@ -50,6 +51,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/v1/stats"),
     ("GET", "/v1/flows"),
     ("GET", "/v1/conns"),
+    ("GET", "/v1/capture"),
     ("GET", "/metrics"),
     ("GET", "/healthz"),
     ("GET", "/readyz"),
@@ -130,6 +132,7 @@ fn routes() -> OpenApiRouter<Shared> {
         .routes(routes!(stats))
         .routes(routes!(flows::flow))
         .routes(routes!(flows::conns))
+        .routes(routes!(capture::capture))
         .routes(routes!(metrics_text))
         .routes(routes!(healthz))
         .routes(routes!(readyz))

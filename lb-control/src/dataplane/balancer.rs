@@ -9,7 +9,9 @@ use aya::{
     programs::{xdp::XdpLink, Xdp},
     Ebpf,
 };
-use lb_common::{map_names, CaptureFilter, ConnEntry, Counter, FlowKey, LbConfig, Real, Stat, VipKey, VipMeta, REAL_NONE};
+use lb_common::{
+    map_names, CaptureFilter, ConnEntry, Counter, FlowKey, LbConfig, Real, Stat, VipKey, VipMeta, REAL_NONE,
+};
 
 use super::{
     capture::CaptureMaps,

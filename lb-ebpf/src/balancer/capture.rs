@@ -83,9 +83,7 @@ pub fn finished(ctx: &XdpContext, armed: Armed, stat: Stat) {
     if f.flags & CAPTURE_F_REASON != 0 && f.reason != stat as u32 {
         return;
     }
-    if f.flags & CAPTURE_F_VIP_TRAFFIC != 0
-        && matches!(stat, Stat::PassNonVip | Stat::PassNonIp | Stat::PassNotReady)
-    {
+    if f.flags & CAPTURE_F_VIP_TRAFFIC != 0 && matches!(stat, Stat::PassNonVip | Stat::PassNonIp | Stat::PassNotReady) {
         return;
     }
     r.header.stat = stat as u32;

@@ -1,5 +1,6 @@
 //! `lbctl`: drives the lb-control daemon through its REST API.
 
+mod capture;
 mod flows;
 
 use std::{collections::BTreeMap, io::Write as _, net::IpAddr, path::PathBuf, time::Duration};
@@ -54,6 +55,9 @@ enum Command {
         /// The client as ADDRESS:PORT (IPv6 in brackets).
         client: std::net::SocketAddr,
     },
+    /// Capture packets as the balancer saw them (arrived, and left
+    /// encapsulated) into a pcapng file, e.g. `-w - | tcpdump -r -`.
+    Capture(capture::CaptureArgs),
     /// Connection-table fill, and entries per backend (of one VIP or all).
     Conns { vip: Option<VipId> },
     /// Live packet rates, refreshed every interval.
@@ -367,6 +371,12 @@ fn main() -> Result<()> {
             }
         }
         Command::Flow { vip, client: from } => flows::flow(&client, vip, from, json)?,
+        Command::Capture(args) => {
+            let bytes = capture::capture(&client, args)?;
+            if args.to_file() {
+                eprintln!("{bytes} bytes of pcapng written");
+            }
+        }
         Command::Conns { vip } => flows::conns(&client, vip.as_ref(), json)?,
         Command::Watch { interval_secs, count } => watch(&client, *interval_secs, *count, json)?,
     }
