@@ -371,7 +371,8 @@ max_body_bytes = 4096
             let status = resp.status().as_u16();
             let content_type =
                 resp.headers().get("content-type").and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
-            let body = resp.body_mut().read_to_string()?;
+            // Lossy: a capture's pcapng is binary.
+            let body = String::from_utf8_lossy(&resp.body_mut().read_to_vec()?).into_owned();
             Ok(Resp { status, content_type, body })
         })
     }
@@ -1518,6 +1519,42 @@ fn lbctl_flow_and_conns_read_the_live_maps() {
     lab.get("/v1/conns?vip=nonsense").error(400, "bad_request", "bad VIP");
     let (status, _, err) = lab.lbctl(false, &["flow", "tcp:10.0.0.10:81", &client]);
     assert!(!status.success() && err.contains("404"), "{err}");
+}
+
+/// The capture needs the token, checks its bounds, ends at its duration
+/// with a valid (here empty) pcapng stream, and runs one at a time.
+#[test]
+fn capture_needs_the_token_is_bounded_and_runs_one_at_a_time() {
+    let lab = Lab::new();
+    lab.get("/v1/capture?duration_secs=1").error(401, "unauthorized", "capture without the token");
+    lab.call("GET", "/v1/capture?duration_secs=0", None).error(400, "bad_request", "duration 0");
+    lab.call("GET", "/v1/capture?snaplen=257", None).error(400, "bad_request", "snaplen beyond 256");
+    lab.call("GET", "/v1/capture?reason=drop_everything", None).error(400, "bad_request", "unknown reason");
+    lab.call("GET", "/v1/capture?reason=drop_no_backend&drops=true", None).error(
+        400,
+        "reason_and_drops",
+        "reason and drops",
+    );
+
+    // One capture at a time: a second one while the first runs is refused.
+    let started = std::time::Instant::now();
+    let (first, second) = std::thread::scope(|s| {
+        let first = s.spawn(|| lab.call("GET", "/v1/capture?duration_secs=2", None));
+        std::thread::sleep(Duration::from_millis(500));
+        let second = lab.call("GET", "/v1/capture?duration_secs=1", None);
+        (first.join().unwrap(), second)
+    });
+    assert_eq!(first.status, 200, "{}", first.body);
+    assert!(started.elapsed() >= Duration::from_secs(2), "it lasted its duration");
+    assert_eq!(first.content_type, "application/x-pcapng");
+    // A section header block (0x0A0D0D0A) and an interface description: a
+    // valid, empty capture.
+    assert!(first.body.starts_with("\n\r\r\n"), "pcapng section header: {:?}", first.body);
+    second.error(409, "conflict", "a second capture");
+    // The first one ended and gave the ring back: a new one may start.
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(lab.call("GET", "/v1/capture?duration_secs=1", None).status, 200);
+    assert!(lab.logs().contains("capture stopped"), "{}", lab.logs());
 }
 
 // ---- 8. check and detach -------------------------------------------------------------

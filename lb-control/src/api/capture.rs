@@ -8,7 +8,7 @@ use std::convert::Infallible;
 use axum::{
     body::Body,
     extract::{rejection::QueryRejection, Query, State},
-    http::header,
+    http::{header, StatusCode},
     response::{IntoResponse, Response},
 };
 use serde::Deserialize;
@@ -17,11 +17,11 @@ use tokio::sync::mpsc;
 use super::{
     error::{parse_backend, parse_vip, ApiError, ErrorBody},
     on_controller,
-    schema::BackendAddr,
+    schema::{BackendAddr, ReasonName},
     Shared,
 };
 use crate::{
-    capture::{self, parse_reason, CaptureSpec},
+    capture::{self, parse_reason, CaptureSpec, SpecError},
     model::VipId,
 };
 
@@ -41,7 +41,7 @@ pub struct CaptureQuery {
     #[param(value_type = Option<BackendAddr>)]
     backend: Option<String>,
     /// Only packets counted under this reason (a name of `GET /v1/stats`'s `global`).
-    #[param(value_type = Option<String>, pattern = "^[a-z0-9_]+$")]
+    #[param(value_type = Option<ReasonName>)]
     reason: Option<String>,
     /// Only dropped packets (not with `reason`).
     drops: Option<bool>,
@@ -61,7 +61,7 @@ pub struct CaptureQuery {
         (status = 200, description = "pcapng: each packet as it arrived and, if it left by XDP_TX, as it left \
             (encapsulated), each with a comment `arrived|left; reason=R action=A`", body = Vec<u8>,
             content_type = "application/x-pcapng"),
-        (status = 400, description = "a bad filter or bound", body = ErrorBody),
+        (status = 400, description = "a bad filter or bound; `reason_and_drops`: both given", body = ErrorBody),
         (status = 401, description = "no or wrong token", body = ErrorBody),
         (status = 409, description = "a capture is already running", body = ErrorBody),
         (status = 500, description = "the maps could not be written", body = ErrorBody),
@@ -75,7 +75,11 @@ pub async fn capture(
     let backend = q.backend.as_deref().map(parse_backend).transpose()?;
     let reason = q.reason.as_deref().map(parse_reason).transpose().map_err(|e| ApiError::bad_request(e.to_string()))?;
     let spec = CaptureSpec::new(vip, backend, reason, q.drops.unwrap_or(false), q.count, q.duration_secs, q.snaplen)
-        .map_err(|e| ApiError::bad_request(e.to_string()))?;
+        .map_err(|e| match e {
+            // The one rule about two parameters, which no schema states.
+            SpecError::ReasonAndDrops => ApiError::new(StatusCode::BAD_REQUEST, "reason_and_drops", e.to_string()),
+            e => ApiError::bad_request(e.to_string()),
+        })?;
     let armed = spec.clone();
     let ring = on_controller(&s, move |ctl| ctl.start_capture(&armed)).await?;
     tracing::info!(?spec, "capture started");

@@ -103,7 +103,7 @@ async fn on_controller<T: Send + 'static>(
     info(title = "xdp-lb control API", description = "VIPs, backends and counters of the XDP load balancer. \
         Changes are in the data plane when the call returns; a rejected call changes nothing."),
     modifiers(&BearerToken),
-    components(schemas(crate::model::VipId, schema::BackendAddr, schema::ClientAddr)),
+    components(schemas(crate::model::VipId, schema::BackendAddr, schema::ClientAddr, schema::ReasonName)),
     tags((name = "vips"), (name = "backends"), (name = "operations"))
 )]
 struct ApiDoc;

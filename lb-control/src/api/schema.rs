@@ -178,6 +178,14 @@ named_schema!(
 pub struct BackendAddr;
 named_schema!(BackendAddr, "BackendAddress", schema(json!({"type": "string", "pattern": *BACKEND_PATTERN})));
 
+/// A reason counter's name, a query parameter of `GET /v1/capture`.
+pub struct ReasonName;
+named_schema!(
+    ReasonName,
+    "Reason",
+    schema(json!({"type": "string", "enum": lb_common::Stat::ALL.iter().map(|s| s.name()).collect::<Vec<_>>()}))
+);
+
 /// A client as ADDRESS:PORT (IPv6 in brackets), a query parameter of
 /// `GET /v1/flows`.
 pub struct ClientAddr;
