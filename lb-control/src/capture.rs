@@ -22,6 +22,7 @@ use pcap_file::{
         blocks::{
             enhanced_packet::{EnhancedPacketBlock, EnhancedPacketOption},
             interface_description::InterfaceDescriptionBlock,
+            interface_statistics::{InterfaceStatisticsBlock, InterfaceStatisticsOption},
         },
         PcapNgWriter,
     },
@@ -40,6 +41,10 @@ pub const MAX_COUNT: u64 = 1_000_000;
 /// How long a capture runs when the call names no duration (seconds).
 pub const DEFAULT_DURATION_SECS: u64 = 10;
 pub const MAX_DURATION_SECS: u64 = 3600;
+/// While nothing matches, an interface-statistics block goes out this
+/// often: the connection is never idle long enough for the API's idle
+/// timeout to cut a quiet capture, and a client that went away is noticed.
+pub const KEEPALIVE: Duration = Duration::from_secs(5);
 
 /// What to capture; every filter given must hold.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -231,6 +236,18 @@ impl PcapNg {
         }
     }
 
+    /// Adds an interface-statistics block: the packets delivered so far.
+    pub fn statistics(&mut self, delivered: u64) {
+        let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+        let block = InterfaceStatisticsBlock {
+            interface_id: 0,
+            // The interface's default resolution: microseconds.
+            timestamp: now.as_micros() as u64,
+            options: vec![InterfaceStatisticsOption::IsbUsrDeliv(delivered)],
+        };
+        self.writer.write_pcapng_block(block).expect("writing to memory");
+    }
+
     /// The bytes written since the last call.
     pub fn take(&mut self) -> Vec<u8> {
         std::mem::take(self.writer.get_mut())
@@ -268,6 +285,7 @@ pub async fn stream(
         }
     };
     let mut taken = 0u64;
+    let mut keepalive = tokio::time::interval_at(tokio::time::Instant::now() + KEEPALIVE, KEEPALIVE);
     if out.send(pcap.take()).await.is_err() {
         return (ring.into_inner(), 0, Ended::ClientGone);
     }
@@ -299,6 +317,12 @@ pub async fn stream(
                 }
                 if taken == spec.count {
                     break 'session Ended::Count;
+                }
+            }
+            _ = keepalive.tick() => {
+                pcap.statistics(taken);
+                if out.send(pcap.take()).await.is_err() {
+                    break 'session Ended::ClientGone;
                 }
             }
             _ = tokio::time::sleep_until(deadline) => break Ended::Duration,

@@ -1555,6 +1555,21 @@ fn capture_needs_the_token_is_bounded_and_runs_one_at_a_time() {
     std::thread::sleep(Duration::from_millis(300));
     assert_eq!(lab.call("GET", "/v1/capture?duration_secs=1", None).status, 200);
     assert!(lab.logs().contains("capture stopped"), "{}", lab.logs());
+
+    // A client that goes away ends its capture (noticed at the latest by
+    // the next keep-alive block), and the data plane is disarmed.
+    let mut cmd = lab.lb.command(env!("CARGO_BIN_EXE_lbctl"));
+    cmd.args(["--api", API, "--token-file"]).arg(&lab.token_file);
+    cmd.args(["capture", "--duration", "60", "-w"]).arg(lab.dir.join("gone.pcapng"));
+    let mut child = cmd.stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+    std::thread::sleep(Duration::from_secs(1));
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let limit = std::time::Instant::now() + lb_control::capture::KEEPALIVE + Duration::from_secs(5);
+    while !lab.logs().contains("ended=ClientGone") {
+        assert!(std::time::Instant::now() < limit, "the capture outlived its client:\n{}", lab.logs());
+        std::thread::sleep(POLL);
+    }
 }
 
 // ---- 8. check and detach -------------------------------------------------------------
