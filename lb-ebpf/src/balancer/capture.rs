@@ -1,7 +1,8 @@
 //! Packet capture (see [`lb_common::CaptureFilter`]): unarmed, one array
 //! read per packet; armed, the frame's head as it arrived is kept in a
 //! per-CPU record and, if the packet matches the filter once its reason is
-//! known, sent to user space with the frame's head as it left.
+//! known (and the capture is not past its deadline), sent to user space
+//! with the frame's head as it left.
 
 use aya_ebpf::{
     btf_maps::{Array, PerCpuArray, RingBuf},
@@ -27,13 +28,6 @@ pub static CAPTURE_RING: RingBuf<CaptureRecord, { CAPTURE_RING_BYTES as usize }>
 #[btf_map]
 pub static CAPTURE_SCRATCH: PerCpuArray<CaptureRecord, 1> = PerCpuArray::new();
 
-/// A capture in progress for this packet.
-pub struct Armed {
-    filter: *mut CaptureFilter,
-    record: *mut CaptureRecord,
-    snaplen: u32,
-}
-
 #[inline(always)]
 fn head_len(ctx: &XdpContext, snaplen: u32) -> u32 {
     let n = len(ctx) as u32;
@@ -44,38 +38,53 @@ fn head_len(ctx: &XdpContext, snaplen: u32) -> u32 {
     }
 }
 
-/// Called first: `None` (one map read) unless a capture is armed and not
-/// past its deadline; then the frame's head is kept as it arrived.
 #[inline(always)]
-pub fn arrived(ctx: &XdpContext) -> Option<Armed> {
-    let filter = CAPTURE_FILTER.get_ptr_mut(0)?;
-    // SAFETY: entry 0 of an array map, valid for the program's run.
-    let f = unsafe { &*filter };
-    if f.armed == 0 {
-        return None;
+fn snaplen(f: &CaptureFilter) -> u32 {
+    if f.snaplen == 0 || f.snaplen > CAPTURE_SNAPLEN_MAX {
+        CAPTURE_SNAPLEN_MAX
+    } else {
+        f.snaplen
     }
-    // SAFETY: a helper without arguments.
-    let now = unsafe { bpf_ktime_get_ns() };
-    if now > f.deadline_ns {
-        return None;
-    }
-    let snaplen = if f.snaplen == 0 || f.snaplen > CAPTURE_SNAPLEN_MAX { CAPTURE_SNAPLEN_MAX } else { f.snaplen };
-    let record = CAPTURE_SCRATCH.get_ptr_mut(0)?;
-    // SAFETY: this CPU's scratch record; nothing else uses it while we run.
-    let r = unsafe { &mut *record };
-    let n = head_len(ctx, snaplen);
-    r.header.ktime_ns = now;
-    r.header.arrived_len = len(ctx) as u32;
-    r.header.arrived_cap = if load_head(ctx, &mut r.arrived, n).is_some() { n } else { 0 };
-    Some(Armed { filter, record, snaplen })
 }
 
-/// Called last, with the packet's reason: sends the record if the packet
-/// matches the filter, with the frame's head as it leaves (XDP_TX).
+/// Whether a capture is armed: the one map read every packet pays. Only
+/// a bool stays live across the packet's processing, and the rest is out
+/// of line, so the hot path's code and registers are as without capture.
 #[inline(always)]
-pub fn finished(ctx: &XdpContext, armed: Armed, stat: Stat) {
-    // SAFETY: as in `arrived`.
-    let (f, r) = unsafe { (&*armed.filter, &mut *armed.record) };
+pub fn armed() -> bool {
+    CAPTURE_FILTER.get(0).is_some_and(|f| f.armed != 0)
+}
+
+/// Keeps the frame's head as it arrived (armed, before any change to it).
+#[inline(never)]
+pub fn arrived(ctx: &XdpContext) {
+    let (Some(f), Some(record)) = (CAPTURE_FILTER.get(0), CAPTURE_SCRATCH.get_ptr_mut(0)) else { return };
+    // SAFETY: this CPU's scratch record; nothing else uses it while we run.
+    let r = unsafe { &mut *record };
+    // SAFETY: a helper without arguments.
+    r.header.ktime_ns = unsafe { bpf_ktime_get_ns() };
+    r.header.arrived_len = len(ctx) as u32;
+    r.header.arrived_cap = 0;
+    let n = head_len(ctx, snaplen(f));
+    if load_head(ctx, &mut r.arrived, n).is_some() {
+        r.header.arrived_cap = n;
+    }
+}
+
+/// With the packet's reason: sends the record if the packet matches the
+/// filter and the capture is not past its deadline, with the frame's head
+/// as it leaves (XDP_TX).
+#[inline(never)]
+pub fn finished(ctx: &XdpContext, stat: Stat) {
+    let (Some(filter), Some(record)) = (CAPTURE_FILTER.get_ptr_mut(0), CAPTURE_SCRATCH.get_ptr_mut(0)) else {
+        return;
+    };
+    // SAFETY: entry 0 of an array map and this CPU's scratch record, valid
+    // for the program's run.
+    let (f, r) = unsafe { (&*filter, &mut *record) };
+    if f.armed == 0 || r.header.ktime_ns > f.deadline_ns {
+        return;
+    }
     let action = stat.action();
     if f.flags & CAPTURE_F_DROPS != 0 && action != Action::Drop {
         return;
@@ -90,7 +99,7 @@ pub fn finished(ctx: &XdpContext, armed: Armed, stat: Stat) {
     r.header.left_len = 0;
     r.header.left_cap = 0;
     if action == Action::Tx {
-        let n = head_len(ctx, armed.snaplen);
+        let n = head_len(ctx, snaplen(f));
         r.header.left_len = len(ctx) as u32;
         if load_head(ctx, &mut r.left, n).is_some() {
             r.header.left_cap = n;
@@ -101,7 +110,7 @@ pub fn finished(ctx: &XdpContext, armed: Armed, stat: Stat) {
         // target has no atomic read-modify-write in core): CPUs losing
         // records at once may undercount; it is a hint for the operator.
         unsafe {
-            let lost = &raw mut (*armed.filter).lost;
+            let lost = &raw mut (*filter).lost;
             core::ptr::write_volatile(lost, core::ptr::read_volatile(lost) + 1);
         }
     }

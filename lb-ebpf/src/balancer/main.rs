@@ -32,13 +32,16 @@ use crate::{
 #[xdp]
 pub fn balancer(ctx: XdpContext) -> u32 {
     let bytes = len(&ctx);
-    let capture = capture::arrived(&ctx);
+    let capturing = capture::armed();
+    if capturing {
+        capture::arrived(&ctx);
+    }
     let stat = match process(&ctx, bytes) {
         Ok(stat) | Err(stat) => stat,
     };
     count(stat, bytes);
-    if let Some(armed) = capture {
-        capture::finished(&ctx, armed, stat);
+    if capturing {
+        capture::finished(&ctx, stat);
     }
     match stat.action() {
         Action::Tx => xdp_action::XDP_TX,
