@@ -21,7 +21,7 @@ use pcap_file::{
     pcapng::{
         blocks::{
             enhanced_packet::{EnhancedPacketBlock, EnhancedPacketOption},
-            interface_description::InterfaceDescriptionBlock,
+            interface_description::{InterfaceDescriptionBlock, InterfaceDescriptionOption},
             interface_statistics::{InterfaceStatisticsBlock, InterfaceStatisticsOption},
         },
         PcapNgWriter,
@@ -204,7 +204,10 @@ impl PcapNg {
     /// and interface headers.
     pub fn new(snaplen: u32) -> Self {
         let mut writer = PcapNgWriter::new(Vec::new()).expect("writing to memory");
-        let interface = InterfaceDescriptionBlock { linktype: DataLink::ETHERNET, snaplen, options: vec![] };
+        // pcap-file writes timestamps in nanoseconds: say so (the default
+        // resolution is microseconds).
+        let options = vec![InterfaceDescriptionOption::IfTsResol(9)];
+        let interface = InterfaceDescriptionBlock { linktype: DataLink::ETHERNET, snaplen, options };
         writer.write_pcapng_block(interface).expect("writing to memory");
         let wall = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
         let epoch_offset = wall.saturating_sub(Duration::from_nanos(monotonic_ns()));
@@ -241,8 +244,8 @@ impl PcapNg {
         let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
         let block = InterfaceStatisticsBlock {
             interface_id: 0,
-            // The interface's default resolution: microseconds.
-            timestamp: now.as_micros() as u64,
+            // The interface's resolution: nanoseconds.
+            timestamp: now.as_nanos() as u64,
             options: vec![InterfaceStatisticsOption::IsbUsrDeliv(delivered)],
         };
         self.writer.write_pcapng_block(block).expect("writing to memory");

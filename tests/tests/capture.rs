@@ -59,7 +59,8 @@ fn a_capture_holds_each_packet_as_it_arrived_and_as_it_left() -> Result<()> {
     assert!(status.success(), "lbctl capture failed: {status}\n{}", lab.balancers[0].log());
     assert!(lab.balancers[0].log().contains("capture stopped"), "{}", lab.balancers[0].log());
 
-    let out = Command::new("tcpdump").args(["-nn", "-S", "-r"]).arg(&file).output().context("running tcpdump")?;
+    let out =
+        Command::new("tcpdump").args(["-nn", "-S", "-tt", "-r"]).arg(&file).output().context("running tcpdump")?;
     assert!(out.status.success(), "tcpdump -r: {}", String::from_utf8_lossy(&out.stderr));
     let text = String::from_utf8_lossy(&out.stdout);
     let lines: Vec<&str> = text.lines().collect();
@@ -67,8 +68,12 @@ fn a_capture_holds_each_packet_as_it_arrived_and_as_it_left() -> Result<()> {
     let inner = format!("IP {CLIENT4}.");
     let to_vip = format!(" > {VIP4}.{HTTP_PORT}: Flags");
     let backends = [backend4(0).to_string(), backend4(1).to_string()];
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs_f64();
     for pair in lines.chunks(2) {
         let (arrived, left) = (pair[0], pair[1]);
+        // "-tt": seconds since the epoch, first; the packets are from the last minute.
+        let stamp: f64 = arrived.split_whitespace().next().unwrap_or("").parse().unwrap_or(0.0);
+        assert!((now - 60.0..=now).contains(&stamp), "timestamp {stamp}, now {now}: {arrived}");
         assert!(arrived.contains(&inner) && arrived.contains(&to_vip), "arrived: {arrived}");
         // "IP 172.16.x.y > 10.1.0.z: IP 10.10.1.2.port > 10.100.0.10.80: Flags …"
         let outer = left.split_once(": IP ").map(|(o, _)| o).unwrap_or("");
