@@ -12,7 +12,9 @@ LLVM_PREFIX_DIR="${LB_LLVM_PREFIX:-/opt/xdp-lb/llvm}"
 VENV_DIR="${LB_VENV:-/opt/xdp-lb/venv}"
 FUZZ_REQUIREMENTS="$(cd "$(dirname "$0")" && pwd)/fuzz/requirements.txt"
 # bird2: the BGP daemon of the multi-balancer lab (and of production hosts).
-DEB_PACKAGES=(netsniff-ng iproute2 ethtool procps python3 python3-venv bird2 prometheus)
+# bpftool: the readable-maps test (and operators) dump the pinned maps.
+# tcpdump: the capture test reads the captured file with it.
+DEB_PACKAGES=(netsniff-ng iproute2 ethtool procps python3 python3-venv bird2 prometheus bpftool tcpdump)
 
 log() { printf '[setup] %s\n' "$*" >&2; }
 

@@ -93,10 +93,18 @@ pub mod map_names {
     pub const VIP_STATS: &str = "VIP_STATS";
     pub const REAL_STATS: &str = "REAL_STATS";
     pub const PREV_RINGS: &str = "PREV_RINGS";
+    pub const CAPTURE_FILTER: &str = "CAPTURE_FILTER";
+    pub const CAPTURE_RING: &str = "CAPTURE_RING";
+    pub const CAPTURE_SCRATCH: &str = "CAPTURE_SCRATCH";
     pub const DECAP_ADDRS: &str = "DECAP_ADDRS";
     pub const DECAP_STATS: &str = "DECAP_STATS";
 
-    /// Every map of the balancer object.
+    /// The capture's maps: never pinned, so a new program (a restart)
+    /// starts unarmed (see [`crate::CaptureFilter`]).
+    pub const CAPTURE_MAPS: [&str; 3] = [CAPTURE_FILTER, CAPTURE_RING, CAPTURE_SCRATCH];
+
+    /// Every pinned map of the balancer object (the object also has the
+    /// [`CAPTURE_MAPS`]).
     pub const BALANCER_MAPS: [&str; 14] = [
         VIPS,
         VIP_FILTER,

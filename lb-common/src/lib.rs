@@ -12,6 +12,7 @@
 #![no_std]
 
 pub mod addr;
+pub mod capture;
 pub mod config;
 pub mod conn;
 pub mod consts;
@@ -21,6 +22,7 @@ pub mod stats;
 pub mod vip;
 
 pub use addr::*;
+pub use capture::*;
 pub use config::*;
 pub use conn::*;
 pub use consts::*;

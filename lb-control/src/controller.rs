@@ -554,6 +554,36 @@ impl Controller {
     }
 
     /// The number of packets of one reason, for tests and logs.
+    /// Arms the packet capture for `spec` and lends its ring to the caller
+    /// (one capture at a time: a second one is a conflict).
+    pub fn start_capture(
+        &mut self,
+        spec: &crate::capture::CaptureSpec,
+    ) -> Result<aya::maps::RingBuf<aya::maps::MapData>, ControlError> {
+        let bal = self.engine.balancer_mut();
+        let ring =
+            bal.take_capture_ring().ok_or_else(|| ControlError::Conflict("a capture is already running".into()))?;
+        // Records left from an earlier session would be this one's first.
+        let mut ring = ring;
+        while ring.next().is_some() {}
+        let deadline = crate::dataplane::monotonic_ns() + spec.duration.as_nanos() as u64;
+        if let Err(e) = bal.set_capture(&spec.filter(deadline)) {
+            bal.return_capture_ring(ring);
+            return Err(e.into());
+        }
+        Ok(ring)
+    }
+
+    /// Disarms the capture, takes its ring back, and returns how many
+    /// records the data plane lost to a full ring.
+    pub fn stop_capture(&mut self, ring: aya::maps::RingBuf<aya::maps::MapData>) -> Result<u64, ControlError> {
+        let bal = self.engine.balancer_mut();
+        bal.return_capture_ring(ring);
+        let lost = bal.capture().map(|f| f.lost).unwrap_or(0);
+        bal.set_capture(&lb_common::CaptureFilter::default())?;
+        Ok(lost)
+    }
+
     pub fn stat(&self, stat: Stat) -> Result<Counter, ControlError> {
         Ok(self.engine.balancer().stat(stat)?)
     }

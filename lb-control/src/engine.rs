@@ -585,6 +585,11 @@ impl Engine {
         Ok(out)
     }
 
+    /// Every (VIP, backend) pair with its real.
+    pub fn reals(&self) -> impl Iterator<Item = (&VipId, IpAddr, u32)> + '_ {
+        self.reals.iter().map(|((id, addr), &index)| (id, *addr, index))
+    }
+
     pub fn installed_vips(&self) -> impl Iterator<Item = (&VipId, u32)> {
         self.installed.iter().map(|(id, i)| (id, i.vip_num))
     }

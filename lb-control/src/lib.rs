@@ -1,10 +1,12 @@
 pub mod api;
 pub mod attachment;
 pub mod bgp;
+pub mod capture;
 pub mod config;
 pub mod controller;
 pub mod dataplane;
 pub mod engine;
+pub mod flows;
 pub mod health;
 pub mod lock;
 pub mod maglev;

@@ -383,7 +383,8 @@ max_body_bytes = 4096
             let status = resp.status().as_u16();
             let content_type =
                 resp.headers().get("content-type").and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
-            let body = resp.body_mut().read_to_string()?;
+            // Lossy: a capture's pcapng is binary.
+            let body = String::from_utf8_lossy(&resp.body_mut().read_to_vec()?).into_owned();
             Ok(Resp { status, content_type, body })
         })
     }
@@ -1482,6 +1483,108 @@ fn lbctl_drives_the_daemon() {
     assert!(out.contains(&format!("removed {id}")), "{out}");
     lab.get(&format!("/v1/vips/{id}")).error(404, "not_found", "removed VIP");
     assert_eq!(lab.vips(), base_vips_json());
+}
+
+/// `lbctl flow` names the backend the daemon's data plane sends a flow to
+/// (ring, then connection table), and `lbctl conns` counts the entry.
+#[test]
+fn lbctl_flow_and_conns_read_the_live_maps() {
+    let lab = Lab::new();
+    let ok = |args: &[&str]| -> String {
+        let (status, out, err) = lab.lbctl(false, args);
+        assert!(status.success(), "lbctl {args:?} failed ({status}):\nstdout: {out}\nstderr: {err}\n{}", lab.logs());
+        out
+    };
+    let client = format!("{CLIENT4}:41000");
+    let before: Value = serde_json::from_str(&ok(&["-o", "json", "flow", VIP_HTTP, &client])).expect("JSON");
+    assert_eq!(before["source"], "ring", "{before}");
+    let table = ok(&["flow", VIP_HTTP, &client]);
+    assert!(table.contains(&format!("ring slot {}", before["ring_slot"])), "{table}");
+
+    let mut bal = lab.balancer();
+    let went = route4(&mut bal, HTTP4, 80, 41000, pb::TCP_ACK).expect("forwarded");
+    assert_eq!(before["backend"], went.to_string(), "the lookup predicted the backend: {before}");
+    let after: Value = serde_json::from_str(&ok(&["-o", "json", "flow", VIP_HTTP, &client])).expect("JSON");
+    assert_eq!((after["source"].as_str(), after["backend"].as_str()), (Some("conn_table"), Some(&*went.to_string())));
+    let table = ok(&["flow", VIP_HTTP, &client]);
+    assert!(table.lines().any(|l| l.starts_with("FROM") && l.contains("connection table")), "{table}");
+
+    let conns: Value = serde_json::from_str(&ok(&["-o", "json", "conns", VIP_HTTP])).expect("JSON");
+    assert_eq!(conns["entries"], 1, "{conns}");
+    let rows = conns["backends"].as_array().unwrap();
+    assert_eq!(rows.len(), 2, "{conns}");
+    for row in rows {
+        let want = u64::from(row["backend"] == went.to_string());
+        assert_eq!(row["entries"], want, "{row}");
+    }
+    let table = ok(&["conns"]);
+    assert!(table.starts_with("connection table: 1 of "), "{table}");
+    assert!(table.lines().any(|l| l.starts_with(VIP_HTTP) && l.contains(&went.to_string())), "{table}");
+
+    // IPv6: brackets in the query string.
+    let client6 = format!("[{CLIENT6}]:5353");
+    let v6: Value = serde_json::from_str(&ok(&["-o", "json", "flow", VIP_DNS6, &client6])).expect("JSON");
+    assert_eq!((v6["source"].as_str(), v6["backend"].as_str()), (Some("ring"), Some("fc00:1::1")), "{v6}");
+    assert_eq!(udp6_route(&mut bal, DNS6, 53, 5353), Some(REAL6));
+
+    // Bad input: a clear error and a non-zero exit.
+    lab.get(&format!("/v1/flows?vip={VIP_HTTP}")).error(400, "bad_request", "no client");
+    lab.get(&format!("/v1/flows?vip=tcp:10.0.0.10:81&client={client}")).error(404, "not_found", "unknown VIP");
+    lab.get(&format!("/v1/flows?vip={VIP_HTTP}&client=[fc00::1]:1")).error(400, "family_mismatch", "family");
+    lab.get("/v1/conns?vip=nonsense").error(400, "bad_request", "bad VIP");
+    let (status, _, err) = lab.lbctl(false, &["flow", "tcp:10.0.0.10:81", &client]);
+    assert!(!status.success() && err.contains("404"), "{err}");
+}
+
+/// The capture needs the token, checks its bounds, ends at its duration
+/// with a valid (here empty) pcapng stream, and runs one at a time.
+#[test]
+fn capture_needs_the_token_is_bounded_and_runs_one_at_a_time() {
+    let lab = Lab::new();
+    lab.get("/v1/capture?duration_secs=1").error(401, "unauthorized", "capture without the token");
+    lab.call("GET", "/v1/capture?duration_secs=0", None).error(400, "bad_request", "duration 0");
+    lab.call("GET", "/v1/capture?snaplen=257", None).error(400, "bad_request", "snaplen beyond 256");
+    lab.call("GET", "/v1/capture?reason=drop_everything", None).error(400, "bad_request", "unknown reason");
+    lab.call("GET", "/v1/capture?reason=drop_no_backend&drops=true", None).error(
+        400,
+        "reason_and_drops",
+        "reason and drops",
+    );
+
+    // One capture at a time: a second one while the first runs is refused.
+    let started = std::time::Instant::now();
+    let (first, second) = std::thread::scope(|s| {
+        let first = s.spawn(|| lab.call("GET", "/v1/capture?duration_secs=2", None));
+        std::thread::sleep(Duration::from_millis(500));
+        let second = lab.call("GET", "/v1/capture?duration_secs=1", None);
+        (first.join().unwrap(), second)
+    });
+    assert_eq!(first.status, 200, "{}", first.body);
+    assert!(started.elapsed() >= Duration::from_secs(2), "it lasted its duration");
+    assert_eq!(first.content_type, "application/x-pcapng");
+    // A section header block (0x0A0D0D0A) and an interface description: a
+    // valid, empty capture.
+    assert!(first.body.starts_with("\n\r\r\n"), "pcapng section header: {:?}", first.body);
+    second.error(409, "conflict", "a second capture");
+    // The first one ended and gave the ring back: a new one may start.
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(lab.call("GET", "/v1/capture?duration_secs=1", None).status, 200);
+    assert!(lab.logs().contains("capture stopped"), "{}", lab.logs());
+
+    // A client that goes away ends its capture (noticed at the latest by
+    // the next keep-alive block), and the data plane is disarmed.
+    let mut cmd = lab.lb.command(env!("CARGO_BIN_EXE_lbctl"));
+    cmd.args(["--api", API, "--token-file"]).arg(&lab.token_file);
+    cmd.args(["capture", "--duration", "60", "-w"]).arg(lab.dir.join("gone.pcapng"));
+    let mut child = cmd.stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+    std::thread::sleep(Duration::from_secs(1));
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let limit = std::time::Instant::now() + lb_control::capture::KEEPALIVE + Duration::from_secs(5);
+    while !lab.logs().contains("ended=ClientGone") {
+        assert!(std::time::Instant::now() < limit, "the capture outlived its client:\n{}", lab.logs());
+        std::thread::sleep(POLL);
+    }
 }
 
 // ---- 8. check and detach -------------------------------------------------------------

@@ -37,6 +37,23 @@ pub fn len(ctx: &XdpContext) -> usize {
     ctx.data_end() - ctx.data()
 }
 
+/// Copies the first `n` bytes of the packet (1..=`buf.len()`, checked
+/// here so the verifier sees the bound) into `buf`; `None` if the packet is
+/// shorter.
+#[inline(always)]
+pub fn load_head(ctx: &XdpContext, buf: &mut [u8; 256], n: u32) -> Option<()> {
+    // Opaque to LLVM, so the check below stays for the verifier (the
+    // callers' own bounds would let LLVM drop it, and the verifier does
+    // not follow them).
+    let n = core::hint::black_box(n);
+    if n == 0 || n > 256 {
+        return None;
+    }
+    // SAFETY: the helper checks the packet's bounds; `buf` holds `n` bytes.
+    let rc = unsafe { aya_ebpf::helpers::bpf_xdp_load_bytes(ctx.ctx, 0, buf.as_mut_ptr().cast(), n) };
+    (rc == 0).then_some(())
+}
+
 /// Grows (`delta < 0`) or shrinks the front of the packet. Every pointer
 /// taken before is invalid afterwards.
 #[inline(always)]

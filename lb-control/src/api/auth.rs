@@ -1,5 +1,5 @@
-//! The API token: mutating calls need `Authorization: Bearer <token>` when
-//! one is configured. The scheme name is case-insensitive (RFC 7235).
+//! The API token: mutating calls (and the packet capture) need
+//! `Authorization: Bearer <token>` when one is configured. The scheme name is case-insensitive (RFC 7235).
 
 use axum::{
     extract::{Request, State},
@@ -19,7 +19,8 @@ fn bearer(headers: &HeaderMap) -> Option<&str> {
 }
 
 pub async fn require_token(State(s): State<Shared>, req: Request, next: Next) -> Response {
-    let mutating = !matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS);
+    let mutating = !matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS)
+        || req.uri().path() == super::capture::CAPTURE_PATH;
     if let (true, Some(token)) = (mutating, s.token.as_deref()) {
         let given = bearer(req.headers());
         let ok = given.is_some_and(|g| constant_time_eq(g.as_bytes(), token.as_bytes()));

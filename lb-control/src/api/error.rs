@@ -51,7 +51,7 @@ pub struct ErrorDetail<'a> {
     /// `backend_is_vip`, `duplicate_backend`, `family_mismatch`,
     /// `duplicate_vip`, `invalid_json`, `not_found`, `conflict`, `rejected`, `unauthorized`,
     /// `payload_too_large`, `unsupported_media_type`, `method_not_allowed`,
-    /// `not_ready`, `internal`.
+    /// `not_ready`, `reason_and_drops`, `internal`.
     pub code: &'a str,
     /// For people; may change between versions.
     pub message: &'a str,

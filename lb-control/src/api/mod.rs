@@ -9,7 +9,9 @@
 
 mod auth;
 mod body;
+mod capture;
 mod error;
+mod flows;
 mod handlers;
 mod health;
 mod schema;
@@ -55,6 +57,9 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("DELETE", "/v1/vips/{vip}/backends/{backend}"),
     ("PUT", "/v1/vips/{vip}/health"),
     ("GET", "/v1/stats"),
+    ("GET", "/v1/flows"),
+    ("GET", "/v1/conns"),
+    ("GET", "/v1/capture"),
     ("GET", "/metrics"),
     ("GET", "/healthz"),
     ("GET", "/readyz"),
@@ -109,7 +114,7 @@ async fn on_controller<T: Send + 'static>(
     info(title = "xdp-lb control API", description = "VIPs, backends and counters of the XDP load balancer. \
         Changes are in the data plane when the call returns; a rejected call changes nothing."),
     modifiers(&BearerToken),
-    components(schemas(crate::model::VipId, schema::BackendAddr)),
+    components(schemas(crate::model::VipId, schema::BackendAddr, schema::ClientAddr, schema::ReasonName)),
     tags((name = "vips"), (name = "backends"), (name = "health"), (name = "operations"))
 )]
 struct ApiDoc;
@@ -137,6 +142,9 @@ fn routes() -> OpenApiRouter<Shared> {
         .routes(routes!(patch_backend, delete_backend))
         .routes(routes!(health::put_vip_health))
         .routes(routes!(stats))
+        .routes(routes!(flows::flow))
+        .routes(routes!(flows::conns))
+        .routes(routes!(capture::capture))
         .routes(routes!(metrics_text))
         .routes(routes!(healthz))
         .routes(routes!(readyz))

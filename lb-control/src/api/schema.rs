@@ -184,6 +184,25 @@ named_schema!(
 pub struct BackendAddr;
 named_schema!(BackendAddr, "BackendAddress", schema(json!({"type": "string", "pattern": *BACKEND_PATTERN})));
 
+/// A reason counter's name, a query parameter of `GET /v1/capture`.
+pub struct ReasonName;
+named_schema!(
+    ReasonName,
+    "Reason",
+    schema(json!({"type": "string", "enum": lb_common::Stat::ALL.iter().map(|s| s.name()).collect::<Vec<_>>()}))
+);
+
+/// A client as ADDRESS:PORT (IPv6 in brackets), a query parameter of
+/// `GET /v1/flows`.
+pub struct ClientAddr;
+pub static CLIENT_PATTERN: LazyLock<String> =
+    LazyLock::new(|| format!("^({}|\\[{}\\]):{PORT}$", ipv4_unicast(), ipv6_unicast()));
+named_schema!(
+    ClientAddr,
+    "ClientAddress",
+    schema(json!({"type": "string", "pattern": *CLIENT_PATTERN, "examples": ["198.51.100.7:51234"]}))
+);
+
 #[cfg(test)]
 mod tests {
     use std::net::IpAddr;

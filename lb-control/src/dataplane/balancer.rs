@@ -5,13 +5,16 @@
 use std::path::Path;
 
 use aya::{
-    maps::{Array, Map, MapData},
+    maps::{Array, Map, MapData, RingBuf},
     programs::{xdp::XdpLink, Xdp},
     Ebpf,
 };
-use lb_common::{map_names, ConnEntry, Counter, FlowKey, LbConfig, Real, Stat, VipKey, VipMeta, REAL_NONE};
+use lb_common::{
+    map_names, CaptureFilter, ConnEntry, Counter, FlowKey, LbConfig, Real, Stat, VipKey, VipMeta, REAL_NONE,
+};
 
 use super::{
+    capture::CaptureMaps,
     conn::ConnTable,
     counters::Counters,
     load::{attach_xdp, link_pin, load_balancer, open_pinned, xdp_program, PinnedMaps, XdpMode},
@@ -42,6 +45,7 @@ pub struct Balancer {
     conn: ConnTable,
     config: Array<MapData, LbConfig>,
     counters: Counters,
+    capture: CaptureMaps,
     /// Handles on the pinned maps (when pinned), to pin them again.
     pinned: Option<PinnedMaps>,
 }
@@ -102,6 +106,10 @@ impl Balancer {
                 vip_stats: take(&mut ebpf, map_names::VIP_STATS)?,
                 real_stats: take(&mut ebpf, map_names::REAL_STATS)?,
             },
+            capture: CaptureMaps::new(
+                take(&mut ebpf, map_names::CAPTURE_FILTER)?,
+                take(&mut ebpf, map_names::CAPTURE_RING)?,
+            ),
             limits,
             ebpf,
             pinned,
@@ -243,6 +251,12 @@ impl Balancer {
         self.rings.read(ring)
     }
 
+    /// Entry `slot` of ring `ring`: the backend index the data plane reads
+    /// for a flow whose ring slot this is.
+    pub fn ring_entry(&self, ring: u32, slot: u32) -> Result<u32, DataplaneError> {
+        self.rings.entry(ring, slot)
+    }
+
     /// Whether ring `ring` holds exactly `table`.
     pub fn ring_equals(&self, ring: u32, table: &[u32]) -> Result<bool, DataplaneError> {
         self.rings.equals(ring, table)
@@ -300,6 +314,39 @@ impl Balancer {
     /// Entries in the connection table (a full scan: not for hot paths).
     pub fn conn_count(&self) -> usize {
         self.conn.count()
+    }
+
+    /// Connection-table slots in all.
+    pub fn conn_slots(&self) -> usize {
+        self.conn.slots()
+    }
+
+    /// Connection-table entries per real, indexed by real (one scan of the
+    /// mapped table; the last element counts entries naming a real beyond
+    /// `max_reals`, which only a corrupted table holds).
+    pub fn conn_count_by_real(&self) -> Vec<u64> {
+        self.conn.count_by_real(self.limits.max_reals as usize)
+    }
+
+    // ---- capture -----------------------------------------------------------
+
+    /// Arms (or, with `armed == 0`, disarms) the packet capture.
+    pub fn set_capture(&mut self, filter: &CaptureFilter) -> Result<(), DataplaneError> {
+        self.capture.set(filter)
+    }
+
+    /// The capture filter as the data plane sees it (with its lost count).
+    pub fn capture(&self) -> Result<CaptureFilter, DataplaneError> {
+        self.capture.get()
+    }
+
+    /// The capture ring, for one session at a time (`None`: lent out).
+    pub fn take_capture_ring(&mut self) -> Option<RingBuf<MapData>> {
+        self.capture.take_ring()
+    }
+
+    pub fn return_capture_ring(&mut self, ring: RingBuf<MapData>) {
+        self.capture.return_ring(ring)
     }
 
     // ---- counters --------------------------------------------------------

@@ -71,6 +71,24 @@ impl ConnTable {
         forgotten
     }
 
+    /// Entries per real (indexed by real; reals at or beyond `max_reals`
+    /// are counted in the last element), one scan of the table.
+    pub(super) fn count_by_real(&self, max_reals: usize) -> Vec<u64> {
+        let mut counts = vec![0u64; max_reals + 1];
+        for &v in self.slots.slice() {
+            let real = (v & CONN_REAL_MASK) as usize;
+            if real != 0 {
+                counts[real.min(max_reals)] += 1;
+            }
+        }
+        counts
+    }
+
+    /// Slots in the table.
+    pub(super) fn slots(&self) -> usize {
+        self.slots.slice().len()
+    }
+
     /// Entries in the table (a full scan: not for hot paths).
     pub(super) fn count(&self) -> usize {
         self.slots.slice().iter().filter(|&&v| v & CONN_REAL_MASK != 0).count()

@@ -13,10 +13,12 @@
 //! | `rings.rs` | the Maglev ring pool |
 //! | `conn.rs` | the connection table |
 //! | `counters.rs` | the per-CPU counters |
+//! | `capture.rs` | the packet capture's filter and ring |
 //! | `balancer.rs` | [`Balancer`]: the maps together |
 //! | `decap.rs` | [`Decap`]: the backends' program |
 
 mod balancer;
+mod capture;
 mod conn;
 mod counters;
 mod decap;
@@ -34,6 +36,7 @@ use aya::{
 use std::path::PathBuf;
 
 pub use balancer::Balancer;
+pub use capture::monotonic_ns;
 pub use decap::Decap;
 pub use lb_common::{ip_to_addr, MAX_RING_SIZE};
 pub use limits::Limits;

@@ -50,6 +50,15 @@ impl RingPool {
         Ok(self.slots.slice()[range].iter().map(|&i| i as u32).collect())
     }
 
+    /// One entry of ring `ring`.
+    pub(super) fn entry(&self, ring: u32, slot: u32) -> Result<u32, DataplaneError> {
+        let range = self.range(ring, self.limits.ring_size as usize)?;
+        if slot >= self.limits.ring_size {
+            return Err(DataplaneError::OutOfRange { what: "ring slot", index: slot, limit: self.limits.ring_size });
+        }
+        Ok(self.slots.slice()[range.start + slot as usize] as u32)
+    }
+
     /// Whether ring `ring` holds exactly `table`.
     pub(super) fn equals(&self, ring: u32, table: &[u32]) -> Result<bool, DataplaneError> {
         let range = self.range(ring, table.len())?;

@@ -4,6 +4,7 @@
 #![no_std]
 #![no_main]
 
+mod capture;
 mod encap;
 mod icmp;
 mod lookup;
@@ -32,10 +33,17 @@ use crate::{
 #[xdp]
 pub fn balancer(ctx: XdpContext) -> u32 {
     let bytes = len(&ctx);
+    let capturing = capture::armed();
+    if capturing {
+        capture::arrived(&ctx);
+    }
     let stat = match process(&ctx, bytes) {
         Ok(stat) | Err(stat) => stat,
     };
     count(stat, bytes);
+    if capturing {
+        capture::finished(&ctx, stat);
+    }
     match stat.action() {
         Action::Tx => xdp_action::XDP_TX,
         Action::Drop => xdp_action::XDP_DROP,

@@ -2,11 +2,13 @@
 //! them at load time (`EbpfLoader::set_max_entries`). Each static's name is
 //! its map's name, the one in `lb_common::map_names` (`#[map]` takes no
 //! constant; `lb-control/tests/map_names.rs` checks the two agree).
+//!
+//! Every map is a BTF map (`#[btf_map]`, the `.maps` section): the kernel
+//! knows its key and value types, so `bpftool map dump` prints named fields.
 
 use aya_ebpf::{
-    btf_maps::{Array as BtfArray, ArrayOfMaps},
-    macros::{btf_map, map},
-    maps::{Array, HashMap, PerCpuArray},
+    btf_maps::{Array, ArrayOfMaps, HashMap, PerCpuArray},
+    macros::btf_map,
 };
 use lb_common::{
     Counter, LbConfig, Real, Stat, VipBucket, VipFilter, VipKey, VipMeta, CONN_WAYS, DEFAULT_CONN_TABLE_SIZE,
@@ -18,8 +20,8 @@ const BPF_F_MMAPABLE: u32 = 1 << 10;
 
 /// VIPs by (address, port, protocol); two entries per VIP address at most
 /// (the VIP and the address's ICMP echo marker).
-#[map]
-pub static VIPS: HashMap<VipKey, VipMeta> = HashMap::with_max_entries(DEFAULT_MAX_VIPS * 2, 0);
+#[btf_map]
+pub static VIPS: HashMap<VipKey, VipMeta, { DEFAULT_MAX_VIPS as usize * 2 }> = HashMap::new();
 
 /// The VIP table the data plane reads: buckets of [`lb_common::VipSlot`]s
 /// (one array lookup instead of a hash-map lookup per packet). Two copies;
@@ -29,8 +31,7 @@ pub static VIPS: HashMap<VipKey, VipMeta> = HashMap::with_max_entries(DEFAULT_MA
 /// so a copy is never rewritten while read. A VIP's ring or flags change in
 /// place (one aligned 32-bit store each). `BPF_F_INNER_MAP` lets the copies
 /// be sized at load time.
-pub type VipTable =
-    BtfArray<VipBucket, { DEFAULT_VIP_BUCKETS as usize }, { BPF_F_INNER_MAP | BPF_F_MMAPABLE as usize }>;
+pub type VipTable = Array<VipBucket, { DEFAULT_VIP_BUCKETS as usize }, { BPF_F_INNER_MAP | BPF_F_MMAPABLE as usize }>;
 
 const BPF_F_INNER_MAP: usize = 1 << 12;
 
@@ -54,18 +55,18 @@ pub fn vip_buckets() -> u32 {
 }
 
 /// Entry 0: the bitmap of VIP addresses ([`lb_common::VipFilter`]).
-#[map]
-pub static VIP_FILTER: Array<VipFilter> = Array::with_max_entries(1, 0);
+#[btf_map]
+pub static VIP_FILTER: Array<VipFilter, 1> = Array::new();
 
 /// Backends by index; index 0 is never used ([`lb_common::REAL_NONE`]).
-#[map]
-pub static REALS: Array<Real> = Array::with_max_entries(DEFAULT_MAX_REALS, 0);
+#[btf_map]
+pub static REALS: Array<Real, { DEFAULT_MAX_REALS as usize }> = Array::new();
 
 /// The VIP each real serves ([`lb_common::Real`]: one real per (VIP,
 /// backend) pair), for the control plane alone: a restarted daemon reads
 /// it back. The data plane never reads it.
-#[map]
-pub static REAL_OWNERS: Array<VipKey> = Array::with_max_entries(DEFAULT_MAX_REALS, 0);
+#[btf_map]
+pub static REAL_OWNERS: Array<VipKey, { DEFAULT_MAX_REALS as usize }> = Array::new();
 
 /// The pool of Maglev rings, `RING_SIZE` backend indices each, as u16s
 /// packed four per element: array elements are 8-byte aligned, and 16 bits
@@ -73,25 +74,26 @@ pub static REAL_OWNERS: Array<VipKey> = Array::with_max_entries(DEFAULT_MAX_REAL
 /// quarter of what u32 elements would take (and more of it stays in the
 /// cache). Seen from user space through mmap, the pool is a flat array of
 /// u16. A VIP uses the ring its [`VipMeta::ring`] names.
-#[map]
-pub static RINGS: Array<u64> = Array::with_max_entries(
-    ((DEFAULT_MAX_VIPS + RING_SPARES + PREVIOUS_RINGS) * DEFAULT_RING_SIZE).div_ceil(4),
-    BPF_F_MMAPABLE,
-);
+#[btf_map]
+pub static RINGS: Array<
+    u64,
+    { ((DEFAULT_MAX_VIPS + RING_SPARES + PREVIOUS_RINGS) * DEFAULT_RING_SIZE).div_ceil(4) as usize },
+    { BPF_F_MMAPABLE as usize },
+> = Array::new();
 
 /// Second chance: each VIP's previous Maglev ring (the table before its
 /// last change) plus one, by [`VipMeta::vip_num`];
 /// [`lb_common::PREV_RING_NONE`] when there is none. Read only on the
 /// connection-table miss of a TCP packet that is not a SYN.
-#[map]
-pub static PREV_RINGS: Array<u32> = Array::with_max_entries(DEFAULT_MAX_VIPS, 0);
+#[btf_map]
+pub static PREV_RINGS: Array<u32, { DEFAULT_MAX_VIPS as usize }> = Array::new();
 
 /// Established flows and the backend they were sent to: 8-way
 /// set-associative, 64-bit slots, CLOCK replacement (see
 /// [`lb_common::CONN_WAYS`]). Mmapable so the control plane can read it
 /// without a syscall per slot.
-#[map]
-pub static CONN_TABLE: Array<u64> = Array::with_max_entries(DEFAULT_CONN_TABLE_SIZE, BPF_F_MMAPABLE);
+#[btf_map]
+pub static CONN_TABLE: Array<u64, { DEFAULT_CONN_TABLE_SIZE as usize }, { BPF_F_MMAPABLE as usize }> = Array::new();
 
 /// Sets in `CONN_TABLE` (a power of two); set at load time.
 #[no_mangle]
@@ -104,20 +106,20 @@ pub fn conn_sets() -> u32 {
 }
 
 /// Entry 0: MACs, outer source prefixes, MTU, flags.
-#[map]
-pub static CONFIG: Array<LbConfig> = Array::with_max_entries(1, 0);
+#[btf_map]
+pub static CONFIG: Array<LbConfig, 1> = Array::new();
 
 /// Global counters, indexed by [`Stat`].
-#[map]
-pub static STATS: PerCpuArray<Counter> = PerCpuArray::with_max_entries(Stat::COUNT, 0);
+#[btf_map]
+pub static STATS: PerCpuArray<Counter, { Stat::COUNT as usize }> = PerCpuArray::new();
 
 /// Per-VIP counters, indexed by [`VipMeta::vip_num`].
-#[map]
-pub static VIP_STATS: PerCpuArray<Counter> = PerCpuArray::with_max_entries(DEFAULT_MAX_VIPS, 0);
+#[btf_map]
+pub static VIP_STATS: PerCpuArray<Counter, { DEFAULT_MAX_VIPS as usize }> = PerCpuArray::new();
 
 /// Per-backend counters, indexed like `REALS`.
-#[map]
-pub static REAL_STATS: PerCpuArray<Counter> = PerCpuArray::with_max_entries(DEFAULT_MAX_REALS, 0);
+#[btf_map]
+pub static REAL_STATS: PerCpuArray<Counter, { DEFAULT_MAX_REALS as usize }> = PerCpuArray::new();
 
 /// Entries per Maglev ring; set at load time, read-only afterwards, so the
 /// verifier sees a constant.

@@ -1,6 +1,8 @@
 //! `lbctl`: drives the lb-control daemon through its REST API.
 
+mod capture;
 mod docs;
+mod flows;
 mod health;
 mod version;
 mod vip_file;
@@ -48,6 +50,20 @@ enum Command {
     Backend(BackendCmd),
     /// Counters: per action and reason, per VIP, per backend.
     Stats,
+    /// Where a client's flow to a VIP goes: the backend, and whether the
+    /// connection table or the Maglev ring (which slot) decides.
+    Flow {
+        /// The destination: a VIP, or ADDRESS:PORT of an every-port VIP
+        /// (e.g. tcp:10.0.0.30:443).
+        vip: VipId,
+        /// The client as ADDRESS:PORT (IPv6 in brackets).
+        client: std::net::SocketAddr,
+    },
+    /// Capture packets as the balancer saw them (arrived, and left
+    /// encapsulated) into a pcapng file, e.g. `-w - | tcpdump -r -`.
+    Capture(capture::CaptureArgs),
+    /// Connection-table fill, and entries per backend (of one VIP or all).
+    Conns { vip: Option<VipId> },
     /// Live packet rates, refreshed every interval.
     Watch {
         #[arg(long, default_value = "1")]
@@ -403,6 +419,14 @@ fn main() -> Result<()> {
                 print_counters("BACKEND", &s.backends);
             }
         }
+        Command::Flow { vip, client: from } => flows::flow(&client, vip, from, json)?,
+        Command::Capture(args) => {
+            let bytes = capture::capture(&client, args)?;
+            if args.to_file() {
+                eprintln!("{bytes} bytes of pcapng written");
+            }
+        }
+        Command::Conns { vip } => flows::conns(&client, vip.as_ref(), json)?,
         Command::Watch { interval_secs, count } => watch(&client, *interval_secs, *count, json)?,
         Command::Vip(VipCmd::Export) => vip_file::export(&client, json)?,
         Command::Vip(VipCmd::Apply { file, dry_run }) => vip_file::apply(&client, file, *dry_run, json)?,
