@@ -48,7 +48,11 @@ macro_rules! counters {
                 }
             }
 
-            /// The action this counter's packets took.
+            /// The action this counter's packets took. Always inlined: the
+            /// balancer asks once per packet, and left to LLVM (with a
+            /// second caller, the capture) it became a BPF call on every
+            /// packet's path.
+            #[inline(always)]
             pub const fn action(self) -> Action {
                 match self {
                     $($name::$variant => Action::$action,)+
