@@ -2475,7 +2475,7 @@ fn vip_export_and_apply_round_trip_and_refuse_as_a_whole() {
     let before = running_set(&lab);
     let (status, exported, err) = lab.lbctl(false, &["vip", "export"]);
     assert!(status.success(), "{err}");
-    assert_eq!(lb_control::config::parse_vip_file(&exported, "export").unwrap(), before, "{exported}");
+    assert_eq!(lb_control::config::parse_vip_file(&exported, "export").unwrap().vips, before, "{exported}");
 
     // Edit: drop the IPv6 VIP, reweight and add a backend, add a VIP.
     let edited = exported
@@ -2485,7 +2485,7 @@ fn vip_export_and_apply_round_trip_and_refuse_as_a_whole() {
         .unwrap()
         .to_string()
         + "\n[[vip]]\naddress = \"10.0.0.11\"\nport = 443\nprotocol = \"tcp\"\nflags = [\"hash-no-src-port\"]\n\n[[vip.backend]]\naddress = \"10.1.0.1\"\nweight = 1\n";
-    let want = lb_control::config::parse_vip_file(&edited, "edited").unwrap();
+    let want = lb_control::config::parse_vip_file(&edited, "edited").unwrap().vips;
     assert_eq!(want.len(), 2, "{edited}");
     let file = lab.dir.join("vips.toml");
     fs::write(&file, &edited).unwrap();
@@ -2514,7 +2514,7 @@ fn vip_export_and_apply_round_trip_and_refuse_as_a_whole() {
     assert_eq!(running_set(&lab), want);
     assert_api_state_and_maps_agree(&lab);
     let (_, again, _) = lab.lbctl(false, &["vip", "export"]);
-    assert_eq!(lb_control::config::parse_vip_file(&again, "again").unwrap(), want);
+    assert_eq!(lb_control::config::parse_vip_file(&again, "again").unwrap().vips, want);
 
     // A bad entry among good ones: refused as a whole by the API ...
     let good = json!({"vip": "tcp:10.0.0.12:80", "backends": [{"address": "10.1.0.9"}]});

@@ -8,6 +8,7 @@ use serde::{Deserialize, Deserializer, Serialize};
 
 use super::error::ApiError;
 use crate::{
+    config::health::{HealthSettings, RawHealthCheck},
     engine::ApplyReport,
     model::{
         check_backend_addr, check_backend_family, check_backend_set, check_weight, Backend, VipFlag, VipId, VipSpec,
@@ -49,6 +50,11 @@ pub struct VipBody {
     pub flags: Vec<VipFlag>,
     #[serde(default)]
     pub backends: Vec<BackendBody>,
+    /// The VIP's own health check (a `[vip.health]` table). Listed with
+    /// every field when the VIP has one; sent, fields left out take the
+    /// `[health]` defaults, and leaving it out gives the VIP those defaults.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health: Option<RawHealthCheck>,
 }
 
 /// A backend change: a new weight, or drain (weight 0). Both fields are
@@ -81,11 +87,13 @@ pub struct Applied {
     pub applied: ApplyReport,
 }
 
-pub fn vip_body(id: &VipId, spec: &VipSpec) -> VipBody {
+/// A VIP as the API lists it, with its own health check if it has one.
+pub fn vip_body(id: &VipId, spec: &VipSpec, health: &HealthSettings) -> VipBody {
     VipBody {
         vip: *id,
         flags: spec.flags.clone(),
         backends: spec.backends.iter().map(|(a, b)| BackendBody { address: *a, weight: b.weight }).collect(),
+        health: health.vips.get(id).map(RawHealthCheck::from),
     }
 }
 

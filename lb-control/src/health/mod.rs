@@ -146,6 +146,8 @@ impl Default for Registry {
 #[derive(Debug, Default, Clone)]
 pub struct RegistryInner {
     pub machines: BTreeMap<(VipId, IpAddr), Machine>,
+    /// Why no check runs (the checker could not start) and since when.
+    pub unavailable: Option<(String, std::time::SystemTime)>,
 }
 
 impl Registry {
@@ -153,9 +155,30 @@ impl Registry {
         f(&mut self.inner.lock().unwrap_or_else(|p| p.into_inner()))
     }
 
-    /// A backend's health: `disabled` when it is not checked.
+    /// A checked backend's health: `unknown` until its checker has a record
+    /// of it, with the reason when the checker could not start.
     pub fn backend(&self, vip: &VipId, addr: &IpAddr) -> BackendHealth {
-        self.with(|r| r.machines.get(&(*vip, *addr)).map_or_else(BackendHealth::disabled, BackendHealth::from_machine))
+        self.with(|r| match (r.machines.get(&(*vip, *addr)), &r.unavailable) {
+            (Some(m), _) => BackendHealth::from_machine(m),
+            (None, Some((reason, since))) => BackendHealth {
+                state: HealthState::Unknown,
+                since: rfc3339(*since),
+                last_error: Some(reason.clone()),
+                checks_ok: 0,
+                checks_failed: 0,
+            },
+            (None, None) => {
+                let mut h = BackendHealth::disabled();
+                h.state = HealthState::Unknown;
+                h
+            }
+        })
+    }
+
+    /// Records that no check runs, and why: every checked backend reads
+    /// `unknown` with that reason, and `health_checks_running` is 0.
+    pub fn set_unavailable(&self, reason: String) {
+        self.with(|r| r.unavailable = Some((reason, std::time::SystemTime::now())));
     }
 }
 
@@ -200,7 +223,8 @@ pub fn spawn(
 }
 
 /// Registers `backend_up{vip,backend}` (1 up, 0 down or not yet known;
-/// checked backends only), `vip_failed_open{vip}` and the probe-duration
+/// checked backends only), `health_checks_running` (0 when the checker
+/// could not start), `vip_failed_open{vip}` and the probe-duration
 /// histogram `health_check_duration_seconds{kind}`.
 pub fn register_metrics(
     registry: &mut prometheus_client::registry::Registry,
@@ -216,6 +240,13 @@ pub fn register_metrics(
         }
     });
     registry.register("backend_up", "1 while the health checks find the backend up", up);
+    let running = Gauge::<i64>::default();
+    running.set(i64::from(health.with(|r| r.unavailable.is_none())));
+    registry.register(
+        "health_checks_running",
+        "1 while the health checker runs; 0 when it could not start (its TC program did not load or attach)",
+        running,
+    );
     let open = Family::<Vec<(&'static str, String)>, Gauge>::default();
     for id in &view.failed_open {
         open.get_or_create(&vec![("vip", id.to_string())]).set(1);
