@@ -234,7 +234,8 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("lb-state-test-{}", std::process::id()));
         let path = dir.join("sub/state.json");
         let a = id("tcp:[fc00::1]:443");
-        let check = HealthCheck { kind: CheckKind::Http, path: "/a\"b\\".into(), port: Some(8080), ..Default::default() };
+        let check =
+            HealthCheck { kind: CheckKind::Http, path: "/a\"b\\".into(), port: Some(8080), ..Default::default() };
         let state = State {
             version: STATE_VERSION,
             config_vips: VipSet::new(),
@@ -276,7 +277,12 @@ mod tests {
         assert_eq!(state.vips[&id("tcp:10.0.0.1:80")], spec(&[("10.1.0.1", 2)]));
         assert!(state.health.is_empty());
         // A stored check that is not valid is refused, not half-read.
-        fs::write(&path, v1.replace(r#""version": 1"#, r#""version": 2"#).replace(r#""vips": {"tcp"#, r#""health": {"tcp:10.0.0.1:80": {"rise": 0}}, "vips": {"tcp"#)).unwrap();
+        fs::write(
+            &path,
+            v1.replace(r#""version": 1"#, r#""version": 2"#)
+                .replace(r#""vips": {"tcp"#, r#""health": {"tcp:10.0.0.1:80": {"rise": 0}}, "vips": {"tcp"#),
+        )
+        .unwrap();
         let e = load(&path).unwrap_err().to_string();
         assert!(e.contains("rise"), "{e}");
         fs::remove_dir_all(&dir).unwrap();
@@ -291,7 +297,10 @@ mod tests {
         let old = HealthSettings { defaults: HealthCheck::default(), vips: [(a, tcp.clone())].into() };
         let overrides: HealthOverrides = [(a, http.clone()), (b, http.clone()), (c, http.clone())].into();
         // The file changes a's table and nothing else: a takes the file's.
-        let new = HealthSettings { defaults: HealthCheck::default(), vips: [(a, HealthCheck { rise: 5, ..tcp.clone() })].into() };
+        let new = HealthSettings {
+            defaults: HealthCheck::default(),
+            vips: [(a, HealthCheck { rise: 5, ..tcp.clone() })].into(),
+        };
         let merged = merge_health_change(&overrides, &old, &new, &vips);
         assert_eq!(merged, [(b, http.clone()), (c, http.clone())].into());
         // Unchanged file: every override stays; a VIP gone takes its own.

@@ -2732,7 +2732,10 @@ fn vip_export_and_apply_carry_health_checks() {
     assert_eq!(lab.get_json(&format!("/v1/vips/{VIP_DNS6}"))["health"]["kind"], "udp");
     assert!(health_states(&lab, VIP_DNS6).iter().all(|s| s != "disabled"));
     let state = state_json(&lab);
-    assert_eq!((&state["health"][VIP_HTTP]["interval"], &state["health"][VIP_DNS6]["kind"]), (&json!("4s"), &json!("udp")));
+    assert_eq!(
+        (&state["health"][VIP_HTTP]["interval"], &state["health"][VIP_DNS6]["kind"]),
+        (&json!("4s"), &json!("udp"))
+    );
     // Exported again: the same VIPs and checks (written whole now; the
     // lab's [health] defaults are the built-in ones).
     let resolved = |text: &str| {

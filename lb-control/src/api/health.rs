@@ -61,7 +61,11 @@ fn mismatch(message: String) -> ApiError {
 /// `health`) for VIP `id`: fields left out take `defaults`; a bad field is
 /// 400 `bad_request`, fields that do not fit together or the VIP 400
 /// `health_check_mismatch`.
-pub(super) fn resolve_check(body: &RawHealthCheck, defaults: &HealthCheck, id: &VipId) -> Result<HealthCheck, ApiError> {
+pub(super) fn resolve_check(
+    body: &RawHealthCheck,
+    defaults: &HealthCheck,
+    id: &VipId,
+) -> Result<HealthCheck, ApiError> {
     let check = body.resolve(defaults).map_err(|problems| {
         let text: Vec<String> = problems.iter().map(|(field, m)| format!("{field}: {m}")).collect();
         if problems.iter().all(|(field, _)| CROSS_FIELD.contains(field)) {

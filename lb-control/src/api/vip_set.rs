@@ -253,8 +253,10 @@ mod tests {
         assert_eq!(vip_set_of(&[good.clone()], &defaults).unwrap().0.len(), 1);
         // A health check that cannot probe its VIP names the entry.
         let mut udp_check = good.clone();
-        udp_check.health =
-            Some(crate::config::health::RawHealthCheck { kind: Some(crate::config::health::CheckKind::Udp), ..Default::default() });
+        udp_check.health = Some(crate::config::health::RawHealthCheck {
+            kind: Some(crate::config::health::CheckKind::Udp),
+            ..Default::default()
+        });
         let e = vip_set_of(&[good, udp_check], &defaults).unwrap_err();
         assert_eq!(e.code, "health_check_mismatch");
         assert!(e.message.starts_with("[1] tcp:192.0.2.10:80: health: kind"), "{}", e.message);

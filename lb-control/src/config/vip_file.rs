@@ -231,7 +231,11 @@ mod tests {
         let vips = sample();
         let health = sample_health();
         let text = render_vip_file(&vips, &health);
-        assert_eq!(parse_vip_file(&text, "vips.toml").unwrap(), VipFile { vips: vips.clone(), health: health.clone() }, "{text}");
+        assert_eq!(
+            parse_vip_file(&text, "vips.toml").unwrap(),
+            VipFile { vips: vips.clone(), health: health.clone() },
+            "{text}"
+        );
         // The same text is valid inside a config file, checks and all.
         let config = format!("interfaces = [\"eth0\"]\n{text}");
         let parsed = Config::parse(&config).unwrap();
@@ -239,7 +243,10 @@ mod tests {
         let web: VipId = "tcp:192.0.2.10:80".parse().unwrap();
         assert_eq!(RawHealthCheck::from(parsed.health.for_vip(&web)), health[&web]);
         assert_eq!(parsed.health.vips.len(), 1);
-        assert_eq!(parse_vip_file(&render_vip_file(&VipSet::new(), &BTreeMap::new()), "empty").unwrap(), VipFile::default());
+        assert_eq!(
+            parse_vip_file(&render_vip_file(&VipSet::new(), &BTreeMap::new()), "empty").unwrap(),
+            VipFile::default()
+        );
     }
 
     #[test]
@@ -293,7 +300,8 @@ mod tests {
         // A check that changes makes its VIP changed, backends or not.
         let udp: VipId = "udp:[2001:db8::53]:0".parse().unwrap();
         let old: VipChecks = [(udp, HealthCheck::default())].into();
-        let new_check = HealthCheck { kind: crate::config::health::CheckKind::Udp, port: Some(53), ..Default::default() };
+        let new_check =
+            HealthCheck { kind: crate::config::health::CheckKind::Udp, port: Some(53), ..Default::default() };
         let new: VipChecks = [(udp, new_check.clone())].into();
         let d = VipSetDiff::between(&before, &before, &old, &new);
         assert_eq!(d.changed.len(), 1);
