@@ -53,8 +53,14 @@ pub struct VipBody {
     /// The VIP's own health check (a `[vip.health]` table). Listed with
     /// every field when the VIP has one; sent, fields left out take the
     /// `[health]` defaults, and leaving it out gives the VIP those defaults.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none", deserialize_with = "present_check")]
     pub health: Option<RawHealthCheck>,
+}
+
+/// `health` when given: an object (`null` is refused, as the schema says;
+/// leaving the field out is how a VIP gets the defaults).
+fn present_check<'de, D: Deserializer<'de>>(d: D) -> Result<Option<RawHealthCheck>, D::Error> {
+    RawHealthCheck::deserialize(d).map(Some)
 }
 
 /// A backend change: a new weight, or drain (weight 0). Both fields are
@@ -118,6 +124,15 @@ pub fn backends_of(vip: &VipId, list: &[BackendBody]) -> Result<BTreeMap<IpAddr,
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_vips_health_is_an_object_or_left_out() {
+        let v: VipBody = serde_json::from_str(r#"{"vip": "tcp:10.0.0.1:80"}"#).unwrap();
+        assert_eq!(v.health, None);
+        let v: VipBody = serde_json::from_str(r#"{"vip": "tcp:10.0.0.1:80", "health": {"kind": "tcp"}}"#).unwrap();
+        assert_eq!(v.health.and_then(|h| h.kind), Some(crate::config::health::CheckKind::Tcp));
+        assert!(serde_json::from_str::<VipBody>(r#"{"vip": "tcp:10.0.0.1:80", "health": null}"#).is_err());
+    }
 
     #[test]
     fn weights_are_whole_numbers_written_either_way() {
