@@ -250,7 +250,7 @@ mod tests {
         assert!(e.message.starts_with("[1] tcp:192.0.2.11:80: "), "{}", e.message);
         let e = vip_set_of(&[good.clone(), good.clone()], &defaults).unwrap_err();
         assert_eq!((e.status, e.code), (StatusCode::BAD_REQUEST, "duplicate_vip"));
-        assert_eq!(vip_set_of(&[good.clone()], &defaults).unwrap().0.len(), 1);
+        assert_eq!(vip_set_of(std::slice::from_ref(&good), &defaults).unwrap().0.len(), 1);
         // A health check that cannot probe its VIP names the entry.
         let mut udp_check = good.clone();
         udp_check.health = Some(crate::config::health::RawHealthCheck {
