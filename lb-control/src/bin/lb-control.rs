@@ -255,8 +255,8 @@ async fn run(config_path: PathBuf) -> Result<()> {
     let health_checker = match lb_control::health::spawn(state.clone(), &interfaces, &pin_dir) {
         Ok(task) => Some(task),
         Err(e) => {
-            let reason = format!("health checks unavailable: the probes' TC program did not load: {e}");
-            tracing::error!(error = %e, "health checks unavailable: the probes' TC program did not load");
+            let reason = format!("health checks unavailable: {e}");
+            tracing::error!(error = %e, "health checks unavailable");
             state.health.set_unavailable(reason);
             None
         }
