@@ -213,7 +213,6 @@ pub fn spawn(
     interfaces: &[String],
     pin_dir: &std::path::Path,
 ) -> Result<CheckerHandle, CheckerError> {
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(CheckerError::Runtime)?;
     let mut program = tc::HealthProgram::load()?;
     for iface in interfaces {
         program.attach(iface, Some(pin_dir))?;
@@ -239,9 +238,20 @@ pub fn spawn(
     });
     let checker = checker::Checker::new(state.health.clone(), program, on_change);
     let (stop, stopped) = tokio::sync::oneshot::channel();
+    let registry = state.health.clone();
     std::thread::Builder::new()
         .name("health-checker".into())
         .spawn(move || {
+            // Built (and dropped) on this thread: a runtime may not be
+            // dropped inside the daemon's async context.
+            let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::error!(error = %e, "health checks unavailable: the checker's runtime did not start");
+                    registry.set_unavailable(format!("health checks unavailable: the checker's runtime: {e}"));
+                    return;
+                }
+            };
             runtime.block_on(async move {
                 tokio::select! {
                     () = checker.run(plan_rx) => tracing::error!("the health checker stopped"),
