@@ -139,8 +139,6 @@ pub struct Controller {
     /// Backends the health checks found down: an overlay on the operator's
     /// VIPs, never persisted.
     down: health::DownSet,
-    /// Checks set through the API, over the config's (not persisted).
-    health_overrides: BTreeMap<VipId, HealthCheck>,
     /// VIPs failed open at the last apply.
     failed_open: std::collections::BTreeSet<VipId>,
 }
@@ -154,7 +152,7 @@ impl Controller {
         let mut engine = Engine::adopt(bal)?;
         engine.set_second_chance(config.second_chance.window())?;
         let saved = state::load(&config.state_file)?;
-        let state = state::startup_state(saved, &config.vips);
+        let state = state::startup_state(saved, &config.vips, &config.health);
         let report = engine.apply(&state.vips, &forwarding)?;
         state::save(&config.state_file, &state)?;
         tracing::info!(adopted, ?report, vips = state.vips.len(), "data plane ready");
@@ -171,7 +169,6 @@ impl Controller {
             view,
             announcer: None,
             down: Default::default(),
-            health_overrides: BTreeMap::new(),
             failed_open: Default::default(),
         };
         ctl.publish();
@@ -204,10 +201,11 @@ impl Controller {
         self.announce();
     }
 
-    /// The health checks in force: the config's, with the API's changes.
+    /// The health checks in force: the config's, with the API's changes
+    /// (persisted in the state file).
     pub fn health_settings(&self) -> HealthSettings {
         let mut h = self.config.health.clone();
-        h.vips.extend(self.health_overrides.iter().map(|(k, v)| (*k, v.clone())));
+        h.vips.extend(self.state.health.iter().map(|(k, v)| (*k, v.clone())));
         h
     }
 
@@ -244,21 +242,16 @@ impl Controller {
         Ok(result?)
     }
 
-    /// Sets a VIP's health check (the API's `PUT /v1/vips/{vip}/health`).
+    /// Sets a VIP's health check (the API's `PUT /v1/vips/{vip}/health`):
+    /// persisted like every API change.
     pub fn set_vip_health(&mut self, vip: VipId, check: HealthCheck) -> Result<ApplyReport, ControlError> {
-        self.refuse_if_detached()?;
-        if !self.state.vips.contains_key(&vip) {
-            return Err(ControlError::NotFound(format!("no VIP {vip}")));
-        }
-        check.check_for(&vip).map_err(|(field, m)| ControlError::Invalid(format!("{field}: {m}")))?;
-        if !check.enabled() {
-            self.down.retain(|(id, _)| *id != vip);
-        }
-        self.health_overrides.insert(vip, check);
-        let effective = self.effective();
-        let result = self.engine.apply(&effective, &self.forwarding);
-        self.publish();
-        Ok(result?)
+        self.change(|vips, health| {
+            if !vips.contains_key(&vip) {
+                return Err(ControlError::NotFound(format!("no VIP {vip}")));
+            }
+            health.set(vip, check);
+            Ok(())
+        })
     }
 
     fn refuse_if_detached(&self) -> Result<(), ControlError> {
@@ -435,13 +428,29 @@ impl Controller {
     where
         F: FnOnce(&mut VipSet) -> Result<(), ControlError>,
     {
+        self.change(|vips, _| edit(vips))
+    }
+
+    /// [`Self::mutate`] for an edit of the VIP set and of their health
+    /// checks together: one change, one state file write. A VIP removed
+    /// loses its API check with it.
+    pub fn change<F>(&mut self, edit: F) -> Result<ApplyReport, ControlError>
+    where
+        F: FnOnce(&mut VipSet, &mut HealthEdit<'_>) -> Result<(), ControlError>,
+    {
         self.refuse_if_detached()?;
-        let mut next = self.state.vips.clone();
-        edit(&mut next)?;
-        self.engine.check(&next)?;
-        let previous = std::mem::replace(&mut self.state.vips, next);
+        let mut vips = self.state.vips.clone();
+        let mut overrides = self.state.health.clone();
+        edit(&mut vips, &mut HealthEdit { config: &self.config.health, overrides: &mut overrides })?;
+        overrides.retain(|id, _| vips.contains_key(id));
+        for (id, check) in &overrides {
+            check.check_for(id).map_err(|(field, m)| ControlError::Invalid(format!("{id}: health.{field}: {m}")))?;
+        }
+        self.engine.check(&vips)?;
+        let next = State { vips, health: overrides, ..self.state.clone() };
+        let previous = std::mem::replace(&mut self.state, next);
         if let Err(e) = state::save(&self.config.state_file, &self.state) {
-            self.state.vips = previous;
+            self.state = previous;
             return Err(e.into());
         }
         let effective = self.effective();
@@ -449,7 +458,7 @@ impl Controller {
             Ok(report) => Ok(report),
             Err(e) => {
                 tracing::error!(error = %e, "apply failed; restoring the previous state");
-                self.state.vips = previous;
+                self.state = previous;
                 let _ = state::save(&self.config.state_file, &self.state);
                 let effective = self.effective();
                 let _ = self.engine.apply(&effective, &self.forwarding);
@@ -484,9 +493,8 @@ impl Controller {
         if !changed.is_empty() {
             return Err(ControlError::NeedsRestart(format!("changed: {}", changed.join(", "))));
         }
-        let vips = state::merge_config_change(&self.state.vips, &self.state.config_vips, &new.vips);
-        self.engine.check(&vips)?;
-        let next = State { version: state::STATE_VERSION, config_vips: new.vips.clone(), vips };
+        let next = state::with_config(&self.state, &new.vips, &new.health);
+        self.engine.check(&next.vips)?;
         state::save(&new.state_file, &next)?;
         let previous = std::mem::replace(&mut self.state, next);
         let previous_config = std::mem::replace(&mut self.config, new);
@@ -594,6 +602,30 @@ impl Controller {
 
     pub fn has_backend(&self, id: &VipId, addr: &IpAddr) -> bool {
         self.state.vips.get(id).is_some_and(|s| s.backends.contains_key(addr))
+    }
+}
+
+/// The health checks an edit ([`Controller::change`]) sets: kept only
+/// where they differ from the config file's, so a later change of the
+/// file's check of that VIP takes over.
+pub struct HealthEdit<'a> {
+    config: &'a HealthSettings,
+    overrides: &'a mut state::HealthOverrides,
+}
+
+impl HealthEdit<'_> {
+    /// `[health]`: what fields a check leaves out take.
+    pub fn defaults(&self) -> &HealthCheck {
+        &self.config.defaults
+    }
+
+    /// The check `vip` is to have.
+    pub fn set(&mut self, vip: VipId, check: HealthCheck) {
+        if *self.config.for_vip(&vip) == check {
+            self.overrides.remove(&vip);
+        } else {
+            self.overrides.insert(vip, check);
+        }
     }
 }
 

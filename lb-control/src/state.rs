@@ -4,9 +4,15 @@
 //! It keeps two VIP sets: the config file's VIPs as of the last apply, and
 //! the effective VIPs (config plus API changes). When the config file
 //! changes, each VIP the file changed is taken from the file; every other VIP
-//! keeps its API changes (see [`merge_config_change`]).
+//! keeps its API changes (see [`merge_config_change`]). Health checks set
+//! through the API (`PUT /v1/vips/{vip}/health`, or with a VIP) are kept
+//! the same way beside the config file's checks (version 2; a version 1
+//! file, without health, still loads): a VIP whose check the file changed
+//! takes the file's, the others keep the API's (see
+//! [`merge_health_change`]).
 
 use std::{
+    collections::BTreeMap,
     fs,
     io::Write as _,
     path::{Path, PathBuf},
@@ -14,9 +20,19 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 
-use crate::model::VipSet;
+use crate::{
+    config::health::{HealthCheck, HealthSettings},
+    model::{VipId, VipSet},
+};
 
-pub const STATE_VERSION: u32 = 1;
+/// The version written.
+pub const STATE_VERSION: u32 = 2;
+/// The versions read: 1 has no health checks (none were kept then).
+pub const STATE_VERSIONS_READ: [u32; 2] = [1, STATE_VERSION];
+
+/// Health checks set through the API, by VIP: only where they differ from
+/// the config file's check of that VIP.
+pub type HealthOverrides = BTreeMap<VipId, HealthCheck>;
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -26,6 +42,13 @@ pub struct State {
     pub config_vips: VipSet,
     /// What the data plane serves: config plus API changes.
     pub vips: VipSet,
+    /// The config file's `[health]` and `[vip.health]` when last applied
+    /// (absent in version 1).
+    #[serde(default)]
+    pub config_health: HealthSettings,
+    /// Checks set through the API over the file's (absent in version 1).
+    #[serde(default)]
+    pub health: HealthOverrides,
 }
 
 #[derive(thiserror::Error, Debug)]
@@ -42,7 +65,7 @@ pub enum StateError {
         #[source]
         source: serde_json::Error,
     },
-    #[error("state file {path} has version {found}; this daemon reads version {STATE_VERSION}")]
+    #[error("state file {path} has version {found}; this daemon reads versions 1 and {STATE_VERSION}")]
     Version { path: PathBuf, found: u32 },
     #[error("writing state file {path}: {source}")]
     Write {
@@ -61,10 +84,11 @@ pub fn load(path: &Path) -> Result<Option<State>, StateError> {
     };
     let state: State =
         serde_json::from_str(&text).map_err(|source| StateError::Parse { path: path.to_owned(), source })?;
-    if state.version != STATE_VERSION {
+    if !STATE_VERSIONS_READ.contains(&state.version) {
         return Err(StateError::Version { path: path.to_owned(), found: state.version });
     }
-    Ok(Some(state))
+    // Written back as the current version at the next save.
+    Ok(Some(State { version: STATE_VERSION, ..state }))
 }
 
 /// Writes the state file atomically: a temporary file in the same
@@ -114,23 +138,63 @@ pub fn merge_config_change(effective: &VipSet, old_config: &VipSet, new_config: 
     out
 }
 
+/// Applies a change of the config file to the API's health checks: a VIP
+/// whose check in the file changed (its `[vip.health]`, or `[health]` for a
+/// VIP without one) takes the file's, so its override goes; so does the
+/// override of a VIP no longer in `vips`, and one now equal to the file's.
+pub fn merge_health_change(
+    overrides: &HealthOverrides,
+    old_config: &HealthSettings,
+    new_config: &HealthSettings,
+    vips: &VipSet,
+) -> HealthOverrides {
+    overrides
+        .iter()
+        .filter(|(id, check)| {
+            vips.contains_key(id)
+                && old_config.for_vip(id) == new_config.for_vip(id)
+                && new_config.for_vip(id) != *check
+        })
+        .map(|(id, check)| (*id, check.clone()))
+        .collect()
+}
+
+/// The state after the config file changed from what `saved` last applied
+/// to `config_vips` and `config_health`: VIPs and health checks merged.
+pub fn with_config(saved: &State, config_vips: &VipSet, config_health: &HealthSettings) -> State {
+    let vips = merge_config_change(&saved.vips, &saved.config_vips, config_vips);
+    let health = merge_health_change(&saved.health, &saved.config_health, config_health, &vips);
+    State {
+        version: STATE_VERSION,
+        config_vips: config_vips.clone(),
+        vips,
+        config_health: config_health.clone(),
+        health,
+    }
+}
+
 /// The state to start from: the saved one brought up to date with the
 /// config file, or the config file alone on a first start.
-pub fn startup_state(saved: Option<State>, config_vips: &VipSet) -> State {
+pub fn startup_state(saved: Option<State>, config_vips: &VipSet, config_health: &HealthSettings) -> State {
     match saved {
-        Some(saved) => State {
+        Some(saved) => with_config(&saved, config_vips, config_health),
+        None => State {
             version: STATE_VERSION,
-            vips: merge_config_change(&saved.vips, &saved.config_vips, config_vips),
             config_vips: config_vips.clone(),
+            vips: config_vips.clone(),
+            config_health: config_health.clone(),
+            health: HealthOverrides::new(),
         },
-        None => State { version: STATE_VERSION, config_vips: config_vips.clone(), vips: config_vips.clone() },
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{Backend, VipId, VipSpec};
+    use crate::{
+        config::health::CheckKind,
+        model::{Backend, VipSpec},
+    };
 
     fn id(s: &str) -> VipId {
         s.parse().unwrap()
@@ -170,8 +234,15 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("lb-state-test-{}", std::process::id()));
         let path = dir.join("sub/state.json");
         let a = id("tcp:[fc00::1]:443");
-        let state =
-            State { version: STATE_VERSION, config_vips: VipSet::new(), vips: [(a, spec(&[("fc00:1::1", 3)]))].into() };
+        let check =
+            HealthCheck { kind: CheckKind::Http, path: "/a\"b\\".into(), port: Some(8080), ..Default::default() };
+        let state = State {
+            version: STATE_VERSION,
+            config_vips: VipSet::new(),
+            vips: [(a, spec(&[("fc00:1::1", 3)]))].into(),
+            config_health: HealthSettings { defaults: check.clone(), vips: [(a, HealthCheck::default())].into() },
+            health: [(a, check)].into(),
+        };
         save(&path, &state).unwrap();
         assert_eq!(load(&path).unwrap(), Some(state));
         let names: Vec<_> = fs::read_dir(path.parent().unwrap()).unwrap().map(|e| e.unwrap().file_name()).collect();
@@ -188,8 +259,56 @@ mod tests {
     fn first_start_takes_the_config() {
         let a = id("tcp:10.0.0.1:80");
         let cfg: VipSet = [(a, spec(&[("10.1.0.1", 1)]))].into();
-        let s = startup_state(None, &cfg);
+        let s = startup_state(None, &cfg, &HealthSettings::default());
         assert_eq!(s.vips, cfg);
         assert_eq!(s.config_vips, cfg);
+    }
+
+    /// A version 1 file (no health) still loads, with no API checks.
+    #[test]
+    fn a_version_1_file_loads_without_health() {
+        let dir = std::env::temp_dir().join(format!("lb-state-v1-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("state.json");
+        let v1 = r#"{"version": 1, "config_vips": {}, "vips": {"tcp:10.0.0.1:80": {"flags": [], "backends": {"10.1.0.1": {"weight": 2}}}}}"#;
+        fs::write(&path, v1).unwrap();
+        let state = load(&path).unwrap().unwrap();
+        assert_eq!(state.version, STATE_VERSION, "written back as the current version");
+        assert_eq!(state.vips[&id("tcp:10.0.0.1:80")], spec(&[("10.1.0.1", 2)]));
+        assert!(state.health.is_empty());
+        // A stored check that is not valid is refused, not half-read.
+        fs::write(
+            &path,
+            v1.replace(r#""version": 1"#, r#""version": 2"#)
+                .replace(r#""vips": {"tcp"#, r#""health": {"tcp:10.0.0.1:80": {"rise": 0}}, "vips": {"tcp"#),
+        )
+        .unwrap();
+        let e = load(&path).unwrap_err().to_string();
+        assert!(e.contains("rise"), "{e}");
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn the_file_wins_only_where_it_changed_the_vips_check() {
+        let (a, b, c) = (id("tcp:10.0.0.1:80"), id("tcp:10.0.0.2:80"), id("tcp:10.0.0.3:80"));
+        let tcp = HealthCheck { kind: CheckKind::Tcp, ..Default::default() };
+        let http = HealthCheck { kind: CheckKind::Http, ..Default::default() };
+        let vips: VipSet = [(a, spec(&[])), (b, spec(&[])), (c, spec(&[]))].into();
+        let old = HealthSettings { defaults: HealthCheck::default(), vips: [(a, tcp.clone())].into() };
+        let overrides: HealthOverrides = [(a, http.clone()), (b, http.clone()), (c, http.clone())].into();
+        // The file changes a's table and nothing else: a takes the file's.
+        let new = HealthSettings {
+            defaults: HealthCheck::default(),
+            vips: [(a, HealthCheck { rise: 5, ..tcp.clone() })].into(),
+        };
+        let merged = merge_health_change(&overrides, &old, &new, &vips);
+        assert_eq!(merged, [(b, http.clone()), (c, http.clone())].into());
+        // Unchanged file: every override stays; a VIP gone takes its own.
+        assert_eq!(merge_health_change(&overrides, &old, &old, &vips), overrides);
+        let fewer: VipSet = [(a, spec(&[]))].into();
+        assert_eq!(merge_health_change(&overrides, &old, &old, &fewer), [(a, http.clone())].into());
+        // New [health] defaults change the check of every VIP without a table.
+        let new_defaults = HealthSettings { defaults: tcp.clone(), vips: old.vips.clone() };
+        assert_eq!(merge_health_change(&overrides, &old, &new_defaults, &vips), [(a, http)].into());
     }
 }

@@ -2475,7 +2475,7 @@ fn vip_export_and_apply_round_trip_and_refuse_as_a_whole() {
     let before = running_set(&lab);
     let (status, exported, err) = lab.lbctl(false, &["vip", "export"]);
     assert!(status.success(), "{err}");
-    assert_eq!(lb_control::config::parse_vip_file(&exported, "export").unwrap(), before, "{exported}");
+    assert_eq!(lb_control::config::parse_vip_file(&exported, "export").unwrap().vips, before, "{exported}");
 
     // Edit: drop the IPv6 VIP, reweight and add a backend, add a VIP.
     let edited = exported
@@ -2485,7 +2485,7 @@ fn vip_export_and_apply_round_trip_and_refuse_as_a_whole() {
         .unwrap()
         .to_string()
         + "\n[[vip]]\naddress = \"10.0.0.11\"\nport = 443\nprotocol = \"tcp\"\nflags = [\"hash-no-src-port\"]\n\n[[vip.backend]]\naddress = \"10.1.0.1\"\nweight = 1\n";
-    let want = lb_control::config::parse_vip_file(&edited, "edited").unwrap();
+    let want = lb_control::config::parse_vip_file(&edited, "edited").unwrap().vips;
     assert_eq!(want.len(), 2, "{edited}");
     let file = lab.dir.join("vips.toml");
     fs::write(&file, &edited).unwrap();
@@ -2514,7 +2514,7 @@ fn vip_export_and_apply_round_trip_and_refuse_as_a_whole() {
     assert_eq!(running_set(&lab), want);
     assert_api_state_and_maps_agree(&lab);
     let (_, again, _) = lab.lbctl(false, &["vip", "export"]);
-    assert_eq!(lb_control::config::parse_vip_file(&again, "again").unwrap(), want);
+    assert_eq!(lb_control::config::parse_vip_file(&again, "again").unwrap().vips, want);
 
     // A bad entry among good ones: refused as a whole by the API ...
     let good = json!({"vip": "tcp:10.0.0.12:80", "backends": [{"address": "10.1.0.9"}]});
@@ -2585,4 +2585,225 @@ fn json_logs_are_one_object_per_line() {
     let added = lines.iter().find(|l| l["message"] == "VIP added").unwrap_or_else(|| panic!("no 'VIP added'\n{text}"));
     assert_eq!(added["vip"], vip, "the event's fields are top-level keys: {added}");
     assert_eq!(added["level"], "INFO");
+}
+
+// ---- health checks set through the API persist (issue 12) ----------------------------
+
+/// Each backend's health state of `vip`, as `GET /v1/vips/{vip}/backends` gives it.
+fn health_states(lab: &Lab, vip: &str) -> Vec<String> {
+    let list = lab.get_json(&format!("/v1/vips/{vip}/backends"));
+    list.as_array()
+        .unwrap_or_else(|| panic!("not a list: {list}"))
+        .iter()
+        .map(|b| b["health"]["state"].as_str().unwrap_or_else(|| panic!("no health state: {b}")).to_string())
+        .collect()
+}
+
+/// The state file as JSON.
+fn state_json(lab: &Lab) -> Value {
+    serde_json::from_slice(&fs::read(&lab.state_file).unwrap()).expect("the state file is JSON")
+}
+
+/// SIGHUP, then waits (bounded) until the daemon logged one more
+/// "config reloaded".
+fn reload_and_wait(lab: &mut Lab) {
+    let log = lab.log.clone();
+    let reloads = || fs::read_to_string(&log).unwrap_or_default().matches("config reloaded").count();
+    let before = reloads();
+    lab.signal(libc::SIGHUP);
+    let start = Instant::now();
+    while reloads() == before {
+        lab.assert_running();
+        assert!(start.elapsed() < RELOAD_TIMEOUT, "no reload within {RELOAD_TIMEOUT:?}\n{}", lab.logs());
+        std::thread::sleep(POLL);
+    }
+}
+
+/// A check set with `PUT /v1/vips/{vip}/health` is written to the state
+/// file and is still in force after a restart and after a SIGHUP with an
+/// unchanged config; a config change of that VIP's `[vip.health]` takes the
+/// file's; removing the VIP removes its check.
+#[test]
+fn an_api_health_check_survives_restarts_and_reloads_until_the_file_changes_it() {
+    let mut lab = Lab::new();
+    assert_eq!(health_states(&lab, VIP_HTTP), ["disabled", "disabled"], "the config checks nothing");
+    let check = json!({"kind": "tcp", "interval": "5s", "timeout": "1s", "rise": 1, "fall": 5});
+    let r = lab.call("PUT", &format!("/v1/vips/{VIP_HTTP}/health"), Some(&check)).ok(200, "PUT health");
+    assert_eq!(r["health"]["kind"], "tcp", "{r}");
+    let in_force = |lab: &Lab| {
+        let states = health_states(lab, VIP_HTTP);
+        assert_eq!(states.len(), 2);
+        assert!(states.iter().all(|s| s != "disabled"), "the API's check is not in force: {states:?}\n{}", lab.logs());
+        let vip = lab.get_json(&format!("/v1/vips/{VIP_HTTP}"));
+        assert_eq!((&vip["health"]["kind"], &vip["health"]["interval"]), (&json!("tcp"), &json!("5s")), "{vip}");
+        let state = state_json(lab);
+        assert_eq!(state["version"], 2, "{state}");
+        assert_eq!(state["health"][VIP_HTTP]["kind"], "tcp", "the state file holds the check: {state}");
+        assert_eq!(state["health"][VIP_HTTP]["fall"], 5, "{state}");
+    };
+    in_force(&lab);
+
+    // A restart: read back from the state file.
+    let status = lab.stop();
+    assert!(status.success(), "{status}\n{}", lab.logs());
+    lab.start();
+    in_force(&lab);
+
+    // A reload with the config unchanged keeps it.
+    reload_and_wait(&mut lab);
+    in_force(&lab);
+
+    // A check of another VIP goes with its VIP.
+    let udp = json!({"kind": "udp", "interval": "5s"});
+    lab.call("PUT", &format!("/v1/vips/{VIP_DNS6}/health"), Some(&udp)).ok(200, "PUT udp health");
+    assert_eq!(state_json(&lab)["health"][VIP_DNS6]["kind"], "udp");
+    lab.call("DELETE", &format!("/v1/vips/{VIP_DNS6}"), None).ok(200, "DELETE");
+    lab.call("POST", "/v1/vips", Some(&json!({"vip": VIP_DNS6, "backends": [{"address": "fc00:1::1"}]})))
+        .ok(201, "POST again");
+    assert!(state_json(&lab)["health"].get(VIP_DNS6).is_none(), "{}", state_json(&lab));
+    assert_eq!(health_states(&lab, VIP_DNS6), ["disabled"], "the removed VIP's check did not come back");
+    in_force(&lab);
+
+    // The file changes this VIP's [vip.health]: the file's check wins.
+    let with_table = BASE_VIPS.replacen(
+        "protocol = \"tcp\"\n",
+        "protocol = \"tcp\"\n\n[vip.health]\nkind = \"none\"\ninterval = \"7s\"\n",
+        1,
+    );
+    lab.write_config(&with_table);
+    Config::load(&lab.config).expect("the new config is valid");
+    reload_and_wait(&mut lab);
+    assert_eq!(health_states(&lab, VIP_HTTP), ["disabled", "disabled"], "the file's check (none) is in force");
+    let vip = lab.get_json(&format!("/v1/vips/{VIP_HTTP}"));
+    assert_eq!((&vip["health"]["kind"], &vip["health"]["interval"]), (&json!("none"), &json!("7s")), "{vip}");
+    let state = state_json(&lab);
+    assert!(state["health"].get(VIP_HTTP).is_none(), "the API's check is gone: {state}");
+    // ... and so it stays over a restart.
+    lab.stop();
+    lab.start();
+    assert_eq!(health_states(&lab, VIP_HTTP), ["disabled", "disabled"]);
+}
+
+/// `lbctl vip export` writes each VIP's own check as `[vip.health]`;
+/// `lbctl vip apply -f` sends it back in the same single change, with the
+/// check's change in the diff; a VIP without the table gets the `[health]`
+/// defaults; a check that cannot probe its VIP refuses the whole set.
+#[test]
+fn vip_export_and_apply_carry_health_checks() {
+    let lab = Lab::new();
+    let check = json!({"kind": "http", "path": "/hz", "interval": "3s", "timeout": "500ms", "on_down": "drain"});
+    lab.call("PUT", &format!("/v1/vips/{VIP_HTTP}/health"), Some(&check)).ok(200, "PUT health");
+    let (status, exported, err) = lab.lbctl(false, &["vip", "export"]);
+    assert!(status.success(), "{err}");
+    assert!(exported.contains("[vip.health]\nkind = \"http\"") && exported.contains("path = \"/hz\""), "{exported}");
+    assert_eq!(exported.matches("[vip.health]").count(), 1, "only the VIP with a check of its own: {exported}");
+    let parsed = lb_control::config::parse_vip_file(&exported, "export").unwrap();
+    assert_eq!(parsed.health.len(), 1);
+    // The export applied as it is changes nothing.
+    let file = lab.dir.join("vips.toml");
+    fs::write(&file, &exported).unwrap();
+    let (status, out, err) = lab.lbctl(true, &["vip", "apply", "-f", file.to_str().unwrap()]);
+    assert!(status.success(), "{err}");
+    assert!(out.contains("0 added, 0 removed, 0 changed"), "{out}");
+
+    // Edit: a longer interval for the HTTP VIP, a UDP check for the DNS VIP.
+    let edited = exported.replace("interval = \"3s\"", "interval = \"4s\"").replacen(
+        "protocol = \"udp\"\n",
+        "protocol = \"udp\"\n\n[vip.health]\nkind = \"udp\"\n",
+        1,
+    );
+    fs::write(&file, &edited).unwrap();
+    let file = file.to_str().unwrap();
+    let (status, out, err) = lab.lbctl(true, &["vip", "apply", "-f", file, "--dry-run"]);
+    assert!(status.success(), "{err}");
+    for line in [
+        "~ tcp:10.0.0.10:80",
+        "    ~ health interval 3s -> 4s",
+        "~ udp:[fc00::10]:53",
+        "    ~ health kind none -> udp",
+        "0 added, 0 removed, 2 changed (dry run: nothing changed)",
+    ] {
+        assert!(out.lines().any(|l| l == line), "dry run: no line {line:?} in\n{out}");
+    }
+    assert_eq!(lab.get_json(&format!("/v1/vips/{VIP_HTTP}"))["health"]["interval"], "3s", "a dry run changed it");
+    let (status, _, err) = lab.lbctl(true, &["vip", "apply", "-f", file]);
+    assert!(status.success(), "{err}");
+    assert_eq!(lab.get_json(&format!("/v1/vips/{VIP_HTTP}"))["health"]["interval"], "4s");
+    assert_eq!(lab.get_json(&format!("/v1/vips/{VIP_DNS6}"))["health"]["kind"], "udp");
+    assert!(health_states(&lab, VIP_DNS6).iter().all(|s| s != "disabled"));
+    let state = state_json(&lab);
+    assert_eq!(
+        (&state["health"][VIP_HTTP]["interval"], &state["health"][VIP_DNS6]["kind"]),
+        (&json!("4s"), &json!("udp"))
+    );
+    // Exported again: the same VIPs and checks (written whole now; the
+    // lab's [health] defaults are the built-in ones).
+    let resolved = |text: &str| {
+        let f = lb_control::config::parse_vip_file(text, "file").unwrap();
+        let defaults = lb_control::config::health::HealthCheck::default();
+        let checks: BTreeMap<_, _> = f.health.iter().map(|(id, raw)| (*id, raw.resolve(&defaults).unwrap())).collect();
+        (f.vips, checks)
+    };
+    let (_, again, _) = lab.lbctl(false, &["vip", "export"]);
+    assert_eq!(resolved(&again), resolved(&edited), "{again}");
+
+    // A check that cannot probe its VIP: the whole set is refused.
+    let bad = edited.replace("kind = \"http\"", "kind = \"udp\"");
+    fs::write(file, &bad).unwrap();
+    let (status, _, err) = lab.lbctl(true, &["vip", "apply", "-f", file]);
+    assert!(!status.success());
+    assert!(err.contains("[0] tcp:10.0.0.10:80: health: kind"), "{err}");
+    assert_eq!(lab.get_json(&format!("/v1/vips/{VIP_HTTP}"))["health"]["kind"], "http", "a refused set changed it");
+
+    // The HTTP VIP's table left out: it gets the [health] defaults (none).
+    let table = edited.find("[vip.health]\nkind = \"http\"").expect("the HTTP VIP's table");
+    let end = table + edited[table..].find("\n[[vip.backend]]").expect("its backends after it");
+    let without = format!("{}{}", &edited[..table], &edited[end + 1..]);
+    fs::write(file, &without).unwrap();
+    let parsed = lb_control::config::parse_vip_file(&without, "without").unwrap();
+    assert_eq!(parsed.health.keys().map(ToString::to_string).collect::<Vec<_>>(), [VIP_DNS6], "{without}");
+    let (status, out, err) = lab.lbctl(true, &["vip", "apply", "-f", file]);
+    assert!(status.success(), "{err}");
+    assert!(out.lines().any(|l| l.starts_with("    ~ health ") && l.contains("kind http -> none")), "{out}");
+    assert!(lab.get_json(&format!("/v1/vips/{VIP_HTTP}")).get("health").is_none());
+    assert_eq!(health_states(&lab, VIP_HTTP), ["disabled", "disabled"]);
+    assert!(state_json(&lab)["health"].get(VIP_HTTP).is_none());
+}
+
+/// When the probes' TC program cannot be set up, the daemon still serves
+/// and says so: checked backends read "unknown" with the reason (not
+/// "disabled"), `xdp_lb_health_checks_running` is 0, and the log says why.
+#[test]
+fn a_checker_that_cannot_start_says_so() {
+    let mut lab = Lab::new();
+    let check = json!({"kind": "tcp", "interval": "5s"});
+    lab.call("PUT", &format!("/v1/vips/{VIP_HTTP}/health"), Some(&check)).ok(200, "PUT health");
+    assert!(lab.get("/metrics").body.contains("xdp_lb_health_checks_running 1"), "{}", lab.get("/metrics").body);
+    lab.stop();
+    // Something the daemon cannot unpin (a directory) where the TC link's
+    // pin goes: attaching the program fails.
+    let pin = lb_control::health::tc::health_link_pin(&lab.pin_dir, LB_IF);
+    let _ = fs::remove_file(&pin);
+    fs::create_dir(&pin).unwrap();
+    struct RemoveDir(PathBuf);
+    impl Drop for RemoveDir {
+        fn drop(&mut self) {
+            let _ = fs::remove_dir(&self.0);
+        }
+    }
+    // Dropped before the lab, whose clean-up removes files only.
+    let _guard = RemoveDir(pin.clone());
+    lab.start();
+    lab.wait_log("health checks unavailable", READY_TIMEOUT);
+    let list = lab.get_json(&format!("/v1/vips/{VIP_HTTP}/backends"));
+    for b in list.as_array().unwrap() {
+        assert_eq!(b["health"]["state"], "unknown", "{list}");
+        let error = b["health"]["last_error"].as_str().unwrap_or_default();
+        assert!(error.contains("TC program did not load") && error.contains("health-link"), "{list}");
+    }
+    assert_eq!(health_states(&lab, VIP_DNS6), ["disabled"], "an unchecked VIP stays disabled");
+    let metrics = lab.get("/metrics").body;
+    assert!(metrics.contains("xdp_lb_health_checks_running 0"), "{metrics}");
+    assert_eq!(lab.get("/readyz").status, 200, "still serving");
+    lab.stop();
 }

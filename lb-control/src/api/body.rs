@@ -8,6 +8,7 @@ use serde::{Deserialize, Deserializer, Serialize};
 
 use super::error::ApiError;
 use crate::{
+    config::health::{HealthSettings, RawHealthCheck},
     engine::ApplyReport,
     model::{
         check_backend_addr, check_backend_family, check_backend_set, check_weight, Backend, VipFlag, VipId, VipSpec,
@@ -49,6 +50,17 @@ pub struct VipBody {
     pub flags: Vec<VipFlag>,
     #[serde(default)]
     pub backends: Vec<BackendBody>,
+    /// The VIP's own health check (a `[vip.health]` table). Listed with
+    /// every field when the VIP has one; sent, fields left out take the
+    /// `[health]` defaults, and leaving it out gives the VIP those defaults.
+    #[serde(default, skip_serializing_if = "Option::is_none", deserialize_with = "present_check")]
+    pub health: Option<RawHealthCheck>,
+}
+
+/// `health` when given: an object (`null` is refused, as the schema says;
+/// leaving the field out is how a VIP gets the defaults).
+fn present_check<'de, D: Deserializer<'de>>(d: D) -> Result<Option<RawHealthCheck>, D::Error> {
+    RawHealthCheck::deserialize(d).map(Some)
 }
 
 /// A backend change: a new weight, or drain (weight 0). Both fields are
@@ -81,11 +93,13 @@ pub struct Applied {
     pub applied: ApplyReport,
 }
 
-pub fn vip_body(id: &VipId, spec: &VipSpec) -> VipBody {
+/// A VIP as the API lists it, with its own health check if it has one.
+pub fn vip_body(id: &VipId, spec: &VipSpec, health: &HealthSettings) -> VipBody {
     VipBody {
         vip: *id,
         flags: spec.flags.clone(),
         backends: spec.backends.iter().map(|(a, b)| BackendBody { address: *a, weight: b.weight }).collect(),
+        health: health.vips.get(id).map(RawHealthCheck::from),
     }
 }
 
@@ -110,6 +124,15 @@ pub fn backends_of(vip: &VipId, list: &[BackendBody]) -> Result<BTreeMap<IpAddr,
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_vips_health_is_an_object_or_left_out() {
+        let v: VipBody = serde_json::from_str(r#"{"vip": "tcp:10.0.0.1:80"}"#).unwrap();
+        assert_eq!(v.health, None);
+        let v: VipBody = serde_json::from_str(r#"{"vip": "tcp:10.0.0.1:80", "health": {"kind": "tcp"}}"#).unwrap();
+        assert_eq!(v.health.and_then(|h| h.kind), Some(crate::config::health::CheckKind::Tcp));
+        assert!(serde_json::from_str::<VipBody>(r#"{"vip": "tcp:10.0.0.1:80", "health": null}"#).is_err());
+    }
 
     #[test]
     fn weights_are_whole_numbers_written_either_way() {

@@ -28,13 +28,13 @@ const OPS: &str = "operations";
 #[utoipa::path(get, path = "/v1/vips", tag = VIPS, responses((status = 200, description = "every VIP", body = Vec<VipBody>)))]
 pub async fn list_vips(State(s): State<Shared>) -> Json<Vec<VipBody>> {
     let view = s.view.borrow().clone();
-    Json(view.vips.iter().map(|(id, spec)| vip_body(id, spec)).collect())
+    Json(view.vips.iter().map(|(id, spec)| vip_body(id, spec, &view.health)).collect())
 }
 
 #[utoipa::path(post, path = "/v1/vips", tag = VIPS, request_body = VipBody, security(("token" = [])),
     responses(
         (status = 201, description = "added; in the data plane", body = Applied),
-        (status = 400, description = "a bad VIP or backend", body = ErrorBody),
+        (status = 400, description = "a bad VIP, backend or health check", body = ErrorBody),
         (status = 401, description = "no or wrong token", body = ErrorBody),
         (status = 409, description = "the VIP exists", body = ErrorBody),
         (status = 413, description = "body too large", body = ErrorBody),
@@ -50,12 +50,17 @@ pub async fn create_vip(State(s): State<Shared>, ApiJson(body): ApiJson<VipBody>
     flags.dedup();
     let spec = VipSpec { flags, backends };
     let id = body.vip;
+    let defaults = s.view.borrow().health.defaults.clone();
+    let check = body.health.as_ref().map(|h| super::health::resolve_check(h, &defaults, &id)).transpose()?;
     let report = on_controller(&s, move |ctl| {
-        ctl.mutate(|vips| {
+        ctl.change(|vips, health| {
             if vips.contains_key(&id) {
                 return Err(ControlError::Conflict(format!("VIP {id} exists")));
             }
             vips.insert(id, spec);
+            // A VIP without a check of its own gets the [health] defaults.
+            let check = check.unwrap_or_else(|| health.defaults().clone());
+            health.set(id, check);
             Ok(())
         })
     })
@@ -74,7 +79,7 @@ pub async fn get_vip(State(s): State<Shared>, ApiPath(vip): ApiPath<String>) -> 
     let id = parse_vip(&vip)?;
     let view = s.view.borrow().clone();
     let spec = view.vips.get(&id).ok_or_else(|| unknown_vip(&id))?;
-    Ok(Json(vip_body(&id, spec)))
+    Ok(Json(vip_body(&id, spec, &view.health)))
 }
 
 #[utoipa::path(delete, path = "/v1/vips/{vip}", tag = VIPS, params(("vip" = VipId, Path)), security(("token" = [])),

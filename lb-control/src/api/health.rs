@@ -1,6 +1,6 @@
 //! Health in the API: each backend's health in `GET /v1/vips/{vip}/backends`
-//! and `PUT /v1/vips/{vip}/health` to change a VIP's check (kept until the
-//! daemon restarts; the config file is the lasting place).
+//! and `PUT /v1/vips/{vip}/health` to change a VIP's check (persisted in
+//! the state file like every API change).
 
 use std::net::IpAddr;
 
@@ -12,7 +12,7 @@ use super::{
     on_controller, Shared,
 };
 use crate::{
-    config::health::{RawHealthCheck, CROSS_FIELD},
+    config::health::{HealthCheck, RawHealthCheck, CROSS_FIELD},
     health::{BackendHealth, HealthState},
     model::VipId,
 };
@@ -57,6 +57,27 @@ fn mismatch(message: String) -> ApiError {
     ApiError::new(axum::http::StatusCode::BAD_REQUEST, "health_check_mismatch", message)
 }
 
+/// A check as the API takes it (`PUT /v1/vips/{vip}/health`, a VIP's
+/// `health`) for VIP `id`: fields left out take `defaults`; a bad field is
+/// 400 `bad_request`, fields that do not fit together or the VIP 400
+/// `health_check_mismatch`.
+pub(super) fn resolve_check(
+    body: &RawHealthCheck,
+    defaults: &HealthCheck,
+    id: &VipId,
+) -> Result<HealthCheck, ApiError> {
+    let check = body.resolve(defaults).map_err(|problems| {
+        let text: Vec<String> = problems.iter().map(|(field, m)| format!("{field}: {m}")).collect();
+        if problems.iter().all(|(field, _)| CROSS_FIELD.contains(field)) {
+            mismatch(text.join("; "))
+        } else {
+            ApiError::bad_request(text.join("; "))
+        }
+    })?;
+    check.check_for(id).map_err(|(field, m)| mismatch(format!("{field}: {m}")))?;
+    Ok(check)
+}
+
 /// The answer of `PUT /v1/vips/{vip}/health`: the check now in force, every
 /// field filled in.
 #[derive(Serialize, Deserialize, utoipa::ToSchema)]
@@ -89,15 +110,7 @@ pub async fn put_vip_health(
         }
         view.health.defaults.clone()
     };
-    let check = body.resolve(&defaults).map_err(|problems| {
-        let text: Vec<String> = problems.iter().map(|(field, m)| format!("{field}: {m}")).collect();
-        if problems.iter().all(|(field, _)| CROSS_FIELD.contains(field)) {
-            mismatch(text.join("; "))
-        } else {
-            ApiError::bad_request(text.join("; "))
-        }
-    })?;
-    check.check_for(&id).map_err(|(field, m)| mismatch(format!("{field}: {m}")))?;
+    let check = resolve_check(&body, &defaults, &id)?;
     let applied = RawHealthCheck::from(&check);
     on_controller(&s, move |ctl| ctl.set_vip_health(id, check)).await?;
     tracing::info!(vip = %id, health = ?applied, "VIP health check set");

@@ -94,6 +94,9 @@ fn vip_object(vip_pattern: &str, backend_pattern: &str) -> Value {
             "flags": {"type": "array", "items": VipFlag::schema()},
             "backends": {"type": "array", "uniqueItems": true, "items": backend_object(backend_pattern),
                 "description": "distinct addresses; an IPv6 VIP takes IPv6 backends only"},
+            "health": {"$ref": "#/components/schemas/RawHealthCheck",
+                "description": "the VIP's own check ([vip.health]); listed whole when the VIP has one; \
+                    sent, fields left out take the [health] defaults, and leaving it out gives the VIP those defaults"},
         },
     })
 }

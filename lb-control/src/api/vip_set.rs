@@ -2,7 +2,10 @@
 //! `lbctl vip apply -f` sends), or with `?dry_run=true` only checks it. Every
 //! entry is checked before anything changes and the set is applied as one
 //! controller change, so a bad entry refuses the whole set. The answer is
-//! the diff: VIPs added, removed and changed (flags, backends, weights).
+//! the diff: VIPs added, removed and changed (flags, backends, weights,
+//! health check). Each VIP's `health` is its check in the same change; a
+//! VIP without one gets the `[health]` defaults, as a `[[vip]]` without
+//! `[vip.health]` does in the config file.
 
 use axum::{
     extract::{rejection::QueryRejection, Query, State},
@@ -16,14 +19,17 @@ use utoipa::PartialSchema as _;
 use super::{
     body::{backends_of, VipBody},
     error::{ApiError, ApiJson, ErrorBody},
+    health::resolve_check,
     on_controller,
     schema::{apply_report, named_schema, schema, BACKEND_PATTERN, VIP_PATTERN},
     Shared,
 };
+use std::collections::BTreeMap;
+
 use crate::{
-    config::VipSetDiff,
+    config::{health::HealthCheck, VipSetDiff},
     engine::ApplyReport,
-    model::{VipSet, VipSpec},
+    model::{VipId, VipSet, VipSpec},
 };
 
 const VIPS: &str = "vips";
@@ -47,9 +53,11 @@ pub struct VipSetReplaced {
 }
 
 /// A list of VIPs as the model, each entry checked as `POST /v1/vips`
-/// checks one; an error names the entry.
-fn vip_set_of(list: &[VipBody]) -> Result<VipSet, ApiError> {
+/// checks one (its health check against `defaults`, the `[health]` table);
+/// an error names the entry. Returns the set and each VIP's check.
+fn vip_set_of(list: &[VipBody], defaults: &HealthCheck) -> Result<(VipSet, BTreeMap<VipId, HealthCheck>), ApiError> {
     let mut set = VipSet::new();
+    let mut checks = BTreeMap::new();
     for (i, body) in list.iter().enumerate() {
         let located = |mut e: ApiError| {
             e.message = format!("[{i}] {}: {}", body.vip, e.message);
@@ -57,6 +65,13 @@ fn vip_set_of(list: &[VipBody]) -> Result<VipSet, ApiError> {
         };
         crate::model::check_vip_addr(body.vip.addr).map_err(|e| located(e.into()))?;
         let backends = backends_of(&body.vip, &body.backends).map_err(located)?;
+        let check = match &body.health {
+            Some(h) => resolve_check(h, defaults, &body.vip).map_err(|mut e| {
+                e.message = format!("health: {}", e.message);
+                located(e)
+            })?,
+            None => defaults.clone(),
+        };
         let mut flags = body.flags.clone();
         flags.sort();
         flags.dedup();
@@ -64,8 +79,9 @@ fn vip_set_of(list: &[VipBody]) -> Result<VipSet, ApiError> {
             let msg = format!("[{i}] VIP {} is listed twice", body.vip);
             return Err(ApiError::new(StatusCode::BAD_REQUEST, "duplicate_vip", msg));
         }
+        checks.insert(body.vip, check);
     }
-    Ok(set)
+    Ok((set, checks))
 }
 
 #[utoipa::path(put, path = "/v1/vips", tag = VIPS, params(ReplaceQuery),
@@ -73,7 +89,7 @@ fn vip_set_of(list: &[VipBody]) -> Result<VipSet, ApiError> {
     security(("token" = [])),
     responses(
         (status = 200, description = "replaced (or, dry run, checked); the diff", body = VipSetReplaced),
-        (status = 400, description = "a bad VIP or backend, a VIP listed twice: nothing changed", body = ErrorBody),
+        (status = 400, description = "a bad VIP, backend or health check, a VIP listed twice: nothing changed", body = ErrorBody),
         (status = 401, description = "no or wrong token", body = ErrorBody),
         (status = 413, description = "body too large", body = ErrorBody),
         (status = 415, description = "not JSON", body = ErrorBody),
@@ -86,16 +102,22 @@ pub async fn replace_vips(
     ApiJson(list): ApiJson<Vec<VipBody>>,
 ) -> Result<Json<VipSetReplaced>, ApiError> {
     let Query(query) = query.map_err(|r| ApiError::bad_request(r.body_text()))?;
-    let next = vip_set_of(&list)?;
+    let defaults = s.view.borrow().health.defaults.clone();
+    let (next, checks) = vip_set_of(&list, &defaults)?;
     let dry_run = query.dry_run;
     let answer = on_controller(&s, move |ctl| {
-        let diff = VipSetDiff::between(ctl.vips(), &next);
+        let in_force = ctl.health_settings();
+        let before = ctl.vips().keys().map(|id| (*id, in_force.for_vip(id).clone())).collect();
+        let diff = VipSetDiff::between(ctl.vips(), &next, &before, &checks);
         if dry_run {
             ctl.engine().check(&next)?;
             return Ok(VipSetReplaced { dry_run, diff, applied: None });
         }
-        let applied = ctl.mutate(|vips| {
+        let applied = ctl.change(|vips, health| {
             *vips = next;
+            for (id, check) in checks {
+                health.set(id, check);
+            }
             Ok(())
         })?;
         Ok(VipSetReplaced { dry_run, diff, applied: Some(applied) })
@@ -118,6 +140,7 @@ fn vip_list() -> serde_json::Value {
 
 fn diff_schema() -> serde_json::Value {
     let flags = json!({"type": "array", "items": crate::model::VipFlag::schema()});
+    let health = json!({"$ref": "#/components/schemas/RawHealthCheck"});
     json!({
         "type": "object", "additionalProperties": false, "required": ["added", "removed", "changed"],
         "properties": {
@@ -129,6 +152,9 @@ fn diff_schema() -> serde_json::Value {
                     "vip": {"type": "string", "pattern": *VIP_PATTERN},
                     "flags": {"type": "object", "additionalProperties": false, "required": ["before", "after"],
                         "properties": {"before": flags, "after": flags}, "description": "present when the flags change"},
+                    "health": {"type": "object", "additionalProperties": false, "required": ["before", "after"],
+                        "properties": {"before": health, "after": health},
+                        "description": "present when the health check changes; every field given"},
                     "backends": {"type": "object", "additionalProperties": false,
                         "required": ["added", "removed", "reweighted"],
                         "properties": {
@@ -176,7 +202,7 @@ fn keys(v: &serde_json::Value) -> Vec<String> {
 mod tests {
     use super::*;
     use crate::{
-        config::{BackendChanges, FlagChange, VipChange, WeightChange},
+        config::{BackendChanges, FlagChange, HealthChange, VipChange, WeightChange},
         model::VipFlag,
     };
 
@@ -187,6 +213,7 @@ mod tests {
         let change = VipChange {
             vip: "tcp:192.0.2.10:80".parse().unwrap(),
             flags: Some(FlagChange { before: vec![], after: vec![VipFlag::NoConnTable] }),
+            health: Some(HealthChange { before: Default::default(), after: Default::default() }),
             backends: BackendChanges {
                 added: vec!["10.1.0.1".parse().unwrap()],
                 removed: vec!["2001:db8::1".parse().unwrap()],
@@ -213,15 +240,25 @@ mod tests {
 
     #[test]
     fn a_bad_entry_or_a_twice_listed_vip_refuses_the_list() {
-        let good = VipBody { vip: "tcp:192.0.2.10:80".parse().unwrap(), flags: vec![], backends: vec![] };
+        let good = VipBody { vip: "tcp:192.0.2.10:80".parse().unwrap(), flags: vec![], backends: vec![], health: None };
         let mut bad = good.clone();
         bad.vip = "tcp:192.0.2.11:80".parse().unwrap();
         bad.backends = vec![super::super::BackendBody { address: "192.0.2.11".parse().unwrap(), weight: 1 }];
-        let e = vip_set_of(&[good.clone(), bad]).unwrap_err();
+        let defaults = HealthCheck::default();
+        let e = vip_set_of(&[good.clone(), bad], &defaults).unwrap_err();
         assert_eq!(e.code, "backend_is_vip");
         assert!(e.message.starts_with("[1] tcp:192.0.2.11:80: "), "{}", e.message);
-        let e = vip_set_of(&[good.clone(), good.clone()]).unwrap_err();
+        let e = vip_set_of(&[good.clone(), good.clone()], &defaults).unwrap_err();
         assert_eq!((e.status, e.code), (StatusCode::BAD_REQUEST, "duplicate_vip"));
-        assert_eq!(vip_set_of(&[good]).unwrap().len(), 1);
+        assert_eq!(vip_set_of(std::slice::from_ref(&good), &defaults).unwrap().0.len(), 1);
+        // A health check that cannot probe its VIP names the entry.
+        let mut udp_check = good.clone();
+        udp_check.health = Some(crate::config::health::RawHealthCheck {
+            kind: Some(crate::config::health::CheckKind::Udp),
+            ..Default::default()
+        });
+        let e = vip_set_of(&[good, udp_check], &defaults).unwrap_err();
+        assert_eq!(e.code, "health_check_mismatch");
+        assert!(e.message.starts_with("[1] tcp:192.0.2.10:80: health: kind"), "{}", e.message);
     }
 }

@@ -249,11 +249,15 @@ async fn run(config_path: PathBuf) -> Result<()> {
     })?;
     let state = Arc::new(AppState::new(ctl, token));
     // Health checks need the probes' TC program; without it the daemon
-    // still serves, every backend's health reads "unknown" or "disabled".
+    // still serves (no backend leaves the ring by health), and says so:
+    // every checked backend reads "unknown" with the reason, and
+    // `xdp_lb_health_checks_running` is 0.
     let health_checker = match lb_control::health::spawn(state.clone(), &interfaces, &pin_dir) {
         Ok(task) => Some(task),
         Err(e) => {
-            tracing::error!(error = %e, "health checks unavailable: the probes' TC program did not load");
+            let reason = format!("health checks unavailable: {e}");
+            tracing::error!(error = %e, "health checks unavailable");
+            state.health.set_unavailable(reason);
             None
         }
     };

@@ -36,8 +36,10 @@ pub enum OnDown {
     Drain,
 }
 
-/// One VIP's check, validated.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// One VIP's check, validated. Serialised (the state file) in the API's
+/// shape with every field written, and read back through the same checks.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(into = "RawHealthCheck", try_from = "RawHealthCheck")]
 pub struct HealthCheck {
     pub kind: CheckKind,
     /// `None`: the VIP's own port.
@@ -129,7 +131,7 @@ impl HealthCheck {
 /// schema states every rule about one field; what it cannot state (the
 /// status range's order, timeout ≤ interval, the check against the VIP)
 /// is refused with the code `health_check_mismatch`.
-#[derive(Clone, Debug, Default, Deserialize, Serialize, utoipa::ToSchema)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize, Serialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawHealthCheck {
     pub kind: Option<CheckKind>,
@@ -213,6 +215,24 @@ impl From<&HealthCheck> for RawHealthCheck {
             fall: Some(h.fall),
             on_down: Some(h.on_down),
         }
+    }
+}
+
+impl From<HealthCheck> for RawHealthCheck {
+    fn from(h: HealthCheck) -> Self {
+        RawHealthCheck::from(&h)
+    }
+}
+
+impl TryFrom<RawHealthCheck> for HealthCheck {
+    type Error = String;
+
+    /// A check written whole (the state file): fields left out take the
+    /// built-in defaults.
+    fn try_from(raw: RawHealthCheck) -> Result<Self, String> {
+        raw.resolve(&HealthCheck::default()).map_err(|problems| {
+            problems.iter().map(|(field, m)| format!("{field}: {m}")).collect::<Vec<_>>().join("; ")
+        })
     }
 }
 
@@ -332,8 +352,22 @@ pub(super) fn validate_check(
     }
 }
 
+/// Reports the problems of a `[vip.health]` table in a VIP file that do
+/// not depend on the daemon's `[health]` defaults (a bad port, path,
+/// duration, status, rise or fall), under `key`. What involves another
+/// field or the defaults (timeout against interval, the check against its
+/// VIP) is the daemon's to judge, with the defaults it runs with.
+pub(super) fn check_fields(c: &mut Checker<'_>, raw: &Spanned<RawHealthCheck>, key: &str) {
+    if let Err(problems) = raw.get_ref().resolve(&HealthCheck::default()) {
+        for (field, message) in problems.into_iter().filter(|(f, _)| *f != "timeout vs interval") {
+            c.add(&raw.span(), format!("{key}.{field}"), message);
+        }
+    }
+}
+
 /// `[health]` and every `[vip.health]`, resolved.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct HealthSettings {
     /// `[health]`: what a VIP without its own table gets.
     pub defaults: HealthCheck,

@@ -15,7 +15,10 @@ pub use bgp::{Bgp, DEFAULT_BGP_INCLUDE_FILE, DEFAULT_BIRD_SOCKET};
 pub use host::{check_pin_dir, read_token};
 pub use problem::{ConfigError, Problem};
 pub use second_chance::{SecondChance, DEFAULT_SECOND_CHANCE_WINDOW};
-pub use vip_file::{parse_vip_file, render_vip_file, BackendChanges, FlagChange, VipChange, VipSetDiff, WeightChange};
+pub use vip_file::{
+    parse_vip_file, render_vip_file, BackendChanges, FlagChange, HealthChange, VipChange, VipChecks, VipFile,
+    VipSetDiff, WeightChange,
+};
 
 use std::{
     fmt,

@@ -69,7 +69,7 @@ pub(super) fn validate(c: &mut Checker<'_>, raw: RawConfig) -> Option<Config> {
     let state_file = c.path(raw.state_file.as_ref(), "state_file", DEFAULT_STATE_FILE);
     let api = api(c, &raw);
     let vips = vips(c, &raw.vips, Some(&limits));
-    let health = super::health::validate_health(c, raw.health.as_ref(), &vip_health_tables(&raw));
+    let health = super::health::validate_health(c, raw.health.as_ref(), &vip_health_tables(&raw.vips));
     Some(Config {
         interfaces,
         xdp_mode: raw.xdp_mode,
@@ -89,8 +89,10 @@ pub(super) fn validate(c: &mut Checker<'_>, raw: RawConfig) -> Option<Config> {
 
 /// Each `[[vip]]`'s identity as written (`None` when it does not parse:
 /// that is reported already) and its `[vip.health]` table.
-fn vip_health_tables(raw: &RawConfig) -> Vec<(Option<VipId>, Option<&Spanned<super::health::RawHealthCheck>>)> {
-    raw.vips
+pub(super) fn vip_health_tables(
+    raw_vips: &[Spanned<RawVip>],
+) -> Vec<(Option<VipId>, Option<&Spanned<super::health::RawHealthCheck>>)> {
+    raw_vips
         .iter()
         .map(|v| {
             let v = v.get_ref();

@@ -43,10 +43,12 @@ fn reason(e: &std::io::Error) -> String {
     }
 }
 
+/// A socket of `ty` for `target`, non-blocking from the start
+/// (`SOCK_NONBLOCK`: no `fcntl` round trip per probe), carrying `mark`.
 fn marked(target: SocketAddr, ty: Type, proto: Protocol, mark: u32) -> Result<Socket, String> {
-    let sock = Socket::new(Domain::for_address(target), ty, Some(proto)).map_err(|e| format!("socket: {e}"))?;
+    let sock =
+        Socket::new(Domain::for_address(target), ty.nonblocking(), Some(proto)).map_err(|e| format!("socket: {e}"))?;
     sock.set_mark(mark).map_err(|e| format!("SO_MARK: {e}"))?;
-    sock.set_nonblocking(true).map_err(|e| format!("non-blocking: {e}"))?;
     Ok(sock)
 }
 

@@ -3,7 +3,8 @@
 use lb_control::api::{health_label, BackendStatus};
 
 /// One line per backend: address, the operator's weight, the health state
-/// (with the last error while down) and the check counts.
+/// (with the last error while down, or while unknown because the checker
+/// could not start) and the check counts.
 pub fn print_backends(list: &[BackendStatus]) {
     println!("{:<40} {:<16} {:<20} {:>10} {:>10}  SINCE", "BACKEND", "WEIGHT", "HEALTH", "CHECKS_OK", "FAILED");
     for b in list {
@@ -18,14 +19,22 @@ pub fn print_backends(list: &[BackendStatus]) {
             b.address, weight, health, b.health.checks_ok, b.health.checks_failed
         );
         match &b.health.last_error {
-            Some(e) if b.health.state == lb_control::health::HealthState::Down => println!("  ({e})"),
+            Some(e)
+                if matches!(
+                    b.health.state,
+                    lb_control::health::HealthState::Down | lb_control::health::HealthState::Unknown
+                ) =>
+            {
+                println!("  ({e})")
+            }
             _ => println!(),
         }
     }
 }
 
 /// `lbctl vip health VIP [--kind K] ...`: sets one VIP's check (fields left
-/// out take the `[health]` defaults); kept until the daemon restarts.
+/// out take the `[health]` defaults); kept in the state file until the
+/// config file changes that VIP's check.
 #[derive(clap::Args)]
 pub struct HealthArgs {
     #[arg(long, value_parser = ["tcp", "http", "udp", "none"])]

@@ -324,8 +324,12 @@ fn main() -> Result<()> {
             }
         }
         Command::Vip(VipCmd::Add { vip, backends, flags }) => {
-            let body =
-                VipBody { vip: *vip, flags: flags.clone(), backends: backends.iter().map(|b| b.0.clone()).collect() };
+            let body = VipBody {
+                vip: *vip,
+                flags: flags.clone(),
+                backends: backends.iter().map(|b| b.0.clone()).collect(),
+                health: None,
+            };
             let r: serde_json::Value = client.send("POST", "/v1/vips", Some(&body))?;
             if json {
                 print_json(&r)?

@@ -6,30 +6,37 @@
 use std::path::Path;
 
 use anyhow::{Context as _, Result};
+use std::collections::BTreeMap;
+
 use lb_control::{
     api::{BackendBody, VipBody},
-    config::{parse_vip_file, render_vip_file, VipSetDiff},
-    model::{Backend, VipSet, VipSpec},
+    config::{health::RawHealthCheck, parse_vip_file, render_vip_file, HealthChange, VipFile, VipSetDiff},
+    model::{Backend, VipSpec},
 };
 use serde::Deserialize;
 
 use crate::{print_json, Client};
 
-fn to_set(list: Vec<VipBody>) -> VipSet {
-    list.into_iter()
-        .map(|v| {
-            let backends = v.backends.into_iter().map(|b| (b.address, Backend { weight: b.weight })).collect();
-            (v.vip, VipSpec { flags: v.flags, backends })
-        })
-        .collect()
+fn to_file(list: Vec<VipBody>) -> VipFile {
+    let mut file = VipFile::default();
+    for v in list {
+        let backends = v.backends.into_iter().map(|b| (b.address, Backend { weight: b.weight })).collect();
+        file.vips.insert(v.vip, VipSpec { flags: v.flags, backends });
+        if let Some(h) = v.health {
+            file.health.insert(v.vip, h);
+        }
+    }
+    file
 }
 
-fn to_list(set: &VipSet) -> Vec<VipBody> {
-    set.iter()
+fn to_list(file: &VipFile) -> Vec<VipBody> {
+    file.vips
+        .iter()
         .map(|(id, spec)| VipBody {
             vip: *id,
             flags: spec.flags.clone(),
             backends: spec.backends.iter().map(|(a, b)| BackendBody { address: *a, weight: b.weight }).collect(),
+            health: file.health.get(id).cloned(),
         })
         .collect()
 }
@@ -40,7 +47,8 @@ pub fn export(client: &Client, json: bool) -> Result<()> {
     if json {
         print_json(&list)
     } else {
-        print!("{}", render_vip_file(&to_set(list)));
+        let file = to_file(list);
+        print!("{}", render_vip_file(&file.vips, &file.health));
         Ok(())
     }
 }
@@ -113,5 +121,32 @@ fn print_diff(d: &VipSetDiff) {
         for w in &c.backends.reweighted {
             println!("    ~ backend {} weight {} -> {}", w.address, w.before, w.after);
         }
+        if let Some(h) = &c.health {
+            println!("    ~ health {}", health_change(h));
+        }
     }
+}
+
+/// The fields a health check change touches: `kind tcp -> http, rise 2 -> 3`.
+fn health_change(h: &HealthChange) -> String {
+    let fields = |r: &RawHealthCheck| -> BTreeMap<String, String> {
+        let v = serde_json::to_value(r).unwrap_or_default();
+        let mut out = BTreeMap::new();
+        for (k, v) in v.as_object().into_iter().flatten() {
+            let text = match v {
+                serde_json::Value::Null => "-".to_string(),
+                serde_json::Value::String(s) => s.clone(),
+                other => other.to_string(),
+            };
+            out.insert(k.clone(), text);
+        }
+        out
+    };
+    let (before, after) = (fields(&h.before), fields(&h.after));
+    let changed: Vec<String> = after
+        .iter()
+        .filter(|(k, v)| before.get(*k) != Some(*v))
+        .map(|(k, v)| format!("{k} {} -> {v}", before.get(k).map_or("-", String::as_str)))
+        .collect();
+    changed.join(", ")
 }
