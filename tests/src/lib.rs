@@ -115,13 +115,8 @@ impl Balancer {
 
     /// A GET on this balancer's API.
     pub fn api_get(&self, path: &str) -> Result<serde_json::Value> {
-        let url = format!("http://{API}{path}");
-        self.ns.run(move || {
-            let agent: ureq::Agent =
-                ureq::Agent::config_builder().timeout_global(Some(Duration::from_secs(5))).build().into();
-            let mut resp = agent.get(&url).call().with_context(|| format!("GET {url}"))?;
-            Ok(resp.body_mut().read_json()?)
-        })
+        let text = self.api_get_text(path)?;
+        serde_json::from_str(&text).with_context(|| format!("GET {path}: not JSON: {text}"))
     }
 
     /// A GET whose answer is text (`/metrics`, `/readyz`).
