@@ -3,31 +3,141 @@
 //! backend. TCP connects; HTTP sends `GET path` (hyper's HTTP/1 client) and
 //! checks the status; UDP sends a datagram and waits for any reply. Every
 //! failure is a short reason: "timeout", "refused", "status 503", ...
+//!
+//! TCP and HTTP probes of one pair reuse one socket: after each probe the
+//! connection is dissolved with `connect(AF_UNSPEC)` (a reset, as a
+//! zero-linger close sends) and the next probe connects the same socket
+//! again. That saves a `socket`, a `close` (an inode and a dentry) and an
+//! epoll registration per probe; each connection is still new (a new
+//! ephemeral port, a full handshake), so the check is the same.
 
 use std::{net::SocketAddr, time::Duration};
 
 use socket2::{Domain, Protocol, Socket, Type};
-use tokio::net::{TcpSocket, TcpStream, UdpSocket};
+use tokio::net::{TcpStream, UdpSocket};
 
 use crate::config::health::{CheckKind, HealthCheck};
 
 /// The datagram a UDP probe sends.
 pub const UDP_PAYLOAD: &[u8] = b"xdp-lb health probe\n";
 
-/// Runs one probe of `check` to `target` marked `mark`, bounded by the
-/// check's timeout.
-pub async fn probe(check: &HealthCheck, target: SocketAddr, mark: u32) -> Result<(), String> {
-    let run = async {
-        match check.kind {
-            CheckKind::Tcp => connect(target, mark).await.map(drop),
-            CheckKind::Http => http(check, target, mark).await,
-            CheckKind::Udp => udp(target, mark).await,
+/// One (VIP, backend) pair's prober: its check, where probes go, their
+/// mark, and the TCP socket kept between probes.
+pub struct Prober {
+    check: HealthCheck,
+    target: SocketAddr,
+    mark: u32,
+    /// The socket between probes: unconnected, not registered with epoll.
+    idle: Option<Socket>,
+    /// The socket during a probe, registered with the runtime. Registered
+    /// anew per connection: tokio keeps a socket's "closed" readiness for
+    /// as long as it is registered, and a dissolved connection polls closed.
+    connected: Option<TcpStream>,
+}
+
+impl Prober {
+    pub fn new(check: HealthCheck, target: SocketAddr, mark: u32) -> Self {
+        Prober { check, target, mark, idle: None, connected: None }
+    }
+
+    /// Runs one probe, bounded by the check's timeout, and leaves the
+    /// socket unconnected for the next one.
+    pub async fn probe(&mut self) -> Result<(), String> {
+        let timeout = self.check.timeout;
+        let result = match tokio::time::timeout(timeout, self.run()).await {
+            Ok(result) => result,
+            Err(_) => Err(format!("timeout after {}", humantime::format_duration(round_ms(timeout)))),
+        };
+        self.disconnect();
+        result
+    }
+
+    async fn run(&mut self) -> Result<(), String> {
+        match self.check.kind {
+            CheckKind::Tcp => self.connect().await.map(drop),
+            CheckKind::Http => {
+                let (check, target) = (self.check.clone(), self.target);
+                let stream = self.connect().await?;
+                http(&check, target, stream).await
+            }
+            CheckKind::Udp => udp(self.target, self.mark).await,
             CheckKind::None => Ok(()),
         }
-    };
-    match tokio::time::timeout(check.timeout, run).await {
-        Ok(result) => result,
-        Err(_) => Err(format!("timeout after {}", humantime::format_duration(round_ms(check.timeout)))),
+    }
+
+    /// Connects the pair's socket (made on first use) to the target.
+    async fn connect(&mut self) -> Result<&mut TcpStream, String> {
+        let sock = match self.idle.take() {
+            Some(sock) => sock,
+            None => {
+                let sock = marked(self.target, Type::STREAM, Protocol::TCP, self.mark)?;
+                // Should the socket ever be closed connected: a reset, no
+                // TIME_WAIT socket (1,000 probes/s would hold 60,000).
+                sock.set_linger(Some(Duration::ZERO)).map_err(|e| format!("SO_LINGER: {e}"))?;
+                sock
+            }
+        };
+        // Connect first, register after: registered while unconnected, the
+        // socket would poll closed and stay "ready" for the whole probe.
+        match sock.connect(&self.target.into()) {
+            Ok(()) => {}
+            Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {}
+            Err(e) => {
+                self.idle = Some(sock);
+                return Err(reason(&e));
+            }
+        }
+        let stream = TcpStream::from_std(std::net::TcpStream::from(sock)).map_err(|e| format!("epoll: {e}"))?;
+        let stream = self.connected.insert(stream);
+        loop {
+            stream.writable().await.map_err(|e| format!("epoll: {e}"))?;
+            if let Some(e) = stream.take_error().map_err(|e| format!("SO_ERROR: {e}"))? {
+                return Err(reason(&e));
+            }
+            match stream.peer_addr() {
+                Ok(_) => return Ok(stream),
+                // Woken before the handshake ended: wait for the next edge.
+                Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => {
+                    let _ = stream
+                        .try_io(tokio::io::Interest::WRITABLE, || Err::<(), _>(std::io::ErrorKind::WouldBlock.into()));
+                }
+                Err(e) => return Err(reason(&e)),
+            }
+        }
+    }
+
+    /// Dissolves the connection (a reset if it was established) and keeps
+    /// the socket for the next probe; a socket that cannot be dissolved is
+    /// closed instead and the next probe makes a new one.
+    fn disconnect(&mut self) {
+        let sock = match self.connected.take() {
+            Some(stream) => match stream.into_std() {
+                Ok(stream) => Socket::from(stream),
+                Err(e) => {
+                    tracing::debug!(error = %e, "health: releasing a probe socket");
+                    return;
+                }
+            },
+            None => match self.idle.take() {
+                Some(sock) => sock,
+                None => return,
+            },
+        };
+        let unspec = libc::sockaddr { sa_family: libc::AF_UNSPEC as libc::sa_family_t, sa_data: [0; 14] };
+        // SAFETY: `unspec` is a valid `sockaddr` of the length passed, and
+        // the descriptor is the socket this prober owns.
+        let rc = unsafe {
+            libc::connect(
+                std::os::fd::AsRawFd::as_raw_fd(&sock),
+                &unspec,
+                std::mem::size_of::<libc::sockaddr>() as libc::socklen_t,
+            )
+        };
+        if rc == 0 {
+            self.idle = Some(sock);
+        } else {
+            tracing::debug!(error = %std::io::Error::last_os_error(), "health: dissolving a probe connection");
+        }
     }
 }
 
@@ -52,29 +162,28 @@ fn marked(target: SocketAddr, ty: Type, proto: Protocol, mark: u32) -> Result<So
     Ok(sock)
 }
 
-async fn connect(target: SocketAddr, mark: u32) -> Result<TcpStream, String> {
-    let sock = marked(target, Type::STREAM, Protocol::TCP, mark)?;
-    // Close with a reset, as HAProxy's checks do: no FIN exchange and no
-    // TIME_WAIT socket per probe (1,000 probes/s would hold 60,000).
-    sock.set_linger(Some(Duration::ZERO)).map_err(|e| format!("SO_LINGER: {e}"))?;
-    let sock = TcpSocket::from_std_stream(std::net::TcpStream::from(sock));
-    sock.connect(target).await.map_err(|e| reason(&e))
-}
-
-async fn http(check: &HealthCheck, target: SocketAddr, mark: u32) -> Result<(), String> {
-    let stream = connect(target, mark).await?;
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+async fn http(check: &HealthCheck, target: SocketAddr, stream: &mut TcpStream) -> Result<(), String> {
+    let (mut sender, mut conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
         .await
         .map_err(|e| format!("http: {e}"))?;
-    let conn = tokio::spawn(conn);
     let request = hyper::Request::get(check.path.as_str())
         .header(hyper::header::HOST, target.to_string())
         .header(hyper::header::USER_AGENT, "xdp-lb-health")
         .header(hyper::header::CONNECTION, "close")
         .body(http_body_util::Empty::<hyper::body::Bytes>::new())
         .map_err(|e| format!("http request: {e}"))?;
-    let result = sender.send_request(request).await;
-    conn.abort();
+    // The connection is driven here, beside the request, not on a task of
+    // its own: it borrows the prober's stream.
+    let response = sender.send_request(request);
+    tokio::pin!(response);
+    let result = tokio::select! {
+        r = &mut response => r,
+        c = &mut conn => match c {
+            Err(e) => Err(e),
+            // Closed after the answer: the response is complete.
+            Ok(()) => response.await,
+        },
+    };
     let status = result.map_err(|e| format!("http: {e}"))?.status().as_u16();
     let (lo, hi) = check.expect_status;
     if (lo..=hi).contains(&status) {
@@ -95,4 +204,76 @@ async fn udp(target: SocketAddr, mark: u32) -> Result<(), String> {
     sock.send_to(UDP_PAYLOAD, target).await.map_err(|e| reason(&e))?;
     let mut buf = [0u8; 512];
     sock.recv_from(&mut buf).await.map(drop).map_err(|e| reason(&e))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{
+        io::{BufRead as _, BufReader, Write as _},
+        net::TcpListener,
+    };
+
+    use super::*;
+
+    fn check(kind: CheckKind) -> HealthCheck {
+        HealthCheck { kind, path: "/healthz".into(), timeout: Duration::from_secs(2), ..Default::default() }
+    }
+
+    /// An HTTP server on loopback answering `status` and closing, for
+    /// `n` connections; returns the request lines it saw.
+    fn http_server(n: usize, status: u16) -> (SocketAddr, std::thread::JoinHandle<Vec<String>>) {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = std::thread::spawn(move || {
+            let mut seen = Vec::new();
+            for _ in 0..n {
+                let (mut conn, _) = listener.accept().unwrap();
+                let mut reader = BufReader::new(conn.try_clone().unwrap());
+                let mut line = String::new();
+                reader.read_line(&mut line).unwrap();
+                seen.push(line.trim_end().to_string());
+                loop {
+                    let mut header = String::new();
+                    if reader.read_line(&mut header).unwrap() == 0 || header == "\r\n" {
+                        break;
+                    }
+                }
+                write!(conn, "HTTP/1.1 {status} X\r\ncontent-length: 0\r\nconnection: close\r\n\r\n").unwrap();
+            }
+            seen
+        });
+        (addr, server)
+    }
+
+    #[tokio::test]
+    async fn one_socket_serves_many_tcp_probes_and_sees_refusal() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let target = listener.local_addr().unwrap();
+        let mut prober = Prober::new(check(CheckKind::Tcp), target, 0);
+        for _ in 0..3 {
+            assert_eq!(prober.probe().await, Ok(()));
+            assert!(prober.idle.is_some(), "the socket is kept for the next probe");
+        }
+        let fd = std::os::fd::AsRawFd::as_raw_fd(prober.idle.as_ref().unwrap());
+        // Three connections reached the listener, each with its own port.
+        let ports: std::collections::BTreeSet<u16> = (0..3).map(|_| listener.accept().unwrap().1.port()).collect();
+        assert_eq!(ports.len(), 3);
+        drop(listener);
+        assert_eq!(prober.probe().await, Err("refused".into()));
+        assert_eq!(std::os::fd::AsRawFd::as_raw_fd(prober.idle.as_ref().unwrap()), fd, "still the same socket");
+    }
+
+    #[tokio::test]
+    async fn http_probes_reuse_the_socket_and_judge_the_status() {
+        let (target, server) = http_server(3, 200);
+        let mut prober = Prober::new(check(CheckKind::Http), target, 0);
+        for _ in 0..3 {
+            assert_eq!(prober.probe().await, Ok(()));
+        }
+        assert_eq!(server.join().unwrap(), vec!["GET /healthz HTTP/1.1"; 3]);
+        let (target, server) = http_server(1, 503);
+        let mut prober = Prober::new(check(CheckKind::Http), target, 0);
+        assert_eq!(prober.probe().await, Err("status 503".into()));
+        server.join().unwrap();
+    }
 }
