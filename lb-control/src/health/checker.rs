@@ -13,7 +13,7 @@ use std::{
     collections::{BTreeMap, BTreeSet},
     net::{IpAddr, SocketAddr},
     sync::Arc,
-    time::{Duration, Instant, SystemTime},
+    time::{Duration, SystemTime},
 };
 
 use lb_common::{LbConfig, CFG_F_READY, HEALTH_MARK_BASE, MAX_HEALTH_TARGETS};
@@ -278,6 +278,11 @@ fn on_grid(epoch: tokio::time::Instant, t: tokio::time::Instant) -> tokio::time:
     epoch + Duration::from_nanos((steps * step) as u64)
 }
 
+/// The next step of the grid after now.
+pub fn next_step() -> tokio::time::Instant {
+    on_grid(grid_epoch(), tokio::time::Instant::now() + Duration::from_nanos(1))
+}
+
 /// The grid's origin, shared by every probe loop of the process.
 fn grid_epoch() -> tokio::time::Instant {
     static EPOCH: std::sync::OnceLock<tokio::time::Instant> = std::sync::OnceLock::new();
@@ -303,9 +308,7 @@ async fn probe_loop(
     for round in 1u64.. {
         tokio::time::sleep_until(on_grid(epoch, start_at)).await;
         let Ok(permit) = semaphore.acquire().await else { return };
-        let start = Instant::now();
-        let result = prober.probe().await;
-        let took = start.elapsed();
+        let (result, took) = prober.probe().await;
         drop(permit);
         if tx.send(ProbeResult { key, check: check.clone(), result, took }).await.is_err() {
             return;

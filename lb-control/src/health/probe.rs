@@ -9,13 +9,20 @@
 //! zero-linger close sends) and the next probe connects the same socket
 //! again. That saves a `socket`, a `close` (an inode and a dentry) and an
 //! epoll registration per probe; each connection is still new (a new
-//! ephemeral port, a full handshake), so the check is the same.
+//! ephemeral port, a full handshake), so the check is the same. A TCP check
+//! reads the handshake's outcome on the checker's 10 ms grid
+//! (`TCP_INFO`), so it needs no epoll registration and no wake-up of its
+//! own; HTTP registers the socket for the exchange.
 
-use std::{net::SocketAddr, time::Duration};
+use std::{
+    net::SocketAddr,
+    time::{Duration, Instant},
+};
 
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::net::{TcpStream, UdpSocket};
 
+use super::checker::next_step;
 use crate::config::health::{CheckKind, HealthCheck};
 
 /// The datagram a UDP probe sends.
@@ -41,32 +48,39 @@ impl Prober {
     }
 
     /// Runs one probe, bounded by the check's timeout, and leaves the
-    /// socket unconnected for the next one.
-    pub async fn probe(&mut self) -> Result<(), String> {
+    /// socket unconnected for the next one. Returns the result and how
+    /// long the check took (for TCP, the handshake's round trip).
+    pub async fn probe(&mut self) -> (Result<(), String>, Duration) {
         let timeout = self.check.timeout;
+        let start = Instant::now();
         let result = match tokio::time::timeout(timeout, self.run()).await {
-            Ok(result) => result,
+            Ok(Ok(rtt)) => Ok(rtt.unwrap_or_else(|| start.elapsed())),
+            Ok(Err(e)) => Err(e),
             Err(_) => Err(format!("timeout after {}", humantime::format_duration(round_ms(timeout)))),
         };
         self.disconnect();
-        result
-    }
-
-    async fn run(&mut self) -> Result<(), String> {
-        match self.check.kind {
-            CheckKind::Tcp => self.connect().await.map(drop),
-            CheckKind::Http => {
-                let (check, target) = (self.check.clone(), self.target);
-                let stream = self.connect().await?;
-                http(&check, target, stream).await
-            }
-            CheckKind::Udp => udp(self.target, self.mark).await,
-            CheckKind::None => Ok(()),
+        match result {
+            Ok(took) => (Ok(()), took),
+            Err(e) => (Err(e), start.elapsed()),
         }
     }
 
-    /// Connects the pair's socket (made on first use) to the target.
-    async fn connect(&mut self) -> Result<&mut TcpStream, String> {
+    /// One probe; `Some(d)` when the probe measured its own duration.
+    async fn run(&mut self) -> Result<Option<Duration>, String> {
+        match self.check.kind {
+            CheckKind::Tcp => self.handshake().await.map(Some),
+            CheckKind::Http => {
+                let (check, target) = (self.check.clone(), self.target);
+                let stream = self.connect().await?;
+                http(&check, target, stream).await.map(|()| None)
+            }
+            CheckKind::Udp => udp(self.target, self.mark).await.map(|()| None),
+            CheckKind::None => Ok(None),
+        }
+    }
+
+    /// Starts connecting the pair's socket (made on first use).
+    fn start_connect(&mut self) -> Result<Socket, String> {
         let sock = match self.idle.take() {
             Some(sock) => sock,
             None => {
@@ -77,16 +91,43 @@ impl Prober {
                 sock
             }
         };
-        // Connect first, register after: registered while unconnected, the
-        // socket would poll closed and stay "ready" for the whole probe.
         match sock.connect(&self.target.into()) {
-            Ok(()) => {}
-            Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {}
+            Ok(()) => Ok(sock),
+            Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => Ok(sock),
             Err(e) => {
                 self.idle = Some(sock);
-                return Err(reason(&e));
+                Err(reason(&e))
             }
         }
+    }
+
+    /// A TCP check: the handshake alone, its state read on the probe grid
+    /// (`TCP_INFO`) instead of through epoll, so a probe costs no
+    /// registration and no wake-up of its own. Its duration is the
+    /// handshake's round trip as the kernel measured it.
+    async fn handshake(&mut self) -> Result<Duration, String> {
+        let sock = self.start_connect()?;
+        let sock = &*self.idle.insert(sock);
+        loop {
+            let info = tcp_info(sock)?;
+            match handshake_state(info.tcpi_state) {
+                Handshake::Done => return Ok(Duration::from_micros(info.tcpi_rtt.into())),
+                Handshake::Pending => {}
+                Handshake::Failed => {
+                    let error = sock.take_error().map_err(|e| format!("SO_ERROR: {e}"))?;
+                    return Err(error.map_or_else(|| format!("TCP state {}", info.tcpi_state), |e| reason(&e)));
+                }
+            }
+            tokio::time::sleep_until(next_step()).await;
+        }
+    }
+
+    /// Connects the pair's socket and registers it with the runtime, for a
+    /// check that talks over the connection.
+    async fn connect(&mut self) -> Result<&mut TcpStream, String> {
+        // Connect first, register after: registered while unconnected, the
+        // socket would poll closed and stay "ready" for the whole probe.
+        let sock = self.start_connect()?;
         let stream = TcpStream::from_std(std::net::TcpStream::from(sock)).map_err(|e| format!("epoll: {e}"))?;
         let stream = self.connected.insert(stream);
         loop {
@@ -139,6 +180,50 @@ impl Prober {
             tracing::debug!(error = %std::io::Error::last_os_error(), "health: dissolving a probe connection");
         }
     }
+}
+
+#[derive(Debug, PartialEq)]
+enum Handshake {
+    Done,
+    Pending,
+    Failed,
+}
+
+/// What a probe socket's TCP state says of its handshake. A server that
+/// accepts and hangs up at once leaves the socket in CLOSE_WAIT by the
+/// time it is read: the handshake completed, the check passes.
+fn handshake_state(state: u8) -> Handshake {
+    match state {
+        TCP_ESTABLISHED | TCP_CLOSE_WAIT => Handshake::Done,
+        TCP_SYN_SENT => Handshake::Pending,
+        _ => Handshake::Failed,
+    }
+}
+
+/// `tcpi_state` values (include/net/tcp_states.h).
+const TCP_ESTABLISHED: u8 = 1;
+const TCP_SYN_SENT: u8 = 2;
+const TCP_CLOSE_WAIT: u8 = 8;
+
+fn tcp_info(sock: &Socket) -> Result<libc::tcp_info, String> {
+    // SAFETY: `tcp_info` is plain old data; zeroes are a valid value.
+    let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
+    // SAFETY: the buffer and its length describe `info`; the descriptor is
+    // the prober's socket. The kernel writes at most `len` bytes.
+    let rc = unsafe {
+        libc::getsockopt(
+            std::os::fd::AsRawFd::as_raw_fd(sock),
+            libc::IPPROTO_TCP,
+            libc::TCP_INFO,
+            (&raw mut info).cast(),
+            &mut len,
+        )
+    };
+    if rc != 0 {
+        return Err(format!("TCP_INFO: {}", std::io::Error::last_os_error()));
+    }
+    Ok(info)
 }
 
 fn round_ms(d: Duration) -> Duration {
@@ -251,7 +336,9 @@ mod tests {
         let target = listener.local_addr().unwrap();
         let mut prober = Prober::new(check(CheckKind::Tcp), target, 0);
         for _ in 0..3 {
-            assert_eq!(prober.probe().await, Ok(()));
+            let (result, took) = prober.probe().await;
+            assert_eq!(result, Ok(()));
+            assert!(took < Duration::from_secs(1), "the handshake's round trip, not the grid: {took:?}");
             assert!(prober.idle.is_some(), "the socket is kept for the next probe");
         }
         let fd = std::os::fd::AsRawFd::as_raw_fd(prober.idle.as_ref().unwrap());
@@ -259,8 +346,17 @@ mod tests {
         let ports: std::collections::BTreeSet<u16> = (0..3).map(|_| listener.accept().unwrap().1.port()).collect();
         assert_eq!(ports.len(), 3);
         drop(listener);
-        assert_eq!(prober.probe().await, Err("refused".into()));
+        assert_eq!(prober.probe().await.0, Err("refused".into()));
         assert_eq!(std::os::fd::AsRawFd::as_raw_fd(prober.idle.as_ref().unwrap()), fd, "still the same socket");
+    }
+
+    #[test]
+    fn a_handshake_is_done_even_if_the_server_hung_up_already() {
+        assert_eq!(handshake_state(TCP_ESTABLISHED), Handshake::Done);
+        assert_eq!(handshake_state(TCP_CLOSE_WAIT), Handshake::Done);
+        assert_eq!(handshake_state(TCP_SYN_SENT), Handshake::Pending);
+        // TCP_CLOSE (refused, reset, unreachable): the socket's error says which.
+        assert_eq!(handshake_state(7), Handshake::Failed);
     }
 
     #[tokio::test]
@@ -268,12 +364,12 @@ mod tests {
         let (target, server) = http_server(3, 200);
         let mut prober = Prober::new(check(CheckKind::Http), target, 0);
         for _ in 0..3 {
-            assert_eq!(prober.probe().await, Ok(()));
+            assert_eq!(prober.probe().await.0, Ok(()));
         }
         assert_eq!(server.join().unwrap(), vec!["GET /healthz HTTP/1.1"; 3]);
         let (target, server) = http_server(1, 503);
         let mut prober = Prober::new(check(CheckKind::Http), target, 0);
-        assert_eq!(prober.probe().await, Err("status 503".into()));
+        assert_eq!(prober.probe().await.0, Err("status 503".into()));
         server.join().unwrap();
     }
 }
