@@ -17,7 +17,7 @@ type Labels = Vec<(&'static str, String)>;
 
 /// Registers `<name>_packets` and `<name>_bytes` counter families, one
 /// series per row, labelled `label`.
-fn counters<'a, K: ToString + 'a>(
+pub(crate) fn counters<'a, K: ToString + 'a>(
     registry: &mut Registry,
     name: &str,
     help: &str,

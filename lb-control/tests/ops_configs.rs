@@ -10,13 +10,18 @@
 
 use std::{collections::BTreeSet, path::PathBuf, process::Command};
 
-use lb_common::{Counter, Stat};
-use lb_control::{controller::StatsSnapshot, metrics::encode_snapshot};
+use lb_common::{Counter, ProbeStat, Stat};
+use lb_control::{
+    controller::{StatsSnapshot, View},
+    health::{self, Machine},
+    metrics::encode_with,
+    model::{Proto, VipId},
+};
 use regex::Regex;
 use serde_json::Value;
 
 /// Metrics another issue documents and the daemon does not export yet.
-const FUTURE: &[(&str, &str)] = &[("xdp_lb_backend_up", "issue 12: health checks, xdp_lb_backend_up{vip,backend}")];
+const FUTURE: &[(&str, &str)] = &[];
 /// Series Prometheus makes itself for every scrape target.
 const PROMETHEUS_OWN: &[&str] = &["up", "scrape_duration_seconds"];
 
@@ -34,7 +39,17 @@ fn exported() -> BTreeSet<String> {
     snap.actions.insert("tx".into(), one);
     snap.vips.insert("tcp:192.0.2.10:80".into(), one);
     snap.backends.insert("10.1.0.1".into(), one);
-    let text = encode_snapshot(&snap, 1, 1, true, true);
+    // The health checker's series too, with one checked backend, a VIP
+    // failed open and every probe counter.
+    let vip = VipId { addr: "192.0.2.10".parse().unwrap(), port: 80, proto: Proto::Tcp };
+    let checks = health::Registry::default();
+    checks.with(|r| {
+        r.machines.insert((vip, "10.1.0.1".parse().unwrap()), Machine::new(std::time::SystemTime::now()));
+        r.probe_packets = ProbeStat::ALL.iter().map(|s| (*s, one)).collect();
+    });
+    checks.durations.get_or_create(&vec![("kind", "tcp".to_string())]).observe(0.001);
+    let view = View { failed_open: [vip].into(), ..Default::default() };
+    let text = encode_with(&snap, 1, 1, true, true, |r| health::register_metrics(r, &checks, &view));
     text.lines()
         .filter(|l| !l.starts_with('#') && !l.is_empty())
         .map(|l| l.split(['{', ' ']).next().unwrap().to_string())
@@ -57,7 +72,8 @@ fn problems(expr: &str, exported: &BTreeSet<String>) -> Vec<String> {
             out.push(format!("{name} is neither a daemon metric nor one of Prometheus's own"));
         }
     }
-    let reasons: Vec<&str> = Stat::ALL.iter().map(|s| s.name()).collect();
+    let reasons: Vec<&str> =
+        Stat::ALL.iter().map(|s| s.name()).chain(ProbeStat::ALL.iter().map(|s| s.name())).collect();
     for c in Regex::new(r#"reason(=~|=)"([^"]*)""#).unwrap().captures_iter(expr) {
         let ok = match &c[1] {
             "=" => reasons.contains(&&c[2]),
@@ -141,6 +157,11 @@ fn the_checks_catch_a_wrong_name() {
     let exported = exported();
     assert_eq!(problems("rate(xdp_lb_reason_packets_total[5m])", &exported), Vec::<String>::new());
     assert_eq!(problems("xdp_lb_reasons_total", &exported).len(), 1);
+    assert_eq!(
+        problems(r#"xdp_lb_health_probe_packets_total{reason=~"probe_drop_.*"}"#, &exported),
+        Vec::<String>::new()
+    );
+    assert_eq!(problems("xdp_lb_health_probes_total", &exported).len(), 1);
     assert_eq!(problems("node_load1{}", &exported).len(), 1);
     assert_eq!(problems(r#"xdp_lb_reason_packets_total{reason="drop_everything"}"#, &exported).len(), 1);
     assert_eq!(problems(r#"xdp_lb_reason_packets_total{reason=~"dorp_.*"}"#, &exported).len(), 1);

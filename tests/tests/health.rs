@@ -187,6 +187,24 @@ fn a_stopped_server_leaves_the_ring_and_comes_back_and_a_missing_vip_is_found() 
         metrics.contains(&format!("xdp_lb_backend_up{{vip=\"{}\",backend=\"{}\"}} 0", http_vip(), backend4(2))),
         "{metrics}"
     );
+    // The TC program's counters (copied every 5 s): every probe packet was
+    // encapsulated, none dropped.
+    let encapsulated = |m: &str| {
+        m.lines()
+            .find_map(|l| l.strip_prefix("xdp_lb_health_probe_packets_total{reason=\"probe_encapsulated\"} "))
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    let deadline = Instant::now() + Duration::from_secs(8);
+    let mut metrics = metrics;
+    while encapsulated(&metrics) == 0 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(250));
+        metrics = lab.balancers[0].api_get_text("/metrics")?;
+    }
+    assert!(encapsulated(&metrics) > 0, "{metrics}");
+    for line in metrics.lines().filter(|l| l.starts_with("xdp_lb_health_probe_packets_total{reason=\"probe_drop_")) {
+        assert!(line.ends_with(" 0"), "{line}");
+    }
     let readyz = lab.balancers[0].api_get_text("/readyz")?;
     assert_eq!(readyz, "ready\n", "/readyz ignores backend health");
     Ok(())

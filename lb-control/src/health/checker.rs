@@ -28,6 +28,9 @@ use crate::{
 /// Probes in flight at once, whatever the number of targets.
 pub const MAX_CONCURRENT_PROBES: usize = 256;
 
+/// How often the TC program's counters are copied for `/metrics`.
+const COUNTERS_EVERY: Duration = Duration::from_secs(5);
+
 /// Probes start on a grid of this step: every pair due within one step
 /// starts at the same instant, so the checker's thread wakes once per step
 /// instead of once per probe (a wake-up costs more than a probe's own
@@ -129,8 +132,11 @@ impl Checker {
     pub async fn run(mut self, mut plans: tokio::sync::watch::Receiver<Plan>) {
         let plan = plans.borrow_and_update().clone();
         self.reconcile(&plan).await;
+        let mut counters = tokio::time::interval(COUNTERS_EVERY);
+        counters.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
+                _ = counters.tick() => self.read_counters(),
                 changed = plans.changed() => {
                     if changed.is_err() {
                         break;
@@ -143,6 +149,14 @@ impl Checker {
         }
         for (_, t) in std::mem::take(&mut self.tasks) {
             t.handle.abort();
+        }
+    }
+
+    /// Copies the TC program's counters to the registry (for `/metrics`).
+    fn read_counters(&self) {
+        match self.program.stats() {
+            Ok(stats) => self.registry.with(|r| r.probe_packets = stats),
+            Err(e) => tracing::warn!(error = %e, "health: reading the probe program's counters"),
         }
     }
 

@@ -148,6 +148,8 @@ pub struct RegistryInner {
     pub machines: BTreeMap<(VipId, IpAddr), Machine>,
     /// Why no check runs (the checker could not start) and since when.
     pub unavailable: Option<(String, std::time::SystemTime)>,
+    /// The TC program's counters, by reason, as last read by the checker.
+    pub probe_packets: Vec<(lb_common::ProbeStat, lb_common::Counter)>,
 }
 
 impl Registry {
@@ -274,8 +276,9 @@ pub enum CheckerError {
 
 /// Registers `backend_up{vip,backend}` (1 up, 0 down or not yet known;
 /// checked backends only), `health_checks_running` (0 when the checker
-/// could not start), `vip_failed_open{vip}` and the probe-duration
-/// histogram `health_check_duration_seconds{kind}`.
+/// could not start), `vip_failed_open{vip}`, the probe-duration histogram
+/// `health_check_duration_seconds{kind}` and the TC program's counters
+/// `health_probe_packets_total{reason}` / `health_probe_bytes_total{reason}`.
 pub fn register_metrics(
     registry: &mut prometheus_client::registry::Registry,
     health: &Registry,
@@ -304,8 +307,16 @@ pub fn register_metrics(
     registry.register("vip_failed_open", "1 while every backend of the VIP is down and all are kept", open);
     registry.register(
         "health_check_duration_seconds",
-        "How long health probes took, by check kind",
+        "How long health probes took, by check kind (TCP: the handshake's round trip)",
         health.durations.clone(),
+    );
+    let probe_packets = health.with(|r| r.probe_packets.clone());
+    crate::metrics::counters(
+        registry,
+        "health_probe",
+        "Packets the probes' TC program saw, by its reason",
+        "reason",
+        probe_packets.iter().map(|(stat, c)| (stat.name(), c)),
     );
 }
 
