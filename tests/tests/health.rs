@@ -12,7 +12,8 @@ use std::{
 
 use anyhow::{bail, Result};
 use lb_e2e::{
-    backend4, client, client::EchoConn, servers::Service, vip_addr, Lab, ECHO_PORT, HTTP_PORT, UDP_PORT, VIP4,
+    backend4, backend6, client, client::EchoConn, servers::Service, vip_addr, Lab, ECHO_PORT, HTTP_PORT, UDP_PORT,
+    VIP4, VIP6,
 };
 use serde_json::json;
 
@@ -26,6 +27,10 @@ const SLACK: Duration = Duration::from_millis(700);
 
 fn http_vip() -> String {
     format!("tcp:{VIP4}:{HTTP_PORT}")
+}
+
+fn http6_vip() -> String {
+    format!("tcp:[{VIP6}]:{HTTP_PORT}")
 }
 
 fn echo_vip() -> String {
@@ -57,6 +62,13 @@ fn vips(backends: usize) -> String {
             out += &format!("[[vip.backend]]\naddress = \"{}\"\n", backend4(j));
         }
     }
+    // The IPv6 HTTP VIP, checked through the IPv6 tunnel.
+    out += &format!(
+        "\n[[vip]]\naddress = \"{VIP6}\"\nport = {HTTP_PORT}\nprotocol = \"tcp\"\n[vip.health]\nkind = \"http\"\npath = \"/\"\n{check}"
+    );
+    for j in 0..backends {
+        out += &format!("[[vip.backend]]\naddress = \"{}\"\n", backend6(j));
+    }
     out
 }
 
@@ -74,7 +86,9 @@ fn health(lab: &Lab, vip: &str) -> Result<(Vec<String>, bool)> {
     let mut failed_open = false;
     for b in list.as_array().cloned().unwrap_or_default() {
         let addr: IpAddr = b["address"].as_str().unwrap_or_default().parse()?;
-        let i = (0..3).find(|&i| IpAddr::V4(backend4(i)) == addr).expect("a lab backend");
+        let i = (0..3)
+            .find(|&i| IpAddr::V4(backend4(i)) == addr || IpAddr::V6(backend6(i)) == addr)
+            .expect("a lab backend");
         states[i] = b["health"]["state"].as_str().unwrap_or_default().to_string();
         failed_open |= b["failed_open"].as_bool().unwrap_or(false);
     }
@@ -130,6 +144,7 @@ fn request(lab: &Lab) -> Result<(u32, Option<usize>)> {
 fn a_stopped_server_leaves_the_ring_and_comes_back_and_a_missing_vip_is_found() -> Result<()> {
     let mut lab = lab()?;
     wait_all_up(&lab, &http_vip())?;
+    wait_all_up(&lab, &http6_vip())?;
     let (states, failed_open) = health(&lab, &http_vip())?;
     assert_eq!((states, failed_open), (vec!["up".to_string(); 3], false));
 
@@ -151,6 +166,9 @@ fn a_stopped_server_leaves_the_ring_and_comes_back_and_a_missing_vip_is_found() 
         bound.as_millis()
     );
     assert!(detected <= bound + SLACK, "detected after {detected:?}, bound {bound:?}");
+    // The server serves both families: its IPv6 VIP's check fails too.
+    let detected6 = wait_for(&lab, &http6_vip(), 1, "down", bound + SLACK, |_| Ok(()))?;
+    println!("the same through the IPv6 tunnel: down {} ms later", detected6.as_millis());
     let served_by_1 = lab.servers.http_counts()[1];
     let mut after = vec![0usize; 3];
     for _ in 0..60 {
@@ -178,6 +196,8 @@ fn a_stopped_server_leaves_the_ring_and_comes_back_and_a_missing_vip_is_found() 
     lab.backends[2].ns.ip(&["addr", "del", &format!("{VIP4}/32"), "dev", "lo"])?;
     let gone = wait_for(&lab, &http_vip(), 2, "down", bound + SLACK + Duration::from_secs(2), |_| Ok(()))?;
     println!("VIP removed from backend 2's loopback: down after {} ms", gone.as_millis());
+    let (states6, _) = health(&lab, &http6_vip())?;
+    assert_eq!(states6[2], "up", "backend 2 still has the IPv6 VIP: {states6:?}");
     let list = lab.balancers[0].api_get(&format!("/v1/vips/{}/backends", http_vip()))?;
     let b2 = list.as_array().unwrap().iter().find(|b| b["address"] == backend4(2).to_string()).unwrap();
     assert!(b2["health"]["last_error"].is_string(), "the reason is reported: {b2}");
