@@ -1,9 +1,10 @@
-//! The checker: one task per checked (VIP, backend), each probing once per
-//! interval at its own phase (a hash of the pair, so probes spread over the
-//! interval instead of bursting) with a little jitter, all behind one
-//! semaphore (bounded concurrency). Results come back to one loop that
-//! keeps the [`Registry`], logs each transition once with its reason, and
-//! hands down/up changes to the controller one at a time.
+//! The checker: every checked (VIP, backend) is probed once per interval at
+//! its own phase ([`super::schedule`]). TCP checks run in one batch the
+//! checker steps on the probe grid ([`super::batch`]); HTTP and UDP checks
+//! are a task each, behind one semaphore (bounded concurrency). Results go
+//! through one place that keeps the [`Registry`], logs each transition once
+//! with its reason, and hands down/up changes to the controller one at a
+//! time.
 //!
 //! What to check follows the controller's published view: the operator's
 //! VIPs (so backends taken out by health are still probed and can come
@@ -19,9 +20,16 @@ use std::{
 use lb_common::{LbConfig, CFG_F_READY, HEALTH_MARK_BASE, MAX_HEALTH_TARGETS};
 use tokio::sync::{mpsc, Semaphore};
 
-use super::{machine::HealthState, probe, tc::HealthProgram, Machine, Registry};
+use super::{
+    batch::TcpBatch,
+    machine::HealthState,
+    probe,
+    schedule::{grid_epoch, next_step, on_grid, Schedule},
+    tc::HealthProgram,
+    Machine, Registry,
+};
 use crate::{
-    config::health::{HealthCheck, HealthSettings},
+    config::health::{CheckKind, HealthCheck, HealthSettings},
     model::{VipId, VipSet},
 };
 
@@ -30,14 +38,6 @@ pub const MAX_CONCURRENT_PROBES: usize = 256;
 
 /// How often the TC program's counters are copied for `/metrics`.
 const COUNTERS_EVERY: Duration = Duration::from_secs(5);
-
-/// Probes start on a grid of this step: every pair due within one step
-/// starts at the same instant, so the checker's thread wakes once per step
-/// instead of once per probe (a wake-up costs more than a probe's own
-/// socket work on a busy host). 1,000 pairs at 1 s start 10 at a time, 100
-/// times a second: still spread, not a burst; the shortest interval
-/// (100 ms) keeps 10 steps to spread over.
-pub const PROBE_STEP: Duration = Duration::from_millis(10);
 
 /// What the checker follows: the operator's VIPs, their checks and the
 /// forwarding config probes are encapsulated with.
@@ -52,18 +52,20 @@ pub struct Plan {
 /// Called on a blocking thread, one change at a time.
 pub type OnChange = Arc<dyn Fn(VipId, IpAddr, bool) + Send + Sync>;
 
-type Key = (VipId, IpAddr);
+pub type Key = (VipId, IpAddr);
 
-struct ProbeResult {
-    key: Key,
-    check: HealthCheck,
-    result: Result<(), String>,
-    took: Duration,
+pub struct ProbeResult {
+    pub key: Key,
+    /// The check that ran (shared: no copy per probe).
+    pub check: Arc<HealthCheck>,
+    pub result: Result<(), String>,
+    pub took: Duration,
 }
 
 struct Task {
-    check: HealthCheck,
-    handle: tokio::task::JoinHandle<()>,
+    check: Arc<HealthCheck>,
+    /// The task probing the pair; `None` for a TCP check (in the batch).
+    handle: Option<tokio::task::JoinHandle<()>>,
 }
 
 /// Marks handed out per backend address (one mark serves every VIP of the
@@ -106,8 +108,11 @@ pub struct Checker {
     on_change: OnChange,
     semaphore: Arc<Semaphore>,
     tasks: BTreeMap<Key, Task>,
+    tcp: TcpBatch,
     marks: Marks,
     forwarding: Option<LbConfig>,
+    /// The duration histogram of each check kind, looked up once.
+    durations: BTreeMap<&'static str, prometheus_client::metrics::histogram::Histogram>,
     tx: mpsc::Sender<ProbeResult>,
     rx: mpsc::Receiver<ProbeResult>,
 }
@@ -121,8 +126,10 @@ impl Checker {
             on_change,
             semaphore: Arc::new(Semaphore::new(MAX_CONCURRENT_PROBES)),
             tasks: BTreeMap::new(),
+            tcp: TcpBatch::default(),
             marks: Marks::default(),
             forwarding: None,
+            durations: BTreeMap::new(),
             tx,
             rx,
         }
@@ -145,10 +152,18 @@ impl Checker {
                     self.reconcile(&plan).await;
                 }
                 Some(r) = self.rx.recv() => self.handle(r).await,
+                () = tokio::time::sleep_until(next_step()), if !self.tcp.is_empty() => {
+                    for r in self.tcp.step(tokio::time::Instant::now(), MAX_CONCURRENT_PROBES) {
+                        self.handle(r).await;
+                    }
+                }
             }
         }
-        for (_, t) in std::mem::take(&mut self.tasks) {
-            t.handle.abort();
+        for (key, t) in std::mem::take(&mut self.tasks) {
+            self.tcp.remove(&key);
+            if let Some(handle) = t.handle {
+                handle.abort();
+            }
         }
     }
 
@@ -183,12 +198,15 @@ impl Checker {
         let stale: Vec<Key> = self
             .tasks
             .iter()
-            .filter(|(k, t)| wanted.get(k).is_none_or(|(c, _)| *c != t.check))
+            .filter(|(k, t)| wanted.get(k).is_none_or(|(c, _)| c != &*t.check))
             .map(|(k, _)| *k)
             .collect();
         for key in stale {
             let task = self.tasks.remove(&key).expect("listed above");
-            task.handle.abort();
+            self.tcp.remove(&key);
+            if let Some(handle) = task.handle {
+                handle.abort();
+            }
             let was_down =
                 self.registry.with(|r| r.machines.remove(&key)).is_some_and(|m| m.state == HealthState::Down);
             if was_down {
@@ -219,22 +237,33 @@ impl Checker {
                 }
             }
             self.registry.with(|r| r.machines.insert(key, Machine::new(SystemTime::now())));
-            let handle =
-                tokio::spawn(probe_loop(key, check.clone(), target, mark, self.semaphore.clone(), self.tx.clone()));
+            let check = Arc::new(check);
+            let handle = if check.kind == CheckKind::Tcp {
+                self.tcp.insert(key, check.clone(), target, mark, tokio::time::Instant::now());
+                None
+            } else {
+                let (semaphore, tx) = (self.semaphore.clone(), self.tx.clone());
+                Some(tokio::spawn(probe_loop(key, check.clone(), target, mark, semaphore, tx)))
+            };
             self.tasks.insert(key, Task { check, handle });
         }
     }
 
     async fn handle(&mut self, r: ProbeResult) {
         // A result of a task stopped meanwhile (or of an older check) is stale.
-        if self.tasks.get(&r.key).is_none_or(|t| t.check != r.check) {
+        if self.tasks.get(&r.key).is_none_or(|t| !Arc::ptr_eq(&t.check, &r.check)) {
             return;
         }
         let (vip, backend) = r.key;
-        self.registry
-            .durations
-            .get_or_create(&vec![("kind", r.check.kind_name().to_string())])
-            .observe(r.took.as_secs_f64());
+        let kind = r.check.kind_name();
+        let histogram = match self.durations.get(kind) {
+            Some(h) => h,
+            None => self
+                .durations
+                .entry(kind)
+                .or_insert_with(|| self.registry.durations.get_or_create(&vec![("kind", kind.to_string())]).clone()),
+        };
+        histogram.observe(r.took.as_secs_f64());
         // A transition is published (API, metrics) only once the data plane
         // has it: readers never see "down" for a backend still in the ring.
         let (transition, next) = self.registry.with(|reg| {
@@ -271,55 +300,19 @@ impl Checker {
     }
 }
 
-/// The phase of a pair inside its interval, and a jitter of up to ±5 % of
-/// the interval per round: both from a hash, so runs are reproducible.
-fn seed(key: &Key) -> u64 {
-    xxhash_rust::xxh64::xxh64(format!("{}|{}", key.0, key.1).as_bytes(), 0)
-}
-
-fn spread_seeded(seed: u64, round: u64, interval: Duration) -> (Duration, Duration, bool) {
-    let phase = interval.mul_f64((seed % 10_000) as f64 / 10_000.0);
-    let j = xxhash_rust::xxh64::xxh64(&round.to_le_bytes(), seed);
-    let jitter = interval.mul_f64((j % 1000) as f64 / 1000.0 * 0.05);
-    (phase, jitter, j & (1 << 63) != 0)
-}
-
-/// `t` rounded up to the probe grid (steps of [`PROBE_STEP`] from `epoch`).
-fn on_grid(epoch: tokio::time::Instant, t: tokio::time::Instant) -> tokio::time::Instant {
-    let step = PROBE_STEP.as_nanos();
-    let since = t.saturating_duration_since(epoch).as_nanos();
-    let steps = since.div_ceil(step);
-    epoch + Duration::from_nanos((steps * step) as u64)
-}
-
-/// The next step of the grid after now.
-pub fn next_step() -> tokio::time::Instant {
-    on_grid(grid_epoch(), tokio::time::Instant::now() + Duration::from_nanos(1))
-}
-
-/// The grid's origin, shared by every probe loop of the process.
-fn grid_epoch() -> tokio::time::Instant {
-    static EPOCH: std::sync::OnceLock<tokio::time::Instant> = std::sync::OnceLock::new();
-    *EPOCH.get_or_init(tokio::time::Instant::now)
-}
-
 async fn probe_loop(
     key: Key,
-    check: HealthCheck,
+    check: Arc<HealthCheck>,
     target: SocketAddr,
     mark: u32,
     semaphore: Arc<Semaphore>,
     tx: mpsc::Sender<ProbeResult>,
 ) {
-    let seed = seed(&key);
     let epoch = grid_epoch();
-    let mut prober = probe::Prober::new(check.clone(), target, mark);
-    let (phase, ..) = spread_seeded(seed, 0, check.interval);
-    // `scheduled` keeps the pair's phase; each round starts at it moved by
-    // that round's jitter (either way), rounded up to the grid.
-    let mut scheduled = tokio::time::Instant::now() + phase;
-    let mut start_at = scheduled;
-    for round in 1u64.. {
+    let mut prober = probe::Prober::new((*check).clone(), target, mark);
+    let mut schedule = Schedule::new(&key, check.interval, tokio::time::Instant::now());
+    let mut start_at = schedule.first();
+    loop {
         tokio::time::sleep_until(on_grid(epoch, start_at)).await;
         let Ok(permit) = semaphore.acquire().await else { return };
         let (result, took) = prober.probe().await;
@@ -327,24 +320,13 @@ async fn probe_loop(
         if tx.send(ProbeResult { key, check: check.clone(), result, took }).await.is_err() {
             return;
         }
-        let now = tokio::time::Instant::now();
-        // Never two probes of one pair closer than half an interval; a
-        // round that ran late (a full semaphore) restarts the phase from now.
-        let floor = now + check.interval / 2;
-        scheduled += check.interval;
-        if scheduled < floor {
-            scheduled = now + check.interval;
-        }
-        let (_, jitter, later) = spread_seeded(seed, round, check.interval);
-        let jittered = if later { scheduled + jitter } else { scheduled.checked_sub(jitter).unwrap_or(scheduled) };
-        start_at = jittered.max(floor);
+        start_at = schedule.next(tokio::time::Instant::now());
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::Proto;
 
     #[test]
     fn marks_are_reused_per_backend_and_recycled() {
@@ -356,34 +338,5 @@ mod tests {
         assert_eq!(m.get_or_assign(b), Some((HEALTH_MARK_BASE + 1, true)));
         assert_eq!(m.release(&a), Some(HEALTH_MARK_BASE));
         assert_eq!(m.get_or_assign("10.1.0.3".parse().unwrap()), Some((HEALTH_MARK_BASE, true)));
-    }
-
-    #[test]
-    fn probe_starts_round_up_to_the_grid() {
-        let epoch = tokio::time::Instant::now();
-        let at = |ms: u64| epoch + Duration::from_millis(ms);
-        assert_eq!(on_grid(epoch, epoch), epoch);
-        assert_eq!(on_grid(epoch, at(1)), at(10));
-        assert_eq!(on_grid(epoch, at(10)), at(10));
-        assert_eq!(on_grid(epoch, epoch + Duration::from_nanos(10_000_001)), at(20));
-        assert_eq!(on_grid(epoch, at(995)), at(1000));
-        // Before the epoch (cannot happen: it is taken first) stays on it.
-        assert_eq!(on_grid(at(50), at(20)), at(50));
-    }
-
-    #[test]
-    fn phases_spread_over_the_interval() {
-        let interval = Duration::from_secs(1);
-        let vip = VipId { addr: "10.0.0.1".parse().unwrap(), port: 80, proto: Proto::Tcp };
-        let mut buckets = [0u32; 10];
-        for i in 0..1000u32 {
-            let key = (vip, IpAddr::from(std::net::Ipv4Addr::from(0x0a01_0000 + i)));
-            let (phase, jitter, _) = spread_seeded(seed(&key), 1, interval);
-            assert!(phase < interval && jitter <= interval / 20);
-            buckets[(phase.as_millis() / 100) as usize] += 1;
-        }
-        // 1,000 pairs over ten slices of the interval: none nearly empty or
-        // crowded (a burst would put them all in one).
-        assert!(buckets.iter().all(|&n| (50..=150).contains(&n)), "{buckets:?}");
     }
 }

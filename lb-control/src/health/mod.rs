@@ -9,9 +9,11 @@
 //! apart: the controller applies [`effective`] of the two, and only the
 //! intent is persisted.
 
+pub mod batch;
 pub mod checker;
 pub mod machine;
 pub mod probe;
+pub mod schedule;
 pub mod tc;
 
 use std::{

@@ -12,7 +12,8 @@
 //! ephemeral port, a full handshake), so the check is the same. A TCP check
 //! reads the handshake's outcome on the checker's 10 ms grid
 //! (`TCP_INFO`), so it needs no epoll registration and no wake-up of its
-//! own; HTTP registers the socket for the exchange.
+//! own (the checker's batch drives it, [`super::batch`]); HTTP registers
+//! the socket for the exchange.
 
 use std::{
     net::SocketAddr,
@@ -22,7 +23,6 @@ use std::{
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::net::{TcpStream, UdpSocket};
 
-use super::checker::next_step;
 use crate::config::health::{CheckKind, HealthCheck};
 
 /// The datagram a UDP probe sends.
@@ -54,28 +54,52 @@ impl Prober {
         let timeout = self.check.timeout;
         let start = Instant::now();
         let result = match tokio::time::timeout(timeout, self.run()).await {
-            Ok(Ok(rtt)) => Ok(rtt.unwrap_or_else(|| start.elapsed())),
-            Ok(Err(e)) => Err(e),
-            Err(_) => Err(format!("timeout after {}", humantime::format_duration(round_ms(timeout)))),
+            Ok(result) => result,
+            Err(_) => Err(timed_out(timeout)),
         };
         self.disconnect();
-        match result {
-            Ok(took) => (Ok(()), took),
-            Err(e) => (Err(e), start.elapsed()),
-        }
+        (result, start.elapsed())
     }
 
-    /// One probe; `Some(d)` when the probe measured its own duration.
-    async fn run(&mut self) -> Result<Option<Duration>, String> {
+    /// An HTTP or UDP probe. TCP checks run in the checker's batch
+    /// ([`Prober::tcp_start`], [`Prober::tcp_outcome`]), not here.
+    async fn run(&mut self) -> Result<(), String> {
         match self.check.kind {
-            CheckKind::Tcp => self.handshake().await.map(Some),
             CheckKind::Http => {
                 let (check, target) = (self.check.clone(), self.target);
                 let stream = self.connect().await?;
-                http(&check, target, stream).await.map(|()| None)
+                http(&check, target, stream).await
             }
-            CheckKind::Udp => udp(self.target, self.mark).await.map(|()| None),
-            CheckKind::None => Ok(None),
+            CheckKind::Udp => udp(self.target, self.mark).await,
+            CheckKind::Tcp => Err("TCP checks run in the checker's batch".into()),
+            CheckKind::None => Ok(()),
+        }
+    }
+
+    /// Starts a TCP check: a non-blocking `connect` of the pair's socket.
+    pub fn tcp_start(&mut self) -> Result<(), String> {
+        let sock = self.start_connect()?;
+        self.idle = Some(sock);
+        Ok(())
+    }
+
+    /// The started TCP check's outcome once the handshake ended: its round
+    /// trip as the kernel measured it, or why it failed. `None` while the
+    /// SYN waits for an answer.
+    pub fn tcp_outcome(&mut self) -> Option<Result<Duration, String>> {
+        let Some(sock) = &self.idle else { return Some(Err("no probe socket".into())) };
+        let info = match tcp_info(sock) {
+            Ok(info) => info,
+            Err(e) => return Some(Err(e)),
+        };
+        match handshake_state(info.tcpi_state) {
+            Handshake::Done => Some(Ok(Duration::from_micros(info.tcpi_rtt.into()))),
+            Handshake::Pending => None,
+            Handshake::Failed => Some(match sock.take_error() {
+                Ok(Some(e)) => Err(reason(&e)),
+                Ok(None) => Err(format!("TCP state {}", info.tcpi_state)),
+                Err(e) => Err(format!("SO_ERROR: {e}")),
+            }),
         }
     }
 
@@ -98,27 +122,6 @@ impl Prober {
                 self.idle = Some(sock);
                 Err(reason(&e))
             }
-        }
-    }
-
-    /// A TCP check: the handshake alone, its state read on the probe grid
-    /// (`TCP_INFO`) instead of through epoll, so a probe costs no
-    /// registration and no wake-up of its own. Its duration is the
-    /// handshake's round trip as the kernel measured it.
-    async fn handshake(&mut self) -> Result<Duration, String> {
-        let sock = self.start_connect()?;
-        let sock = &*self.idle.insert(sock);
-        loop {
-            let info = tcp_info(sock)?;
-            match handshake_state(info.tcpi_state) {
-                Handshake::Done => return Ok(Duration::from_micros(info.tcpi_rtt.into())),
-                Handshake::Pending => {}
-                Handshake::Failed => {
-                    let error = sock.take_error().map_err(|e| format!("SO_ERROR: {e}"))?;
-                    return Err(error.map_or_else(|| format!("TCP state {}", info.tcpi_state), |e| reason(&e)));
-                }
-            }
-            tokio::time::sleep_until(next_step()).await;
         }
     }
 
@@ -150,7 +153,7 @@ impl Prober {
     /// Dissolves the connection (a reset if it was established) and keeps
     /// the socket for the next probe; a socket that cannot be dissolved is
     /// closed instead and the next probe makes a new one.
-    fn disconnect(&mut self) {
+    pub fn disconnect(&mut self) {
         let sock = match self.connected.take() {
             Some(stream) => match stream.into_std() {
                 Ok(stream) => Socket::from(stream),
@@ -226,8 +229,8 @@ fn tcp_info(sock: &Socket) -> Result<libc::tcp_info, String> {
     Ok(info)
 }
 
-fn round_ms(d: Duration) -> Duration {
-    Duration::from_millis(d.as_millis() as u64)
+pub fn timed_out(timeout: Duration) -> String {
+    format!("timeout after {}", humantime::format_duration(Duration::from_millis(timeout.as_millis() as u64)))
 }
 
 fn reason(e: &std::io::Error) -> String {
@@ -330,15 +333,29 @@ mod tests {
         (addr, server)
     }
 
+    /// A TCP check to the end: start, then read the outcome until known.
+    async fn tcp_probe(prober: &mut Prober) -> Result<Duration, String> {
+        prober.tcp_start()?;
+        let deadline = Instant::now() + Duration::from_secs(2);
+        let outcome = loop {
+            if let Some(outcome) = prober.tcp_outcome() {
+                break outcome;
+            }
+            assert!(Instant::now() < deadline, "no outcome");
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        };
+        prober.disconnect();
+        outcome
+    }
+
     #[tokio::test]
     async fn one_socket_serves_many_tcp_probes_and_sees_refusal() {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let target = listener.local_addr().unwrap();
         let mut prober = Prober::new(check(CheckKind::Tcp), target, 0);
         for _ in 0..3 {
-            let (result, took) = prober.probe().await;
-            assert_eq!(result, Ok(()));
-            assert!(took < Duration::from_secs(1), "the handshake's round trip, not the grid: {took:?}");
+            let rtt = tcp_probe(&mut prober).await.unwrap();
+            assert!(rtt < Duration::from_secs(1), "the handshake's round trip: {rtt:?}");
             assert!(prober.idle.is_some(), "the socket is kept for the next probe");
         }
         let fd = std::os::fd::AsRawFd::as_raw_fd(prober.idle.as_ref().unwrap());
@@ -346,7 +363,7 @@ mod tests {
         let ports: std::collections::BTreeSet<u16> = (0..3).map(|_| listener.accept().unwrap().1.port()).collect();
         assert_eq!(ports.len(), 3);
         drop(listener);
-        assert_eq!(prober.probe().await.0, Err("refused".into()));
+        assert_eq!(tcp_probe(&mut prober).await, Err("refused".into()));
         assert_eq!(std::os::fd::AsRawFd::as_raw_fd(prober.idle.as_ref().unwrap()), fd, "still the same socket");
     }
 
