@@ -106,8 +106,71 @@ pub struct TrafgenReport {
     /// The balancer program's own run time per run (BPF statistics).
     pub balancer_prog_runs: u64,
     pub balancer_prog_ns_per_packet: f64,
+    /// The same attached program run through BPF_PROG_TEST_RUN right after
+    /// the live run, on frames like trafgen's (same flows, same maps).
+    pub test_run: Option<TestRunFigure>,
     pub trafgen_output: String,
     pub note: String,
+}
+
+/// The live program timed through BPF_PROG_TEST_RUN (one packet per call)
+/// next to the XDP_TX floor, interleaved round by round.
+#[derive(Clone, Debug, Serialize)]
+pub struct TestRunFigure {
+    pub rounds: u32,
+    pub calls: u32,
+    /// Median over rounds of the mean ns per packet.
+    pub ns: f64,
+    pub floor_ns: f64,
+    /// Median over rounds of program / floor.
+    pub ratio: f64,
+}
+
+/// Frames like `veth-lab.cfg`'s: 60 bytes, UDP from the client to the VIP's
+/// discard port, one per source port of trafgen's range (16384 flows).
+fn lab_frames(router_mac: &str) -> Result<Vec<Vec<u8>>> {
+    use lb_testkit::packet_builder as pb;
+    let mut dst = [0u8; 6];
+    for (i, part) in router_mac.split(':').enumerate().take(6) {
+        dst[i] = u8::from_str_radix(part, 16).with_context(|| format!("router MAC {router_mac}"))?;
+    }
+    let src = [0x02, 0, 0, 0, 0, 0x42];
+    Ok((1024u16..=17407)
+        .map(|sport| {
+            let udp = pb::udp(CLIENT4.into(), VIP4.into(), sport, PORT, &[0x61; 18]);
+            let v4 = pb::V4 { ttl: 64, dont_fragment: true, ..pb::V4::default() };
+            pb::eth(dst, src, 0x0800, &pb::ipv4(CLIENT4, VIP4, lb_common::IPPROTO_UDP, &udp, &v4))
+        })
+        .collect())
+}
+
+/// Times the attached program `prog_id` through BPF_PROG_TEST_RUN on
+/// `frames`, next to the floor.
+fn time_live_program(prog_id: u32, frames: &[Vec<u8>], rounds: u32) -> Result<TestRunFigure> {
+    let fd = sys::prog_fd(prog_id)?;
+    let mut floor = crate::dataplane::Floor::load()?;
+    let mut out = vec![0u8; 4096];
+    let calls = frames.len() as u32;
+    let (mut ns, mut floor_ns, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
+    let mut cursor = 0usize;
+    for _ in 0..rounds {
+        let fl = crate::dataplane::time_calls(floor.program(), frames, calls, &mut cursor, &mut out)?;
+        let mut total = 0u64;
+        for frame in frames {
+            total += sys::test_run_ns(&fd, frame, &mut out)? as u64;
+        }
+        let b = total as f64 / calls as f64;
+        ns.push(b);
+        floor_ns.push(fl);
+        ratios.push(b / fl);
+    }
+    Ok(TestRunFigure {
+        rounds,
+        calls,
+        ns: sys::median(&mut ns),
+        floor_ns: sys::median(&mut floor_ns),
+        ratio: sys::median(&mut ratios),
+    })
 }
 
 pub const NOTE: &str = "trafgen through the qdisc path on veth sends a few hundred thousand packets per second at \
@@ -294,6 +357,15 @@ pub fn run(opts: &Opts, progress: &Progress) -> Result<TrafgenReport> {
     // Let the last packets through the softirqs.
     std::thread::sleep(Duration::from_millis(300));
     let after = snapshot(&lab, prog_id)?;
+    // The same program, maps and flows, through BPF_PROG_TEST_RUN: what
+    // part 1 measures, to set beside the live figure.
+    let test_run = match lab_frames(&router_mac).and_then(|frames| time_live_program(prog_id, &frames, 5)) {
+        Ok(t) => Some(t),
+        Err(e) => {
+            progress.note(format!("trafgen: timing the live program through test-run failed: {e:#}"));
+            None
+        }
+    };
 
     let sent_interface = after.client_tx - before.client_tx;
     let sent = run.sent.unwrap_or(sent_interface).max(1);
@@ -361,6 +433,7 @@ pub fn run(opts: &Opts, progress: &Progress) -> Result<TrafgenReport> {
         kernel_ns_per_packet: kernel_ticks as f64 * 1e9 / hz / sent as f64,
         balancer_prog_runs: runs,
         balancer_prog_ns_per_packet: prog_ns,
+        test_run,
         trafgen_output: run.output.trim().to_string(),
         note: NOTE.into(),
     })
@@ -424,6 +497,24 @@ impl TrafgenReport {
         c
     }
 
+    fn test_run_line(&self) -> String {
+        match &self.test_run {
+            Some(t) => format!(
+                "the same program: live {} ns/packet (BPF statistics) vs {} ns/packet through BPF_PROG_TEST_RUN on frames like \
+                 trafgen's right after ({} rounds x {} packets; floor {} ns, ratio {}x): live / test-run = {}x (bench/README, \
+                 \"Live path vs test-run\")",
+                f(self.balancer_prog_ns_per_packet, 1),
+                f(t.ns, 1),
+                t.rounds,
+                t.calls,
+                f(t.floor_ns, 1),
+                f(t.ratio, 2),
+                f(self.balancer_prog_ns_per_packet / t.ns, 2)
+            ),
+            None => "the same program through BPF_PROG_TEST_RUN: not measured (see the progress notes)".into(),
+        }
+    }
+
     fn cpu_line(&self) -> String {
         format!(
             "CPU per packet: balancer XDP program {} ns/packet over {} runs (BPF_ENABLE_STATS: run_time_ns / run_cnt); \
@@ -446,6 +537,7 @@ impl Section for TrafgenReport {
         out.extend(self.backend_table().text());
         out.extend(self.cpu_table().text());
         out.push(self.cpu_line());
+        out.push(self.test_run_line());
         out.push(format!("note: {}", self.note));
         out
     }
@@ -456,7 +548,7 @@ impl Section for TrafgenReport {
         md += &self.backend_table().markdown();
         md += "\n";
         md += &self.cpu_table().markdown();
-        md += &format!("\n{}\n\n{}\n", self.cpu_line(), self.note);
+        md += &format!("\n{}\n\n{}\n\n{}\n", self.cpu_line(), self.test_run_line(), self.note);
         md += &format!("\ntrafgen's output:\n\n```\n{}\n```\n", self.trafgen_output);
         md
     }
