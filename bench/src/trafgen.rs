@@ -108,7 +108,9 @@ pub struct TrafgenReport {
     pub balancer_prog_ns_per_packet: f64,
     /// The same attached program run through BPF_PROG_TEST_RUN right after
     /// the live run, on frames like trafgen's (same flows, same maps).
-    pub test_run: Option<TestRunFigure>,
+    /// Timed twice: with BPF statistics on (as during the live run: the
+    /// kernel then times every run, test-run's too) and off.
+    pub test_runs: Vec<TestRunFigure>,
     pub trafgen_output: String,
     pub note: String,
 }
@@ -117,6 +119,8 @@ pub struct TrafgenReport {
 /// next to the XDP_TX floor, interleaved round by round.
 #[derive(Clone, Debug, Serialize)]
 pub struct TestRunFigure {
+    /// BPF statistics were on (`BPF_ENABLE_STATS`) while timed.
+    pub stats_on: bool,
     pub rounds: u32,
     pub calls: u32,
     /// Median over rounds of the mean ns per packet.
@@ -146,7 +150,7 @@ fn lab_frames(router_mac: &str) -> Result<Vec<Vec<u8>>> {
 
 /// Times the attached program `prog_id` through BPF_PROG_TEST_RUN on
 /// `frames`, next to the floor.
-fn time_live_program(prog_id: u32, frames: &[Vec<u8>], rounds: u32) -> Result<TestRunFigure> {
+fn time_live_program(prog_id: u32, frames: &[Vec<u8>], rounds: u32, stats_on: bool) -> Result<TestRunFigure> {
     let fd = sys::prog_fd(prog_id)?;
     let mut floor = crate::dataplane::Floor::load()?;
     let mut out = vec![0u8; 4096];
@@ -165,6 +169,7 @@ fn time_live_program(prog_id: u32, frames: &[Vec<u8>], rounds: u32) -> Result<Te
         ratios.push(b / fl);
     }
     Ok(TestRunFigure {
+        stats_on,
         rounds,
         calls,
         ns: sys::median(&mut ns),
@@ -345,7 +350,7 @@ pub fn run(opts: &Opts, progress: &Progress) -> Result<TrafgenReport> {
     let router_mac = mac_of(&lab.router, "rc0")?;
     let prog_id = xdp_prog_id(&lab.balancers[0].ns, "l0")?;
     // Per-program run time is counted while this fd is open.
-    let _stats = aya::sys::enable_stats(aya::sys::Stats::RunTime).context("BPF_ENABLE_STATS")?;
+    let stats = aya::sys::enable_stats(aya::sys::Stats::RunTime).context("BPF_ENABLE_STATS")?;
 
     progress.step(format!("trafgen: warm-up, {} packets", opts.warmup));
     trafgen(&lab, opts, &router_mac, opts.warmup, Duration::from_secs(20))?;
@@ -359,13 +364,19 @@ pub fn run(opts: &Opts, progress: &Progress) -> Result<TrafgenReport> {
     let after = snapshot(&lab, prog_id)?;
     // The same program, maps and flows, through BPF_PROG_TEST_RUN: what
     // part 1 measures, to set beside the live figure.
-    let test_run = match lab_frames(&router_mac).and_then(|frames| time_live_program(prog_id, &frames, 5)) {
-        Ok(t) => Some(t),
-        Err(e) => {
-            progress.note(format!("trafgen: timing the live program through test-run failed: {e:#}"));
-            None
+    let mut test_runs = Vec::new();
+    match lab_frames(&router_mac) {
+        Ok(frames) => {
+            let mut time = |stats_on| match time_live_program(prog_id, &frames, 5, stats_on) {
+                Ok(t) => test_runs.push(t),
+                Err(e) => progress.note(format!("trafgen: timing the live program through test-run failed: {e:#}")),
+            };
+            time(true);
+            drop(stats);
+            time(false);
         }
-    };
+        Err(e) => progress.note(format!("trafgen: no frames for the test-run timing: {e:#}")),
+    }
 
     let sent_interface = after.client_tx - before.client_tx;
     let sent = run.sent.unwrap_or(sent_interface).max(1);
@@ -433,7 +444,7 @@ pub fn run(opts: &Opts, progress: &Progress) -> Result<TrafgenReport> {
         kernel_ns_per_packet: kernel_ticks as f64 * 1e9 / hz / sent as f64,
         balancer_prog_runs: runs,
         balancer_prog_ns_per_packet: prog_ns,
-        test_run,
+        test_runs,
         trafgen_output: run.output.trim().to_string(),
         note: NOTE.into(),
     })
@@ -498,21 +509,30 @@ impl TrafgenReport {
     }
 
     fn test_run_line(&self) -> String {
-        match &self.test_run {
-            Some(t) => format!(
-                "the same program: live {} ns/packet (BPF statistics) vs {} ns/packet through BPF_PROG_TEST_RUN on frames like \
-                 trafgen's right after ({} rounds x {} packets; floor {} ns, ratio {}x): live / test-run = {}x (bench/README, \
-                 \"Live path vs test-run\")",
-                f(self.balancer_prog_ns_per_packet, 1),
-                f(t.ns, 1),
-                t.rounds,
-                t.calls,
-                f(t.floor_ns, 1),
-                f(t.ratio, 2),
-                f(self.balancer_prog_ns_per_packet / t.ns, 2)
-            ),
-            None => "the same program through BPF_PROG_TEST_RUN: not measured (see the progress notes)".into(),
+        if self.test_runs.is_empty() {
+            return "the same program through BPF_PROG_TEST_RUN: not measured (see the progress notes)".into();
         }
+        let runs: Vec<String> = self
+            .test_runs
+            .iter()
+            .map(|t| {
+                format!(
+                    "{} ns/packet with BPF statistics {} (floor {} ns, ratio {}x)",
+                    f(t.ns, 1),
+                    if t.stats_on { "on" } else { "off" },
+                    f(t.floor_ns, 1),
+                    f(t.ratio, 2)
+                )
+            })
+            .collect();
+        format!(
+            "the same program, live: {} ns/packet (BPF statistics); through BPF_PROG_TEST_RUN right after, on frames like \
+             trafgen's ({} rounds x {} packets): {} (bench/README, \"Live path vs test-run\")",
+            f(self.balancer_prog_ns_per_packet, 1),
+            self.test_runs[0].rounds,
+            self.test_runs[0].calls,
+            runs.join("; ")
+        )
     }
 
     fn cpu_line(&self) -> String {
