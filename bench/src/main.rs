@@ -3,6 +3,7 @@
 //! `bench/results/<date>.{json,md,svg}`; each part also has its own
 //! subcommand. See bench/README.md.
 
+mod breakdown;
 mod control;
 mod dataplane;
 mod health_cost;
@@ -68,6 +69,19 @@ enum Command {
         /// timed packet, so every SYN is a flow the table has not seen).
         #[arg(long)]
         distinct_flows: Option<u32>,
+    },
+    /// Where each mix's nanoseconds go: the balancer stopped after each
+    /// stage of its path, timed like `dataplane` (not part of `all`).
+    Breakdown {
+        /// Rounds per mix (every stage program and the floor in each).
+        #[arg(long, default_value_t = 7)]
+        rounds: u32,
+        /// Packets per round and program.
+        #[arg(long, default_value_t = 10_000)]
+        calls: u32,
+        /// Backends per VIP.
+        #[arg(long, default_value_t = 100)]
+        backends: u32,
     },
     /// 2. The balancer's cost with 1/16/512 VIPs, 10-4096 backends, a full connection table.
     Scaling {
@@ -241,6 +255,13 @@ fn main() -> Result<()> {
             let d = dataplane::run(rounds, calls, backends, distinct_flows, &mut floor, &p)?;
             p.finish();
             print_lines(&p, d.lines());
+        }
+        Command::Breakdown { rounds, calls, backends } => {
+            let p = Progress::new(0);
+            let mut floor = dataplane::Floor::load()?;
+            let b = breakdown::run(rounds, calls, backends, &mut floor, &p)?;
+            p.finish();
+            print_lines(&p, b.lines());
         }
         Command::Scaling { quick, rounds, calls } => {
             let p = Progress::new(scaling::steps());

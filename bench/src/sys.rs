@@ -1,7 +1,10 @@
 //! Small system helpers for the benchmarks: /proc/stat,
 //! per-program BPF run-time statistics, the date, host facts.
 
-use std::time::{Duration, Instant};
+use std::{
+    os::fd::{AsRawFd, FromRawFd, OwnedFd},
+    time::{Duration, Instant},
+};
 
 use anyhow::{bail, Context as _, Result};
 use serde::Serialize;
@@ -85,6 +88,17 @@ pub struct ProgStats {
 /// (`BPF_PROG_GET_FD_BY_ID`) and reads `run_time_ns`/`run_cnt` from that
 /// fd's /proc fdinfo, which needs no knowledge of `bpf_prog_info`'s layout.
 pub fn prog_stats(prog_id: u32) -> Result<ProgStats> {
+    let fd = prog_fd(prog_id)?;
+    let text = std::fs::read_to_string(format!("/proc/self/fdinfo/{}", fd.as_raw_fd()));
+    let text = text.context("reading the program's fdinfo")?;
+    let field = |name: &str| -> u64 {
+        text.lines().find_map(|l| l.strip_prefix(name).map(|v| v.trim().parse().unwrap_or(0))).unwrap_or(0)
+    };
+    Ok(ProgStats { run_time_ns: field("run_time_ns:"), run_cnt: field("run_cnt:") })
+}
+
+/// An fd for the loaded program `prog_id` (`BPF_PROG_GET_FD_BY_ID`).
+pub fn prog_fd(prog_id: u32) -> Result<OwnedFd> {
     const BPF_PROG_GET_FD_BY_ID: libc::c_long = 13;
     let attr: [u32; 4] = [prog_id, 0, 0, 0];
     // SAFETY: bpf(2) reads `size` bytes of the attribute union we pass.
@@ -94,15 +108,60 @@ pub fn prog_stats(prog_id: u32) -> Result<ProgStats> {
     if fd < 0 {
         bail!("BPF_PROG_GET_FD_BY_ID {prog_id}: {}", std::io::Error::last_os_error());
     }
-    let fd = fd as i32;
-    let text = std::fs::read_to_string(format!("/proc/self/fdinfo/{fd}"));
-    // SAFETY: closing the fd we just got.
-    unsafe { libc::close(fd) };
-    let text = text.context("reading the program's fdinfo")?;
-    let field = |name: &str| -> u64 {
-        text.lines().find_map(|l| l.strip_prefix(name).map(|v| v.trim().parse().unwrap_or(0))).unwrap_or(0)
+    // SAFETY: a new fd the kernel just gave us, owned by nobody else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
+
+/// Runs the program behind `fd` once on `frame` (`BPF_PROG_TEST_RUN`,
+/// repeat = 1) and returns the kernel-reported run time in ns. Used on a
+/// program that is attached and live: same code, same maps, same JIT.
+pub fn test_run_ns(fd: &OwnedFd, frame: &[u8], out: &mut [u8]) -> Result<u32> {
+    const BPF_PROG_TEST_RUN: libc::c_long = 10;
+    // `union bpf_attr`'s `test` member (include/uapi/linux/bpf.h).
+    #[repr(C)]
+    #[derive(Default)]
+    struct TestAttr {
+        prog_fd: u32,
+        retval: u32,
+        data_size_in: u32,
+        data_size_out: u32,
+        data_in: u64,
+        data_out: u64,
+        repeat: u32,
+        duration: u32,
+        ctx_size_in: u32,
+        ctx_size_out: u32,
+        ctx_in: u64,
+        ctx_out: u64,
+        flags: u32,
+        cpu: u32,
+        batch_size: u32,
+        _pad: u32,
+    }
+    let mut attr = TestAttr {
+        prog_fd: fd.as_raw_fd() as u32,
+        data_size_in: frame.len() as u32,
+        data_size_out: out.len() as u32,
+        data_in: frame.as_ptr() as u64,
+        data_out: out.as_mut_ptr() as u64,
+        repeat: 1,
+        ..TestAttr::default()
     };
-    Ok(ProgStats { run_time_ns: field("run_time_ns:"), run_cnt: field("run_cnt:") })
+    // SAFETY: bpf(2) reads the attribute and the `data_size_in` bytes at
+    // `data_in`, and writes at most `data_size_out` bytes at `data_out`
+    // and the attribute's output fields; all live for the call.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_PROG_TEST_RUN,
+            &mut attr as *mut TestAttr,
+            std::mem::size_of::<TestAttr>() as u32,
+        )
+    };
+    if rc < 0 {
+        bail!("BPF_PROG_TEST_RUN: {}", std::io::Error::last_os_error());
+    }
+    Ok(attr.duration)
 }
 
 /// Today's date (UTC) as YYYY-MM-DD, without a date library.

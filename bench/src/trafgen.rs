@@ -106,8 +106,76 @@ pub struct TrafgenReport {
     /// The balancer program's own run time per run (BPF statistics).
     pub balancer_prog_runs: u64,
     pub balancer_prog_ns_per_packet: f64,
+    /// The same attached program run through BPF_PROG_TEST_RUN right after
+    /// the live run, on frames like trafgen's (same flows, same maps).
+    /// Timed twice: with BPF statistics on (as during the live run: the
+    /// kernel then times every run, test-run's too) and off.
+    pub test_runs: Vec<TestRunFigure>,
     pub trafgen_output: String,
     pub note: String,
+}
+
+/// The live program timed through BPF_PROG_TEST_RUN (one packet per call)
+/// next to the XDP_TX floor, interleaved round by round.
+#[derive(Clone, Debug, Serialize)]
+pub struct TestRunFigure {
+    /// BPF statistics were on (`BPF_ENABLE_STATS`) while timed.
+    pub stats_on: bool,
+    pub rounds: u32,
+    pub calls: u32,
+    /// Median over rounds of the mean ns per packet.
+    pub ns: f64,
+    pub floor_ns: f64,
+    /// Median over rounds of program / floor.
+    pub ratio: f64,
+}
+
+/// Frames like `veth-lab.cfg`'s: 60 bytes, UDP from the client to the VIP's
+/// discard port, one per source port of trafgen's range (16384 flows).
+fn lab_frames(router_mac: &str) -> Result<Vec<Vec<u8>>> {
+    use lb_testkit::packet_builder as pb;
+    let mut dst = [0u8; 6];
+    for (i, part) in router_mac.split(':').enumerate().take(6) {
+        dst[i] = u8::from_str_radix(part, 16).with_context(|| format!("router MAC {router_mac}"))?;
+    }
+    let src = [0x02, 0, 0, 0, 0, 0x42];
+    Ok((1024u16..=17407)
+        .map(|sport| {
+            let udp = pb::udp(CLIENT4.into(), VIP4.into(), sport, PORT, &[0x61; 18]);
+            let v4 = pb::V4 { ttl: 64, dont_fragment: true, ..pb::V4::default() };
+            pb::eth(dst, src, 0x0800, &pb::ipv4(CLIENT4, VIP4, lb_common::IPPROTO_UDP, &udp, &v4))
+        })
+        .collect())
+}
+
+/// Times the attached program `prog_id` through BPF_PROG_TEST_RUN on
+/// `frames`, next to the floor.
+fn time_live_program(prog_id: u32, frames: &[Vec<u8>], rounds: u32, stats_on: bool) -> Result<TestRunFigure> {
+    let fd = sys::prog_fd(prog_id)?;
+    let mut floor = crate::dataplane::Floor::load()?;
+    let mut out = vec![0u8; 4096];
+    let calls = frames.len() as u32;
+    let (mut ns, mut floor_ns, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
+    let mut cursor = 0usize;
+    for _ in 0..rounds {
+        let fl = crate::dataplane::time_calls(floor.program(), frames, calls, &mut cursor, &mut out)?;
+        let mut total = 0u64;
+        for frame in frames {
+            total += sys::test_run_ns(&fd, frame, &mut out)? as u64;
+        }
+        let b = total as f64 / calls as f64;
+        ns.push(b);
+        floor_ns.push(fl);
+        ratios.push(b / fl);
+    }
+    Ok(TestRunFigure {
+        stats_on,
+        rounds,
+        calls,
+        ns: sys::median(&mut ns),
+        floor_ns: sys::median(&mut floor_ns),
+        ratio: sys::median(&mut ratios),
+    })
 }
 
 pub const NOTE: &str = "trafgen through the qdisc path on veth sends a few hundred thousand packets per second at \
@@ -282,7 +350,7 @@ pub fn run(opts: &Opts, progress: &Progress) -> Result<TrafgenReport> {
     let router_mac = mac_of(&lab.router, "rc0")?;
     let prog_id = xdp_prog_id(&lab.balancers[0].ns, "l0")?;
     // Per-program run time is counted while this fd is open.
-    let _stats = aya::sys::enable_stats(aya::sys::Stats::RunTime).context("BPF_ENABLE_STATS")?;
+    let stats = aya::sys::enable_stats(aya::sys::Stats::RunTime).context("BPF_ENABLE_STATS")?;
 
     progress.step(format!("trafgen: warm-up, {} packets", opts.warmup));
     trafgen(&lab, opts, &router_mac, opts.warmup, Duration::from_secs(20))?;
@@ -294,6 +362,21 @@ pub fn run(opts: &Opts, progress: &Progress) -> Result<TrafgenReport> {
     // Let the last packets through the softirqs.
     std::thread::sleep(Duration::from_millis(300));
     let after = snapshot(&lab, prog_id)?;
+    // The same program, maps and flows, through BPF_PROG_TEST_RUN: what
+    // part 1 measures, to set beside the live figure.
+    let mut test_runs = Vec::new();
+    match lab_frames(&router_mac) {
+        Ok(frames) => {
+            let mut time = |stats_on| match time_live_program(prog_id, &frames, 5, stats_on) {
+                Ok(t) => test_runs.push(t),
+                Err(e) => progress.note(format!("trafgen: timing the live program through test-run failed: {e:#}")),
+            };
+            time(true);
+            drop(stats);
+            time(false);
+        }
+        Err(e) => progress.note(format!("trafgen: no frames for the test-run timing: {e:#}")),
+    }
 
     let sent_interface = after.client_tx - before.client_tx;
     let sent = run.sent.unwrap_or(sent_interface).max(1);
@@ -361,6 +444,7 @@ pub fn run(opts: &Opts, progress: &Progress) -> Result<TrafgenReport> {
         kernel_ns_per_packet: kernel_ticks as f64 * 1e9 / hz / sent as f64,
         balancer_prog_runs: runs,
         balancer_prog_ns_per_packet: prog_ns,
+        test_runs,
         trafgen_output: run.output.trim().to_string(),
         note: NOTE.into(),
     })
@@ -424,6 +508,33 @@ impl TrafgenReport {
         c
     }
 
+    fn test_run_line(&self) -> String {
+        if self.test_runs.is_empty() {
+            return "the same program through BPF_PROG_TEST_RUN: not measured (see the progress notes)".into();
+        }
+        let runs: Vec<String> = self
+            .test_runs
+            .iter()
+            .map(|t| {
+                format!(
+                    "{} ns/packet with BPF statistics {} (floor {} ns, ratio {}x)",
+                    f(t.ns, 1),
+                    if t.stats_on { "on" } else { "off" },
+                    f(t.floor_ns, 1),
+                    f(t.ratio, 2)
+                )
+            })
+            .collect();
+        format!(
+            "the same program, live: {} ns/packet (BPF statistics); through BPF_PROG_TEST_RUN right after, on frames like \
+             trafgen's ({} rounds x {} packets): {} (bench/README, \"Live path vs test-run\")",
+            f(self.balancer_prog_ns_per_packet, 1),
+            self.test_runs[0].rounds,
+            self.test_runs[0].calls,
+            runs.join("; ")
+        )
+    }
+
     fn cpu_line(&self) -> String {
         format!(
             "CPU per packet: balancer XDP program {} ns/packet over {} runs (BPF_ENABLE_STATS: run_time_ns / run_cnt); \
@@ -446,6 +557,7 @@ impl Section for TrafgenReport {
         out.extend(self.backend_table().text());
         out.extend(self.cpu_table().text());
         out.push(self.cpu_line());
+        out.push(self.test_run_line());
         out.push(format!("note: {}", self.note));
         out
     }
@@ -456,7 +568,7 @@ impl Section for TrafgenReport {
         md += &self.backend_table().markdown();
         md += "\n";
         md += &self.cpu_table().markdown();
-        md += &format!("\n{}\n\n{}\n", self.cpu_line(), self.note);
+        md += &format!("\n{}\n\n{}\n\n{}\n", self.cpu_line(), self.test_run_line(), self.note);
         md += &format!("\ntrafgen's output:\n\n```\n{}\n```\n", self.trafgen_output);
         md
     }

@@ -3,7 +3,7 @@
 
 /// Bumped whenever the layout of any pinned map changes; part of the pin path
 /// so an upgraded daemon never reads maps written with an older layout.
-pub const MAP_LAYOUT_VERSION: u32 = 10;
+pub const MAP_LAYOUT_VERSION: u32 = 11;
 
 /// Maglev table size per VIP; a prime. The data plane reads the real value
 /// from the `RING_SIZE` global set at load time.

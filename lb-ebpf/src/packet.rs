@@ -19,16 +19,32 @@ pub fn ptr_at<T>(ctx: &XdpContext, offset: usize) -> Option<*mut T> {
     Some((start + offset) as *mut T)
 }
 
-/// Reads a `T` at `offset`, if the packet holds it.
+/// A `T` at an even address, as every header is: frames start at an even
+/// address (the kernel's headroom, XDP_PACKET_HEADROOM plus NET_IP_ALIGN,
+/// is even, the verifier's own alignment model assumes as much, and this
+/// project only moves a frame's start by even amounts), and every header
+/// offset is even (Ethernet 14, a VLAN tag 4, IP and extension headers in
+/// 4- and 8-byte units). Reading through it lets LLVM use 2-byte
+/// accesses: an unaligned read or write (`read_unaligned`) is split into
+/// single bytes by the BPF backend, each with its shift and or.
+#[repr(C, packed(2))]
+#[derive(Clone, Copy)]
+struct Even<T: Copy>(T);
+
+/// Reads a `T` at `offset` (even, see [`Even`]), if the packet holds it.
 #[inline(always)]
 pub fn read<T: Copy>(ctx: &XdpContext, offset: usize) -> Option<T> {
-    ptr_at::<T>(ctx, offset).map(|p| unsafe { p.read_unaligned() })
+    // SAFETY: `ptr_at` proved the `T` is inside the packet; the address is
+    // even (see `Even`) and `Even<T>` asks for no more.
+    ptr_at::<T>(ctx, offset).map(|p| unsafe { p.cast::<Even<T>>().read().0 })
 }
 
-/// Writes `value` at `offset`; `None` if the packet is too short.
+/// Writes `value` at `offset` (even, see [`Even`]); `None` if the packet is
+/// too short.
 #[inline(always)]
 pub fn write<T: Copy>(ctx: &XdpContext, offset: usize, value: T) -> Option<()> {
-    ptr_at::<T>(ctx, offset).map(|p| unsafe { p.write_unaligned(value) })
+    // SAFETY: as in `read`.
+    ptr_at::<T>(ctx, offset).map(|p| unsafe { p.cast::<Even<T>>().write(Even(value)) })
 }
 
 /// Length of the packet in bytes.

@@ -13,7 +13,7 @@ use aya::{
 };
 use lb_common::{global_names, map_names, Counter, LbConfig, Real, Stat, VipBucket, VipFilter, VipKey, VipMeta};
 
-use super::{map_err, DataplaneError, Limits, BALANCER_ELF, BALANCER_PROGRAM};
+use super::{map_err, DataplaneError, Limits, BALANCER_ELF, BALANCER_PROGRAM, BALANCER_STAGES_ELF};
 
 /// How an XDP program is attached: the config's `xdp_mode`, the
 /// `--mode` of `lb-control decap`, and what [`Balancer::attach`] takes.
@@ -201,6 +201,32 @@ fn check_pins(dir: &Path, limits: &Limits) -> Result<bool, DataplaneError> {
 /// `pin_dir` (versioned) when given, and loads (verifies) its program.
 /// Returns the object and whether its maps were adopted from pins.
 pub(super) fn load_balancer(limits: &Limits, pin_dir: Option<&Path>) -> Result<(Ebpf, bool), DataplaneError> {
+    let (mut ebpf, adopted) = load_object(BALANCER_ELF, limits, pin_dir)?;
+    let program: &mut Xdp =
+        ebpf.program_mut(BALANCER_PROGRAM).ok_or(DataplaneError::MissingProgram(BALANCER_PROGRAM))?.try_into()?;
+    program.load()?;
+    Ok((ebpf, adopted))
+}
+
+/// The balancer cut short after each stage ([`BALANCER_STAGES_ELF`], for
+/// `lb-bench breakdown`), its maps those of the balancer pinned under
+/// `pin_dir` (loaded first with [`super::Balancer::open`] and these
+/// `limits`), every program loaded. Never part of the daemon.
+pub fn load_balancer_stages(limits: &Limits, pin_dir: &Path) -> Result<Ebpf, DataplaneError> {
+    let (mut ebpf, _) = load_object(BALANCER_STAGES_ELF, limits, Some(pin_dir))?;
+    let names: Vec<String> = ebpf.programs().map(|(name, _)| name.to_string()).collect();
+    for name in names {
+        let Some(program) = ebpf.program_mut(&name) else { continue };
+        let program: &mut Xdp = program.try_into()?;
+        program.load()?;
+    }
+    Ok(ebpf)
+}
+
+/// Opens a balancer object (`elf`: the balancer or its stage variants)
+/// sized for `limits`, its maps pinned under `pin_dir` (versioned) when
+/// given; programs are not loaded yet.
+fn load_object(elf: &[u8], limits: &Limits, pin_dir: Option<&Path>) -> Result<(Ebpf, bool), DataplaneError> {
     limits.validate()?;
     let mut loader = EbpfLoader::new();
     let mut adopted = false;
@@ -212,7 +238,7 @@ pub(super) fn load_balancer(limits: &Limits, pin_dir: Option<&Path>) -> Result<(
             loader.map_pin_path(name, dir.join(name));
         }
     }
-    let mut ebpf = loader
+    let ebpf = loader
         .override_global(global_names::RING_SIZE, &limits.ring_size, true)
         .override_global(global_names::CONN_SETS, &limits.conn_sets(), true)
         .override_global(global_names::VIP_BUCKETS, &limits.vip_buckets(), true)
@@ -226,10 +252,7 @@ pub(super) fn load_balancer(limits: &Limits, pin_dir: Option<&Path>) -> Result<(
         .map_max_entries(map_names::CONN_TABLE, limits.conn_slots())
         .map_max_entries(map_names::VIP_STATS, limits.max_vips)
         .map_max_entries(map_names::REAL_STATS, limits.max_reals)
-        .load(BALANCER_ELF)?;
-    let program: &mut Xdp =
-        ebpf.program_mut(BALANCER_PROGRAM).ok_or(DataplaneError::MissingProgram(BALANCER_PROGRAM))?.try_into()?;
-    program.load()?;
+        .load(elf)?;
     Ok((ebpf, adopted))
 }
 

@@ -40,11 +40,15 @@ pub use capture::monotonic_ns;
 pub use decap::Decap;
 pub use lb_common::{ip_to_addr, MAX_RING_SIZE};
 pub use limits::Limits;
-pub use load::{detach_all, link_pin, versioned_pin_dir, XdpMode};
+pub use load::{detach_all, link_pin, load_balancer_stages, versioned_pin_dir, XdpMode};
 pub use vip_table::build_vip_table;
 
 /// The balancer object, built from `lb-ebpf` by the build script.
 pub static BALANCER_ELF: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lb-balancer"));
+/// The balancer cut short after each stage of its path, one program per
+/// stage (`stage_1` ... `stage_10`, the last the whole path): the cost
+/// breakdown's object (`lb-bench breakdown`), never loaded by the daemon.
+pub static BALANCER_STAGES_ELF: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lb-balancer-stages"));
 /// The backends' decap object.
 pub static DECAP_ELF: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lb-decap"));
 /// A program that only returns XDP_TX: the benchmarks' floor.
