@@ -6,6 +6,7 @@
 
 mod capture;
 mod encap;
+mod flood;
 mod icmp;
 mod lookup;
 mod maps;
@@ -123,10 +124,14 @@ fn process(ctx: &XdpContext, bytes: usize) -> Result<Stat, Stat> {
     }
     let flow = FlowKey::new(l3.family, l3.proto, l3.src, l4.src_port, l3.dst, l4.dst_port);
     let hash64 = flow_hash64(&flow);
-    touch_conn_set(hash64);
+    let syn = l4.is_syn();
+    // A SYN in flood mode never reads its connection-table set.
+    if !(syn && flood::flooded(cfg.syn_flood_threshold)) {
+        touch_conn_set(hash64);
+    }
     let vip = find_vip(cfg, l3.family, l3.dst, l4.dst_port, l3.proto).ok_or(Stat::PassNonVip)?;
     count_vip(vip.vip_num, bytes);
-    let choice = choose_real(&vip, &flow, hash64, conn_use(&vip, l3.proto, l4.is_syn()))?;
+    let choice = choose_real(&vip, &flow, hash64, conn_use(&vip, l3.proto, syn), cfg.syn_flood_threshold)?;
     count_real(choice.index, bytes);
     if choice.previous != lb_common::REAL_NONE {
         return forward_second_chance(ctx, cfg, &l2, &l3, &choice.real, choice.previous, hash64 as u32, bytes);
@@ -243,7 +248,7 @@ fn handle_icmp(ctx: &XdpContext, cfg: &LbConfig, l2: &L2, l3: &L3, l4: &L4, byte
     let hash64 = flow_hash64(&flow);
     let conn =
         if conn_use(&vip, quoted.proto, false) == ConnUse::Bypass { ConnUse::Bypass } else { ConnUse::LookupOnly };
-    let choice = choose_real(&vip, &flow, hash64, conn)?;
+    let choice = choose_real(&vip, &flow, hash64, conn, cfg.syn_flood_threshold)?;
     count_real(choice.index, bytes);
     let stat = forward(ctx, cfg, l2, l3, &choice.real, hash64 as u32, bytes, true)?;
     count(Stat::IcmpErrorForwarded, bytes);
