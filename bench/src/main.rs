@@ -13,6 +13,7 @@ mod report;
 mod results;
 mod scaling;
 mod sys;
+mod syn_flood;
 mod trafgen;
 
 use std::{
