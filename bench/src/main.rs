@@ -12,8 +12,8 @@ mod quality;
 mod report;
 mod results;
 mod scaling;
-mod sys;
 mod syn_flood;
+mod sys;
 mod trafgen;
 
 use std::{

@@ -58,7 +58,11 @@ pub fn encode_with(
         ("vips", "VIPs configured", vips as i64),
         ("backends", "Distinct backends in use", backends as i64),
         ("ready", "1 once the balancer is attached", ready as i64),
-        ("syn_flood_cpus", "CPUs in SYN-flood mode now (SYNs forwarded without a connection-table entry)", snap.syn_flood_cpus as i64),
+        (
+            "syn_flood_cpus",
+            "CPUs in SYN-flood mode now (SYNs forwarded without a connection-table entry)",
+            snap.syn_flood_cpus as i64,
+        ),
         (
             "attached",
             "1 while the balancer is attached to every interface (0 once detached behind the daemon)",

@@ -109,7 +109,12 @@ fn syn_over_threshold_is_untabled() -> Result<(), String> {
         &[(Stat::TxEncap, 1), (Stat::SynFloodUntabled, 1), (Stat::SynFloodWindows, 1)],
     )?;
     let inner = syn4(41002);
-    check(&mut bal, &frame4(&inner), &encap4(&inner, 41002, REAL1), &[(Stat::TxEncap, 1), (Stat::SynFloodUntabled, 1)])?;
+    check(
+        &mut bal,
+        &frame4(&inner),
+        &encap4(&inner, 41002, REAL1),
+        &[(Stat::TxEncap, 1), (Stat::SynFloodUntabled, 1)],
+    )?;
     if bal.conn_count() != 0 {
         return Err(format!("{} connection-table entries, want none", bal.conn_count()));
     }
@@ -229,8 +234,11 @@ fn flooded_cpus_are_counted() -> Result<(), String> {
     }
 }
 
+/// A fixture: Ok, or what differed.
+type Fixture = fn() -> Result<(), String>;
+
 fn main() -> std::process::ExitCode {
-    let trials: Vec<(&str, fn() -> Result<(), String>)> = vec![
+    let trials: Vec<(&str, Fixture)> = vec![
         ("v4 syn below the threshold: tabled, counted in the window", syn_below_threshold_is_tabled),
         ("v4 syn over the threshold: forwarded untabled, the table unchanged", syn_over_threshold_is_untabled),
         ("v6 syn over the threshold: forwarded untabled", v6_syn_over_threshold_is_untabled),
