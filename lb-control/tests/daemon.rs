@@ -1450,13 +1450,14 @@ fn lbctl_drives_the_daemon() {
     let mut bal = lab.balancer();
     assert_eq!(syn4(&mut bal, Ipv4Addr::new(10, 0, 0, 50), 80, 5000), Some(Ipv4Addr::new(10, 1, 0, 22)));
     let stats = ok(false, &["stats"]);
-    for want in ["ACTION", "REASON (non-zero)", "VIP", "BACKEND", id, "10.1.0.22"] {
+    for want in ["SYN-FLOOD MODE: 0 CPUs now", "ACTION", "REASON (non-zero)", "VIP", "BACKEND", id, "10.1.0.22"] {
         assert!(stats.contains(want), "stats lacks {want:?}:\n{stats}");
     }
     let vip_row = stats.lines().find(|l| l.starts_with(id)).unwrap();
     assert_eq!(vip_row.split_whitespace().nth(1), Some("1"), "one packet to {id}: {vip_row}");
     let stats_json: Value = serde_json::from_str(&ok(false, &["-o", "json", "stats"])).expect("stats -o json is JSON");
     assert_eq!(stats_json["vips"][id]["packets"], 1, "{stats_json}");
+    assert_eq!(stats_json["syn_flood_cpus"], 0, "{stats_json}");
 
     // Watch: one sample, as one JSON line.
     let out = ok(false, &["watch", "--count", "1", "--interval-secs", "0.2", "-o", "json"]);
