@@ -31,6 +31,10 @@ pub const PREV_RING_NONE: u32 = 0;
 /// SYN-flood mode: the window new flows are counted in, per CPU
 /// ([`crate::SynFloodState`]).
 pub const SYN_FLOOD_WINDOW_NS: u64 = 1_000_000_000;
+/// SYN-flood mode: a CPU reads the clock on the new flow that would cross
+/// the threshold and on every this many (a power of two) only, so a window,
+/// and the mode with it, ends at most this many flows late.
+pub const SYN_FLOOD_CLOCK_EVERY: u64 = 16;
 /// SYN-flood mode: the default threshold, new flows per CPU per window
 /// (Katran's `MAX_CONN_RATE`). 0 turns the mode off.
 pub const DEFAULT_SYN_FLOOD_THRESHOLD: u32 = 125_000;

@@ -176,22 +176,55 @@ fn established_entry_survives_a_flood_of_its_set() -> Result<(), String> {
     Ok(())
 }
 
-fn window_rollover_leaves_flood_mode() -> Result<(), String> {
-    // Far over the threshold, but the window began two seconds ago.
+/// The test's CPU started a window of one flow since `start`.
+fn fresh_window(bal: &Balancer, start: u64) -> Result<(), String> {
+    let windows = bal.syn_flood_windows().unwrap();
+    let fresh = windows.iter().filter(|w| w.new_flows == 1 && w.window_start_ns >= start).count();
+    if fresh != 1 {
+        return Err(format!("want one CPU with a new window of one flow, got {windows:?}"));
+    }
+    Ok(())
+}
+
+fn window_rollover_at_the_threshold_leaves_flood_mode() -> Result<(), String> {
+    // At the threshold, but the window began two seconds ago: the flow that
+    // would cross it reads the clock and starts a new window.
+    let mut bal = flood_world(THRESHOLD, THRESHOLD as u64, 2_000_000_000);
+    let start = monotonic_coarse_ns();
+    let inner = syn4(41003);
+    check(&mut bal, &frame4(&inner), &encap4(&inner, 41003, REAL1), &[(Stat::TxEncap, 1)])?;
+    expect_entry(&bal, &flow4(41003), Some(1))?;
+    fresh_window(&bal, start)
+}
+
+fn window_rollover_during_a_flood_leaves_it_within_the_clock_period() -> Result<(), String> {
+    // Far over the threshold, the window began two seconds ago: in flood
+    // mode the clock is read every SYN_FLOOD_CLOCK_EVERY flows, so the mode
+    // ends within that many SYNs; those before go untabled.
     let mut bal = flood_world(THRESHOLD, 1_000_000, 2_000_000_000);
     if bal.syn_flood_cpus().unwrap() != 0 {
         return Err("a CPU whose window ended counts as flooded".into());
     }
     let start = monotonic_coarse_ns();
-    let inner = syn4(41003);
-    check(&mut bal, &frame4(&inner), &encap4(&inner, 41003, REAL1), &[(Stat::TxEncap, 1)])?;
-    expect_entry(&bal, &flow4(41003), Some(1))?;
-    let windows = bal.syn_flood_windows().unwrap();
-    let fresh: Vec<_> = windows.iter().filter(|w| w.new_flows == 1 && w.window_start_ns >= start).collect();
-    if fresh.len() != 1 {
-        return Err(format!("want one CPU with a new window of one flow, got {windows:?}"));
+    for n in 1..=lb_common::SYN_FLOOD_CLOCK_EVERY as u16 {
+        let port = 42000 + n;
+        let inner = syn4(port);
+        let before = snapshot(&bal);
+        let (action, out) = run(&mut bal, &frame4(&inner));
+        if action != XDP_TX || out != encap4(&inner, port, REAL1) {
+            return Err(format!("SYN {n}: action {action}, output {}", diff(&out, &encap4(&inner, port, REAL1))));
+        }
+        let moved: Vec<Stat> = changed(&before, &snapshot(&bal)).into_iter().map(|(s, ..)| s).collect();
+        match moved.as_slice() {
+            [Stat::TxEncap, Stat::SynFloodUntabled] => expect_entry(&bal, &flow4(port), None)?,
+            [Stat::TxEncap] => {
+                expect_entry(&bal, &flow4(port), Some(1))?;
+                return fresh_window(&bal, start);
+            }
+            other => return Err(format!("SYN {n}: counters {other:?}")),
+        }
     }
-    Ok(())
+    Err(format!("still in flood mode after {} SYNs in a window that ended", lb_common::SYN_FLOOD_CLOCK_EVERY))
 }
 
 fn other_misses_are_tabled_during_a_flood() -> Result<(), String> {
@@ -246,7 +279,14 @@ fn main() -> std::process::ExitCode {
             "established entry during a flood: neither evicted by its set's SYNs nor overwritten by its own",
             established_entry_survives_a_flood_of_its_set,
         ),
-        ("window rollover: the mode ends, the next syn is tabled", window_rollover_leaves_flood_mode),
+        (
+            "window rollover at the threshold: the next syn reads the clock and is tabled",
+            window_rollover_at_the_threshold_leaves_flood_mode,
+        ),
+        (
+            "window rollover during a flood: a syn is tabled again within SYN_FLOOD_CLOCK_EVERY",
+            window_rollover_during_a_flood_leaves_it_within_the_clock_period,
+        ),
         ("ack and udp misses during a flood: tabled and counted", other_misses_are_tabled_during_a_flood),
         ("threshold 0: off, the window untouched", threshold_zero_is_off),
         ("flooded cpus: counted from the windows", flooded_cpus_are_counted),
