@@ -39,7 +39,9 @@ unsafe impl aya::Pod for LbConfig {}
 /// [`crate::SYN_FLOOD_WINDOW_NS`]; while `new_flows` exceeds
 /// [`LbConfig::syn_flood_threshold`], SYNs on this CPU are forwarded by the
 /// ring alone and not written to the table. A window starts at the first
-/// new flow after the previous one ended (Katran's `is_under_flood`).
+/// new flow after the previous one ended (Katran's `is_under_flood`), as
+/// far as the clock, read every [`crate::SYN_FLOOD_CLOCK_EVERY`] flows
+/// and on the flow crossing the threshold, tells.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct SynFloodState {

@@ -40,7 +40,7 @@ pub fn flooded(threshold: u32) -> bool {
 ///
 /// The clock is read only on the flow that would cross the threshold and
 /// on every [`SYN_FLOOD_CLOCK_EVERY`]th: the helper call costs a SYN in
-/// flood mode about a fifth of its time here (bench/README). So no CPU
+/// flood mode about a sixth of its time here (bench/README). So no CPU
 /// enters the mode on an old window's count, and a window ends at most
 /// that many flows late: the mode too, whose last SYNs then go untabled
 /// (their flows are tabled by their next packet: other misses insert).
