@@ -242,6 +242,8 @@ pub fn forwarding() -> LbConfig {
         src_v4_mask: u32::from_ne_bytes([0, 0, 255, 255]),
         src_v6: addr_v6(Ipv6Addr::new(0xfc00, 0xffff, 0, 0, 0, 0, 0, 0).octets()),
         src_v6_mask: [0, 0, 0, u32::MAX],
+        // On, never reached: the SYN rows pay for the mode's check.
+        syn_flood_threshold: u32::MAX,
     }
 }
 
@@ -402,7 +404,7 @@ const MIX_TARGETS: &[(&str, MixTest, f64)] = &[
     ("established, 100,000 warmed flows", |n| n == EST_SPREAD, 4.0),
     ("TCP SYN, same flow again", |n| n == SYN_SAME, 2.6),
     ("TCP SYN, new flow", |n| n == SYN_NEW, 5.0),
-    // The SYN-flood row goes here (branch flood).
+    ("TCP SYN flood, untabled", |n| n == crate::syn_flood::NAME, 3.3),
     ("ICMP echo to a VIP, answered", |n| n == ECHO, 1.3),
     ("non-VIP, passed", |n| n == NON_VIP, 1.2),
 ];
@@ -528,7 +530,8 @@ pub fn run(
     let mut bal = setup(limits, 1, backends)?;
     let mut mixes = mixes(distinct_flows.unwrap_or(rounds * calls));
     mixes.push(second_chance_mix(&mut bal)?);
-    progress.add(mixes.len() as u64 + 2);
+    let flood = crate::syn_flood::mix(distinct_flows.unwrap_or(rounds * calls));
+    progress.add(mixes.len() as u64 + 3);
     // One short untimed pass first (caches, CPU frequency): otherwise the
     // first mix timed pays for it. Not on a new-flow mix, whose flows must
     // stay unseen.
@@ -545,6 +548,8 @@ pub fn run(
         let r = run_mix(&mut bal, floor, mix, rounds, calls)?;
         rows.push(MixRow::from(&r));
     }
+    progress.step(format!("data plane: {}", flood.name));
+    rows.push(MixRow::from(&crate::syn_flood::run_mix(&mut bal, floor, &flood, rounds, calls)?));
     drop(bal);
     // New flows with 1 and with 512 VIPs, set up as the scaling part does
     // (one IPv4 TCP VIP kind, flows spread over every VIP), timed in this

@@ -13,6 +13,7 @@ mod quality;
 mod report;
 mod results;
 mod scaling;
+mod syn_flood;
 mod sys;
 mod trafgen;
 

@@ -19,4 +19,5 @@ fn fuzz_200k_frames_without_a_violation() {
     {
         assert!(report.per_counter.get(counter).copied().unwrap_or(0) > 0, "no frame reached {counter}");
     }
+    assert!(report.untabled_syns > 0, "no SYN reached the SYN-flood mode");
 }

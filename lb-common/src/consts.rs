@@ -28,6 +28,17 @@ pub const PREVIOUS_RINGS: u32 = 32;
 /// `PREV_RINGS` value meaning "no previous table"; any other value is the
 /// ring's index plus one (so a zeroed map means none).
 pub const PREV_RING_NONE: u32 = 0;
+/// SYN-flood mode: the window new flows are counted in, per CPU
+/// ([`crate::SynFloodState`]).
+pub const SYN_FLOOD_WINDOW_NS: u64 = 1_000_000_000;
+/// SYN-flood mode: a CPU reads the clock on the new flow that would cross
+/// the threshold and on every this many (a power of two) only, so a window,
+/// and the mode with it, ends at most this many flows late.
+pub const SYN_FLOOD_CLOCK_EVERY: u64 = 16;
+/// SYN-flood mode: the default threshold, new flows per CPU per window
+/// (Katran's `MAX_CONN_RATE`). 0 turns the mode off.
+pub const DEFAULT_SYN_FLOOD_THRESHOLD: u32 = 125_000;
+
 /// Default largest L3 packet the egress link carries (its MTU).
 pub const DEFAULT_MTU: u32 = 1500;
 /// Hop limit / TTL of the outer header of encapsulated packets.
@@ -93,6 +104,7 @@ pub mod map_names {
     pub const VIP_STATS: &str = "VIP_STATS";
     pub const REAL_STATS: &str = "REAL_STATS";
     pub const PREV_RINGS: &str = "PREV_RINGS";
+    pub const SYN_FLOOD: &str = "SYN_FLOOD";
     pub const CAPTURE_FILTER: &str = "CAPTURE_FILTER";
     pub const CAPTURE_RING: &str = "CAPTURE_RING";
     pub const CAPTURE_SCRATCH: &str = "CAPTURE_SCRATCH";
@@ -105,7 +117,7 @@ pub mod map_names {
 
     /// Every pinned map of the balancer object (the object also has the
     /// [`CAPTURE_MAPS`]).
-    pub const BALANCER_MAPS: [&str; 14] = [
+    pub const BALANCER_MAPS: [&str; 15] = [
         VIPS,
         VIP_FILTER,
         VIP_TABLE_A,
@@ -120,6 +132,7 @@ pub mod map_names {
         STATS,
         VIP_STATS,
         REAL_STATS,
+        SYN_FLOOD,
     ];
     /// Every map of the decap object.
     pub const DECAP_MAPS: [&str; 2] = [DECAP_ADDRS, DECAP_STATS];

@@ -97,6 +97,13 @@ counters! {
         /// Maglev table names another backend: sent to the current one with
         /// the previous one as a second hop (second chance).
         SecondChanceHop = ("second_chance_hop", Event),
+        /// SYN-flood mode: a SYN forwarded by the ring alone, its flow not
+        /// written to the connection table (this CPU is over
+        /// `syn_flood_threshold` new flows in its current window).
+        SynFloodUntabled = ("syn_flood_untabled", Event),
+        /// SYN-flood mode: a CPU's window went over the threshold (once per
+        /// window): each is at most one second of one CPU in flood mode.
+        SynFloodWindows = ("syn_flood_windows", Event),
     }
 }
 

@@ -83,7 +83,17 @@ pub fn forwarding(config: &Config) -> Result<LbConfig, ControlError> {
     };
     let (src_v4, src_v4_mask) = source_fields_v4(&config.encap.source_v4);
     let (src_v6, src_v6_mask) = source_fields_v6(&config.encap.source_v6);
-    Ok(LbConfig { flags: 0, mtu: config.encap.mtu, gw_mac, if_mac, src_v4, src_v4_mask, src_v6, src_v6_mask })
+    Ok(LbConfig {
+        flags: 0,
+        mtu: config.encap.mtu,
+        gw_mac,
+        if_mac,
+        src_v4,
+        src_v4_mask,
+        src_v6,
+        src_v6_mask,
+        syn_flood_threshold: config.syn_flood.threshold,
+    })
 }
 
 /// The default gateway's MAC on `iface`: IPv4's default route first, then
@@ -103,6 +113,10 @@ pub struct StatsSnapshot {
     pub actions: BTreeMap<String, Counter>,
     pub vips: BTreeMap<String, Counter>,
     pub backends: BTreeMap<String, Counter>,
+    /// CPUs in SYN-flood mode now (README, "SYN-flood mode"); 0 from a
+    /// daemon that predates it.
+    #[serde(default)]
+    pub syn_flood_cpus: u32,
 }
 
 /// What API readers see, published after every change: they never wait
@@ -558,6 +572,7 @@ impl Controller {
         for (addr, counter) in self.engine.backend_counters()? {
             snap.backends.insert(addr.to_string(), counter);
         }
+        snap.syn_flood_cpus = bal.syn_flood_cpus()?;
         Ok(snap)
     }
 

@@ -59,6 +59,11 @@ pub fn encode_with(
         ("backends", "Distinct backends in use", backends as i64),
         ("ready", "1 once the balancer is attached", ready as i64),
         (
+            "syn_flood_cpus",
+            "CPUs in SYN-flood mode now (SYNs forwarded without a connection-table entry)",
+            snap.syn_flood_cpus as i64,
+        ),
+        (
             "attached",
             "1 while the balancer is attached to every interface (0 once detached behind the daemon)",
             attached as i64,
@@ -92,6 +97,7 @@ mod tests {
         assert!(text.contains("xdp_lb_backend_packets_total{backend=\"10.1.0.1\"} 3"), "{text}");
         assert!(text.contains("xdp_lb_ready 1"), "{text}");
         assert!(text.contains("xdp_lb_attached 1"), "{text}");
+        assert!(text.contains("xdp_lb_syn_flood_cpus 0"), "{text}");
         assert!(text.ends_with("# EOF\n"));
     }
 }

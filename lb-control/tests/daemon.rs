@@ -1238,7 +1238,10 @@ fn sighup_reloads_the_config_and_a_bad_config_is_rejected() {
         "{}\n[[vip]]\naddress = \"10.0.0.20\"\nport = 443\nprotocol = \"tcp\"\n\n[[vip.backend]]\naddress = \"10.1.0.3\"\nweight = 3\n",
         BASE_VIPS.split("[[vip]]\naddress = \"fc00::10\"").next().unwrap()
     );
-    lab.write_config(&reloaded_vips);
+    // The SYN-flood threshold applies on reload too.
+    assert_eq!(bal.config().unwrap().syn_flood_threshold, lb_common::DEFAULT_SYN_FLOOD_THRESHOLD);
+    assert_eq!(lab.get_json("/v1/stats")["syn_flood_cpus"], 0);
+    lab.write_config(&format!("[syn_flood]\nthreshold = 777\n\n{reloaded_vips}"));
     Config::load(&lab.config).expect("the new config is valid");
     let want = json!([
         {"vip": VIP_HTTP, "flags": [], "backends": [{"address": "10.1.0.1", "weight": 1}, {"address": "10.1.0.2", "weight": 5}]},
@@ -1257,6 +1260,7 @@ fn sighup_reloads_the_config_and_a_bad_config_is_rejected() {
         std::thread::sleep(POLL);
     }
     lab.wait_log("config reloaded", RELOAD_TIMEOUT);
+    assert_eq!(bal.config().unwrap().syn_flood_threshold, 777, "the reload wrote the SYN-flood threshold");
     assert_eq!(syn4(&mut bal, Ipv4Addr::new(10, 0, 0, 20), 443, 1234), Some(Ipv4Addr::new(10, 1, 0, 3)));
     assert_eq!(udp6_route(&mut bal, DNS6, 53, 1000), None, "the removed VIP is gone from the data plane");
 
@@ -1446,13 +1450,14 @@ fn lbctl_drives_the_daemon() {
     let mut bal = lab.balancer();
     assert_eq!(syn4(&mut bal, Ipv4Addr::new(10, 0, 0, 50), 80, 5000), Some(Ipv4Addr::new(10, 1, 0, 22)));
     let stats = ok(false, &["stats"]);
-    for want in ["ACTION", "REASON (non-zero)", "VIP", "BACKEND", id, "10.1.0.22"] {
+    for want in ["SYN-FLOOD MODE: 0 CPUs now", "ACTION", "REASON (non-zero)", "VIP", "BACKEND", id, "10.1.0.22"] {
         assert!(stats.contains(want), "stats lacks {want:?}:\n{stats}");
     }
     let vip_row = stats.lines().find(|l| l.starts_with(id)).unwrap();
     assert_eq!(vip_row.split_whitespace().nth(1), Some("1"), "one packet to {id}: {vip_row}");
     let stats_json: Value = serde_json::from_str(&ok(false, &["-o", "json", "stats"])).expect("stats -o json is JSON");
     assert_eq!(stats_json["vips"][id]["packets"], 1, "{stats_json}");
+    assert_eq!(stats_json["syn_flood_cpus"], 0, "{stats_json}");
 
     // Watch: one sample, as one JSON line.
     let out = ok(false, &["watch", "--count", "1", "--interval-secs", "0.2", "-o", "json"]);

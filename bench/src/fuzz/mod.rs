@@ -69,6 +69,9 @@ pub struct Report {
     pub violations: HashMap<Invariant, u64>,
     pub first: Vec<Violation>,
     pub decapsulated: u64,
+    /// SYNs forwarded in SYN-flood mode, without a table entry (the
+    /// world's threshold is low, so most of a run is in the mode).
+    pub untabled_syns: u64,
     pub seconds: f64,
 }
 
@@ -96,6 +99,11 @@ impl Report {
         for (c, n) in counters {
             s += &format!("  {c:<28} {n}\n");
         }
+        s += &format!(
+            "SYNs forwarded untabled (SYN-flood mode, threshold {} per CPU per second): {}\n",
+            world::FUZZ_SYN_FLOOD_THRESHOLD,
+            self.untabled_syns
+        );
         s += &format!("violations: {}\n", self.total_violations());
         let mut v: Vec<_> = self.violations.iter().collect();
         v.sort();
@@ -244,5 +252,6 @@ pub fn run(opts: &Options, mut progress: impl FnMut(u64)) -> Result<Report> {
     }
     progress(opts.packets);
     report.seconds = started.elapsed().as_secs_f64();
+    report.untabled_syns = bal.stat(Stat::SynFloodUntabled)?.packets;
     Ok(report)
 }

@@ -173,12 +173,13 @@ named_schema!(
     StatsSnapshot,
     "Stats",
     schema(json!({
-        "type": "object", "required": ["global", "actions", "vips", "backends"], "additionalProperties": false,
+        "type": "object", "required": ["global", "actions", "vips", "backends", "syn_flood_cpus"], "additionalProperties": false,
         "properties": {
             "global": {"type": "object", "additionalProperties": counter(), "description": "every reason counter by name"},
             "actions": {"type": "object", "additionalProperties": counter(), "description": "sums per action"},
             "vips": {"type": "object", "additionalProperties": counter(), "description": "by VIP (PROTOCOL:ADDRESS:PORT)"},
             "backends": {"type": "object", "additionalProperties": counter(), "description": "by backend address"},
+            "syn_flood_cpus": {"type": "integer", "minimum": 0, "description": "CPUs in SYN-flood mode now"},
         },
     }))
 );

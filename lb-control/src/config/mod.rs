@@ -8,6 +8,7 @@ mod host;
 mod problem;
 mod raw;
 mod second_chance;
+mod syn_flood;
 mod validate;
 mod vip_file;
 
@@ -15,6 +16,7 @@ pub use bgp::{Bgp, DEFAULT_BGP_INCLUDE_FILE, DEFAULT_BIRD_SOCKET};
 pub use host::{check_pin_dir, read_token};
 pub use problem::{ConfigError, Problem};
 pub use second_chance::{SecondChance, DEFAULT_SECOND_CHANCE_WINDOW};
+pub use syn_flood::{SynFlood, MAX_SYN_FLOOD_THRESHOLD};
 pub use vip_file::{
     parse_vip_file, render_vip_file, BackendChanges, FlagChange, HealthChange, VipChange, VipChecks, VipFile,
     VipSetDiff, WeightChange,
@@ -120,6 +122,7 @@ pub struct Config {
     pub api: Api,
     pub bgp: Bgp,
     pub second_chance: SecondChance,
+    pub syn_flood: SynFlood,
     /// `[health]` and `[vip.health]`.
     pub health: health::HealthSettings,
     pub vips: VipSet,

@@ -29,6 +29,8 @@ pub(super) struct RawConfig {
     pub bgp: super::bgp::RawBgp,
     #[serde(default)]
     pub second_chance: super::second_chance::RawSecondChance,
+    #[serde(default)]
+    pub syn_flood: super::syn_flood::RawSynFlood,
     pub health: Option<Spanned<super::health::RawHealthCheck>>,
     #[serde(default, rename = "vip")]
     pub vips: Vec<Spanned<RawVip>>,

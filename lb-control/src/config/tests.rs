@@ -309,3 +309,29 @@ fn second_chance_defaults_on_for_ten_minutes_and_its_window_is_located() {
     let p = one("interfaces = [\"eth0\"]\n[second_chance]\nwindwo = \"1m\"\n");
     assert_eq!(p.line, 3, "{p}");
 }
+
+#[test]
+fn syn_flood_threshold_defaults_to_katrans_and_is_located() {
+    let c = Config::parse("interfaces = [\"eth0\"]\n").unwrap();
+    assert_eq!(c.syn_flood.threshold, lb_common::DEFAULT_SYN_FLOOD_THRESHOLD);
+    let c = Config::parse("interfaces = [\"eth0\"]\n[syn_flood]\nthreshold = 0\n").unwrap();
+    assert_eq!(c.syn_flood.threshold, 0, "0 turns the mode off");
+    let c = Config::parse("interfaces = [\"eth0\"]\n[syn_flood]\nthreshold = 5000\n").unwrap();
+    assert_eq!(c.syn_flood.threshold, 5000);
+    for bad in ["-1", "100000001", "4294967296"] {
+        let p = one(&format!("interfaces = [\"eth0\"]\n[syn_flood]\nthreshold = {bad}\n"));
+        assert_eq!((p.line, p.column, p.key.as_str()), (3, 13, "syn_flood.threshold"), "{p}");
+        assert!(p.message.contains("outside 0..=100000000"), "{p}");
+    }
+    let p = one("interfaces = [\"eth0\"]\n[syn_flood]\nthreshold = \"lots\"\n");
+    assert_eq!(p.line, 3, "{p}");
+    let p = one("interfaces = [\"eth0\"]\n[syn_flood]\nthreshhold = 10\n");
+    assert!((p.line, p.message.contains("threshhold")) == (3, true), "{p}");
+}
+
+#[test]
+fn syn_flood_threshold_reaches_the_forwarding_config() {
+    let text = "interfaces = [\"eth0\"]\n[gateway]\nmac = \"02:00:00:00:00:01\"\ninterface_mac = \"02:00:00:00:00:02\"\n[syn_flood]\nthreshold = 4321\n";
+    let c = Config::parse(text).unwrap();
+    assert_eq!(crate::controller::forwarding(&c).unwrap().syn_flood_threshold, 4321);
+}

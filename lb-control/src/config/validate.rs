@@ -82,6 +82,7 @@ pub(super) fn validate(c: &mut Checker<'_>, raw: RawConfig) -> Option<Config> {
         api: api?,
         bgp: super::bgp::validate_bgp(c, &raw.bgp)?,
         second_chance: super::second_chance::validate_second_chance(c, &raw.second_chance)?,
+        syn_flood: super::syn_flood::validate_syn_flood(c, &raw.syn_flood)?,
         health: health?,
         vips,
     })

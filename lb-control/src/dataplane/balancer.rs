@@ -10,13 +10,15 @@ use aya::{
     Ebpf,
 };
 use lb_common::{
-    map_names, CaptureFilter, ConnEntry, Counter, FlowKey, LbConfig, Real, Stat, VipKey, VipMeta, REAL_NONE,
+    map_names, CaptureFilter, ConnEntry, Counter, FlowKey, LbConfig, Real, Stat, SynFloodState, VipKey, VipMeta,
+    REAL_NONE,
 };
 
 use super::{
     capture::CaptureMaps,
     conn::ConnTable,
     counters::Counters,
+    flood::SynFloodWindows,
     load::{attach_xdp, link_pin, load_balancer, open_pinned, xdp_program, PinnedMaps, XdpMode},
     map_err,
     mmap::MmapArray,
@@ -45,6 +47,8 @@ pub struct Balancer {
     conn: ConnTable,
     config: Array<MapData, LbConfig>,
     counters: Counters,
+    /// The SYN-flood mode's per-CPU windows.
+    syn_flood: SynFloodWindows,
     capture: CaptureMaps,
     /// Handles on the pinned maps (when pinned), to pin them again.
     pinned: Option<PinnedMaps>,
@@ -106,6 +110,7 @@ impl Balancer {
                 vip_stats: take(&mut ebpf, map_names::VIP_STATS)?,
                 real_stats: take(&mut ebpf, map_names::REAL_STATS)?,
             },
+            syn_flood: SynFloodWindows { map: take(&mut ebpf, map_names::SYN_FLOOD)? },
             capture: CaptureMaps::new(
                 take(&mut ebpf, map_names::CAPTURE_FILTER)?,
                 take(&mut ebpf, map_names::CAPTURE_RING)?,
@@ -367,6 +372,25 @@ impl Balancer {
 
     pub fn real_stat(&self, index: u32) -> Result<Counter, DataplaneError> {
         self.counters.real(index)
+    }
+
+    // ---- SYN-flood mode -----------------------------------------------------
+
+    /// Every CPU's SYN-flood window, by CPU.
+    pub fn syn_flood_windows(&self) -> Result<Vec<SynFloodState>, DataplaneError> {
+        self.syn_flood.states()
+    }
+
+    /// Sets every CPU's SYN-flood window (tests and benchmarks: a window
+    /// over the threshold, or one that has ended).
+    pub fn set_syn_flood_windows(&mut self, state: SynFloodState) -> Result<(), DataplaneError> {
+        self.syn_flood.set_all(state)
+    }
+
+    /// How many CPUs are in SYN-flood mode now, under the threshold the
+    /// config map holds.
+    pub fn syn_flood_cpus(&self) -> Result<u32, DataplaneError> {
+        self.syn_flood.flooded_cpus(self.config()?.syn_flood_threshold)
     }
 
     /// Zeroes a VIP's counters before its number is given to a new VIP.

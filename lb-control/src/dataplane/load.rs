@@ -11,7 +11,9 @@ use aya::{
     },
     Ebpf, EbpfLoader,
 };
-use lb_common::{global_names, map_names, Counter, LbConfig, Real, Stat, VipBucket, VipFilter, VipKey, VipMeta};
+use lb_common::{
+    global_names, map_names, Counter, LbConfig, Real, Stat, SynFloodState, VipBucket, VipFilter, VipKey, VipMeta,
+};
 
 use super::{map_err, DataplaneError, Limits, BALANCER_ELF, BALANCER_PROGRAM, BALANCER_STAGES_ELF};
 
@@ -113,7 +115,7 @@ pub fn detach_all(pin_dir: &Path) -> Result<Vec<PathBuf>, DataplaneError> {
 
 /// The balancer's maps that outlive the daemon when pinned, with the layout
 /// each must have: (name, key size, value size, entries).
-fn pinned_layout(limits: &Limits) -> [(&'static str, usize, usize, u32); 14] {
+fn pinned_layout(limits: &Limits) -> [(&'static str, usize, usize, u32); 15] {
     use std::mem::size_of;
     [
         (map_names::VIPS, size_of::<VipKey>(), size_of::<VipMeta>(), limits.max_vips * 2),
@@ -130,6 +132,7 @@ fn pinned_layout(limits: &Limits) -> [(&'static str, usize, usize, u32); 14] {
         (map_names::STATS, 4, size_of::<Counter>(), Stat::COUNT),
         (map_names::VIP_STATS, 4, size_of::<Counter>(), limits.max_vips),
         (map_names::REAL_STATS, 4, size_of::<Counter>(), limits.max_reals),
+        (map_names::SYN_FLOOD, 4, size_of::<SynFloodState>(), 1),
     ]
 }
 

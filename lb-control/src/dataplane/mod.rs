@@ -13,6 +13,7 @@
 //! | `rings.rs` | the Maglev ring pool |
 //! | `conn.rs` | the connection table |
 //! | `counters.rs` | the per-CPU counters |
+//! | `flood.rs` | the SYN-flood mode's per-CPU windows |
 //! | `capture.rs` | the packet capture's filter and ring |
 //! | `balancer.rs` | [`Balancer`]: the maps together |
 //! | `decap.rs` | [`Decap`]: the backends' program |
@@ -22,6 +23,7 @@ mod capture;
 mod conn;
 mod counters;
 mod decap;
+mod flood;
 mod limits;
 mod load;
 mod mmap;
@@ -38,6 +40,7 @@ use std::path::PathBuf;
 pub use balancer::Balancer;
 pub use capture::monotonic_ns;
 pub use decap::Decap;
+pub use flood::monotonic_coarse_ns;
 pub use lb_common::{ip_to_addr, MAX_RING_SIZE};
 pub use limits::Limits;
 pub use load::{detach_all, link_pin, load_balancer_stages, versioned_pin_dir, XdpMode};

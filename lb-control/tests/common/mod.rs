@@ -72,6 +72,7 @@ pub fn config() -> LbConfig {
         src_v4_mask: u32::from_ne_bytes([0, 0, 255, 255]),
         src_v6: addr_v6(ENCAP_SRC6.octets()),
         src_v6_mask: [0, 0, 0, u32::MAX],
+        syn_flood_threshold: 0,
     }
 }
 

@@ -9,6 +9,7 @@ use lb_common::{
 };
 
 use crate::{
+    flood,
     maps::{conn_sets, ring_size, vip_buckets, CONN_TABLE, REALS, RINGS, VIPS, VIP_FILTER, VIP_TABLES},
     second_chance,
     stats::count,
@@ -240,9 +241,16 @@ fn conn_insert(fingerprint: u64, set: u32, hash: u32, real: u32) {
 
 /// Picks the backend for `flow`, or the drop reason when there is none.
 /// `hash64` is [`flow_hash64`] of the flow: the connection table's set and
-/// fingerprint.
+/// fingerprint. `flood_threshold` is `LbConfig::syn_flood_threshold`: every
+/// insert counts as a new flow, and a SYN over it is not inserted.
 #[inline(always)]
-pub fn choose_real(vip: &VipMeta, flow: &FlowKey, hash64: u64, conn: ConnUse) -> Result<Choice, Stat> {
+pub fn choose_real(
+    vip: &VipMeta,
+    flow: &FlowKey,
+    hash64: u64,
+    conn: ConnUse,
+    flood_threshold: u32,
+) -> Result<Choice, Stat> {
     let set = conn_set(hash64 as u32);
     if matches!(conn, ConnUse::LookupInsert | ConnUse::LookupSecondChance | ConnUse::LookupOnly) {
         match conn_lookup(hash64, set) {
@@ -268,7 +276,13 @@ pub fn choose_real(vip: &VipMeta, flow: &FlowKey, hash64: u64, conn: ConnUse) ->
         }
     }
     if matches!(conn, ConnUse::LookupInsert | ConnUse::LookupSecondChance | ConnUse::Refresh) {
-        conn_insert(hash64, set, hash64 as u32, index);
+        if flood::new_flow(flood_threshold) && conn == ConnUse::Refresh {
+            // SYN-flood mode: the ring alone decides (the same backend
+            // while the ring is unchanged); the table is not touched.
+            count(Stat::SynFloodUntabled, 0);
+        } else {
+            conn_insert(hash64, set, hash64 as u32, index);
+        }
     }
     Ok(Choice { index, real, previous: REAL_NONE })
 }

@@ -6,6 +6,7 @@
 
 mod capture;
 mod encap;
+mod flood;
 mod icmp;
 mod lookup;
 mod maps;

@@ -20,7 +20,7 @@ use lb_ebpf::{
 use crate::{
     capture,
     encap::{self, Plan},
-    icmp,
+    flood, icmp,
     lookup::{self, choose_real, conn_use, find_vip, is_vip_address, maybe_vip, touch_conn_set, ConnUse},
     maps::CONFIG,
     second_chance,
@@ -169,7 +169,11 @@ fn process<const STOP: u8>(ctx: &XdpContext, bytes: usize) -> Result<Stat, Stat>
     }
     let flow = FlowKey::new(l3.family, l3.proto, l3.src, l4.src_port, l3.dst, l4.dst_port);
     let hash64 = flow_hash64(&flow);
-    touch_conn_set(hash64);
+    let syn = l4.is_syn();
+    // A SYN in flood mode never reads its connection-table set.
+    if !(syn && flood::flooded(cfg.syn_flood_threshold)) {
+        touch_conn_set(hash64);
+    }
     if stops_at::<STOP>(Stage::Hash) {
         return Ok(Stat::TxEncap);
     }
@@ -178,7 +182,7 @@ fn process<const STOP: u8>(ctx: &XdpContext, bytes: usize) -> Result<Stat, Stat>
         return Ok(Stat::TxEncap);
     }
     count_vip(vip.vip_num, bytes);
-    let choice = choose_real(&vip, &flow, hash64, conn_use(&vip, l3.proto, l4.is_syn()))?;
+    let choice = choose_real(&vip, &flow, hash64, conn_use(&vip, l3.proto, syn), cfg.syn_flood_threshold)?;
     if stops_at::<STOP>(Stage::Choose) {
         return Ok(Stat::TxEncap);
     }
@@ -314,7 +318,7 @@ fn handle_icmp<const STOP: u8>(
     let hash64 = flow_hash64(&flow);
     let conn =
         if conn_use(&vip, quoted.proto, false) == ConnUse::Bypass { ConnUse::Bypass } else { ConnUse::LookupOnly };
-    let choice = choose_real(&vip, &flow, hash64, conn)?;
+    let choice = choose_real(&vip, &flow, hash64, conn, cfg.syn_flood_threshold)?;
     count_real(choice.index, bytes);
     let stat = forward(ctx, cfg, l2, l3, &choice.real, hash64 as u32, bytes, true)?;
     count(Stat::IcmpErrorForwarded, bytes);

@@ -11,6 +11,8 @@
 mod capture;
 #[path = "../balancer/encap.rs"]
 mod encap;
+#[path = "../balancer/flood.rs"]
+mod flood;
 #[path = "../balancer/icmp.rs"]
 mod icmp;
 #[path = "../balancer/lookup.rs"]

@@ -413,6 +413,14 @@ fn main() -> Result<()> {
             if json {
                 print_json(&s)?
             } else {
+                let event = |name: &str| s.global.get(name).map_or(0, |c| c.packets);
+                println!(
+                    "SYN-FLOOD MODE: {} CPUs now; {} SYNs forwarded untabled, {} CPU-windows (<= 1 s each) in flood mode",
+                    s.syn_flood_cpus,
+                    event(lb_common::Stat::SynFloodUntabled.name()),
+                    event(lb_common::Stat::SynFloodWindows.name()),
+                );
+                println!();
                 print_counters("ACTION", &s.actions);
                 println!();
                 let nonzero: BTreeMap<String, Counter> = s.global.into_iter().filter(|(_, c)| c.packets > 0).collect();
