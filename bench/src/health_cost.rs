@@ -56,13 +56,13 @@ pub struct HealthCost {
 /// The probe floor: what 1,000 TCP checks a second cost with nothing but
 /// the syscalls they need, done the way the checker does them (one socket
 /// per pair kept between probes, a non-blocking `connect`, the outcome read
-/// with `TCP_INFO` on a 10 ms grid, `connect(AF_UNSPEC)` to reset) from a
+/// with `TCP_INFO` on the checker's probe grid, `connect(AF_UNSPEC)` to reset) from a
 /// plain thread in the balancer's namespace, through the same TC program
 /// and tunnel (the daemon's marks). Returns the thread's CPU time
 /// (`CLOCK_THREAD_CPUTIME_ID`) in percent of one core over `window`, and the
 /// handshakes that completed.
 fn floor(ns: &Netns, pairs: usize, window: Duration) -> Result<(f64, u64)> {
-    const STEP: Duration = Duration::from_millis(10);
+    const STEP: Duration = lb_control::health::schedule::PROBE_STEP;
     let per_step = (pairs as u128 * STEP.as_nanos() / INTERVAL.as_nanos()).max(1) as usize;
     ns.run(move || {
         let sockets = (0..pairs)

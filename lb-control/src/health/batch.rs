@@ -25,6 +25,7 @@ use super::{
 use crate::config::health::HealthCheck;
 
 struct Pair {
+    key: Key,
     check: Arc<HealthCheck>,
     prober: Prober,
     schedule: Schedule,
@@ -33,15 +34,19 @@ struct Pair {
     started: Option<Instant>,
 }
 
-/// The TCP pairs, the starts due in time order and the handshakes in
-/// flight: a step touches only what is due or open, not every pair.
+/// The TCP pairs in slots, the starts due in time order and the handshakes
+/// in flight, both by slot: a step touches only what is due or open, and
+/// finds each by index, not by key.
 #[derive(Default)]
 pub struct TcpBatch {
-    pairs: BTreeMap<Key, Pair>,
-    /// Starts by time; an entry whose pair is gone or was rescheduled is
+    slots: Vec<Option<Pair>>,
+    free: Vec<usize>,
+    by_key: BTreeMap<Key, usize>,
+    /// Starts by time, `(due, slot)`; an entry whose slot was emptied,
+    /// reused or rescheduled since does not match its pair's `due` and is
     /// skipped when it comes up.
-    due: BinaryHeap<Reverse<(Instant, Key)>>,
-    in_flight: Vec<Key>,
+    due: BinaryHeap<Reverse<(Instant, usize)>>,
+    in_flight: Vec<usize>,
 }
 
 impl TcpBatch {
@@ -50,22 +55,35 @@ impl TcpBatch {
         let schedule = Schedule::new(&key, check.interval, now);
         let due = schedule.first();
         let prober = Prober::new((*check).clone(), target, mark);
-        self.pairs.insert(key, Pair { check, prober, schedule, due, started: None });
-        self.due.push(Reverse((due, key)));
+        let pair = Pair { key, check, prober, schedule, due, started: None };
+        let slot = match self.free.pop() {
+            Some(slot) => {
+                self.slots[slot] = Some(pair);
+                slot
+            }
+            None => {
+                self.slots.push(Some(pair));
+                self.slots.len() - 1
+            }
+        };
+        self.by_key.insert(key, slot);
+        self.due.push(Reverse((due, slot)));
     }
 
     /// Stops checking `key`; a handshake in flight is reset.
     pub fn remove(&mut self, key: &Key) {
-        if let Some(mut pair) = self.pairs.remove(key) {
+        let Some(slot) = self.by_key.remove(key) else { return };
+        if let Some(mut pair) = self.slots[slot].take() {
             if pair.started.is_some() {
-                self.in_flight.retain(|k| k != key);
+                self.in_flight.retain(|s| *s != slot);
                 pair.prober.disconnect();
             }
         }
+        self.free.push(slot);
     }
 
     pub fn is_empty(&self) -> bool {
-        self.pairs.is_empty()
+        self.by_key.is_empty()
     }
 
     /// One grid step at `now`: the outcomes of handshakes that ended or ran
@@ -75,8 +93,8 @@ impl TcpBatch {
         let mut results = Vec::new();
         let mut i = 0;
         while i < self.in_flight.len() {
-            let key = self.in_flight[i];
-            let Some(pair) = self.pairs.get_mut(&key) else {
+            let slot = self.in_flight[i];
+            let Some(pair) = self.slots[slot].as_mut() else {
                 self.in_flight.swap_remove(i);
                 continue;
             };
@@ -96,29 +114,30 @@ impl TcpBatch {
                 Ok(rtt) => (Ok(()), rtt),
                 Err(e) => (Err(e), took),
             };
-            results.push(ProbeResult { key, check: pair.check.clone(), result, took });
+            results.push(ProbeResult { key: pair.key, check: pair.check.clone(), result, took });
             pair.due = pair.schedule.next(now);
-            self.due.push(Reverse((pair.due, key)));
+            self.due.push(Reverse((pair.due, slot)));
         }
-        while let Some(&Reverse((due, key))) = self.due.peek() {
+        while let Some(&Reverse((due, slot))) = self.due.peek() {
             if due > now || self.in_flight.len() >= max_in_flight {
                 break;
             }
             self.due.pop();
-            let Some(pair) = self.pairs.get_mut(&key) else { continue };
+            let Some(pair) = self.slots[slot].as_mut() else { continue };
             if pair.due != due || pair.started.is_some() {
                 continue;
             }
             match pair.prober.tcp_start() {
                 Ok(()) => {
                     pair.started = Some(now);
-                    self.in_flight.push(key);
+                    self.in_flight.push(slot);
                 }
                 Err(e) => {
                     pair.prober.disconnect();
+                    let key = pair.key;
                     results.push(ProbeResult { key, check: pair.check.clone(), result: Err(e), took: Duration::ZERO });
                     pair.due = pair.schedule.next(now);
-                    self.due.push(Reverse((pair.due, key)));
+                    self.due.push(Reverse((pair.due, slot)));
                 }
             }
         }

@@ -151,8 +151,16 @@ impl Checker {
                     let plan = plans.borrow_and_update().clone();
                     self.reconcile(&plan).await;
                 }
-                Some(r) = self.rx.recv() => self.handle(r).await,
+                Some(r) = self.rx.recv() => {
+                    // A result of a task stopped meanwhile (or of an older
+                    // check) is stale.
+                    if self.tasks.get(&r.key).is_some_and(|t| Arc::ptr_eq(&t.check, &r.check)) {
+                        self.handle(r).await;
+                    }
+                }
                 () = tokio::time::sleep_until(next_step()), if !self.tcp.is_empty() => {
+                    // The batch holds exactly the current TCP checks: its
+                    // results are never stale.
                     for r in self.tcp.step(tokio::time::Instant::now(), MAX_CONCURRENT_PROBES) {
                         self.handle(r).await;
                     }
@@ -250,10 +258,6 @@ impl Checker {
     }
 
     async fn handle(&mut self, r: ProbeResult) {
-        // A result of a task stopped meanwhile (or of an older check) is stale.
-        if self.tasks.get(&r.key).is_none_or(|t| !Arc::ptr_eq(&t.check, &r.check)) {
-            return;
-        }
         let (vip, backend) = r.key;
         let kind = r.check.kind_name();
         let histogram = match self.durations.get(kind) {

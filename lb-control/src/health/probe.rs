@@ -10,7 +10,7 @@
 //! again. That saves a `socket`, a `close` (an inode and a dentry) and an
 //! epoll registration per probe; each connection is still new (a new
 //! ephemeral port, a full handshake), so the check is the same. A TCP check
-//! reads the handshake's outcome on the checker's 10 ms grid
+//! reads the handshake's outcome on the checker's probe grid
 //! (`TCP_INFO`), so it needs no epoll registration and no wake-up of its
 //! own (the checker's batch drives it, [`super::batch`]); HTTP registers
 //! the socket for the exchange.
