@@ -240,22 +240,22 @@ pub fn run(window: Duration, progress: &Progress) -> Result<HealthCost> {
             .map(|p| Ok(TcpListener::bind((Ipv4Addr::UNSPECIFIED, p))?))
             .collect::<Result<Vec<_>>>()
     })?;
+    // Blocking accepts (a polling loop would wake 20 threads every few ms
+    // on this 2-core machine, beside the daemon being measured); at the end
+    // a connection from inside the namespace wakes each one to stop.
     let threads: Vec<_> = listeners
         .into_iter()
         .map(|l| {
             let stop = stop.clone();
             std::thread::spawn(move || {
-                let _ = l.set_nonblocking(true);
                 while !stop.load(Ordering::Relaxed) {
-                    match l.accept() {
-                        Ok((s, _)) => drop(s),
-                        Err(_) => std::thread::sleep(Duration::from_millis(5)),
+                    if let Ok((s, _)) = l.accept() {
+                        drop(s);
                     }
                 }
             })
         })
         .collect();
-
     let dir = std::env::temp_dir().join(netns::unique_name("lb-bench-health-"));
     std::fs::create_dir_all(&dir)?;
     let pin_dir = PathBuf::from(format!("/sys/fs/bpf/{}", netns::unique_name("lb-bench-health")));
@@ -329,6 +329,12 @@ pub fn run(window: Duration, progress: &Progress) -> Result<HealthCost> {
     }
     let _ = detach_all(&pin_dir);
     stop.store(true, Ordering::Relaxed);
+    let _ = be.run(|| {
+        for port in FIRST_PORT..FIRST_PORT + VIPS {
+            let _ = std::net::TcpStream::connect_timeout(&(Ipv4Addr::LOCALHOST, port).into(), Duration::from_secs(1));
+        }
+        Ok(())
+    });
     for t in threads {
         let _ = t.join();
     }
