@@ -344,9 +344,8 @@ pub fn run_mix_checked(
     calls: u32,
     unchanged: &[Stat],
 ) -> Result<MixResult> {
-    let mut out = vec![0u8; 4096];
-    let mut cursor = 0usize;
     if mix.warm {
+        let mut out = vec![0u8; 4096];
         for f in &mix.frames {
             let opts = TestRunOptions { data_in: Some(f), data_out: Some(&mut out), ..TestRunOptions::new() };
             bal.program().test_run(opts)?;
@@ -354,31 +353,62 @@ pub fn run_mix_checked(
     }
     let before = bal.stat(mix.path)?;
     let still_before = unchanged.iter().map(|&s| bal.stat(s).map(|c| c.packets)).collect::<Result<Vec<_>, _>>()?;
-    let (mut bal_ns, mut floor_ns, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
-    let mut floor_cursor = 0usize;
-    for _ in 0..rounds {
-        let f = time_calls(floor.program(), &mix.frames, calls, &mut floor_cursor, &mut out)?;
-        let b = time_calls(bal.program(), &mix.frames, calls, &mut cursor, &mut out)?;
-        bal_ns.push(b);
-        floor_ns.push(f);
-        ratios.push(b / f);
-    }
+    let timed = time_rounds(bal, floor, &mix.frames, rounds, calls, |_| Ok(()))?;
     let after = bal.stat(mix.path)?;
     let still_after = unchanged.iter().map(|&s| bal.stat(s).map(|c| c.packets)).collect::<Result<Vec<_>, _>>()?;
     let packets = rounds as u64 * calls as u64;
-    let (ns_min, ns_max) = bal_ns.iter().fold((f64::MAX, 0f64), |(lo, hi), &x| (lo.min(x), hi.max(x)));
-    let (ratio_min, ratio_max) = ratios.iter().fold((f64::MAX, 0f64), |(lo, hi), &x| (lo.min(x), hi.max(x)));
-    Ok(MixResult {
-        name: mix.name,
-        ns: crate::sys::median(&mut bal_ns),
-        ns_min,
-        ns_max,
-        floor_ns: crate::sys::median(&mut floor_ns),
-        ratio: crate::sys::median(&mut ratios),
-        ratio_min,
-        ratio_max,
-        path_verified: after.packets - before.packets == packets && still_before == still_after,
-    })
+    Ok(timed.result(mix.name, after.packets - before.packets == packets && still_before == still_after))
+}
+
+/// A mix's rounds: balancer and floor ns per packet, and their ratio, per
+/// round.
+pub struct Rounds {
+    bal_ns: Vec<f64>,
+    floor_ns: Vec<f64>,
+    ratios: Vec<f64>,
+}
+
+/// Times `rounds` rounds of `calls` packets of `frames`, balancer and floor
+/// interleaved in every round; `before_round` runs (untimed) before each.
+pub fn time_rounds(
+    bal: &mut Balancer,
+    floor: &mut Floor,
+    frames: &[Vec<u8>],
+    rounds: u32,
+    calls: u32,
+    mut before_round: impl FnMut(&mut Balancer) -> Result<()>,
+) -> Result<Rounds> {
+    let mut out = vec![0u8; 4096];
+    let (mut cursor, mut floor_cursor) = (0usize, 0usize);
+    let mut timed = Rounds { bal_ns: Vec::new(), floor_ns: Vec::new(), ratios: Vec::new() };
+    for _ in 0..rounds {
+        before_round(bal)?;
+        let f = time_calls(floor.program(), frames, calls, &mut floor_cursor, &mut out)?;
+        let b = time_calls(bal.program(), frames, calls, &mut cursor, &mut out)?;
+        timed.bal_ns.push(b);
+        timed.floor_ns.push(f);
+        timed.ratios.push(b / f);
+    }
+    Ok(timed)
+}
+
+impl Rounds {
+    /// The mix's figures: medians over rounds, the rounds' range.
+    pub fn result(mut self, name: &'static str, path_verified: bool) -> MixResult {
+        let range = |v: &[f64]| v.iter().fold((f64::MAX, 0f64), |(lo, hi), &x| (lo.min(x), hi.max(x)));
+        let ((ns_min, ns_max), (ratio_min, ratio_max)) = (range(&self.bal_ns), range(&self.ratios));
+        MixResult {
+            name,
+            ns: crate::sys::median(&mut self.bal_ns),
+            ns_min,
+            ns_max,
+            floor_ns: crate::sys::median(&mut self.floor_ns),
+            ratio: crate::sys::median(&mut self.ratios),
+            ratio_min,
+            ratio_max,
+            path_verified,
+        }
+    }
 }
 
 // ---- part 1: the report -------------------------------------------------------

@@ -11,7 +11,7 @@ use lb_common::{LbConfig, Stat, SynFloodState, IPPROTO_TCP};
 use lb_control::dataplane::{monotonic_coarse_ns, Balancer};
 use lb_testkit::packet_builder as pb;
 
-use crate::dataplane::{forwarding, time_calls, Floor, Mix, MixResult};
+use crate::dataplane::{forwarding, time_rounds, Floor, Mix, MixResult};
 
 /// The mix's name (its target row matches "syn flood").
 pub const NAME: &str = "ipv4 tcp syn flood (untabled)";
@@ -46,36 +46,14 @@ fn flood_now(bal: &mut Balancer) -> Result<()> {
 /// both `syn_flood_untabled` and `tx_encap` and nothing was tabled.
 pub fn run_mix(bal: &mut Balancer, floor: &mut Floor, mix: &Mix, rounds: u32, calls: u32) -> Result<MixResult> {
     bal.set_config(&LbConfig { syn_flood_threshold: THRESHOLD, ..forwarding() })?;
-    let mut out = vec![0u8; 4096];
-    let (mut cursor, mut floor_cursor) = (0usize, 0usize);
     let untabled = bal.stat(Stat::SynFloodUntabled)?;
     let encap = bal.stat(Stat::TxEncap)?;
     let entries = bal.conn_count();
-    let (mut bal_ns, mut floor_ns, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
-    for _ in 0..rounds {
-        flood_now(bal)?;
-        let f = time_calls(floor.program(), &mix.frames, calls, &mut floor_cursor, &mut out)?;
-        let b = time_calls(bal.program(), &mix.frames, calls, &mut cursor, &mut out)?;
-        bal_ns.push(b);
-        floor_ns.push(f);
-        ratios.push(b / f);
-    }
+    let timed = time_rounds(bal, floor, &mix.frames, rounds, calls, flood_now)?;
     let packets = rounds as u64 * calls as u64;
     let verified = bal.stat(Stat::SynFloodUntabled)?.packets - untabled.packets == packets
         && bal.stat(Stat::TxEncap)?.packets - encap.packets == packets
         && bal.conn_count() == entries;
     bal.set_config(&forwarding())?;
-    let (ns_min, ns_max) = bal_ns.iter().fold((f64::MAX, 0f64), |(lo, hi), &x| (lo.min(x), hi.max(x)));
-    let (ratio_min, ratio_max) = ratios.iter().fold((f64::MAX, 0f64), |(lo, hi), &x| (lo.min(x), hi.max(x)));
-    Ok(MixResult {
-        name: mix.name,
-        ns: crate::sys::median(&mut bal_ns),
-        ns_min,
-        ns_max,
-        floor_ns: crate::sys::median(&mut floor_ns),
-        ratio: crate::sys::median(&mut ratios),
-        ratio_min,
-        ratio_max,
-        path_verified: verified,
-    })
+    Ok(timed.result(mix.name, verified))
 }

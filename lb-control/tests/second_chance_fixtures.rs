@@ -73,32 +73,6 @@ fn flow4() -> FlowKey {
     FlowKey::new(FAMILY_V4, IPPROTO_TCP, src, net16(CLIENT_PORT), dst, net16(PORT_HTTP))
 }
 
-/// Runs `input` once; checks the action, every output byte and exactly the
-/// counters `want` (packets; bytes are the input's for reasons).
-fn check_balancer(
-    bal: &mut Balancer,
-    input: &[u8],
-    action: u32,
-    output: &[u8],
-    want: &[(Stat, u64)],
-) -> Result<(), String> {
-    let before = snapshot(bal);
-    let (got_action, out) = run(bal, input);
-    let moved: Vec<(Stat, u64)> = changed(&before, &snapshot(bal)).into_iter().map(|(s, p, _)| (s, p)).collect();
-    if got_action != action {
-        return Err(format!("action {got_action}, want {action}"));
-    }
-    if out != output {
-        return Err(format!("output differs: {}", diff(&out, output)));
-    }
-    let mut want = want.to_vec();
-    want.sort_by_key(|(s, _)| *s as u32);
-    if moved != want {
-        return Err(format!("counters moved {moved:?}, want {want:?}"));
-    }
-    Ok(())
-}
-
 fn balancer_trials() -> Vec<Trial> {
     vec![
         Trial::test("balancer: v4 ack missing the table, previous table disagrees: second hop", || {

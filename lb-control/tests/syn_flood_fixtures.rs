@@ -53,24 +53,9 @@ fn encap4(inner: &[u8], sport: u16, real: Ipv4Addr) -> Vec<u8> {
     expect_ipip4(inner, real, encap_hash(CLIENT4.into(), sport, VIP4.into(), PORT_HTTP, IPPROTO_TCP))
 }
 
-/// Runs `input` once; checks the action, every output byte and exactly the
-/// counters `want` (packets).
+/// [`check_balancer`] for a packet the balancer sends on (`XDP_TX`).
 fn check(bal: &mut Balancer, input: &[u8], output: &[u8], want: &[(Stat, u64)]) -> Result<(), String> {
-    let before = snapshot(bal);
-    let (action, out) = run(bal, input);
-    let moved: Vec<(Stat, u64)> = changed(&before, &snapshot(bal)).into_iter().map(|(s, p, _)| (s, p)).collect();
-    if action != XDP_TX {
-        return Err(format!("action {action}, want XDP_TX"));
-    }
-    if out != output {
-        return Err(format!("output differs: {}", diff(&out, output)));
-    }
-    let mut want = want.to_vec();
-    want.sort_by_key(|(s, _)| *s as u32);
-    if moved != want {
-        return Err(format!("counters moved {moved:?}, want {want:?}"));
-    }
-    Ok(())
+    check_balancer(bal, input, XDP_TX, output, want)
 }
 
 /// The windows' flow counts, summed over CPUs (only the test's CPU moves).

@@ -256,6 +256,32 @@ pub fn changed(before: &[(Stat, Counter)], after: &[(Stat, Counter)]) -> Vec<(St
         .collect()
 }
 
+/// Runs `input` once; checks the action, every output byte and exactly the
+/// counters `want` (packets).
+pub fn check_balancer(
+    bal: &mut Balancer,
+    input: &[u8],
+    action: u32,
+    output: &[u8],
+    want: &[(Stat, u64)],
+) -> Result<(), String> {
+    let before = snapshot(bal);
+    let (got_action, out) = run(bal, input);
+    let moved: Vec<(Stat, u64)> = changed(&before, &snapshot(bal)).into_iter().map(|(s, p, _)| (s, p)).collect();
+    if got_action != action {
+        return Err(format!("action {got_action}, want {action}"));
+    }
+    if out != output {
+        return Err(format!("output differs: {}", diff(&out, output)));
+    }
+    let mut want = want.to_vec();
+    want.sort_by_key(|(s, _)| *s as u32);
+    if moved != want {
+        return Err(format!("counters moved {moved:?}, want {want:?}"));
+    }
+    Ok(())
+}
+
 /// A side-by-side hex view of where two frames first differ.
 pub fn diff(got: &[u8], want: &[u8]) -> String {
     let first = got.iter().zip(want).position(|(a, b)| a != b).unwrap_or(got.len().min(want.len()));
