@@ -15,7 +15,10 @@ use std::{
 };
 
 use anyhow::{bail, Context as _, Result};
-use lb_control::dataplane::{detach_all, Decap, Limits, XdpMode};
+use lb_control::{
+    dataplane::{detach_all, Decap, Limits, XdpMode},
+    health::probe::{handshake_state, Handshake},
+};
 use lb_e2e::API;
 use lb_testkit::netns::{self, Netns};
 use serde::Serialize;
@@ -111,8 +114,8 @@ fn floor(ns: &Netns, pairs: usize, window: Duration) -> Result<(f64, u64)> {
                     let mut info: libc::tcp_info = std::mem::zeroed();
                     let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
                     libc::getsockopt(fd, libc::IPPROTO_TCP, libc::TCP_INFO, (&raw mut info).cast(), &mut len);
-                    // ESTABLISHED, or CLOSE_WAIT once the listener closed.
-                    completed += u64::from(matches!(info.tcpi_state, 1 | 8));
+                    // Judged as the checker judges it.
+                    completed += u64::from(handshake_state(info.tcpi_state) == Handshake::Done);
                     libc::connect(fd, &unspec, std::mem::size_of::<libc::sockaddr>() as libc::socklen_t);
                 }
             }

@@ -186,7 +186,7 @@ impl Prober {
 }
 
 #[derive(Debug, PartialEq)]
-enum Handshake {
+pub enum Handshake {
     Done,
     Pending,
     Failed,
@@ -195,7 +195,7 @@ enum Handshake {
 /// What a probe socket's TCP state says of its handshake. A server that
 /// accepts and hangs up at once leaves the socket in CLOSE_WAIT by the
 /// time it is read: the handshake completed, the check passes.
-fn handshake_state(state: u8) -> Handshake {
+pub fn handshake_state(state: u8) -> Handshake {
     match state {
         TCP_ESTABLISHED | TCP_CLOSE_WAIT => Handshake::Done,
         TCP_SYN_SENT => Handshake::Pending,
