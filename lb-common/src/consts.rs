@@ -3,7 +3,7 @@
 
 /// Bumped whenever the layout of any pinned map changes; part of the pin path
 /// so an upgraded daemon never reads maps written with an older layout.
-pub const MAP_LAYOUT_VERSION: u32 = 11;
+pub const MAP_LAYOUT_VERSION: u32 = 12;
 
 /// Maglev table size per VIP; a prime. The data plane reads the real value
 /// from the `RING_SIZE` global set at load time.
@@ -92,9 +92,8 @@ pub const CFG_F_HAS_PORT0_VIPS: u32 = 1 << 1;
 pub mod map_names {
     pub const VIPS: &str = "VIPS";
     pub const VIP_FILTER: &str = "VIP_FILTER";
-    pub const VIP_TABLE_A: &str = "VIP_TABLE_A";
-    pub const VIP_TABLE_B: &str = "VIP_TABLE_B";
-    pub const VIP_TABLES: &str = "VIP_TABLES";
+    pub const VIP_TABLE: &str = "VIP_TABLE";
+    pub const VIP_TABLE_LIVE: &str = "VIP_TABLE_LIVE";
     pub const REALS: &str = "REALS";
     pub const REAL_OWNERS: &str = "REAL_OWNERS";
     pub const RINGS: &str = "RINGS";
@@ -117,12 +116,11 @@ pub mod map_names {
 
     /// Every pinned map of the balancer object (the object also has the
     /// [`CAPTURE_MAPS`]).
-    pub const BALANCER_MAPS: [&str; 15] = [
+    pub const BALANCER_MAPS: [&str; 14] = [
         VIPS,
         VIP_FILTER,
-        VIP_TABLE_A,
-        VIP_TABLE_B,
-        VIP_TABLES,
+        VIP_TABLE,
+        VIP_TABLE_LIVE,
         REALS,
         REAL_OWNERS,
         RINGS,

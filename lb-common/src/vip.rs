@@ -75,6 +75,18 @@ pub struct VipBucket {
     pub _pad: u32,
 }
 
+/// Which copy of the VIP table is live: entry 0 of `VIP_TABLE_LIVE`. The
+/// `VIP_TABLE` array holds two copies of the table, one after the other;
+/// the control plane rebuilds the one not live, then points `base` at it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct VipTableLive {
+    /// The live copy's first bucket: 0, or the buckets of one copy.
+    pub base: u32,
+    /// 0 until the control plane first published a table (a new map).
+    pub published: u32,
+}
+
 /// The hash that picks a VIP's bucket: three independent 64-bit multiplies
 /// (address halves, port/protocol/family) folded by a fourth. Every VIP
 /// packet computes it, and the bucket index only needs a good spread of
@@ -147,6 +159,7 @@ const _: () = assert!(core::mem::size_of::<VipMeta>() == 12);
 const _: () = assert!(core::mem::size_of::<Real>() == 20);
 const _: () = assert!(core::mem::size_of::<VipSlot>() == 32);
 const _: () = assert!(core::mem::size_of::<VipBucket>() == 136);
+const _: () = assert!(core::mem::size_of::<VipTableLive>() == 8);
 
 #[cfg(feature = "user")]
 mod pod {
@@ -162,6 +175,8 @@ mod pod {
     unsafe impl aya::Pod for VipFilter {}
     // SAFETY: as above.
     unsafe impl aya::Pod for VipBucket {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for VipTableLive {}
 }
 
 #[cfg(test)]

@@ -48,8 +48,6 @@ fn every_pinned_map_has_btf_and_dumps_with_field_names() {
         [(vip, VipSpec { flags: vec![], backends: [(IpAddr::V4(REAL1), Backend { weight: 1 })].into() })].into();
     e.apply(&vips, &config()).unwrap();
 
-    // The kernel takes no key/value BTF for a map of maps (its values are
-    // map fds), so VIP_TABLES alone goes without.
     let without: Vec<&str> = map_names::BALANCER_MAPS
         .into_iter()
         .filter(|name| {
@@ -57,7 +55,7 @@ fn every_pinned_map_has_btf_and_dumps_with_field_names() {
             info["btf_id"].as_u64().is_none_or(|id| id == 0)
         })
         .collect();
-    assert_eq!(without, [map_names::VIP_TABLES], "maps without BTF");
+    assert!(without.is_empty(), "maps without BTF: {without:?}");
 
     // A backend slot: named fields, the address as the data plane holds it.
     let reals = bpftool(&["map", "dump", "pinned", &pinned(&pins.0, map_names::REALS)]);

@@ -55,16 +55,9 @@ pub struct Balancer {
 }
 
 /// Takes an mmapable array map out of the object and maps `entries` values.
-fn take_mmap<T: aya::Pod>(
-    ebpf: &mut Ebpf,
-    name: &'static str,
-    entries: u32,
-) -> Result<(MmapArray<T>, u32), DataplaneError> {
+fn take_mmap<T: aya::Pod>(ebpf: &mut Ebpf, name: &'static str, entries: u32) -> Result<MmapArray<T>, DataplaneError> {
     match ebpf.take_map(name) {
-        Some(Map::Array(data)) => {
-            let id = data.info().map_err(map_err(name))?.id();
-            Ok((MmapArray::new(data, entries as usize)?, id))
-        }
+        Some(Map::Array(data)) => MmapArray::new(data, entries as usize),
         _ => Err(DataplaneError::MissingMap(name)),
     }
 }
@@ -82,16 +75,14 @@ impl Balancer {
     pub fn open(limits: Limits, pin_dir: Option<&Path>) -> Result<Self, DataplaneError> {
         let (mut ebpf, adopted) = load_balancer(&limits, pin_dir)?;
         let pinned = pin_dir.map(|dir| open_pinned(dir, &limits)).transpose()?;
-        let (rings, _) = take_mmap(&mut ebpf, map_names::RINGS, limits.ring_slots())?;
-        let (conn, _) = take_mmap(&mut ebpf, map_names::CONN_TABLE, limits.conn_slots())?;
-        let copies = [
-            take_mmap(&mut ebpf, map_names::VIP_TABLE_A, limits.vip_buckets())?,
-            take_mmap(&mut ebpf, map_names::VIP_TABLE_B, limits.vip_buckets())?,
-        ];
+        let rings = take_mmap(&mut ebpf, map_names::RINGS, limits.ring_slots())?;
+        let conn = take_mmap(&mut ebpf, map_names::CONN_TABLE, limits.conn_slots())?;
+        let vip_table = take_mmap(&mut ebpf, map_names::VIP_TABLE, limits.vip_table_entries())?;
+        let vip_table_live = take_mmap(&mut ebpf, map_names::VIP_TABLE_LIVE, 1)?;
         let vips = VipTable::new(
             take(&mut ebpf, map_names::VIPS)?,
-            copies,
-            take(&mut ebpf, map_names::VIP_TABLES)?,
+            vip_table,
+            vip_table_live,
             take(&mut ebpf, map_names::VIP_FILTER)?,
             limits.vip_buckets(),
         )?;

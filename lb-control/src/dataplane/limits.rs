@@ -55,6 +55,11 @@ impl Limits {
         self.max_vips.saturating_mul(2).checked_next_power_of_two().unwrap_or(1 << 31).max(16)
     }
 
+    /// Entries of the `VIP_TABLE` array: two copies of the table.
+    pub fn vip_table_entries(&self) -> u32 {
+        2 * self.vip_buckets()
+    }
+
     /// Backend slots in the whole pool (saturating; see `validate`).
     pub fn ring_slots(&self) -> u32 {
         self.ring_count().saturating_mul(self.ring_size)
@@ -87,8 +92,12 @@ impl Limits {
                 self.max_vips, self.ring_size
             ));
         }
-        if self.max_vips as u64 * 2 > 1 << 31 {
-            return bad(format!("max_vips {} is above {} (the VIP table's buckets)", self.max_vips, 1u32 << 30));
+        if self.max_vips as u64 * 2 > 1 << 30 {
+            return bad(format!(
+                "max_vips {} is above {} (the VIP table's two copies of buckets)",
+                self.max_vips,
+                1u32 << 29
+            ));
         }
         Ok(())
     }

@@ -12,7 +12,7 @@ use aya::{
     Ebpf, EbpfLoader,
 };
 use lb_common::{
-    global_names, map_names, Counter, LbConfig, Real, Stat, SynFloodState, VipBucket, VipFilter, VipKey, VipMeta,
+    global_names, map_names, Counter, LbConfig, Real, Stat, SynFloodState, VipBucket, VipFilter, VipKey, VipMeta, VipTableLive,
 };
 
 use super::{map_err, DataplaneError, Limits, BALANCER_ELF, BALANCER_PROGRAM, BALANCER_STAGES_ELF};
@@ -115,14 +115,13 @@ pub fn detach_all(pin_dir: &Path) -> Result<Vec<PathBuf>, DataplaneError> {
 
 /// The balancer's maps that outlive the daemon when pinned, with the layout
 /// each must have: (name, key size, value size, entries).
-fn pinned_layout(limits: &Limits) -> [(&'static str, usize, usize, u32); 15] {
+fn pinned_layout(limits: &Limits) -> [(&'static str, usize, usize, u32); 14] {
     use std::mem::size_of;
     [
         (map_names::VIPS, size_of::<VipKey>(), size_of::<VipMeta>(), limits.max_vips * 2),
         (map_names::VIP_FILTER, 4, size_of::<VipFilter>(), 1),
-        (map_names::VIP_TABLE_A, 4, size_of::<VipBucket>(), limits.vip_buckets()),
-        (map_names::VIP_TABLE_B, 4, size_of::<VipBucket>(), limits.vip_buckets()),
-        (map_names::VIP_TABLES, 4, 4, 1),
+        (map_names::VIP_TABLE, 4, size_of::<VipBucket>(), limits.vip_table_entries()),
+        (map_names::VIP_TABLE_LIVE, 4, size_of::<VipTableLive>(), 1),
         (map_names::REALS, 4, size_of::<Real>(), limits.max_reals),
         (map_names::REAL_OWNERS, 4, size_of::<VipKey>(), limits.max_reals),
         (map_names::RINGS, 4, 8, limits.ring_slots().div_ceil(4)),
@@ -250,8 +249,7 @@ fn load_object(elf: &[u8], limits: &Limits, pin_dir: Option<&Path>) -> Result<(E
         .map_max_entries(map_names::REAL_OWNERS, limits.max_reals)
         .map_max_entries(map_names::RINGS, limits.ring_slots().div_ceil(4))
         .map_max_entries(map_names::PREV_RINGS, limits.max_vips)
-        .map_max_entries(map_names::VIP_TABLE_A, limits.vip_buckets())
-        .map_max_entries(map_names::VIP_TABLE_B, limits.vip_buckets())
+        .map_max_entries(map_names::VIP_TABLE, limits.vip_table_entries())
         .map_max_entries(map_names::CONN_TABLE, limits.conn_slots())
         .map_max_entries(map_names::VIP_STATS, limits.max_vips)
         .map_max_entries(map_names::REAL_STATS, limits.max_reals)

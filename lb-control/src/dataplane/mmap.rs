@@ -1,6 +1,6 @@
 //! A `BPF_F_MMAPABLE` array mapped into our memory (memmap2): the ring pool
 //! (a 65537-entry table is one copy instead of 65537 syscalls), the VIP
-//! tables and the connection table.
+//! table and its live-copy entry, and the connection table.
 
 use std::os::fd::{AsFd as _, AsRawFd as _};
 
@@ -14,7 +14,8 @@ use super::DataplaneError;
 pub(super) struct MmapArray<T> {
     mmap: MmapMut,
     entries: usize,
-    map: MapData,
+    /// Held, never read: the kernel object lives as long as the mapping.
+    _map: MapData,
     _values: std::marker::PhantomData<T>,
 }
 
@@ -29,7 +30,7 @@ impl<T: aya::Pod> MmapArray<T> {
         // mapping (`map` lives in self). The data plane writes it too; we
         // only read or write whole, aligned values (see the callers).
         let mmap = unsafe { MmapOptions::new().len(bytes).map_mut(fd) }.map_err(DataplaneError::Mmap)?;
-        Ok(Self { mmap, entries, map, _values: std::marker::PhantomData })
+        Ok(Self { mmap, entries, _map: map, _values: std::marker::PhantomData })
     }
 
     pub(super) fn slice(&self) -> &[T] {
@@ -42,10 +43,5 @@ impl<T: aya::Pod> MmapArray<T> {
     pub(super) fn slice_mut(&mut self) -> &mut [T] {
         // SAFETY: as in slice(); &mut self makes us the only user-space writer.
         unsafe { std::slice::from_raw_parts_mut(self.mmap.as_mut_ptr().cast::<T>(), self.entries) }
-    }
-
-    /// The array's map handle.
-    pub(super) fn map(&self) -> &MapData {
-        &self.map
     }
 }

@@ -9,6 +9,7 @@
 //! | `load.rs` | loading, pinning, attaching and detaching objects |
 //! | `limits.rs` | the sizes fixed at load time |
 //! | `mmap.rs` | the `BPF_F_MMAPABLE` arrays, mapped with memmap2 |
+//! | `grace.rs` | waiting for an RCU grace period (no program reads the old copy) |
 //! | `vip_table.rs` | the VIPS map, the two VIP-table copies and the address filter |
 //! | `rings.rs` | the Maglev ring pool |
 //! | `conn.rs` | the connection table |
@@ -24,6 +25,7 @@ mod conn;
 mod counters;
 mod decap;
 mod flood;
+mod grace;
 mod limits;
 mod load;
 mod mmap;
@@ -108,6 +110,8 @@ pub enum DataplaneError {
     Cpus(#[source] std::io::Error),
     #[error("mapping the ring pool into memory: {0}")]
     Mmap(#[source] std::io::Error),
+    #[error("waiting for running XDP programs (an RCU grace period): {0}")]
+    GracePeriod(#[source] std::io::Error),
 }
 
 fn map_err(name: &'static str) -> impl FnOnce(MapError) -> DataplaneError {

@@ -1,13 +1,14 @@
 //! The VIPs: the `VIPS` hash map (the overflow path and the source of
-//! truth), the two copies of the VIP table the data plane reads, swapped
-//! through `VIP_TABLES`, and the VIP address filter.
+//! truth), the two copies of the VIP table the data plane reads (the
+//! `VIP_TABLE` array, with `VIP_TABLE_LIVE` naming the live copy), and the
+//! VIP address filter.
 
 use std::collections::BTreeMap;
 
-use aya::maps::{Array, ArrayOfMaps, HashMap, MapData, MapError};
-use lb_common::{map_names, vip_key_hash, VipBucket, VipFilter, VipKey, VipMeta, VipSlot, FAMILY_NONE};
+use aya::maps::{Array, HashMap, MapData, MapError};
+use lb_common::{map_names, vip_key_hash, VipBucket, VipFilter, VipKey, VipMeta, VipSlot, VipTableLive, FAMILY_NONE};
 
-use super::{map_err, mmap::MmapArray, DataplaneError};
+use super::{grace::GracePeriod, map_err, mmap::MmapArray, DataplaneError};
 
 /// The VIP table for these VIPs: each in the first free slot of its bucket;
 /// a bucket with no room left is marked overflowed, and the data plane looks
@@ -27,12 +28,13 @@ pub fn build_vip_table(vips: &BTreeMap<VipKey, VipMeta>, buckets: u32) -> Vec<Vi
 /// The VIP maps and what user space knows of them.
 pub(super) struct VipTable {
     vips: HashMap<MapData, VipKey, VipMeta>,
-    /// The two copies of the VIP table, mapped, and the map-of-maps that
-    /// names the live one.
-    copies: [MmapArray<VipBucket>; 2],
-    outer: ArrayOfMaps<MapData, MapData>,
-    copy_ids: [u32; 2],
-    active: usize,
+    /// The two copies of the VIP table, back to back, mapped.
+    table: MmapArray<VipBucket>,
+    /// Which copy is live, mapped: shared with the data plane (and with any
+    /// other handle on the same pins), so it is read afresh each time.
+    live: MmapArray<VipTableLive>,
+    grace: GracePeriod,
+    /// Buckets of one copy.
     buckets: u32,
     /// What `vips` holds, so tables are built without reading the map back.
     mirror: BTreeMap<VipKey, VipMeta>,
@@ -49,20 +51,18 @@ impl VipTable {
     /// a second handle on the pins) finds one.
     pub(super) fn new(
         vips: HashMap<MapData, VipKey, VipMeta>,
-        copies: [(MmapArray<VipBucket>, u32); 2],
-        outer: ArrayOfMaps<MapData, MapData>,
+        table: MmapArray<VipBucket>,
+        live: MmapArray<VipTableLive>,
         filter_map: Array<MapData, VipFilter>,
         buckets: u32,
     ) -> Result<Self, DataplaneError> {
         let filter = filter_map.get(&0, 0).map_err(map_err(map_names::VIP_FILTER))?;
         let mirror = vips.iter().collect::<Result<BTreeMap<_, _>, _>>().map_err(map_err(map_names::VIPS))?;
-        let [(a, id_a), (b, id_b)] = copies;
         let mut table = Self {
             vips,
-            copies: [a, b],
-            outer,
-            copy_ids: [id_a, id_b],
-            active: 0,
+            table,
+            live,
+            grace: GracePeriod::new()?,
             buckets,
             mirror,
             defer_publish: false,
@@ -70,9 +70,8 @@ impl VipTable {
             filter_map,
             filter,
         };
-        match table.live_copy()? {
-            Some(live) => table.active = live,
-            None => table.publish()?,
+        if table.live_copy().is_none() {
+            table.publish()?;
         }
         Ok(table)
     }
@@ -112,28 +111,33 @@ impl VipTable {
         self.vips.iter().collect::<Result<_, _>>().map_err(map_err(map_names::VIPS))
     }
 
-    /// Which copy of the VIP table is live, as the kernel says (another
-    /// handle on the same pins may have swapped it).
-    fn live_copy(&self) -> Result<Option<usize>, DataplaneError> {
-        match self.outer.get(&0, 0) {
-            Ok(inner) => {
-                let id = inner.info().map_err(map_err(map_names::VIP_TABLES))?.id();
-                Ok(self.copy_ids.iter().position(|&t| t == id))
-            }
-            Err(MapError::KeyNotFound) => Ok(None),
-            Err(e) => Err(map_err(map_names::VIP_TABLES)(e)),
+    /// Which copy of the VIP table is live (`None` before the first
+    /// publish, or if the entry names no copy), read from the map: another
+    /// handle on the same pins may have swapped it.
+    fn live_copy(&self) -> Option<usize> {
+        // SAFETY: an aligned value of our mapping; volatile because the
+        // data plane and other handles share it.
+        let live = unsafe { std::ptr::read_volatile(&self.live.slice()[0]) };
+        match live.base {
+            _ if live.published == 0 => None,
+            0 => Some(0),
+            b if b == self.buckets => Some(1),
+            _ => None,
         }
+    }
+
+    /// The buckets of copy `copy`.
+    fn copy_mut(&mut self, copy: usize) -> &mut [VipBucket] {
+        let n = self.buckets as usize;
+        &mut self.table.slice_mut()[copy * n..(copy + 1) * n]
     }
 
     /// A VIP the live table holds changes in place: one aligned 32-bit store
     /// per field, each seen whole by the data plane.
     fn update_in_place(&mut self, key: &VipKey, meta: &VipMeta) -> bool {
-        match self.live_copy() {
-            Ok(Some(live)) => self.active = live,
-            _ => return false,
-        }
+        let Some(live) = self.live_copy() else { return false };
         let index = (vip_key_hash(key) & (self.buckets - 1)) as usize;
-        let bucket = &mut self.copies[self.active].slice_mut()[index];
+        let bucket = &mut self.copy_mut(live)[index];
         let Some(slot) = bucket.slots.iter_mut().find(|s| s.key.family != FAMILY_NONE && s.key == *key) else {
             return false;
         };
@@ -164,17 +168,25 @@ impl VipTable {
 
     /// Builds the VIP table from the VIPS map's contents into the copy
     /// that is not live, and makes it live. Returns once no program reads
-    /// the previous copy any more.
+    /// the previous copy any more, so the next publish may rewrite it.
     pub(super) fn publish(&mut self) -> Result<(), DataplaneError> {
-        if let Some(live) = self.live_copy()? {
-            self.active = live;
-        }
-        let table = build_vip_table(&self.mirror, self.buckets);
-        let next = 1 - self.active;
-        self.copies[next].slice_mut().copy_from_slice(&table);
+        let next = match self.live_copy() {
+            Some(live) => 1 - live,
+            None => 0,
+        };
+        let built = build_vip_table(&self.mirror, self.buckets);
+        self.copy_mut(next).copy_from_slice(&built);
         std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);
-        self.outer.set(0, self.copies[next].map(), 0).map_err(map_err(map_names::VIP_TABLES))?;
-        self.active = next;
+        let base = next as u32 * self.buckets;
+        let live = &mut self.live.slice_mut()[0];
+        // SAFETY: aligned u32 fields of our mapping; volatile so each is one
+        // store, `base` first (a reader sees the old copy or the new one).
+        unsafe {
+            std::ptr::write_volatile(&mut live.base, base);
+            std::ptr::write_volatile(&mut live.published, 1);
+        }
+        std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);
+        self.grace.wait()?;
         self.dirty = false;
         Ok(())
     }

@@ -3,14 +3,14 @@
 
 use lb_common::{
     conn_slot, flow_hash, ring_slot, same_vip_key, vip_filter_bit, vip_key_hash, Addr, FlowKey, LbConfig, Real, Stat,
-    VipKey, VipMeta, CFG_F_HAS_PORT0_VIPS, CONN_FINGERPRINT_MASK, CONN_REAL_MASK, CONN_REFERENCED, CONN_WAYS,
+    VipBucket, VipKey, VipMeta, CFG_F_HAS_PORT0_VIPS, CONN_FINGERPRINT_MASK, CONN_REAL_MASK, CONN_REFERENCED, CONN_WAYS,
     FAMILY_NONE, FAMILY_V4, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP, REAL_NONE, VIP_F_HASH_NO_SRC_PORT,
     VIP_F_ICMP_ECHO, VIP_F_NO_CONN_TABLE, VIP_F_UDP_NO_CONN_TABLE,
 };
 
 use crate::{
     flood,
-    maps::{conn_sets, ring_size, vip_buckets, CONN_TABLE, REALS, RINGS, VIPS, VIP_FILTER, VIP_TABLES},
+    maps::{conn_sets, ring_size, vip_buckets, CONN_TABLE, REALS, RINGS, VIPS, VIP_FILTER, VIP_TABLE, VIP_TABLE_LIVE},
     second_chance,
     stats::count,
 };
@@ -24,12 +24,18 @@ pub fn maybe_vip(addr: &Addr) -> bool {
     word & (1 << (bit & 63)) != 0
 }
 
+/// `key`'s bucket in the live copy of the VIP table.
+#[inline(always)]
+fn vip_bucket(key: &VipKey) -> Option<&'static VipBucket> {
+    let base = VIP_TABLE_LIVE.get(0)?.base;
+    VIP_TABLE.get(base.wrapping_add(vip_key_hash(key) & vip_buckets().wrapping_sub(1)))
+}
+
 /// One VIP key: its bucket in the live VIP table, then, if that bucket
-/// overflowed (or no table is installed yet), the `VIPS` hash map.
+/// overflowed, the `VIPS` hash map.
 #[inline(always)]
 fn lookup_vip(key: &VipKey) -> Option<VipMeta> {
-    let index = vip_key_hash(key) & vip_buckets().wrapping_sub(1);
-    if let Some(bucket) = VIP_TABLES.get_value(0, &index) {
+    if let Some(bucket) = vip_bucket(key) {
         for slot in &bucket.slots {
             if same_vip_key(&slot.key, key) {
                 return Some(slot.meta);
@@ -81,8 +87,7 @@ pub fn is_vip_address(family: u8, addr: &Addr) -> bool {
 /// it looks at the discriminant, which the verifier refuses.)
 #[inline(always)]
 fn vip_flags(key: &VipKey) -> u32 {
-    let index = vip_key_hash(key) & vip_buckets().wrapping_sub(1);
-    if let Some(bucket) = VIP_TABLES.get_value(0, &index) {
+    if let Some(bucket) = vip_bucket(key) {
         for slot in &bucket.slots {
             if same_vip_key(&slot.key, key) {
                 return slot.meta.flags;

@@ -7,11 +7,11 @@
 //! knows its key and value types, so `bpftool map dump` prints named fields.
 
 use aya_ebpf::{
-    btf_maps::{Array, ArrayOfMaps, HashMap, PerCpuArray},
+    btf_maps::{Array, HashMap, PerCpuArray},
     macros::btf_map,
 };
 use lb_common::{
-    Counter, LbConfig, Real, Stat, VipBucket, VipFilter, VipKey, VipMeta, CONN_WAYS, DEFAULT_CONN_TABLE_SIZE,
+    Counter, LbConfig, Real, Stat, VipBucket, VipFilter, VipKey, VipMeta, VipTableLive, CONN_WAYS, DEFAULT_CONN_TABLE_SIZE,
     DEFAULT_MAX_REALS, DEFAULT_MAX_VIPS, DEFAULT_RING_SIZE, DEFAULT_VIP_BUCKETS, PREVIOUS_RINGS, RING_SPARES,
 };
 
@@ -24,25 +24,22 @@ const BPF_F_MMAPABLE: u32 = 1 << 10;
 pub static VIPS: HashMap<VipKey, VipMeta, { DEFAULT_MAX_VIPS as usize * 2 }> = HashMap::new();
 
 /// The VIP table the data plane reads: buckets of [`lb_common::VipSlot`]s
-/// (one array lookup instead of a hash-map lookup per packet). Two copies;
-/// `VIP_TABLES[0]` names the live one. The control plane rebuilds the other
-/// and swaps it in; the swap returns once no program still reads the old
-/// copy (the kernel waits for an RCU grace period on map-of-maps updates),
-/// so a copy is never rewritten while read. A VIP's ring or flags change in
-/// place (one aligned 32-bit store each). `BPF_F_INNER_MAP` lets the copies
-/// be sized at load time.
-pub type VipTable = Array<VipBucket, { DEFAULT_VIP_BUCKETS as usize }, { BPF_F_INNER_MAP | BPF_F_MMAPABLE as usize }>;
-
-const BPF_F_INNER_MAP: usize = 1 << 12;
-
+/// (one array lookup instead of a hash-map lookup per packet), two copies
+/// back to back; `VIP_TABLE_LIVE` says where the live one starts. The
+/// control plane rebuilds the other copy, points `VIP_TABLE_LIVE` at it and
+/// waits for an RCU grace period before it writes the old one again, so a
+/// copy is never rewritten while read. A VIP's ring or flags change in
+/// place (one aligned 32-bit store each). A plain array, sized at load
+/// time: the verifier inlines its lookups (an inner map of a map-of-maps
+/// sized at load time costs a helper call per packet).
 #[btf_map]
-pub static VIP_TABLE_A: VipTable = VipTable::new();
+pub static VIP_TABLE: Array<VipBucket, { 2 * DEFAULT_VIP_BUCKETS as usize }, { BPF_F_MMAPABLE as usize }> =
+    Array::new();
 
+/// Entry 0: which copy of `VIP_TABLE` is live ([`lb_common::VipTableLive`]),
+/// written by user space through mmap.
 #[btf_map]
-pub static VIP_TABLE_B: VipTable = VipTable::new();
-
-#[btf_map]
-pub static VIP_TABLES: ArrayOfMaps<VipTable, 1> = ArrayOfMaps::new();
+pub static VIP_TABLE_LIVE: Array<VipTableLive, 1, { BPF_F_MMAPABLE as usize }> = Array::new();
 
 /// Buckets of each VIP table copy (a power of two); set at load time.
 #[no_mangle]
