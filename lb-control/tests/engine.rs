@@ -62,9 +62,15 @@ fn apply_serves_the_vips_and_only_rewrites_what_changed() {
     // Nothing changed: nothing written.
     assert!(e.apply(&three(), &config()).unwrap().is_empty());
 
-    // Ping the VIP address: the engine wrote its echo marker.
+    // Ping the VIP address: the engine wrote its echo marker. The reply is
+    // counted by its reason, not as the VIP's traffic.
+    let vip_num = e.vip_num(&vip_http()).unwrap();
+    let vip_before = e.balancer().vip_stat(vip_num).unwrap();
+    let replies_before = e.balancer().stat(Stat::TxIcmpEchoReply).unwrap();
     let echo = pb::ipv4(CLIENT4, VIP4, 1, &pb::icmp4(8, 0, [0, 1, 0, 1], b"x"), &pb::V4::default());
     assert_eq!(run(e.balancer_mut(), &frame4(&echo)).0, XDP_TX);
+    assert_eq!(e.balancer().stat(Stat::TxIcmpEchoReply).unwrap().packets, replies_before.packets + 1);
+    assert_eq!(e.balancer().vip_stat(vip_num).unwrap(), vip_before, "an echo is not the VIP's traffic");
 
     // Drain REAL3: it leaves the ring but keeps its slot, so established
     // flows (connection table) stay.

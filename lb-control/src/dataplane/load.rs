@@ -12,7 +12,8 @@ use aya::{
     Ebpf, EbpfLoader,
 };
 use lb_common::{
-    global_names, map_names, Counter, LbConfig, Real, Stat, SynFloodState, VipBucket, VipFilter, VipKey, VipMeta, VipTableLive,
+    global_names, map_names, Counter, LbConfig, Real, Stat, SynFloodState, VipBucket, VipFilter, VipKey, VipMeta,
+    VipTableLive,
 };
 
 use super::{map_err, DataplaneError, Limits, BALANCER_ELF, BALANCER_PROGRAM, BALANCER_STAGES_ELF};

@@ -3,9 +3,9 @@
 
 use lb_common::{
     conn_slot, flow_hash, ring_slot, same_vip_key, vip_filter_bit, vip_key_hash, Addr, FlowKey, LbConfig, Real, Stat,
-    VipBucket, VipKey, VipMeta, CFG_F_HAS_PORT0_VIPS, CONN_FINGERPRINT_MASK, CONN_REAL_MASK, CONN_REFERENCED, CONN_WAYS,
-    FAMILY_NONE, FAMILY_V4, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP, REAL_NONE, VIP_F_HASH_NO_SRC_PORT,
-    VIP_F_ICMP_ECHO, VIP_F_NO_CONN_TABLE, VIP_F_UDP_NO_CONN_TABLE,
+    VipBucket, VipKey, VipMeta, CFG_F_HAS_PORT0_VIPS, CONN_FINGERPRINT_MASK, CONN_REAL_MASK, CONN_REFERENCED,
+    CONN_WAYS, FAMILY_NONE, FAMILY_V4, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP, REAL_NONE,
+    VIP_F_HASH_NO_SRC_PORT, VIP_F_ICMP_ECHO, VIP_F_NO_CONN_TABLE, VIP_F_UDP_NO_CONN_TABLE,
 };
 
 use crate::{
@@ -75,9 +75,13 @@ pub fn find_vip(cfg: &LbConfig, family: u8, addr: Addr, port: u16, proto: u8) ->
 /// hot path's code small (inlined at every caller, it slowed forwarding).
 #[inline(never)]
 pub fn is_vip_address(family: u8, addr: &Addr) -> bool {
-    if !maybe_vip(addr) {
-        return false;
-    }
+    maybe_vip(addr) && has_echo_marker(family, addr)
+}
+
+/// Whether `addr` has its echo marker (is exactly a VIP address), for a
+/// caller that already passed the filter.
+#[inline(always)]
+pub fn has_echo_marker(family: u8, addr: &Addr) -> bool {
     let proto = if family == FAMILY_V4 { IPPROTO_ICMP } else { IPPROTO_ICMPV6 };
     vip_flags(&VipKey { addr: *addr, port: 0, proto, family }) & VIP_F_ICMP_ECHO != 0
 }

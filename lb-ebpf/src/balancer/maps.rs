@@ -11,8 +11,9 @@ use aya_ebpf::{
     macros::btf_map,
 };
 use lb_common::{
-    Counter, LbConfig, Real, Stat, VipBucket, VipFilter, VipKey, VipMeta, VipTableLive, CONN_WAYS, DEFAULT_CONN_TABLE_SIZE,
-    DEFAULT_MAX_REALS, DEFAULT_MAX_VIPS, DEFAULT_RING_SIZE, DEFAULT_VIP_BUCKETS, PREVIOUS_RINGS, RING_SPARES,
+    Counter, LbConfig, Real, Stat, VipBucket, VipFilter, VipKey, VipMeta, VipTableLive, CONN_WAYS,
+    DEFAULT_CONN_TABLE_SIZE, DEFAULT_MAX_REALS, DEFAULT_MAX_VIPS, DEFAULT_RING_SIZE, DEFAULT_VIP_BUCKETS,
+    PREVIOUS_RINGS, RING_SPARES,
 };
 
 /// User space maps the array and writes whole tables with one memcpy.

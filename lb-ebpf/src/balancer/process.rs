@@ -8,8 +8,7 @@
 
 use aya_ebpf::{bindings::xdp_action, programs::XdpContext};
 use lb_common::{
-    flow_hash64, Action, Addr, FlowKey, LbConfig, Stat, CFG_F_READY, FAMILY_V4, FAMILY_V6, IPPROTO_ICMP,
-    IPPROTO_ICMPV6, VIP_F_ICMP_ECHO,
+    flow_hash64, Action, Addr, FlowKey, LbConfig, Stat, CFG_F_READY, FAMILY_V4, FAMILY_V6, IPPROTO_ICMP, IPPROTO_ICMPV6,
 };
 use lb_ebpf::{
     hdr::*,
@@ -21,7 +20,9 @@ use crate::{
     capture,
     encap::{self, Plan},
     flood, icmp,
-    lookup::{self, choose_real, conn_use, find_vip, is_vip_address, maybe_vip, touch_conn_set, ConnUse},
+    lookup::{
+        self, choose_real, conn_use, find_vip, has_echo_marker, is_vip_address, maybe_vip, touch_conn_set, ConnUse,
+    },
     maps::CONFIG,
     second_chance,
     stats::{count, count_real, count_vip},
@@ -43,7 +44,8 @@ pub enum Stage {
     L4 = 4,
     /// + the flow hash and the early touch of its connection-table set.
     Hash = 5,
-    /// + the VIP lookup (for echo: the address's echo marker).
+    /// + the VIP lookup (echo: the address's echo marker, and the reply
+    ///   follows at once).
     Vip = 6,
     /// + the VIP counter and the backend choice (connection table, Maglev
     ///   ring on a miss, the insert).
@@ -285,14 +287,11 @@ fn handle_icmp<const STOP: u8>(
         (l4.icmp_type == ICMPV6_ECHO_REQUEST, l4.icmp_type == ICMPV6_DEST_UNREACH || l4.icmp_type == ICMPV6_PKT_TOOBIG)
     };
     if echo {
-        let marker = find_vip(cfg, l3.family, l3.dst, 0, l3.proto).ok_or(Stat::PassNonVip)?;
-        if marker.flags & VIP_F_ICMP_ECHO == 0 {
+        // Answered for the address, not for one of its VIPs: the reply is
+        // counted by its reason alone (no VIP's traffic figures).
+        if !has_echo_marker(l3.family, &l3.dst) {
             return Err(Stat::PassNonVip);
         }
-        if STOP <= Stage::Vip as u8 {
-            return Ok(Stat::TxEncap);
-        }
-        count_vip(marker.vip_num, bytes);
         if STOP <= Stage::RealCounter as u8 {
             return Ok(Stat::TxEncap);
         }
