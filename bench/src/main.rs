@@ -7,6 +7,7 @@ mod breakdown;
 mod control;
 mod dataplane;
 mod health_cost;
+mod miss_latency;
 mod plot;
 mod progress;
 mod quality;
@@ -83,6 +84,18 @@ enum Command {
         /// Backends per VIP.
         #[arg(long, default_value_t = 100)]
         backends: u32,
+    },
+    /// The cost of one random read in a region the size of a data-plane
+    /// table (4 KiB pages like BPF arrays; 2 MiB where THP is available):
+    /// the physical cost under the 512-VIP row (not part of `all`).
+    MissLatency {
+        /// Region sizes in MiB (default: 1, 16, and the ring pool of 512
+        /// VIPs with 65537-slot rings).
+        #[arg(long, value_delimiter = ',')]
+        mib: Vec<usize>,
+        /// Dependent reads timed per region.
+        #[arg(long, default_value_t = 2_000_000)]
+        reads: usize,
     },
     /// 2. The balancer's cost with 1/16/512 VIPs, 10-4096 backends, a full connection table.
     Scaling {
@@ -263,6 +276,17 @@ fn main() -> Result<()> {
             let b = breakdown::run(rounds, calls, backends, &mut floor, &p)?;
             p.finish();
             print_lines(&p, b.lines());
+        }
+        Command::MissLatency { mib, reads } => {
+            let sizes = if mib.is_empty() {
+                let pool = lb_control::dataplane::Limits { max_vips: 512, ..Default::default() }.ring_slots() as usize * 2;
+                vec![1, 16, pool.div_ceil(1 << 20)]
+            } else {
+                mib
+            };
+            for line in miss_latency::lines(&miss_latency::run(&sizes, reads)?) {
+                println!("{line}");
+            }
         }
         Command::Scaling { quick, rounds, calls } => {
             let p = Progress::new(scaling::steps());

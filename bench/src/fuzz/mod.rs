@@ -8,6 +8,8 @@ mod gen;
 mod model;
 mod world;
 
+pub use gen::Rng;
+
 use std::{collections::HashMap, time::Instant};
 
 use anyhow::Result;
