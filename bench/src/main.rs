@@ -279,7 +279,8 @@ fn main() -> Result<()> {
         }
         Command::MissLatency { mib, reads } => {
             let sizes = if mib.is_empty() {
-                let pool = lb_control::dataplane::Limits { max_vips: 512, ..Default::default() }.ring_slots() as usize * 2;
+                let pool =
+                    lb_control::dataplane::Limits { max_vips: 512, ..Default::default() }.ring_slots() as usize * 2;
                 vec![1, 16, pool.div_ceil(1 << 20)]
             } else {
                 mib

@@ -94,6 +94,7 @@ pub mod map_names {
     pub const VIP_FILTER: &str = "VIP_FILTER";
     pub const VIP_TABLE: &str = "VIP_TABLE";
     pub const VIP_TABLE_LIVE: &str = "VIP_TABLE_LIVE";
+    pub const VIP_ADDRS: &str = "VIP_ADDRS";
     pub const REALS: &str = "REALS";
     pub const REAL_OWNERS: &str = "REAL_OWNERS";
     pub const RINGS: &str = "RINGS";
@@ -116,11 +117,12 @@ pub mod map_names {
 
     /// Every pinned map of the balancer object (the object also has the
     /// [`CAPTURE_MAPS`]).
-    pub const BALANCER_MAPS: [&str; 14] = [
+    pub const BALANCER_MAPS: [&str; 15] = [
         VIPS,
         VIP_FILTER,
         VIP_TABLE,
         VIP_TABLE_LIVE,
+        VIP_ADDRS,
         REALS,
         REAL_OWNERS,
         RINGS,

@@ -1,7 +1,10 @@
-//! VIP keys and values, the VIP table's buckets and the VIP address
-//! filter.
+//! VIP keys and values, the VIP table's buckets, the VIP address filter
+//! and the VIP address table.
 
-use crate::addr::Addr;
+use crate::{
+    addr::Addr,
+    consts::{FAMILY_V4, IPPROTO_ICMP, IPPROTO_ICMPV6, VIP_F_ICMP_ECHO},
+};
 
 /// A bitmap of VIP addresses, hashed: a packet whose destination's bit is
 /// clear is not for any VIP, and goes to the kernel without a hash-map
@@ -83,8 +86,44 @@ pub struct VipBucket {
 pub struct VipTableLive {
     /// The live copy's first bucket: 0, or the buckets of one copy.
     pub base: u32,
+    /// The live copy's first slot of `VIP_ADDRS`: 0 or [`VIP_ADDR_SLOTS`]
+    /// (published with the table, from the same VIPs).
+    pub addrs_base: u32,
     /// 0 until the control plane first published a table (a new map).
     pub published: u32,
+    pub _pad: u32,
+}
+
+/// Slots of each copy of the VIP address table (`VIP_ADDRS`): one per bit
+/// of the VIP filter, which picks the slot ([`vip_filter_bit`]).
+pub const VIP_ADDR_SLOTS: u32 = VIP_FILTER_WORDS * 64;
+
+/// [`VipAddrSlot::family`] when two or more VIP addresses share the slot:
+/// the data plane asks the VIP table for the address's echo marker.
+pub const VIP_ADDR_SHARED: u32 = 0xff;
+
+/// One slot of the VIP address table: the one VIP address (an address with
+/// its echo marker) whose filter bit this is, so the data plane tells
+/// exactly whether a packet is for a VIP address with one read (echo
+/// replies; the rare paths that ask [`is_echo_marker`]'s question).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct VipAddrSlot {
+    pub addr: Addr,
+    /// `FAMILY_V4`/`FAMILY_V6` of `addr`; `FAMILY_NONE`: no VIP address has
+    /// this bit; [`VIP_ADDR_SHARED`]: more than one has.
+    pub family: u32,
+    /// The kernel lays array values out 8 bytes apart; user space maps
+    /// the array as a slice of these.
+    pub _pad: u32,
+}
+
+/// Whether a VIPS entry is an address's echo marker: `(address, 0, ICMP or
+/// ICMPv6)` with [`VIP_F_ICMP_ECHO`]. An address with its marker is a VIP
+/// address.
+pub const fn is_echo_marker(key: &VipKey, meta: &VipMeta) -> bool {
+    let icmp = if key.family == FAMILY_V4 { IPPROTO_ICMP } else { IPPROTO_ICMPV6 };
+    key.port == 0 && key.proto == icmp && meta.flags & VIP_F_ICMP_ECHO != 0
 }
 
 /// The hash that picks a VIP's bucket: three independent 64-bit multiplies
@@ -159,7 +198,8 @@ const _: () = assert!(core::mem::size_of::<VipMeta>() == 12);
 const _: () = assert!(core::mem::size_of::<Real>() == 20);
 const _: () = assert!(core::mem::size_of::<VipSlot>() == 32);
 const _: () = assert!(core::mem::size_of::<VipBucket>() == 136);
-const _: () = assert!(core::mem::size_of::<VipTableLive>() == 8);
+const _: () = assert!(core::mem::size_of::<VipTableLive>() == 16);
+const _: () = assert!(core::mem::size_of::<VipAddrSlot>() == 24);
 
 #[cfg(feature = "user")]
 mod pod {
@@ -177,6 +217,8 @@ mod pod {
     unsafe impl aya::Pod for VipBucket {}
     // SAFETY: as above.
     unsafe impl aya::Pod for VipTableLive {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for VipAddrSlot {}
 }
 
 #[cfg(test)]

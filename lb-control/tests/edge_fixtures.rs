@@ -8,7 +8,10 @@ mod common;
 use std::net::{Ipv4Addr, Ipv6Addr};
 
 use common::*;
-use lb_common::{addr_v4, vip_filter_bit, Action, Stat, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP};
+use lb_common::{
+    addr_v4, vip_filter_bit, Action, Stat, VipMeta, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, VIP_F_ICMP_ECHO,
+};
+use lb_control::dataplane::Balancer;
 use lb_testkit::packet_builder as pb;
 
 /// What the balancer must do with a frame.
@@ -22,9 +25,13 @@ enum Want {
 /// Runs `input` through the standard world and checks the action, the
 /// output bytes and that exactly `stat` moved, by one packet of the input.
 fn check(input: &[u8], want: Want, stat: Stat) {
-    let mut bal = world();
-    let before = snapshot(&bal);
-    let (action, out) = run(&mut bal, input);
+    check_in(&mut world(), input, want, stat);
+}
+
+/// [`check`] on a given balancer.
+fn check_in(bal: &mut Balancer, input: &[u8], want: Want, stat: Stat) {
+    let before = snapshot(bal);
+    let (action, out) = run(bal, input);
     let (want_action, want_bytes) = match &want {
         Want::Tx(bytes) => (XDP_TX, Some(bytes.as_slice())),
         Want::Pass => (XDP_PASS, Some(input)),
@@ -34,7 +41,7 @@ fn check(input: &[u8], want: Want, stat: Stat) {
     if let Some(want) = want_bytes {
         assert!(out == want, "output differs: {}", diff(&out, want));
     }
-    let moved = changed(&before, &snapshot(&bal));
+    let moved = changed(&before, &snapshot(bal));
     let reasons: Vec<_> = moved.iter().filter(|(s, ..)| s.action() != Action::Event).collect();
     assert_eq!(reasons, [&(stat, 1, input.len() as u64)], "reason counters moved");
 }
@@ -117,6 +124,46 @@ fn filter_twin_too_big_tcp_gets_no_icmp_reply() {
     let seg = pb::tcp(CLIENT4.into(), TWIN4.into(), CLIENT_PORT, PORT_HTTP, pb::TCP_ACK, &[0xab; 1460]);
     let ip = pb::ipv4(CLIENT4, TWIN4, IPPROTO_TCP, &seg, &pb::V4::default());
     check(&frame4(&ip), Want::Pass, Stat::PassNonVip);
+}
+
+/// An echo request from the client to `to`, and its reply.
+fn echo4(to: Ipv4Addr) -> (Vec<u8>, Vec<u8>) {
+    let request = pb::ipv4(CLIENT4, to, IPPROTO_ICMP, &pb::icmp4(8, 0, [0, 5, 0, 1], b"ping"), &pb::V4::default());
+    let reply = pb::ipv4(to, CLIENT4, IPPROTO_ICMP, &pb::icmp4(0, 0, [0, 5, 0, 1], b"ping"), &pb::V4::default());
+    (frame4(&request), pb::eth(ROUTER_MAC, IF_MAC, 0x0800, &reply))
+}
+
+#[test]
+fn filter_twin_echo_request_is_passed_as_non_vip() {
+    assert_twin();
+    let (request, _) = echo4(TWIN4);
+    check(&request, Want::Pass, Stat::PassNonVip);
+}
+
+/// Two VIP addresses whose filter bit is the same share their slot of the
+/// VIP address table: echoes to both are answered (the VIP table decides),
+/// a third address with that bit is passed, and once one of the two is
+/// gone its slot names the other alone again.
+#[test]
+fn echo_to_vip_addresses_sharing_a_filter_bit() {
+    assert_twin();
+    let third = (0..u32::MAX)
+        .map(|i| Ipv4Addr::from(0x0b00_0000 + i))
+        .find(|a| vip_filter_bit(&addr_v4(a.octets())) == vip_filter_bit(&addr_v4(VIP4.octets())))
+        .unwrap();
+    let twin_marker = vip_key(TWIN4.into(), 0, IPPROTO_ICMP);
+    let mut bal = world();
+    bal.set_vip(&twin_marker, &VipMeta { flags: VIP_F_ICMP_ECHO, vip_num: vipnum::TCP4, ring: vipnum::TCP4 }).unwrap();
+    for to in [VIP4, TWIN4] {
+        let (request, reply) = echo4(to);
+        check_in(&mut bal, &request, Want::Tx(reply), Stat::TxIcmpEchoReply);
+    }
+    check_in(&mut bal, &echo4(third).0, Want::Pass, Stat::PassNonVip);
+
+    bal.remove_vip(&twin_marker).unwrap();
+    check_in(&mut bal, &echo4(TWIN4).0, Want::Pass, Stat::PassNonVip);
+    let (request, reply) = echo4(VIP4);
+    check_in(&mut bal, &request, Want::Tx(reply), Stat::TxIcmpEchoReply);
 }
 
 // --- 2. Echo reply checksum ------------------------------------------------

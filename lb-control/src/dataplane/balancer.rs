@@ -11,7 +11,7 @@ use aya::{
 };
 use lb_common::{
     map_names, CaptureFilter, ConnEntry, Counter, FlowKey, LbConfig, Real, Stat, SynFloodState, VipKey, VipMeta,
-    REAL_NONE,
+    REAL_NONE, VIP_ADDR_SLOTS,
 };
 
 use super::{
@@ -79,9 +79,11 @@ impl Balancer {
         let conn = take_mmap(&mut ebpf, map_names::CONN_TABLE, limits.conn_slots())?;
         let vip_table = take_mmap(&mut ebpf, map_names::VIP_TABLE, limits.vip_table_entries())?;
         let vip_table_live = take_mmap(&mut ebpf, map_names::VIP_TABLE_LIVE, 1)?;
+        let vip_addrs = take_mmap(&mut ebpf, map_names::VIP_ADDRS, 2 * VIP_ADDR_SLOTS)?;
         let vips = VipTable::new(
             take(&mut ebpf, map_names::VIPS)?,
             vip_table,
+            vip_addrs,
             vip_table_live,
             take(&mut ebpf, map_names::VIP_FILTER)?,
             limits.vip_buckets(),

@@ -12,8 +12,8 @@ use aya::{
     Ebpf, EbpfLoader,
 };
 use lb_common::{
-    global_names, map_names, Counter, LbConfig, Real, Stat, SynFloodState, VipBucket, VipFilter, VipKey, VipMeta,
-    VipTableLive,
+    global_names, map_names, Counter, LbConfig, Real, Stat, SynFloodState, VipAddrSlot, VipBucket, VipFilter, VipKey,
+    VipMeta, VipTableLive, VIP_ADDR_SLOTS,
 };
 
 use super::{map_err, DataplaneError, Limits, BALANCER_ELF, BALANCER_PROGRAM, BALANCER_STAGES_ELF};
@@ -116,13 +116,14 @@ pub fn detach_all(pin_dir: &Path) -> Result<Vec<PathBuf>, DataplaneError> {
 
 /// The balancer's maps that outlive the daemon when pinned, with the layout
 /// each must have: (name, key size, value size, entries).
-fn pinned_layout(limits: &Limits) -> [(&'static str, usize, usize, u32); 14] {
+fn pinned_layout(limits: &Limits) -> [(&'static str, usize, usize, u32); 15] {
     use std::mem::size_of;
     [
         (map_names::VIPS, size_of::<VipKey>(), size_of::<VipMeta>(), limits.max_vips * 2),
         (map_names::VIP_FILTER, 4, size_of::<VipFilter>(), 1),
         (map_names::VIP_TABLE, 4, size_of::<VipBucket>(), limits.vip_table_entries()),
         (map_names::VIP_TABLE_LIVE, 4, size_of::<VipTableLive>(), 1),
+        (map_names::VIP_ADDRS, 4, size_of::<VipAddrSlot>(), 2 * VIP_ADDR_SLOTS),
         (map_names::REALS, 4, size_of::<Real>(), limits.max_reals),
         (map_names::REAL_OWNERS, 4, size_of::<VipKey>(), limits.max_reals),
         (map_names::RINGS, 4, 8, limits.ring_slots().div_ceil(4)),

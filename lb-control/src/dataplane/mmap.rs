@@ -23,6 +23,16 @@ impl<T: aya::Pod> MmapArray<T> {
     /// Maps `entries` values of `map` (its whole page-rounded size, at
     /// offset 0, shared, as the kernel requires).
     pub(super) fn new(map: MapData, entries: usize) -> Result<Self, DataplaneError> {
+        // The kernel places array values round_up(value_size, 8) bytes
+        // apart: a slice of T matches only if no value has hidden padding
+        // and whole Ts fill each value (the ring pool's u64s are read as u16s).
+        let value_size = map.info().map_err(|e| DataplaneError::Mmap(std::io::Error::other(e)))?.value_size() as usize;
+        if value_size % 8 != 0 || value_size % std::mem::size_of::<T>() != 0 {
+            return Err(DataplaneError::Mmap(std::io::Error::other(format!(
+                "an mmapable array of {value_size}-byte values cannot be read as {}-byte values",
+                std::mem::size_of::<T>()
+            ))));
+        }
         let page = 4096usize;
         let bytes = (entries * std::mem::size_of::<T>()).div_ceil(page) * page;
         let fd = map.fd().as_fd().as_raw_fd();

@@ -108,7 +108,7 @@ pub enum DataplaneError {
     Link { iface: String, detail: String },
     #[error("counting possible CPUs: {0}")]
     Cpus(#[source] std::io::Error),
-    #[error("mapping the ring pool into memory: {0}")]
+    #[error("mapping a BPF array into memory: {0}")]
     Mmap(#[source] std::io::Error),
     #[error("waiting for running XDP programs (an RCU grace period): {0}")]
     GracePeriod(#[source] std::io::Error),

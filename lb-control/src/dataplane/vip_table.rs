@@ -1,12 +1,15 @@
 //! The VIPs: the `VIPS` hash map (the overflow path and the source of
 //! truth), the two copies of the VIP table the data plane reads (the
-//! `VIP_TABLE` array, with `VIP_TABLE_LIVE` naming the live copy), and the
-//! VIP address filter.
+//! `VIP_TABLE` array) and of the VIP address table (`VIP_ADDRS`), with
+//! `VIP_TABLE_LIVE` naming the live copies, and the VIP address filter.
 
 use std::collections::BTreeMap;
 
 use aya::maps::{Array, HashMap, MapData, MapError};
-use lb_common::{map_names, vip_key_hash, VipBucket, VipFilter, VipKey, VipMeta, VipSlot, VipTableLive, FAMILY_NONE};
+use lb_common::{
+    is_echo_marker, map_names, vip_filter_bit, vip_key_hash, VipAddrSlot, VipBucket, VipFilter, VipKey, VipMeta,
+    VipSlot, VipTableLive, FAMILY_NONE, VIP_ADDR_SHARED, VIP_ADDR_SLOTS,
+};
 
 use super::{grace::GracePeriod, map_err, mmap::MmapArray, DataplaneError};
 
@@ -25,11 +28,28 @@ pub fn build_vip_table(vips: &BTreeMap<VipKey, VipMeta>, buckets: u32) -> Vec<Vi
     table
 }
 
+/// The VIP address table for these VIPs: each echo marker's address in the
+/// slot of its filter bit; a slot two or more addresses share says so.
+pub fn build_vip_addrs(vips: &BTreeMap<VipKey, VipMeta>) -> Vec<VipAddrSlot> {
+    let mut slots = vec![VipAddrSlot::default(); VIP_ADDR_SLOTS as usize];
+    for (key, _) in vips.iter().filter(|(key, meta)| is_echo_marker(key, meta)) {
+        let slot = &mut slots[vip_filter_bit(&key.addr) as usize];
+        *slot = if slot.family == FAMILY_NONE as u32 {
+            VipAddrSlot { addr: key.addr, family: key.family as u32, _pad: 0 }
+        } else {
+            VipAddrSlot { addr: [0; 4], family: VIP_ADDR_SHARED, _pad: 0 }
+        };
+    }
+    slots
+}
+
 /// The VIP maps and what user space knows of them.
 pub(super) struct VipTable {
     vips: HashMap<MapData, VipKey, VipMeta>,
     /// The two copies of the VIP table, back to back, mapped.
     table: MmapArray<VipBucket>,
+    /// The two copies of the VIP address table, back to back, mapped.
+    addrs: MmapArray<VipAddrSlot>,
     /// Which copy is live, mapped: shared with the data plane (and with any
     /// other handle on the same pins), so it is read afresh each time.
     live: MmapArray<VipTableLive>,
@@ -52,6 +72,7 @@ impl VipTable {
     pub(super) fn new(
         vips: HashMap<MapData, VipKey, VipMeta>,
         table: MmapArray<VipBucket>,
+        addrs: MmapArray<VipAddrSlot>,
         live: MmapArray<VipTableLive>,
         filter_map: Array<MapData, VipFilter>,
         buckets: u32,
@@ -61,6 +82,7 @@ impl VipTable {
         let mut table = Self {
             vips,
             table,
+            addrs,
             live,
             grace: GracePeriod::new()?,
             buckets,
@@ -134,6 +156,8 @@ impl VipTable {
 
     /// A VIP the live table holds changes in place: one aligned 32-bit store
     /// per field, each seen whole by the data plane.
+    /// An entry that becomes or stops being an echo marker changes the VIP
+    /// address table too: that takes a publish.
     fn update_in_place(&mut self, key: &VipKey, meta: &VipMeta) -> bool {
         let Some(live) = self.live_copy() else { return false };
         let index = (vip_key_hash(key) & (self.buckets - 1)) as usize;
@@ -141,6 +165,9 @@ impl VipTable {
         let Some(slot) = bucket.slots.iter_mut().find(|s| s.key.family != FAMILY_NONE && s.key == *key) else {
             return false;
         };
+        if is_echo_marker(key, &slot.meta) != is_echo_marker(key, meta) {
+            return false;
+        }
         // SAFETY: aligned u32 fields of our mapping; volatile so each is
         // one store.
         unsafe {
@@ -176,13 +203,16 @@ impl VipTable {
         };
         let built = build_vip_table(&self.mirror, self.buckets);
         self.copy_mut(next).copy_from_slice(&built);
+        let slots = VIP_ADDR_SLOTS as usize;
+        self.addrs.slice_mut()[next * slots..(next + 1) * slots].copy_from_slice(&build_vip_addrs(&self.mirror));
         std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);
-        let base = next as u32 * self.buckets;
         let live = &mut self.live.slice_mut()[0];
         // SAFETY: aligned u32 fields of our mapping; volatile so each is one
-        // store, `base` first (a reader sees the old copy or the new one).
+        // store. A reader sees each copy old or new (both whole: the old
+        // ones are not rewritten before the grace period below).
         unsafe {
-            std::ptr::write_volatile(&mut live.base, base);
+            std::ptr::write_volatile(&mut live.base, next as u32 * self.buckets);
+            std::ptr::write_volatile(&mut live.addrs_base, next as u32 * VIP_ADDR_SLOTS);
             std::ptr::write_volatile(&mut live.published, 1);
         }
         std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);
@@ -209,5 +239,44 @@ impl VipTable {
             self.write_filter(f)?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::Ipv4Addr;
+
+    use lb_common::{addr_v4, FAMILY_V4, IPPROTO_ICMP, IPPROTO_TCP, VIP_F_ICMP_ECHO};
+
+    use super::*;
+
+    fn marker(a: Ipv4Addr) -> (VipKey, VipMeta) {
+        let key = VipKey { addr: addr_v4(a.octets()), port: 0, proto: IPPROTO_ICMP, family: FAMILY_V4 };
+        (key, VipMeta { flags: VIP_F_ICMP_ECHO, vip_num: 1, ring: 1 })
+    }
+
+    #[test]
+    fn vip_address_table_names_each_marker_or_says_shared() {
+        let a = Ipv4Addr::new(10, 0, 0, 10);
+        let bit = |x: Ipv4Addr| vip_filter_bit(&addr_v4(x.octets()));
+        let twin = (1..u32::MAX).map(|i| Ipv4Addr::from(u32::from(a) + i)).find(|&x| bit(x) == bit(a)).unwrap();
+        let other = (1..u32::MAX).map(|i| Ipv4Addr::from(u32::from(a) + i)).find(|&x| bit(x) != bit(a)).unwrap();
+        // A VIP that is not a marker does not count.
+        let vip = VipKey { addr: addr_v4(other.octets()), port: 80u16.to_be(), proto: IPPROTO_TCP, family: FAMILY_V4 };
+        let mut vips: BTreeMap<_, _> = [marker(a), (vip, VipMeta::default())].into();
+        let slots = build_vip_addrs(&vips);
+        assert_eq!(
+            slots[bit(a) as usize],
+            VipAddrSlot { addr: addr_v4(a.octets()), family: FAMILY_V4 as u32, _pad: 0 }
+        );
+        assert_eq!(slots.iter().filter(|s| s.family != FAMILY_NONE as u32).count(), 1);
+
+        vips.extend([marker(twin), marker(other)]);
+        let slots = build_vip_addrs(&vips);
+        assert_eq!(slots[bit(a) as usize].family, VIP_ADDR_SHARED);
+        assert_eq!(slots[bit(other) as usize].addr, addr_v4(other.octets()));
+        // A marker without its flag is no marker.
+        vips.insert(marker(twin).0, VipMeta::default());
+        assert_eq!(build_vip_addrs(&vips)[bit(a) as usize].addr, addr_v4(a.octets()));
     }
 }

@@ -5,12 +5,15 @@ use lb_common::{
     conn_slot, flow_hash, ring_slot, same_vip_key, vip_filter_bit, vip_key_hash, Addr, FlowKey, LbConfig, Real, Stat,
     VipBucket, VipKey, VipMeta, CFG_F_HAS_PORT0_VIPS, CONN_FINGERPRINT_MASK, CONN_REAL_MASK, CONN_REFERENCED,
     CONN_WAYS, FAMILY_NONE, FAMILY_V4, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP, REAL_NONE,
-    VIP_F_HASH_NO_SRC_PORT, VIP_F_ICMP_ECHO, VIP_F_NO_CONN_TABLE, VIP_F_UDP_NO_CONN_TABLE,
+    VIP_ADDR_SHARED, VIP_F_HASH_NO_SRC_PORT, VIP_F_ICMP_ECHO, VIP_F_NO_CONN_TABLE, VIP_F_UDP_NO_CONN_TABLE,
 };
 
 use crate::{
     flood,
-    maps::{conn_sets, ring_size, vip_buckets, CONN_TABLE, REALS, RINGS, VIPS, VIP_FILTER, VIP_TABLE, VIP_TABLE_LIVE},
+    maps::{
+        conn_sets, ring_size, vip_buckets, CONN_TABLE, REALS, RINGS, VIPS, VIP_ADDRS, VIP_FILTER, VIP_TABLE,
+        VIP_TABLE_LIVE,
+    },
     second_chance,
     stats::count,
 };
@@ -79,9 +82,22 @@ pub fn is_vip_address(family: u8, addr: &Addr) -> bool {
 }
 
 /// Whether `addr` has its echo marker (is exactly a VIP address), for a
-/// caller that already passed the filter.
+/// caller that already passed the filter: the VIP address table's slot for
+/// the address's filter bit names the one VIP address with that bit, and
+/// only a slot that more share sends the question on to the VIP table.
 #[inline(always)]
 pub fn has_echo_marker(family: u8, addr: &Addr) -> bool {
+    let Some(live) = VIP_TABLE_LIVE.get(0) else { return false };
+    let Some(slot) = VIP_ADDRS.get(live.addrs_base.wrapping_add(vip_filter_bit(addr))) else { return false };
+    if slot.family == family as u32 {
+        return slot.addr[0] == addr[0]
+            && slot.addr[1] == addr[1]
+            && slot.addr[2] == addr[2]
+            && slot.addr[3] == addr[3];
+    }
+    if slot.family != VIP_ADDR_SHARED {
+        return false;
+    }
     let proto = if family == FAMILY_V4 { IPPROTO_ICMP } else { IPPROTO_ICMPV6 };
     vip_flags(&VipKey { addr: *addr, port: 0, proto, family }) & VIP_F_ICMP_ECHO != 0
 }

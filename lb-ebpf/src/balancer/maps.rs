@@ -11,9 +11,9 @@ use aya_ebpf::{
     macros::btf_map,
 };
 use lb_common::{
-    Counter, LbConfig, Real, Stat, VipBucket, VipFilter, VipKey, VipMeta, VipTableLive, CONN_WAYS,
+    Counter, LbConfig, Real, Stat, VipAddrSlot, VipBucket, VipFilter, VipKey, VipMeta, VipTableLive, CONN_WAYS,
     DEFAULT_CONN_TABLE_SIZE, DEFAULT_MAX_REALS, DEFAULT_MAX_VIPS, DEFAULT_RING_SIZE, DEFAULT_VIP_BUCKETS,
-    PREVIOUS_RINGS, RING_SPARES,
+    PREVIOUS_RINGS, RING_SPARES, VIP_ADDR_SLOTS,
 };
 
 /// User space maps the array and writes whole tables with one memcpy.
@@ -37,10 +37,16 @@ pub static VIPS: HashMap<VipKey, VipMeta, { DEFAULT_MAX_VIPS as usize * 2 }> = H
 pub static VIP_TABLE: Array<VipBucket, { 2 * DEFAULT_VIP_BUCKETS as usize }, { BPF_F_MMAPABLE as usize }> =
     Array::new();
 
-/// Entry 0: which copy of `VIP_TABLE` is live ([`lb_common::VipTableLive`]),
-/// written by user space through mmap.
+/// Entry 0: which copy of `VIP_TABLE` and of `VIP_ADDRS` is live
+/// ([`lb_common::VipTableLive`]), written by user space through mmap.
 #[btf_map]
 pub static VIP_TABLE_LIVE: Array<VipTableLive, 1, { BPF_F_MMAPABLE as usize }> = Array::new();
+
+/// The VIP address table, one [`lb_common::VipAddrSlot`] per VIP-filter
+/// bit: which VIP address has that bit. Two copies, published with the VIP
+/// table's (same VIPs, same swap, same grace period).
+#[btf_map]
+pub static VIP_ADDRS: Array<VipAddrSlot, { 2 * VIP_ADDR_SLOTS as usize }, { BPF_F_MMAPABLE as usize }> = Array::new();
 
 /// Buckets of each VIP table copy (a power of two); set at load time.
 #[no_mangle]
