@@ -27,7 +27,7 @@ impl<T: aya::Pod> MmapArray<T> {
         // apart: a slice of T matches only if no value has hidden padding
         // and whole Ts fill each value (the ring pool's u64s are read as u16s).
         let value_size = map.info().map_err(|e| DataplaneError::Mmap(std::io::Error::other(e)))?.value_size() as usize;
-        if value_size % 8 != 0 || value_size % std::mem::size_of::<T>() != 0 {
+        if !value_size.is_multiple_of(8) || !value_size.is_multiple_of(std::mem::size_of::<T>()) {
             return Err(DataplaneError::Mmap(std::io::Error::other(format!(
                 "an mmapable array of {value_size}-byte values cannot be read as {}-byte values",
                 std::mem::size_of::<T>()
