@@ -16,7 +16,7 @@ impl Rng {
         Self(seed)
     }
 
-    pub fn next(&mut self) -> u64 {
+    pub fn next_u64(&mut self) -> u64 {
         self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
         let mut z = self.0;
         z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
@@ -26,7 +26,7 @@ impl Rng {
 
     /// Uniform in `0..n` (`n > 0`).
     pub fn below(&mut self, n: usize) -> usize {
-        (((self.next() >> 32) * n as u64) >> 32) as usize
+        (((self.next_u64() >> 32) * n as u64) >> 32) as usize
     }
 
     /// True with probability `1 / n`.
@@ -35,7 +35,7 @@ impl Rng {
     }
 
     pub fn byte(&mut self) -> u8 {
-        self.next() as u8
+        self.next_u64() as u8
     }
 
     pub fn bytes(&mut self, n: usize) -> Vec<u8> {
@@ -101,7 +101,7 @@ fn ipv4(rng: &mut Rng, src: Ipv4Addr, dst: Ipv4Addr, proto: u8, upper: &[u8]) ->
     let f = pb::V4 {
         tos: rng.byte(),
         ttl: 1 + rng.byte() / 2,
-        id: rng.next() as u16,
+        id: rng.next_u64() as u16,
         dont_fragment: !rng.one_in(4),
         options: if rng.one_in(5) { options(rng) } else { Vec::new() },
         ..pb::V4::default()
@@ -146,8 +146,8 @@ fn destination(rng: &mut Rng, world: &World) -> (IpAddr, u16) {
         0 => (*rng.pick(&world.filter_twins), port),
         1 => (vip.addr, rng.below(65536) as u16),
         2 => match vip.addr {
-            IpAddr::V4(_) => (Ipv4Addr::from(rng.next() as u32).into(), port),
-            IpAddr::V6(_) => (Ipv6Addr::from(rng.next() as u128 | ((rng.next() as u128) << 64)).into(), port),
+            IpAddr::V4(_) => (Ipv4Addr::from(rng.next_u64() as u32).into(), port),
+            IpAddr::V6(_) => (Ipv6Addr::from(rng.next_u64() as u128 | ((rng.next_u64() as u128) << 64)).into(), port),
         },
         // The VIP itself (for the other transport protocol, or ICMP, the
         // address is still a VIP address).
@@ -158,7 +158,7 @@ fn destination(rng: &mut Rng, world: &World) -> (IpAddr, u16) {
 fn frame(rng: &mut Rng, ip: &[u8]) -> Vec<u8> {
     let ether_type = if ip[0] >> 4 == 6 { 0x86DD } else { 0x0800 };
     if rng.one_in(4) {
-        let tci = rng.next() as u16 & 0x0fff;
+        let tci = rng.next_u64() as u16 & 0x0fff;
         let mut f = pb::eth_vlan(IF_MAC, ROUTER_MAC, tci, ether_type, ip);
         if rng.one_in(4) {
             f[12..14].copy_from_slice(&0x88a8u16.to_be_bytes());

@@ -131,7 +131,7 @@ pub fn hex(b: &[u8]) -> String {
 pub fn fresh_seed() -> u64 {
     let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
     let mut r = gen::Rng::new(t.as_nanos() as u64 ^ ((std::process::id() as u64) << 32));
-    r.next()
+    r.next_u64()
 }
 
 fn run_prog(prog: &mut Xdp, input: &[u8]) -> Result<(u32, Vec<u8>)> {
