@@ -24,8 +24,9 @@ use super::{
     batch::{TcpBatch, TcpOutcome},
     machine::{HealthState, Transition},
     probe,
-    schedule::{grid_epoch, next_step, on_grid, Schedule},
+    schedule::{grid_epoch, on_grid, Schedule},
     tc::HealthProgram,
+    ticker::StepTicker,
     Machine, MachineCell, Registry,
 };
 use crate::{
@@ -136,17 +137,14 @@ impl Checker {
         }
     }
 
-    /// Runs until `plans` closes.
-    pub async fn run(mut self, mut plans: tokio::sync::watch::Receiver<Plan>) {
+    /// Runs until `plans` closes; `ticker` steps the TCP batch.
+    pub(super) async fn run(mut self, mut plans: tokio::sync::watch::Receiver<Plan>, mut ticker: StepTicker) {
         let plan = plans.borrow_and_update().clone();
         self.reconcile(&plan).await;
+        self.follow(&mut ticker);
         let mut counters = tokio::time::interval(COUNTERS_EVERY);
         counters.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        // One timer for every step, moved on after each (not a new one per
-        // step); the step's outcomes and transitions in buffers kept between
-        // steps.
-        let step_timer = tokio::time::sleep_until(next_step());
-        tokio::pin!(step_timer);
+        // The step's outcomes and transitions in buffers kept between steps.
         let mut outcomes: Vec<TcpOutcome> = Vec::new();
         let mut transitions: Vec<(Key, MachineCell, Transition)> = Vec::new();
         loop {
@@ -158,6 +156,7 @@ impl Checker {
                     }
                     let plan = plans.borrow_and_update().clone();
                     self.reconcile(&plan).await;
+                    self.follow(&mut ticker);
                 }
                 Some(r) = self.rx.recv() => {
                     // A result of a task stopped meanwhile (or of an older
@@ -170,7 +169,11 @@ impl Checker {
                         self.apply(r.key, &machine, t).await;
                     }
                 }
-                () = &mut step_timer, if !self.tcp.is_empty() => {
+                tick = ticker.tick(), if !self.tcp.is_empty() => {
+                    if let Err(e) = tick {
+                        tracing::error!(error = %e, "health: the probe step timer failed");
+                        break;
+                    }
                     // The batch holds exactly the current TCP checks: its
                     // outcomes are never stale.
                     self.tcp.step(tokio::time::Instant::now(), MAX_CONCURRENT_PROBES, &mut outcomes);
@@ -183,7 +186,6 @@ impl Checker {
                     for (key, machine, t) in transitions.drain(..) {
                         self.apply(key, &machine, t).await;
                     }
-                    step_timer.as_mut().reset(next_step());
                 }
             }
         }
@@ -192,6 +194,14 @@ impl Checker {
             if let Some(handle) = t.handle {
                 handle.abort();
             }
+        }
+    }
+
+    /// The ticker runs while there are TCP checks to step, and only then.
+    fn follow(&self, ticker: &mut StepTicker) {
+        let set = if self.tcp.is_empty() { ticker.disarm() } else { ticker.arm() };
+        if let Err(e) = set {
+            tracing::error!(error = %e, "health: setting the probe step timer");
         }
     }
 

@@ -15,6 +15,7 @@ pub mod machine;
 pub mod probe;
 pub mod schedule;
 pub mod tc;
+mod ticker;
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -272,13 +273,21 @@ pub fn spawn(
                     return;
                 }
             };
+            let ticker = match runtime.block_on(async { ticker::StepTicker::new() }) {
+                Ok(t) => t,
+                Err(e) => {
+                    tracing::error!(error = %e, "health checks unavailable: the probe step timer did not start");
+                    registry.set_unavailable(format!("health checks unavailable: the probe step timer: {e}"));
+                    return;
+                }
+            };
             runtime.block_on(async move {
                 // A task of the runtime, not `block_on`'s own future: a
                 // timer that fires for a task queues it on this thread,
                 // while one firing for `block_on`'s future writes the
                 // runtime's eventfd and costs another `epoll_wait`: two
                 // syscalls more per probe step.
-                let mut checker = tokio::spawn(checker.run(plan_rx));
+                let mut checker = tokio::spawn(checker.run(plan_rx, ticker));
                 tokio::select! {
                     _ = &mut checker => tracing::error!("the health checker stopped"),
                     _ = stopped => checker.abort(),
