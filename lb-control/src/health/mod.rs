@@ -282,15 +282,9 @@ pub fn spawn(
                 }
             };
             runtime.block_on(async move {
-                // A task of the runtime, not `block_on`'s own future: a
-                // timer that fires for a task queues it on this thread,
-                // while one firing for `block_on`'s future writes the
-                // runtime's eventfd and costs another `epoll_wait`: two
-                // syscalls more per probe step.
-                let mut checker = tokio::spawn(checker.run(plan_rx, ticker));
                 tokio::select! {
-                    _ = &mut checker => tracing::error!("the health checker stopped"),
-                    _ = stopped => checker.abort(),
+                    () = checker.run(plan_rx, ticker) => tracing::error!("the health checker stopped"),
+                    _ = stopped => {}
                 }
             })
         })
