@@ -13,7 +13,7 @@ use std::{collections::BTreeSet, path::PathBuf, process::Command};
 use lb_common::{Counter, ProbeStat, Stat};
 use lb_control::{
     controller::{StatsSnapshot, View},
-    health::{self, Machine},
+    health::{self, Machine, MachineCell},
     metrics::encode_with,
     model::{Proto, VipId},
 };
@@ -44,7 +44,8 @@ fn exported() -> BTreeSet<String> {
     let vip = VipId { addr: "192.0.2.10".parse().unwrap(), port: 80, proto: Proto::Tcp };
     let checks = health::Registry::default();
     checks.with(|r| {
-        r.machines.insert((vip, "10.1.0.1".parse().unwrap()), Machine::new(std::time::SystemTime::now()));
+        r.machines
+            .insert((vip, "10.1.0.1".parse().unwrap()), MachineCell::new(Machine::new(std::time::SystemTime::now())));
         r.probe_packets = ProbeStat::ALL.iter().map(|s| (*s, one)).collect();
     });
     checks.durations.get_or_create(&vec![("kind", "tcp".to_string())]).observe(0.001);

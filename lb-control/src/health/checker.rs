@@ -2,9 +2,9 @@
 //! its own phase ([`super::schedule`]). TCP checks run in one batch the
 //! checker steps on the probe grid ([`super::batch`]); HTTP and UDP checks
 //! are a task each, behind one semaphore (bounded concurrency). Results go
-//! through one place that keeps the [`Registry`], logs each transition once
-//! with its reason, and hands down/up changes to the controller one at a
-//! time.
+//! through one place that counts them in the pair's record (held beside the
+//! pair: no registry lookup per probe), logs each transition once with its
+//! reason, and hands down/up changes to the controller one at a time.
 //!
 //! What to check follows the controller's published view: the operator's
 //! VIPs (so backends taken out by health are still probed and can come
@@ -21,12 +21,13 @@ use lb_common::{LbConfig, CFG_F_READY, HEALTH_MARK_BASE, MAX_HEALTH_TARGETS};
 use tokio::sync::{mpsc, Semaphore};
 
 use super::{
-    batch::TcpBatch,
-    machine::HealthState,
+    batch::{TcpBatch, TcpOutcome},
+    machine::{HealthState, Transition},
     probe,
-    schedule::{grid_epoch, next_step, on_grid, Schedule},
+    schedule::{grid_epoch, on_grid, Schedule},
     tc::HealthProgram,
-    Machine, Registry,
+    ticker::StepTicker,
+    Machine, MachineCell, Registry,
 };
 use crate::{
     config::health::{CheckKind, HealthCheck, HealthSettings},
@@ -64,6 +65,8 @@ pub struct ProbeResult {
 
 struct Task {
     check: Arc<HealthCheck>,
+    /// The pair's record, also in the registry (and in the batch for TCP).
+    machine: MachineCell,
     /// The task probing the pair; `None` for a TCP check (in the batch).
     handle: Option<tokio::task::JoinHandle<()>>,
 }
@@ -111,8 +114,7 @@ pub struct Checker {
     tcp: TcpBatch,
     marks: Marks,
     forwarding: Option<LbConfig>,
-    /// The duration histogram of each check kind, looked up once.
-    durations: BTreeMap<&'static str, prometheus_client::metrics::histogram::Histogram>,
+    recorder: Recorder,
     tx: mpsc::Sender<ProbeResult>,
     rx: mpsc::Receiver<ProbeResult>,
 }
@@ -129,18 +131,22 @@ impl Checker {
             tcp: TcpBatch::default(),
             marks: Marks::default(),
             forwarding: None,
-            durations: BTreeMap::new(),
+            recorder: Recorder::default(),
             tx,
             rx,
         }
     }
 
-    /// Runs until `plans` closes.
-    pub async fn run(mut self, mut plans: tokio::sync::watch::Receiver<Plan>) {
+    /// Runs until `plans` closes; `ticker` steps the TCP batch.
+    pub(super) async fn run(mut self, mut plans: tokio::sync::watch::Receiver<Plan>, mut ticker: StepTicker) {
         let plan = plans.borrow_and_update().clone();
         self.reconcile(&plan).await;
+        self.follow(&mut ticker);
         let mut counters = tokio::time::interval(COUNTERS_EVERY);
         counters.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // The step's outcomes and transitions in buffers kept between steps.
+        let mut outcomes: Vec<TcpOutcome> = Vec::new();
+        let mut transitions: Vec<(Key, MachineCell, Transition)> = Vec::new();
         loop {
             tokio::select! {
                 _ = counters.tick() => self.read_counters(),
@@ -150,19 +156,35 @@ impl Checker {
                     }
                     let plan = plans.borrow_and_update().clone();
                     self.reconcile(&plan).await;
+                    self.follow(&mut ticker);
                 }
                 Some(r) = self.rx.recv() => {
                     // A result of a task stopped meanwhile (or of an older
                     // check) is stale.
-                    if self.tasks.get(&r.key).is_some_and(|t| Arc::ptr_eq(&t.check, &r.check)) {
-                        self.handle(r).await;
+                    let Some(task) = self.tasks.get(&r.key).filter(|t| Arc::ptr_eq(&t.check, &r.check)) else {
+                        continue;
+                    };
+                    let machine = task.machine.clone();
+                    if let Some(t) = self.recorder.record(&self.registry, &r.check, &machine, r.result, r.took) {
+                        self.apply(r.key, &machine, t).await;
                     }
                 }
-                () = tokio::time::sleep_until(next_step()), if !self.tcp.is_empty() => {
+                tick = ticker.tick(), if !self.tcp.is_empty() => {
+                    if let Err(e) = tick {
+                        tracing::error!(error = %e, "health: the probe step timer failed");
+                        break;
+                    }
                     // The batch holds exactly the current TCP checks: its
-                    // results are never stale.
-                    for r in self.tcp.step(tokio::time::Instant::now(), MAX_CONCURRENT_PROBES) {
-                        self.handle(r).await;
+                    // outcomes are never stale.
+                    self.tcp.step(tokio::time::Instant::now(), MAX_CONCURRENT_PROBES, &mut outcomes);
+                    for o in outcomes.drain(..) {
+                        let Some((key, check, machine)) = self.tcp.pair(o.slot) else { continue };
+                        if let Some(t) = self.recorder.record(&self.registry, check, machine, o.result, o.took) {
+                            transitions.push((*key, machine.clone(), t));
+                        }
+                    }
+                    for (key, machine, t) in transitions.drain(..) {
+                        self.apply(key, &machine, t).await;
                     }
                 }
             }
@@ -172,6 +194,14 @@ impl Checker {
             if let Some(handle) = t.handle {
                 handle.abort();
             }
+        }
+    }
+
+    /// The ticker runs while there are TCP checks to step, and only then.
+    fn follow(&self, ticker: &mut StepTicker) {
+        let set = if self.tcp.is_empty() { ticker.disarm() } else { ticker.arm() };
+        if let Err(e) = set {
+            tracing::error!(error = %e, "health: setting the probe step timer");
         }
     }
 
@@ -215,8 +245,8 @@ impl Checker {
             if let Some(handle) = task.handle {
                 handle.abort();
             }
-            let was_down =
-                self.registry.with(|r| r.machines.remove(&key)).is_some_and(|m| m.state == HealthState::Down);
+            self.registry.with(|r| r.machines.remove(&key));
+            let was_down = task.machine.with(|m| m.state == HealthState::Down);
             if was_down {
                 self.change(key, false).await;
             }
@@ -244,43 +274,26 @@ impl Checker {
                     continue;
                 }
             }
-            self.registry.with(|r| r.machines.insert(key, Machine::new(SystemTime::now())));
+            let machine = MachineCell::new(Machine::new(SystemTime::now()));
+            self.registry.with(|r| r.machines.insert(key, machine.clone()));
             let check = Arc::new(check);
             let handle = if check.kind == CheckKind::Tcp {
-                self.tcp.insert(key, check.clone(), target, mark, tokio::time::Instant::now());
+                self.tcp.insert(key, check.clone(), machine.clone(), target, mark, tokio::time::Instant::now());
                 None
             } else {
                 let (semaphore, tx) = (self.semaphore.clone(), self.tx.clone());
                 Some(tokio::spawn(probe_loop(key, check.clone(), target, mark, semaphore, tx)))
             };
-            self.tasks.insert(key, Task { check, handle });
+            self.tasks.insert(key, Task { check, machine, handle });
         }
     }
 
-    async fn handle(&mut self, r: ProbeResult) {
-        let (vip, backend) = r.key;
-        let kind = r.check.kind_name();
-        let histogram = match self.durations.get(kind) {
-            Some(h) => h,
-            None => self
-                .durations
-                .entry(kind)
-                .or_insert_with(|| self.registry.durations.get_or_create(&vec![("kind", kind.to_string())]).clone()),
-        };
-        histogram.observe(r.took.as_secs_f64());
-        // A transition is published (API, metrics) only once the data plane
-        // has it: readers never see "down" for a backend still in the ring.
-        let (transition, next) = self.registry.with(|reg| {
-            let m = reg.machines.entry(r.key).or_insert_with(|| Machine::new(SystemTime::now()));
-            let mut next = m.clone();
-            let t = next.record(r.result, r.check.rise, r.check.fall, SystemTime::now());
-            if t.is_none() {
-                *m = next.clone();
-            }
-            (t, next)
-        });
-        let Some(t) = transition else { return };
-        let publish = |registry: &Registry| registry.with(|reg| reg.machines.insert(r.key, next));
+    /// Applies a transition a result called for: logged once with its
+    /// reason, handed to the data plane, and only then entered in the
+    /// record (API, metrics): readers never see "down" for a backend still
+    /// in the ring.
+    async fn apply(&self, key: Key, machine: &MachineCell, t: Transition) {
+        let (vip, backend) = key;
         let reason = t.reason.as_deref().unwrap_or("checks pass");
         let (from, to) = (t.from.name(), t.to.name());
         if t.to == HealthState::Down {
@@ -289,11 +302,11 @@ impl Checker {
             tracing::info!(vip = %vip, backend = %backend, from, to, reason, "backend health changed");
         }
         match (t.from, t.to) {
-            (_, HealthState::Down) => self.change(r.key, true).await,
-            (HealthState::Down, _) => self.change(r.key, false).await,
+            (_, HealthState::Down) => self.change(key, true).await,
+            (HealthState::Down, _) => self.change(key, false).await,
             _ => {}
         }
-        publish(&self.registry);
+        machine.with(|m| m.enter(&t, SystemTime::now()));
     }
 
     async fn change(&self, (vip, backend): Key, down: bool) {
@@ -301,6 +314,40 @@ impl Checker {
         if let Err(e) = tokio::task::spawn_blocking(move || on_change(vip, backend, down)).await {
             tracing::error!(error = %e, "health: applying a change failed");
         }
+    }
+}
+
+/// Where results are counted: the probe-duration histogram of each check
+/// kind (looked up in the registry's family on first use, then by index)
+/// and the pair's record.
+#[derive(Default)]
+struct Recorder {
+    durations: [Option<prometheus_client::metrics::histogram::Histogram>; 4],
+}
+
+impl Recorder {
+    /// Counts one result: its duration in the kind's histogram, the result
+    /// in the pair's record. Returns the transition it calls for, not yet
+    /// entered ([`Checker::apply`] enters it).
+    fn record(
+        &mut self,
+        registry: &Registry,
+        check: &HealthCheck,
+        machine: &MachineCell,
+        result: Result<(), String>,
+        took: Duration,
+    ) -> Option<Transition> {
+        let index = match check.kind {
+            CheckKind::None => 0,
+            CheckKind::Tcp => 1,
+            CheckKind::Http => 2,
+            CheckKind::Udp => 3,
+        };
+        let kind = check.kind_name();
+        self.durations[index]
+            .get_or_insert_with(|| registry.durations.get_or_create(&vec![("kind", kind.to_string())]).clone())
+            .observe(took.as_secs_f64());
+        machine.with(|m| m.count(result, check.rise, check.fall))
     }
 }
 

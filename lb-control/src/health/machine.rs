@@ -55,6 +55,16 @@ impl Machine {
 
     /// Records one check's result; returns the transition it caused, if any.
     pub fn record(&mut self, result: Result<(), String>, rise: u32, fall: u32, now: SystemTime) -> Option<Transition> {
+        let t = self.count(result, rise, fall)?;
+        self.enter(&t, now);
+        Some(t)
+    }
+
+    /// Counts one check's result and returns the transition it calls for,
+    /// without entering it: the checker enters it ([`Machine::enter`]) once
+    /// the data plane has it, so readers never see a state the ring does
+    /// not have yet.
+    pub fn count(&mut self, result: Result<(), String>, rise: u32, fall: u32) -> Option<Transition> {
         let to = match result {
             Ok(()) => {
                 self.checks_ok += 1;
@@ -68,10 +78,14 @@ impl Machine {
                 (self.state != HealthState::Down && -self.streak >= i64::from(fall)).then_some(HealthState::Down)
             }
         }?;
-        let from = std::mem::replace(&mut self.state, to);
-        self.since = now;
         let reason = (to == HealthState::Down).then(|| self.last_error.clone()).flatten();
-        Some(Transition { from, to, reason })
+        Some(Transition { from: self.state, to, reason })
+    }
+
+    /// Enters a transition [`Machine::count`] called for.
+    pub fn enter(&mut self, t: &Transition, now: SystemTime) {
+        self.state = t.to;
+        self.since = now;
     }
 }
 
@@ -117,6 +131,20 @@ mod tests {
         assert_eq!(run(&mut m, &[false, false, false]), [HealthState::Down]);
         assert_eq!(run(&mut m, &[true, false, true]), []);
         assert_eq!(run(&mut m, &[true]), [HealthState::Up]);
+    }
+
+    #[test]
+    fn a_counted_transition_waits_until_entered() {
+        let mut m = Machine::new(SystemTime::UNIX_EPOCH);
+        assert_eq!(m.count(Ok(()), 2, 3), None);
+        let t = m.count(Ok(()), 2, 3).expect("the second success calls for up");
+        assert_eq!((t.from, t.to), (HealthState::Unknown, HealthState::Up));
+        // Counted, not entered: the record still says unknown, since then.
+        assert_eq!((m.state, m.since, m.checks_ok), (HealthState::Unknown, SystemTime::UNIX_EPOCH, 2));
+        let now = SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(7);
+        m.enter(&t, now);
+        assert_eq!((m.state, m.since), (HealthState::Up, now));
+        assert_eq!(m.count(Ok(()), 2, 3), None, "up already: no second transition");
     }
 
     #[test]

@@ -15,6 +15,7 @@ pub mod machine;
 pub mod probe;
 pub mod schedule;
 pub mod tc;
+mod ticker;
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -147,11 +148,27 @@ impl Default for Registry {
 
 #[derive(Debug, Default, Clone)]
 pub struct RegistryInner {
-    pub machines: BTreeMap<(VipId, IpAddr), Machine>,
+    pub machines: BTreeMap<(VipId, IpAddr), MachineCell>,
     /// Why no check runs (the checker could not start) and since when.
     pub unavailable: Option<(String, std::time::SystemTime)>,
     /// The TC program's counters, by reason, as last read by the checker.
     pub probe_packets: Vec<(lb_common::ProbeStat, lb_common::Counter)>,
+}
+
+/// One checked backend's record, shared: the checker (its only writer)
+/// keeps it beside the pair and updates it without a map lookup per probe;
+/// the registry's readers find it by key.
+#[derive(Clone, Debug)]
+pub struct MachineCell(std::sync::Arc<std::sync::Mutex<Machine>>);
+
+impl MachineCell {
+    pub fn new(machine: Machine) -> Self {
+        MachineCell(std::sync::Arc::new(std::sync::Mutex::new(machine)))
+    }
+
+    pub fn with<T>(&self, f: impl FnOnce(&mut Machine) -> T) -> T {
+        f(&mut self.0.lock().unwrap_or_else(|p| p.into_inner()))
+    }
 }
 
 impl Registry {
@@ -163,7 +180,7 @@ impl Registry {
     /// of it, with the reason when the checker could not start.
     pub fn backend(&self, vip: &VipId, addr: &IpAddr) -> BackendHealth {
         self.with(|r| match (r.machines.get(&(*vip, *addr)), &r.unavailable) {
-            (Some(m), _) => BackendHealth::from_machine(m),
+            (Some(m), _) => m.with(|m| BackendHealth::from_machine(m)),
             (None, Some((reason, since))) => BackendHealth {
                 state: HealthState::Unknown,
                 since: rfc3339(*since),
@@ -256,9 +273,17 @@ pub fn spawn(
                     return;
                 }
             };
+            let ticker = match runtime.block_on(async { ticker::StepTicker::new() }) {
+                Ok(t) => t,
+                Err(e) => {
+                    tracing::error!(error = %e, "health checks unavailable: the probe step timer did not start");
+                    registry.set_unavailable(format!("health checks unavailable: the probe step timer: {e}"));
+                    return;
+                }
+            };
             runtime.block_on(async move {
                 tokio::select! {
-                    () = checker.run(plan_rx) => tracing::error!("the health checker stopped"),
+                    () = checker.run(plan_rx, ticker) => tracing::error!("the health checker stopped"),
                     _ = stopped => {}
                 }
             })
@@ -291,7 +316,7 @@ pub fn register_metrics(
     health.with(|r| {
         for ((vip, backend), m) in &r.machines {
             let labels = vec![("vip", vip.to_string()), ("backend", backend.to_string())];
-            up.get_or_create(&labels).set(i64::from(m.state == HealthState::Up));
+            up.get_or_create(&labels).set(i64::from(m.with(|m| m.state) == HealthState::Up));
         }
     });
     registry.register("backend_up", "1 while the health checks find the backend up", up);
