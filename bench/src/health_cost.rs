@@ -1,8 +1,9 @@
 //! What health checks cost the daemon: 1,000 (VIP, backend) pairs checked
 //! with TCP connects every second, through the tunnel to a namespace whose
 //! decap program and listeners answer every probe. The figure is the
-//! daemon process's CPU time (user + system, /proc/PID/stat) over a window
-//! once every pair is up, in percent of one core.
+//! daemon process's CPU time (every thread's run time, from
+//! /proc/PID/task/*/schedstat; the user/kernel split from /proc/PID/stat's
+//! ticks) over a window once every pair is up, in percent of one core.
 
 use std::{
     net::{Ipv4Addr, TcpListener},
