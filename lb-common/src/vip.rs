@@ -118,12 +118,19 @@ pub struct VipAddrSlot {
     pub _pad: u32,
 }
 
-/// Whether a VIPS entry is an address's echo marker: `(address, 0, ICMP or
-/// ICMPv6)` with [`VIP_F_ICMP_ECHO`]. An address with its marker is a VIP
-/// address.
+/// The key of `addr`'s echo marker: `(address, 0, ICMP or ICMPv6)`. The
+/// control plane writes it, with [`VIP_F_ICMP_ECHO`], for every VIP address.
+pub const fn echo_marker_key(family: u8, addr: Addr) -> VipKey {
+    let proto = if family == FAMILY_V4 { IPPROTO_ICMP } else { IPPROTO_ICMPV6 };
+    VipKey { addr, port: 0, proto, family }
+}
+
+/// Whether a VIPS entry is an address's echo marker: its
+/// [`echo_marker_key`] with [`VIP_F_ICMP_ECHO`]. An address with its marker
+/// is a VIP address.
 pub const fn is_echo_marker(key: &VipKey, meta: &VipMeta) -> bool {
-    let icmp = if key.family == FAMILY_V4 { IPPROTO_ICMP } else { IPPROTO_ICMPV6 };
-    key.port == 0 && key.proto == icmp && meta.flags & VIP_F_ICMP_ECHO != 0
+    let marker = echo_marker_key(key.family, key.addr);
+    key.port == marker.port && key.proto == marker.proto && meta.flags & VIP_F_ICMP_ECHO != 0
 }
 
 /// The hash that picks a VIP's bucket: three independent 64-bit multiplies

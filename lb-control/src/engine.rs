@@ -28,8 +28,8 @@ use std::{
 };
 
 use lb_common::{
-    addr_to_ip, ip_to_addr, Counter, LbConfig, Real, VipKey, VipMeta, CFG_F_HAS_PORT0_VIPS, CFG_F_READY, FAMILY_V4,
-    IPPROTO_ICMP, IPPROTO_ICMPV6, VIP_F_ICMP_ECHO,
+    addr_to_ip, echo_marker_key, ip_to_addr, Counter, LbConfig, Real, VipKey, VipMeta, CFG_F_HAS_PORT0_VIPS,
+    CFG_F_READY, IPPROTO_ICMP, IPPROTO_ICMPV6, VIP_F_ICMP_ECHO,
 };
 
 use crate::{
@@ -148,8 +148,7 @@ pub struct Engine {
 
 fn marker_key(addr: IpAddr) -> VipKey {
     let (a, family) = ip_to_addr(addr);
-    let proto = if family == FAMILY_V4 { IPPROTO_ICMP } else { IPPROTO_ICMPV6 };
-    VipKey { addr: a, port: 0, proto, family }
+    echo_marker_key(family, a)
 }
 
 pub fn vip_key(id: &VipId) -> VipKey {

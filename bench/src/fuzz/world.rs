@@ -6,8 +6,8 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use anyhow::{Context as _, Result};
 use lb_common::{
-    addr_v6, vip_filter_bit, LbConfig, Real, VipKey, VipMeta, CFG_F_HAS_PORT0_VIPS, CFG_F_READY, FAMILY_V4,
-    IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP, VIP_F_ICMP_ECHO,
+    addr_v6, echo_marker_key, vip_filter_bit, LbConfig, Real, VipKey, VipMeta, CFG_F_HAS_PORT0_VIPS, CFG_F_READY,
+    FAMILY_V4, IPPROTO_TCP, IPPROTO_UDP, VIP_F_ICMP_ECHO,
 };
 use lb_control::{
     dataplane::{ip_to_addr, Balancer, Decap, Limits},
@@ -139,11 +139,7 @@ pub fn load() -> Result<(World, Balancer, Decap)> {
     addrs.dedup();
     for (i, addr) in addrs.iter().enumerate() {
         let (a, family) = ip_to_addr(*addr);
-        let proto = if family == FAMILY_V4 { IPPROTO_ICMP } else { IPPROTO_ICMPV6 };
-        bal.set_vip(
-            &VipKey { addr: a, port: 0, proto, family },
-            &VipMeta { flags: VIP_F_ICMP_ECHO, vip_num: i as u32, ring: 0 },
-        )?;
+        bal.set_vip(&echo_marker_key(family, a), &VipMeta { flags: VIP_F_ICMP_ECHO, vip_num: i as u32, ring: 0 })?;
     }
     bal.defer_vip_publishing(false)?;
     let mut decap = Decap::load().context("loading decap")?;

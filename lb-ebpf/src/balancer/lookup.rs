@@ -2,10 +2,10 @@
 //! Maglev ring.
 
 use lb_common::{
-    conn_slot, flow_hash, ring_slot, same_vip_key, vip_filter_bit, vip_key_hash, Addr, FlowKey, LbConfig, Real, Stat,
-    VipBucket, VipKey, VipMeta, CFG_F_HAS_PORT0_VIPS, CONN_FINGERPRINT_MASK, CONN_REAL_MASK, CONN_REFERENCED,
-    CONN_WAYS, FAMILY_NONE, FAMILY_V4, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP, REAL_NONE,
-    VIP_ADDR_SHARED, VIP_F_HASH_NO_SRC_PORT, VIP_F_ICMP_ECHO, VIP_F_NO_CONN_TABLE, VIP_F_UDP_NO_CONN_TABLE,
+    conn_slot, echo_marker_key, flow_hash, ring_slot, same_vip_key, vip_filter_bit, vip_key_hash, Addr, FlowKey,
+    LbConfig, Real, Stat, VipBucket, VipKey, VipMeta, CFG_F_HAS_PORT0_VIPS, CONN_FINGERPRINT_MASK, CONN_REAL_MASK,
+    CONN_REFERENCED, CONN_WAYS, FAMILY_NONE, IPPROTO_TCP, IPPROTO_UDP, REAL_NONE, VIP_ADDR_SHARED,
+    VIP_F_HASH_NO_SRC_PORT, VIP_F_ICMP_ECHO, VIP_F_NO_CONN_TABLE, VIP_F_UDP_NO_CONN_TABLE,
 };
 
 use crate::{
@@ -98,8 +98,7 @@ pub fn has_echo_marker(family: u8, addr: &Addr) -> bool {
     if slot.family != VIP_ADDR_SHARED {
         return false;
     }
-    let proto = if family == FAMILY_V4 { IPPROTO_ICMP } else { IPPROTO_ICMPV6 };
-    vip_flags(&VipKey { addr: *addr, port: 0, proto, family }) & VIP_F_ICMP_ECHO != 0
+    vip_flags(&echo_marker_key(family, *addr)) & VIP_F_ICMP_ECHO != 0
 }
 
 /// [`lookup_vip`]'s flags only, 0 when there is no such entry. (Not an
