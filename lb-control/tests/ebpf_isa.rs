@@ -49,9 +49,13 @@ fn program_jumps(elf: &[u8]) -> Jumps {
 
 #[test]
 fn programs_use_the_v2_instruction_set() {
+    // One cargo run builds every object with the same profile: the
+    // balancer, with the most comparisons, shows whether v2 was asked for
+    // (the smaller programs may legitimately have no `<` at all).
+    let balancer = program_jumps(BALANCER_ELF);
+    assert!(balancer.less_than > 0, "balancer: no JLT/JLE/JSLT/JSLE jump in its programs: built for v1, not v2");
     for (name, elf) in [("balancer", BALANCER_ELF), ("decap", DECAP_ELF), ("health", HEALTH_ELF)] {
-        let jumps = program_jumps(elf);
-        assert!(jumps.less_than > 0, "{name}: no JLT/JLE/JSLT/JSLE jump in its programs: built for v1, not v2");
-        assert_eq!(jumps.jmp32, 0, "{name}: {} 32-bit jumps: built for v3 or later, not v2", jumps.jmp32);
+        let jmp32 = program_jumps(elf).jmp32;
+        assert_eq!(jmp32, 0, "{name}: {jmp32} 32-bit jumps: built for v3 or later, not v2");
     }
 }
