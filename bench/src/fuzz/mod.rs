@@ -14,7 +14,8 @@ use std::{collections::HashMap, time::Instant};
 
 use anyhow::Result;
 use aya::programs::{TestRun, TestRunOptions, Xdp};
-use lb_common::{Action, Counter, Stat};
+use lb_common::{Action, Counter, FlowKey, Stat};
+use lb_control::dataplane::Decap;
 
 use self::model::Expect;
 
@@ -55,6 +56,15 @@ pub struct Violation {
     pub frame: Vec<u8>,
 }
 
+/// Packets of flows whose VIP's previous table names another backend.
+#[derive(Default)]
+pub struct SecondChanceSeen {
+    /// Placed by the connection table (sent to the current backend only).
+    pub table_hits: u64,
+    /// Sent with a second hop.
+    pub second_hops: u64,
+}
+
 pub struct Options {
     pub packets: u64,
     pub seed: u64,
@@ -74,6 +84,7 @@ pub struct Report {
     /// SYNs forwarded in SYN-flood mode, without a table entry (the
     /// world's threshold is low, so most of a run is in the mode).
     pub untabled_syns: u64,
+    pub second_chance: SecondChanceSeen,
     pub seconds: f64,
 }
 
@@ -105,6 +116,10 @@ impl Report {
             "SYNs forwarded untabled (SYN-flood mode, threshold {} per CPU per second): {}\n",
             world::FUZZ_SYN_FLOOD_THRESHOLD,
             self.untabled_syns
+        );
+        s += &format!(
+            "second chance: {} packets placed by the connection table, {} sent with a second hop\n",
+            self.second_chance.table_hits, self.second_chance.second_hops
         );
         s += &format!("violations: {}\n", self.total_violations());
         let mut v: Vec<_> = self.violations.iter().collect();
@@ -152,12 +167,146 @@ fn moved(before: &[(Stat, Counter)], after: &[(Stat, Counter)]) -> Vec<(Stat, u6
         .collect()
 }
 
+/// What checking a frame's outcome needs beyond the frame: the backend each
+/// flow went to so far and the decap program.
+struct Checked<'a> {
+    flows: &'a mut HashMap<FlowKey, u32>,
+    decap: &'a mut Decap,
+    /// Encapsulated packets the decap program turned back.
+    decapsulated: u64,
+}
+
+/// A broken invariant and what broke it.
+type Broken = (Invariant, String);
+
+impl Checked<'_> {
+    /// Checks the balancer's outcome for `frame` (its action, its output and
+    /// the reason counters that moved) against `want`: the reason counter
+    /// if all holds, else the first broken invariant.
+    fn check(
+        &mut self,
+        want: &Expect,
+        frame: &[u8],
+        action: u32,
+        out: &[u8],
+        counters: &[(Stat, u64, u64)],
+    ) -> Result<Stat, Broken> {
+        let stat = want.stat();
+        if counters != [(stat, 1, frame.len() as u64)] {
+            return Err((Invariant::OneCounter, format!("counters moved {counters:?}, model says {}", stat.name())));
+        }
+        let want_action = match stat.action() {
+            Action::Tx => XDP_TX,
+            Action::Drop => XDP_DROP,
+            _ => XDP_PASS,
+        };
+        if action != want_action {
+            return Err((Invariant::Action, format!("action {action}, model says {want_action} ({})", stat.name())));
+        }
+        match want {
+            Expect::Pass(_) if out != frame => {
+                return Err((Invariant::PassUnchanged, format!("output differs: {}", hex(out))));
+            }
+            Expect::Pass(_) | Expect::Drop(_) => {}
+            Expect::Encap { real, flow, bytes, l3, outer_len, inner } => {
+                self.same_backend(flow, *real)?;
+                if out != &bytes[..] {
+                    let l2_len = l3 + outer_len;
+                    let dst_len = if *outer_len == 20 { 4 } else { 16 };
+                    let (inv, what) = if out.len() != bytes.len() || out[l2_len..] != inner[..] {
+                        (Invariant::EncapInner, "inner packet")
+                    } else if out[l2_len - dst_len..l2_len] != bytes[l2_len - dst_len..l2_len] {
+                        (Invariant::EncapBackend, "outer destination (backend)")
+                    } else {
+                        (Invariant::EncapOuter, "outer headers")
+                    };
+                    return Err((inv, format!("{what} differs: got {} want {}", hex(out), hex(bytes))));
+                }
+                // Through the decap program: back to the original packet.
+                self.decap_to(out, *l3, inner, XDP_PASS)?;
+            }
+            Expect::SecondHop { real, flow, bytes, l3, inner } => {
+                self.same_backend(flow, *real)?;
+                if out != &bytes[..] {
+                    let inv = if out.len() < inner.len() || out[out.len() - inner.len()..] != inner[..] {
+                        Invariant::EncapInner
+                    } else {
+                        Invariant::EncapOuter
+                    };
+                    return Err((inv, format!("second hop differs: got {} want {}", hex(out), hex(bytes))));
+                }
+                // The first backend, with no socket for the flow, sends it
+                // on to the hop; the second, with no hop left, delivers it.
+                let (d_action, hop) = run_prog(self.decap.program(), out).map_err(decap_failed)?;
+                if d_action != XDP_TX {
+                    return Err((Invariant::DecapRoundTrip, format!("first decap action {d_action}: {}", hex(&hop))));
+                }
+                self.decap_to(&hop, *l3, inner, XDP_PASS)?;
+            }
+            Expect::EchoReply { bytes, l3, l4, v4, checks_valid } => {
+                let (mut got, mut bytes) = (out.to_vec(), bytes.clone());
+                let same_len = got.len() == bytes.len();
+                if same_len {
+                    // Checksums are checked by verifying, not by value.
+                    for at in [Some(l4 + 2), v4.then_some(l3 + 10)].into_iter().flatten() {
+                        got[at..at + 2].fill(0);
+                        bytes[at..at + 2].fill(0);
+                    }
+                }
+                if !same_len || got != bytes {
+                    return Err((Invariant::Reply, format!("echo reply differs: got {}", hex(out))));
+                }
+                if *checks_valid && !model::echo_checksums_verify(out, *l3, *l4, *v4) {
+                    return Err((Invariant::Reply, format!("echo reply checksum does not verify: {}", hex(out))));
+                }
+            }
+            Expect::TooBig { bytes } if out != &bytes[..] => {
+                return Err((Invariant::Reply, format!("too-big reply differs: got {} want {}", hex(out), hex(bytes))));
+            }
+            Expect::TooBig { .. } => {}
+            Expect::Either { .. } => unreachable!("the caller checks each alternative"),
+        }
+        Ok(stat)
+    }
+
+    /// A flow always reaches the same (first) backend.
+    fn same_backend(&mut self, flow: &FlowKey, real: u32) -> Result<(), Broken> {
+        if *self.flows.entry(*flow).or_insert(real) != real {
+            return Err((Invariant::OneFlowOneBackend, format!("flow now at backend {real}")));
+        }
+        Ok(())
+    }
+
+    /// Runs the decap program on `packet` (an IP-in-IP packet whose outer
+    /// header starts at `l3`): it must pass exactly the original `inner`
+    /// packet behind the same Ethernet header, its ethertype the inner's.
+    fn decap_to(&mut self, packet: &[u8], l3: usize, inner: &[u8], want_action: u32) -> Result<(), Broken> {
+        self.decapsulated += 1;
+        let (d_action, d_out) = run_prog(self.decap.program(), packet).map_err(decap_failed)?;
+        let mut want = packet[..l3].to_vec();
+        let et: u16 = if inner[0] >> 4 == 4 { 0x0800 } else { 0x86DD };
+        want[l3 - 2..l3].copy_from_slice(&et.to_be_bytes());
+        want.extend_from_slice(inner);
+        if d_action != want_action || d_out != want {
+            return Err((
+                Invariant::DecapRoundTrip,
+                format!("decap action {d_action}, got {} want {}", hex(&d_out), hex(&want)),
+            ));
+        }
+        Ok(())
+    }
+}
+
+fn decap_failed(e: anyhow::Error) -> Broken {
+    (Invariant::DecapRoundTrip, format!("the decap program's test run failed: {e}"))
+}
+
 /// Runs the fuzzer; `progress` is called every 10,000 frames.
 pub fn run(opts: &Options, mut progress: impl FnMut(u64)) -> Result<Report> {
     let (world, mut bal, mut decap) = world::load()?;
     let mut rng = gen::Rng::new(opts.seed);
     let mut report = Report { seed: opts.seed, packets: opts.packets, ..Report::default() };
-    let mut flows: HashMap<lb_common::FlowKey, u32> = HashMap::new();
+    let mut flows: HashMap<FlowKey, u32> = HashMap::new();
     let mut before = bal.all_stats()?;
     let started = Instant::now();
     for index in 0..opts.packets {
@@ -168,87 +317,38 @@ pub fn run(opts: &Options, mut progress: impl FnMut(u64)) -> Result<Report> {
         let want = model::expect(&world, &frame);
         let (action, out) = run_prog(bal.program(), &frame)?;
         let after = bal.all_stats()?;
-        let mut broke = |invariant: Invariant, detail: String| {
-            *report.violations.entry(invariant).or_default() += 1;
-            if report.first.len() < opts.keep {
-                report.first.push(Violation { invariant, index, detail, frame: frame.clone() });
-            }
+        let counters = moved(&before, &after);
+        before = after;
+        let mut checked = Checked { flows: &mut flows, decap: &mut decap, decapsulated: 0 };
+        // With second chance, whichever outcome the connection table chose.
+        let result = match &want {
+            Expect::Either { hit, miss } => match checked.check(hit, &frame, action, &out, &counters) {
+                Ok(stat) => {
+                    report.second_chance.table_hits += 1;
+                    Ok(stat)
+                }
+                Err((_, hit_detail)) => {
+                    let missed = checked.check(miss, &frame, action, &out, &counters);
+                    if missed.is_ok() && matches!(**miss, Expect::SecondHop { .. }) {
+                        report.second_chance.second_hops += 1;
+                    }
+                    missed.map_err(|(inv, d)| (inv, format!("{d} (and as a table hit: {hit_detail})")))
+                }
+            },
+            want => checked.check(want, &frame, action, &out, &counters),
         };
-        let stat = want.stat();
-        let want_action = match stat.action() {
-            Action::Tx => XDP_TX,
-            Action::Drop => XDP_DROP,
-            _ => XDP_PASS,
+        report.decapsulated += checked.decapsulated;
+        // The model's reason counter (for a broken frame: the table hit's).
+        let stat = match &result {
+            Ok(stat) => *stat,
+            Err(_) => want.stat(),
         };
         *report.per_action.entry(stat.action().name()).or_default() += 1;
         *report.per_counter.entry(stat.name()).or_default() += 1;
-        let counters = moved(&before, &after);
-        if counters != [(stat, 1, frame.len() as u64)] {
-            broke(Invariant::OneCounter, format!("counters moved {counters:?}, model says {}", stat.name()));
-        }
-        before = after;
-        if action != want_action {
-            broke(Invariant::Action, format!("action {action}, model says {want_action} ({})", stat.name()));
-            continue;
-        }
-        match want {
-            Expect::Pass(_) => {
-                if out != frame {
-                    broke(Invariant::PassUnchanged, format!("output differs: {}", hex(&out)));
-                }
-            }
-            Expect::Drop(_) => {}
-            Expect::Encap { real, flow, bytes, l3, outer_len, inner } => {
-                let l2_len = l3 + outer_len;
-                let dst_len = if outer_len == 20 { 4 } else { 16 };
-                if *flows.entry(flow).or_insert(real) != real {
-                    broke(Invariant::OneFlowOneBackend, format!("flow now at backend {real}"));
-                }
-                if out != bytes {
-                    let (inv, what) = if out.len() != bytes.len() || out[l2_len..] != inner[..] {
-                        (Invariant::EncapInner, "inner packet")
-                    } else if out[l2_len - dst_len..l2_len] != bytes[l2_len - dst_len..l2_len] {
-                        (Invariant::EncapBackend, "outer destination (backend)")
-                    } else {
-                        (Invariant::EncapOuter, "outer headers")
-                    };
-                    broke(inv, format!("{what} differs: got {} want {}", hex(&out), hex(&bytes)));
-                    continue;
-                }
-                // Through the decap program: back to the original packet.
-                report.decapsulated += 1;
-                let (d_action, d_out) = run_prog(decap.program(), &out)?;
-                let mut want_d = out[..l3].to_vec();
-                let et: u16 = if inner[0] >> 4 == 4 { 0x0800 } else { 0x86DD };
-                want_d[l3 - 2..l3].copy_from_slice(&et.to_be_bytes());
-                want_d.extend_from_slice(&inner);
-                if d_action != XDP_PASS || d_out != want_d {
-                    broke(
-                        Invariant::DecapRoundTrip,
-                        format!("decap action {d_action}, got {} want {}", hex(&d_out), hex(&want_d)),
-                    );
-                }
-            }
-            Expect::EchoReply { mut bytes, l3, l4, v4, checks_valid } => {
-                let mut got = out.clone();
-                let same_len = got.len() == bytes.len();
-                if same_len {
-                    // Checksums are checked by verifying, not by value.
-                    for at in [Some(l4 + 2), v4.then_some(l3 + 10)].into_iter().flatten() {
-                        got[at..at + 2].fill(0);
-                        bytes[at..at + 2].fill(0);
-                    }
-                }
-                if !same_len || got != bytes {
-                    broke(Invariant::Reply, format!("echo reply differs: got {}", hex(&out)));
-                } else if checks_valid && !model::echo_checksums_verify(&out, l3, l4, v4) {
-                    broke(Invariant::Reply, format!("echo reply checksum does not verify: {}", hex(&out)));
-                }
-            }
-            Expect::TooBig { bytes } => {
-                if out != bytes {
-                    broke(Invariant::Reply, format!("too-big reply differs: got {} want {}", hex(&out), hex(&bytes)));
-                }
+        if let Err((invariant, detail)) = result {
+            *report.violations.entry(invariant).or_default() += 1;
+            if report.first.len() < opts.keep {
+                report.first.push(Violation { invariant, index, detail, frame: frame.clone() });
             }
         }
     }

@@ -11,7 +11,7 @@ use lb_common::{
 };
 use lb_control::dataplane::ip_to_addr;
 
-use super::world::{World, RING_SIZE};
+use super::world::{Vip, World, RING_SIZE};
 
 /// What must happen to a frame.
 #[derive(Debug)]
@@ -39,15 +39,34 @@ pub enum Expect {
     TooBig {
         bytes: Vec<u8>,
     },
+    /// Encapsulated to `real` with a second hop to another backend (second
+    /// chance): the hop header inside the outer one.
+    SecondHop {
+        real: u32,
+        flow: FlowKey,
+        bytes: Vec<u8>,
+        l3: usize,
+        inner: Vec<u8>,
+    },
+    /// A TCP packet (not a SYN) of a VIP whose previous table names another
+    /// backend for its flow: the connection table decides, and the model
+    /// does not follow the table. `hit`: the flow is in it; `miss`: it is
+    /// not, and the packet gets its second chance.
+    Either {
+        hit: Box<Expect>,
+        miss: Box<Expect>,
+    },
 }
 
 impl Expect {
+    /// The reason counter; for [`Expect::Either`], the hit's.
     pub fn stat(&self) -> Stat {
         match self {
             Expect::Pass(s) | Expect::Drop(s) => *s,
-            Expect::Encap { .. } => Stat::TxEncap,
+            Expect::Encap { .. } | Expect::SecondHop { .. } => Stat::TxEncap,
             Expect::EchoReply { .. } => Stat::TxIcmpEchoReply,
             Expect::TooBig { .. } => Stat::TxIcmpTooBig,
+            Expect::Either { hit, .. } => hit.stat(),
         }
     }
 }
@@ -216,8 +235,19 @@ fn flow(proto: u8, src: IpAddr, sport: u16, dst: IpAddr, dport: u16) -> FlowKey 
     FlowKey::new(family(src), proto, ip_to_addr(src).0, net16(sport), ip_to_addr(dst).0, net16(dport))
 }
 
-/// The frame the balancer must send for `inner` to backend `real`.
-fn encap_frame(world: &World, f: &[u8], l3: usize, inner: &[u8], real: IpAddr, hash: u32, ip: &Ip) -> Vec<u8> {
+/// The frame the balancer must send for `inner` to backend `real`;
+/// `inner_v4`: whether `inner` is an IPv4 packet.
+#[allow(clippy::too_many_arguments)]
+fn encap_frame(
+    world: &World,
+    f: &[u8],
+    l3: usize,
+    inner: &[u8],
+    inner_v4: bool,
+    real: IpAddr,
+    hash: u32,
+    ip: &Ip,
+) -> Vec<u8> {
     let cfg = &world.config;
     let mut out = Vec::with_capacity(inner.len() + 60);
     out.extend_from_slice(&cfg.gw_mac);
@@ -245,7 +275,7 @@ fn encap_frame(world: &World, f: &[u8], l3: usize, inner: &[u8], real: IpAddr, h
             let vtc = (6u32 << 28) | ((ip.tos as u32) << 20) | (hash & 0xf_ffff);
             out.extend_from_slice(&vtc.to_be_bytes());
             out.extend_from_slice(&(inner.len() as u16).to_be_bytes());
-            out.extend_from_slice(&[if ip.v4 { 4 } else { 41 }, 64]);
+            out.extend_from_slice(&[if inner_v4 { 4 } else { 41 }, 64]);
             for i in 0..4 {
                 out.extend_from_slice(&(cfg.src_v6[i] | (hash & cfg.src_v6_mask[i])).to_ne_bytes());
             }
@@ -301,21 +331,60 @@ fn too_big_frame(f: &[u8], l3: usize, ip: &Ip, mtu: u32) -> Vec<u8> {
     out
 }
 
-/// Forwarding per the table: ring choice, backend checks, size.
+/// Forwarding per the table: ring choice, backend checks, size; for a TCP
+/// packet that is not a SYN (`second_chance`) of a VIP with a previous
+/// table, also the outcome of a connection-table miss.
 #[allow(clippy::too_many_arguments)]
-fn forward(world: &World, f: &[u8], l3: usize, ip: &Ip, ring: &[u32], fl: FlowKey, icmp_error: bool) -> Expect {
+fn forward(
+    world: &World,
+    f: &[u8],
+    l3: usize,
+    ip: &Ip,
+    vip: &Vip,
+    fl: FlowKey,
+    icmp_error: bool,
+    second_chance: bool,
+) -> Expect {
     let slot = ring_slot(flow_hash(&fl.src, fl.src_port, fl.dst_port, fl.proto), RING_SIZE) as usize;
-    let index = ring[slot];
+    let index = vip.ring[slot];
     if index == 0 {
         return Expect::Drop(Stat::DropNoBackend);
     }
     let Some(real) = world.reals.get(index as usize).copied().flatten() else {
         return Expect::Drop(Stat::DropUnknownReal);
     };
+    let hit = encapsulate(world, f, l3, ip, index, real, fl, icmp_error, None);
+    // Second chance: the previous table names another backend, set, of the
+    // current one's family (the hop header is of the outer's family).
+    let previous = vip.prev_ring.as_ref().filter(|_| second_chance).map(|prev| prev[slot]);
+    match previous.and_then(|p| Some((p, world.reals.get(p as usize).copied().flatten()?))) {
+        Some((p, prev)) if p != index && prev.is_ipv4() == real.is_ipv4() => {
+            let miss = encapsulate(world, f, l3, ip, index, real, fl, false, Some(prev));
+            Expect::Either { hit: Box::new(hit), miss: Box::new(miss) }
+        }
+        _ => hit,
+    }
+}
+
+/// Encapsulation to `real` (index `index`), with a second hop to
+/// `previous` if given: family and size checks, then the frame.
+#[allow(clippy::too_many_arguments)]
+fn encapsulate(
+    world: &World,
+    f: &[u8],
+    l3: usize,
+    ip: &Ip,
+    index: u32,
+    real: IpAddr,
+    fl: FlowKey,
+    icmp_error: bool,
+    previous: Option<IpAddr>,
+) -> Expect {
     if !ip.v4 && real.is_ipv4() {
         return Expect::Drop(Stat::DropFamilyMismatch);
     }
-    let overhead = if real.is_ipv4() { 20 } else { 40 };
+    let hlen = if real.is_ipv4() { 20 } else { 40 };
+    let overhead = if previous.is_some() { 2 * hlen } else { hlen };
     let total = ip.end - l3;
     if total + overhead > world.config.mtu as usize {
         if icmp_error || (ip.v4 && !ip.df) {
@@ -325,8 +394,16 @@ fn forward(world: &World, f: &[u8], l3: usize, ip: &Ip, ring: &[u32], fl: FlowKe
     }
     let inner = f[l3..ip.end].to_vec();
     let hash = flow_hash64(&fl) as u32;
-    let bytes = encap_frame(world, f, l3, &inner, real, hash, ip);
-    Expect::Encap { real: index, flow: fl, bytes, l3, outer_len: overhead, inner }
+    let Some(previous) = previous else {
+        let bytes = encap_frame(world, f, l3, &inner, ip.v4, real, hash, ip);
+        return Expect::Encap { real: index, flow: fl, bytes, l3, outer_len: overhead, inner };
+    };
+    // The hop header (to the previous backend) and the inner packet, then
+    // the outer header (to the current one) in front.
+    let hop = encap_frame(world, f, l3, &inner, ip.v4, previous, hash, ip);
+    let hop_packet = &hop[l3..];
+    let bytes = encap_frame(world, f, l3, hop_packet, real.is_ipv4(), real, hash, ip);
+    Expect::SecondHop { real: index, flow: fl, bytes, l3, inner }
 }
 
 /// What the balancer must do with frame `f`.
@@ -375,7 +452,10 @@ pub fn expect(world: &World, f: &[u8]) -> Expect {
     let Some(vip) = world.find_vip(ip.dst, dport, ip.proto) else {
         return Expect::Pass(Stat::PassNonVip);
     };
-    forward(world, f, l3, &ip, &vip.ring, flow(ip.proto, ip.src, sport, ip.dst, dport), false)
+    // A SYN (SYN set, ACK not) never takes a second hop.
+    let syn = ip.proto == IPPROTO_TCP && f[ip.l4 + 13] & 0x12 == 0x02;
+    let second_chance = ip.proto == IPPROTO_TCP && !syn;
+    forward(world, f, l3, &ip, vip, flow(ip.proto, ip.src, sport, ip.dst, dport), false, second_chance)
 }
 
 fn icmp(world: &World, f: &[u8], l3: usize, ip: &Ip) -> Expect {
@@ -415,7 +495,7 @@ fn icmp(world: &World, f: &[u8], l3: usize, ip: &Ip) -> Expect {
     let Some(vip) = world.find_vip(vip_addr, vport, proto) else {
         return Expect::Pass(Stat::PassNonVip);
     };
-    forward(world, f, l3, ip, &vip.ring, flow(proto, client, cport, vip_addr, vport), true)
+    forward(world, f, l3, ip, vip, flow(proto, client, cport, vip_addr, vport), true, false)
 }
 
 fn echo_reply(f: &[u8], l3: usize, ip: &Ip) -> Expect {

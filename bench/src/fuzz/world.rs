@@ -31,6 +31,8 @@ pub struct Vip {
     pub proto: u8,
     /// Its ring, as read back from the balancer's map: backend indices.
     pub ring: Vec<u32>,
+    /// Its previous ring (second chance), read back likewise.
+    pub prev_ring: Option<Vec<u32>>,
 }
 
 pub struct World {
@@ -97,7 +99,7 @@ pub fn load() -> Result<(World, Balancer, Decap)> {
     let v4 = |d| IpAddr::V4(Ipv4Addr::new(10, 0, 0, d));
     let v6 = |d| IpAddr::V6(Ipv6Addr::new(0xfc00, 0, 0, 0, 0, 0, 0, d));
     // (address, port, protocol, backend indices; 9 is never set)
-    let defs: [(IpAddr, u16, u8, &[u32]); 10] = [
+    let defs: [(IpAddr, u16, u8, &[u32]); 12] = [
         (v4(10), 80, IPPROTO_TCP, &[1, 2, 3]),
         (v4(10), 53, IPPROTO_UDP, &[1, 2, 3]),
         (v6(0x10), 80, IPPROTO_TCP, &[4, 5, 6]),
@@ -113,7 +115,14 @@ pub fn load() -> Result<(World, Balancer, Decap)> {
         (v4(41), 80, IPPROTO_TCP, &[9]),
         // An IPv6 VIP with an IPv4 backend (refused by the data plane).
         (v6(0x41), 80, IPPROTO_TCP, &[1]),
+        // Second chance: a previous table (below) with one more backend.
+        (v4(50), 80, IPPROTO_TCP, &[1, 2]),
+        (v6(0x50), 80, IPPROTO_TCP, &[4, 5]),
     ];
+    // (VIP number, the previous table's backends): beside the current ones,
+    // one that is still set (3, 6: a second hop) and one that never was (9:
+    // no second hop), so every kind of previous choice occurs.
+    let previous: [(u32, &[u32]); 2] = [(10, &[1, 2, 3, 9]), (11, &[4, 5, 6, 9])];
     let mut vips = Vec::new();
     for (num, (addr, port, proto, backends)) in defs.into_iter().enumerate() {
         let num = num as u32;
@@ -131,7 +140,15 @@ pub fn load() -> Result<(World, Balancer, Decap)> {
             &VipMeta { flags: 0, vip_num: num, ring: num },
         )?;
         // The model reads the ring back from the map, as the data plane sees it.
-        vips.push(Vip { addr, port, proto, ring: bal.ring(num)? });
+        vips.push(Vip { addr, port, proto, ring: bal.ring(num)?, prev_ring: None });
+    }
+    for (i, (num, backends)) in previous.into_iter().enumerate() {
+        let ring = limits.ring_count() - 1 - i as u32;
+        let b: Vec<_> =
+            backends.iter().map(|&i| MaglevBackend::new(i, format!("backend-{i}").into_bytes(), 1)).collect();
+        bal.write_ring(ring, &maglev::build(&b, RING_SIZE)?)?;
+        bal.set_prev_ring(num, Some(ring))?;
+        vips[num as usize].prev_ring = Some(bal.ring(ring)?);
     }
     // Every VIP address has its echo marker, as the control plane makes them.
     let mut addrs: Vec<IpAddr> = vips.iter().map(|v| v.addr).collect();
