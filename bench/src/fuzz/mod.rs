@@ -10,7 +10,10 @@ mod world;
 
 pub use gen::Rng;
 
-use std::{collections::HashMap, time::Instant};
+use std::{
+    collections::{HashMap, HashSet},
+    time::Instant,
+};
 
 use anyhow::Result;
 use aya::programs::{TestRun, TestRunOptions, Xdp};
@@ -44,8 +47,12 @@ pub enum Invariant {
     /// source.
     Reply,
     /// The decap program turns an encapsulated packet back into the
-    /// original.
+    /// original (a second hop: sent on to the hop by the first backend,
+    /// then delivered by the second).
     DecapRoundTrip,
+    /// The `second_chance_hop` event counter moved by one for a packet
+    /// sent with a second hop, and not otherwise.
+    HopCounter,
 }
 
 /// One broken invariant, with the frame that broke it.
@@ -61,8 +68,8 @@ pub struct Violation {
 pub struct SecondChanceSeen {
     /// Placed by the connection table (sent to the current backend only).
     pub table_hits: u64,
-    /// Sent with a second hop.
-    pub second_hops: u64,
+    /// Sent with a second hop: IPv4 flows, IPv6 flows.
+    pub second_hops: [u64; 2],
 }
 
 pub struct Options {
@@ -118,8 +125,8 @@ impl Report {
             self.untabled_syns
         );
         s += &format!(
-            "second chance: {} packets placed by the connection table, {} sent with a second hop\n",
-            self.second_chance.table_hits, self.second_chance.second_hops
+            "second chance: {} packets placed by the connection table, sent with a second hop {} (IPv4) and {} (IPv6)\n",
+            self.second_chance.table_hits, self.second_chance.second_hops[0], self.second_chance.second_hops[1]
         );
         s += &format!("violations: {}\n", self.total_violations());
         let mut v: Vec<_> = self.violations.iter().collect();
@@ -179,18 +186,35 @@ struct Checked<'a> {
 /// A broken invariant and what broke it.
 type Broken = (Invariant, String);
 
+/// What the balancer did with a frame.
+#[derive(Clone, Copy)]
+struct Seen<'a> {
+    frame: &'a [u8],
+    action: u32,
+    out: &'a [u8],
+    /// The reason counters that moved.
+    counters: &'a [(Stat, u64, u64)],
+    /// How far the `second_chance_hop` event counter moved.
+    hops: u64,
+}
+
+/// The length of the frame the model expects out (0: none).
+fn expect_len(want: &Expect) -> usize {
+    match want {
+        Expect::Encap { bytes, .. }
+        | Expect::SecondHop { bytes, .. }
+        | Expect::TooBig { bytes }
+        | Expect::EchoReply { bytes, .. } => bytes.len(),
+        _ => 0,
+    }
+}
+
 impl Checked<'_> {
     /// Checks the balancer's outcome for `frame` (its action, its output and
     /// the reason counters that moved) against `want`: the reason counter
     /// if all holds, else the first broken invariant.
-    fn check(
-        &mut self,
-        want: &Expect,
-        frame: &[u8],
-        action: u32,
-        out: &[u8],
-        counters: &[(Stat, u64, u64)],
-    ) -> Result<Stat, Broken> {
+    fn check(&mut self, want: &Expect, seen: &Seen) -> Result<Stat, Broken> {
+        let Seen { frame, action, out, counters, hops } = *seen;
         let stat = want.stat();
         if counters != [(stat, 1, frame.len() as u64)] {
             return Err((Invariant::OneCounter, format!("counters moved {counters:?}, model says {}", stat.name())));
@@ -202,6 +226,10 @@ impl Checked<'_> {
         };
         if action != want_action {
             return Err((Invariant::Action, format!("action {action}, model says {want_action} ({})", stat.name())));
+        }
+        let want_hops = matches!(want, Expect::SecondHop { .. }) as u64;
+        if hops != want_hops {
+            return Err((Invariant::HopCounter, format!("second_chance_hop moved by {hops}, model says {want_hops}")));
         }
         match want {
             Expect::Pass(_) if out != frame => {
@@ -225,7 +253,7 @@ impl Checked<'_> {
                 // Through the decap program: back to the original packet.
                 self.decap_to(out, *l3, inner, XDP_PASS)?;
             }
-            Expect::SecondHop { real, flow, bytes, l3, inner } => {
+            Expect::SecondHop { real, flow, bytes, forwarded, l3, inner } => {
                 self.same_backend(flow, *real)?;
                 if out != &bytes[..] {
                     let inv = if out.len() < inner.len() || out[out.len() - inner.len()..] != inner[..] {
@@ -238,8 +266,11 @@ impl Checked<'_> {
                 // The first backend, with no socket for the flow, sends it
                 // on to the hop; the second, with no hop left, delivers it.
                 let (d_action, hop) = run_prog(self.decap.program(), out).map_err(decap_failed)?;
-                if d_action != XDP_TX {
-                    return Err((Invariant::DecapRoundTrip, format!("first decap action {d_action}: {}", hex(&hop))));
+                if d_action != XDP_TX || hop != *forwarded {
+                    return Err((
+                        Invariant::DecapRoundTrip,
+                        format!("first decap action {d_action}, got {} want {}", hex(&hop), hex(forwarded)),
+                    ));
                 }
                 self.decap_to(&hop, *l3, inner, XDP_PASS)?;
             }
@@ -301,12 +332,22 @@ fn decap_failed(e: anyhow::Error) -> Broken {
     (Invariant::DecapRoundTrip, format!("the decap program's test run failed: {e}"))
 }
 
+/// How far the event counter `stat` moved between two snapshots.
+fn event_moved(before: &[(Stat, Counter)], after: &[(Stat, Counter)], stat: Stat) -> u64 {
+    let packets = |snap: &[(Stat, Counter)]| snap.iter().find(|(s, _)| *s == stat).map_or(0, |(_, c)| c.packets);
+    packets(after) - packets(before)
+}
+
 /// Runs the fuzzer; `progress` is called every 10,000 frames.
 pub fn run(opts: &Options, mut progress: impl FnMut(u64)) -> Result<Report> {
     let (world, mut bal, mut decap) = world::load()?;
     let mut rng = gen::Rng::new(opts.seed);
     let mut report = Report { seed: opts.seed, packets: opts.packets, ..Report::default() };
     let mut flows: HashMap<FlowKey, u32> = HashMap::new();
+    // Flows the connection table may hold for second chance: only a SYN
+    // outside the SYN-flood mode puts one there (a second-chance miss, an
+    // ICMP error and a flood-mode SYN never do; evictions only remove).
+    let mut tabled: HashSet<FlowKey> = HashSet::new();
     let mut before = bal.all_stats()?;
     let started = Instant::now();
     for index in 0..opts.packets {
@@ -314,29 +355,44 @@ pub fn run(opts: &Options, mut progress: impl FnMut(u64)) -> Result<Report> {
             progress(index);
         }
         let frame = gen::frame_for(&mut rng, &world);
-        let want = model::expect(&world, &frame);
+        let (want, placed_syn) = model::expect(&world, &frame);
         let (action, out) = run_prog(bal.program(), &frame)?;
         let after = bal.all_stats()?;
         let counters = moved(&before, &after);
+        let hops = event_moved(&before, &after, Stat::SecondChanceHop);
+        let untabled = event_moved(&before, &after, Stat::SynFloodUntabled);
         before = after;
         let mut checked = Checked { flows: &mut flows, decap: &mut decap, decapsulated: 0 };
-        // With second chance, whichever outcome the connection table chose.
+        let seen = Seen { frame: &frame, action, out: &out, counters: &counters, hops };
         let result = match &want {
-            Expect::Either { hit, miss } => match checked.check(hit, &frame, action, &out, &counters) {
+            // Second chance: a flow the table cannot hold must take the
+            // second hop; one it may hold, either.
+            Expect::Either { flow, hit, miss } if tabled.contains(flow) => match checked.check(hit, &seen) {
                 Ok(stat) => {
-                    report.second_chance.table_hits += 1;
+                    report.second_chance.table_hits += matches!(**hit, Expect::Encap { .. }) as u64;
                     Ok(stat)
                 }
-                Err((_, hit_detail)) => {
-                    let missed = checked.check(miss, &frame, action, &out, &counters);
-                    if missed.is_ok() && matches!(**miss, Expect::SecondHop { .. }) {
-                        report.second_chance.second_hops += 1;
-                    }
-                    missed.map_err(|(inv, d)| (inv, format!("{d} (and as a table hit: {hit_detail})")))
-                }
+                Err(hit_broken) => checked.check(miss, &seen).map_err(|miss_broken| {
+                    // Report the alternative the output looks like.
+                    let (broken, other) = if out.len() == expect_len(hit) {
+                        (hit_broken, miss_broken)
+                    } else {
+                        (miss_broken, hit_broken)
+                    };
+                    (broken.0, format!("{} (as the other outcome: {})", broken.1, other.1))
+                }),
             },
-            want => checked.check(want, &frame, action, &out, &counters),
+            Expect::Either { miss, .. } => checked.check(miss, &seen),
+            want => checked.check(want, &seen),
         };
+        // A SYN the ring placed is in the table now, unless the flood mode
+        // kept it out (checked even when its frame broke an invariant).
+        if let Some(flow) = placed_syn.filter(|_| untabled == 0) {
+            tabled.insert(flow);
+        }
+        if let (Expect::Either { flow, .. }, Ok(_), 1) = (&want, &result, hops) {
+            report.second_chance.second_hops[(flow.family != lb_common::FAMILY_V4) as usize] += 1;
+        }
         report.decapsulated += checked.decapsulated;
         // The model's reason counter (for a broken frame: the table hit's).
         let stat = match &result {

@@ -40,19 +40,23 @@ pub enum Expect {
         bytes: Vec<u8>,
     },
     /// Encapsulated to `real` with a second hop to another backend (second
-    /// chance): the hop header inside the outer one.
+    /// chance): the hop header inside the outer one. `forwarded`: the frame
+    /// the first backend's decap program sends on to the hop.
     SecondHop {
         real: u32,
         flow: FlowKey,
         bytes: Vec<u8>,
+        forwarded: Vec<u8>,
         l3: usize,
         inner: Vec<u8>,
     },
     /// A TCP packet (not a SYN) of a VIP whose previous table names another
-    /// backend for its flow: the connection table decides, and the model
-    /// does not follow the table. `hit`: the flow is in it; `miss`: it is
-    /// not, and the packet gets its second chance.
+    /// backend for its flow: the connection table decides. `hit`: the flow
+    /// is in it (only a SYN outside the SYN-flood mode puts it there);
+    /// `miss`: it is not, and the packet gets its second chance. The
+    /// checker, which sees the SYNs, picks.
     Either {
+        flow: FlowKey,
         hit: Box<Expect>,
         miss: Box<Expect>,
     },
@@ -360,7 +364,7 @@ fn forward(
     match previous.and_then(|p| Some((p, world.reals.get(p as usize).copied().flatten()?))) {
         Some((p, prev)) if p != index && prev.is_ipv4() == real.is_ipv4() => {
             let miss = encapsulate(world, f, l3, ip, index, real, fl, false, Some(prev));
-            Expect::Either { hit: Box::new(hit), miss: Box::new(miss) }
+            Expect::Either { flow: fl, hit: Box::new(hit), miss: Box::new(miss) }
         }
         _ => hit,
     }
@@ -403,11 +407,48 @@ fn encapsulate(
     let hop = encap_frame(world, f, l3, &inner, ip.v4, previous, hash, ip);
     let hop_packet = &hop[l3..];
     let bytes = encap_frame(world, f, l3, hop_packet, real.is_ipv4(), real, hash, ip);
-    Expect::SecondHop { real: index, flow: fl, bytes, l3, inner }
+    let forwarded = hop_forwarded(&bytes, l3, real.is_ipv4());
+    Expect::SecondHop { real: index, flow: fl, bytes, forwarded, l3, inner }
 }
 
-/// What the balancer must do with frame `f`.
-pub fn expect(world: &World, f: &[u8]) -> Expect {
+/// What the first backend's decap program, having no socket for the flow,
+/// sends on: the Ethernet addresses swapped (back to the router); the
+/// outer header from this backend (its old destination) to the hop's
+/// destination with a fresh TTL; the hop's destination cleared, so the
+/// second backend delivers it (README, "Second chance").
+fn hop_forwarded(second_hop: &[u8], l3: usize, v4: bool) -> Vec<u8> {
+    let mut out = second_hop.to_vec();
+    out[0..6].copy_from_slice(&second_hop[6..12]);
+    out[6..12].copy_from_slice(&second_hop[0..6]);
+    let (hlen, src, dst, alen) = if v4 { (20, 12, 16, 4) } else { (40, 8, 24, 16) };
+    let hop = l3 + hlen;
+    out[l3 + src..l3 + src + alen].copy_from_slice(&second_hop[l3 + dst..l3 + dst + alen]);
+    out[l3 + dst..l3 + dst + alen].copy_from_slice(&second_hop[hop + dst..hop + dst + alen]);
+    out[hop + dst..hop + dst + alen].fill(0);
+    if v4 {
+        out[l3 + 8] = 64;
+        for h in [l3, hop] {
+            out[h + 10..h + 12].fill(0);
+            let c = csum(&out[h..h + 20], 0);
+            out[h + 10..h + 12].copy_from_slice(&c.to_be_bytes());
+        }
+    } else {
+        out[l3 + 7] = 64;
+    }
+    out
+}
+
+/// What the balancer must do with frame `f`; and, for a TCP SYN that the
+/// VIP's ring placed (whatever became of it after: encapsulated, too big,
+/// refused), its flow: the connection table then remembers the flow unless
+/// the SYN-flood mode is on.
+pub fn expect(world: &World, f: &[u8]) -> (Expect, Option<FlowKey>) {
+    let mut placed_syn = None;
+    let want = expect_frame(world, f, &mut placed_syn);
+    (want, placed_syn)
+}
+
+fn expect_frame(world: &World, f: &[u8], placed_syn: &mut Option<FlowKey>) -> Expect {
     if f.len() < 14 {
         return Expect::Drop(Stat::DropTruncated);
     }
@@ -455,7 +496,12 @@ pub fn expect(world: &World, f: &[u8]) -> Expect {
     // A SYN (SYN set, ACK not) never takes a second hop.
     let syn = ip.proto == IPPROTO_TCP && f[ip.l4 + 13] & 0x12 == 0x02;
     let second_chance = ip.proto == IPPROTO_TCP && !syn;
-    forward(world, f, l3, &ip, vip, flow(ip.proto, ip.src, sport, ip.dst, dport), false, second_chance)
+    let fl = flow(ip.proto, ip.src, sport, ip.dst, dport);
+    let want = forward(world, f, l3, &ip, vip, fl, false, second_chance);
+    if syn && !matches!(want, Expect::Drop(Stat::DropNoBackend | Stat::DropUnknownReal)) {
+        *placed_syn = Some(fl);
+    }
+    want
 }
 
 fn icmp(world: &World, f: &[u8], l3: usize, ip: &Ip) -> Expect {

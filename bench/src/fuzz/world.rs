@@ -120,9 +120,10 @@ pub fn load() -> Result<(World, Balancer, Decap)> {
         (v6(0x50), 80, IPPROTO_TCP, &[4, 5]),
     ];
     // (VIP number, the previous table's backends): beside the current ones,
-    // one that is still set (3, 6: a second hop) and one that never was (9:
-    // no second hop), so every kind of previous choice occurs.
-    let previous: [(u32, &[u32]); 2] = [(10, &[1, 2, 3, 9]), (11, &[4, 5, 6, 9])];
+    // one that is still set (3, 6: a second hop), one that never was (9) and
+    // one of the other family (1, for the IPv4 VIP with IPv6 backends): no
+    // second hop for those two, so every kind of previous choice occurs.
+    let previous: [(u32, &[u32]); 3] = [(10, &[1, 2, 3, 9]), (11, &[4, 5, 6, 9]), (4, &[4, 5, 6, 1])];
     let mut vips = Vec::new();
     for (num, (addr, port, proto, backends)) in defs.into_iter().enumerate() {
         let num = num as u32;
