@@ -53,13 +53,6 @@ impl Machine {
         Machine { state: HealthState::Unknown, since: now, last_error: None, checks_ok: 0, checks_failed: 0, streak: 0 }
     }
 
-    /// Records one check's result; returns the transition it caused, if any.
-    pub fn record(&mut self, result: Result<(), String>, rise: u32, fall: u32, now: SystemTime) -> Option<Transition> {
-        let t = self.count(result, rise, fall)?;
-        self.enter(&t, now);
-        Some(t)
-    }
-
     /// Counts one check's result and returns the transition it calls for,
     /// without entering it: the checker enters it ([`Machine::enter`]) once
     /// the data plane has it, so readers never see a state the ring does
@@ -92,6 +85,15 @@ impl Machine {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    impl Machine {
+        /// Counts one result and enters the transition it calls for at once.
+        fn record(&mut self, result: Result<(), String>, rise: u32, fall: u32, now: SystemTime) -> Option<Transition> {
+            let t = self.count(result, rise, fall)?;
+            self.enter(&t, now);
+            Some(t)
+        }
+    }
 
     fn run(m: &mut Machine, results: &[bool]) -> Vec<HealthState> {
         let now = SystemTime::UNIX_EPOCH;
